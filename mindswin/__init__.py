@@ -1,0 +1,5 @@
+"""mindswin: Swin Transformer V2 in MindSpore."""
+from .models import create_model, list_models
+
+__version__ = "0.1.0"
+__all__ = ["create_model", "list_models", "__version__"]

@@ -1,0 +1,206 @@
+"""Building blocks shared by the Swin V2 cells.
+
+Parameter names follow PyTorch (``weight``/``bias``) rather than MindSpore's ``gamma``/
+``beta`` so that official, timm and mindswin checkpoints share one key space: this file is
+the single place where that choice is made (see :class:`LayerNorm`).
+
+Mixed precision is explicit rather than delegated to ``mindspore.amp``: every matmul cell
+reads ``compute_dtype`` (float32 by default, float16/bfloat16 under AMP O2, see
+:func:`set_compute_dtype`), while normalisation and everything numerically sensitive runs
+in float32. The residual stream therefore stays float32 and the same graph compiles on
+CPU, GPU and Ascend.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+
+__all__ = [
+    "Linear",
+    "LayerNorm",
+    "Mlp",
+    "DropPath",
+    "PatchProjection",
+    "set_compute_dtype",
+    "trunc_normal",
+]
+
+
+def trunc_normal(shape: tuple, std: float = 0.02, rng: Optional[np.random.Generator] = None) -> np.ndarray:
+    """Sample a normal(0, std) array truncated to [-2, 2] (absolute, as ``trunc_normal_``).
+
+    Args:
+        shape: Output shape.
+        std: Standard deviation.
+        rng: Numpy generator; the global MindSpore seed is not used so model init stays
+            reproducible from ``np.random.seed`` alone.
+
+    Returns:
+        float32 array of ``shape``.
+    """
+    rng = rng or np.random.default_rng(np.random.randint(0, 2**31 - 1))
+    out = rng.normal(0.0, std, size=shape)
+    bad = np.abs(out) > 2.0
+    while bad.any():
+        out[bad] = rng.normal(0.0, std, size=int(bad.sum()))
+        bad = np.abs(out) > 2.0
+    return out.astype(np.float32)
+
+
+class Linear(nn.Cell):
+    """``y = x @ W.T + b`` over the last axis of an N-d input, in ``compute_dtype``.
+
+    Args:
+        in_features: Input width.
+        out_features: Output width.
+        bias: Whether to add a learnable bias.
+        force_float32: Keep float32 even when the model is switched to a lower compute
+            dtype (used for the numerically sensitive position-bias MLP).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 force_float32: bool = False) -> None:
+        super().__init__()
+        self.force_float32 = force_float32
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = Parameter(Tensor(trunc_normal((out_features, in_features))), name="weight")
+        self.bias = Parameter(Tensor(np.zeros(out_features, np.float32)), name="bias") if bias else None
+        self.compute_dtype = ms.float32
+        self.matmul = ops.MatMul(transpose_b=True)
+
+    def construct(self, x: Tensor) -> Tensor:
+        out_shape = x.shape[:-1] + (self.out_features,)
+        x = x.reshape(-1, self.in_features).astype(self.compute_dtype)
+        y = self.matmul(x, self.weight.astype(self.compute_dtype))
+        if self.bias is not None:
+            y = y + self.bias.astype(self.compute_dtype)
+        return y.reshape(out_shape)
+
+    def extend_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class LayerNorm(nn.Cell):
+    """LayerNorm over the last axis, always computed in float32.
+
+    Uses ``weight``/``bias`` as parameter names (MindSpore's ``nn.LayerNorm`` calls them
+    ``gamma``/``beta`` and defaults to epsilon 1e-7; the official Swin V2 uses 1e-5).
+
+    Args:
+        dim: Normalised width.
+        eps: Variance epsilon.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.dim = dim
+        self.weight = Parameter(Tensor(np.ones(dim, np.float32)), name="weight")
+        self.bias = Parameter(Tensor(np.zeros(dim, np.float32)), name="bias")
+        self.layer_norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+
+    def construct(self, x: Tensor) -> Tensor:
+        y, _, _ = self.layer_norm(x.astype(ms.float32), self.weight, self.bias)
+        return y
+
+    def extend_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class Mlp(nn.Cell):
+    """fc1 -> exact (erf) GELU -> fc2, as in the official Swin V2.
+
+    Args:
+        dim: Input and output width.
+        hidden_dim: Hidden width.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.fc1 = Linear(dim, hidden_dim)
+        self.fc2 = Linear(hidden_dim, dim)
+
+    def construct(self, x: Tensor) -> Tensor:
+        return self.fc2(ops.gelu(self.fc1(x), approximate="none"))
+
+
+class DropPath(nn.Cell):
+    """Stochastic depth: zero whole samples of a residual branch with probability ``p``.
+
+    Args:
+        drop_prob: Probability of dropping a sample's branch.
+    """
+
+    def __init__(self, drop_prob: float) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+        # nn.Dropout draws the Bernoulli mask, rescales by 1/keep and is a no-op in eval.
+        self.dropout = nn.Dropout(p=drop_prob)
+
+    def construct(self, x: Tensor) -> Tensor:
+        mask_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        return x * self.dropout(ops.ones(mask_shape, x.dtype))
+
+    def extend_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class PatchProjection(nn.Cell):
+    """Non-overlapping patch projection with Conv2d's parameters, computed as one matmul.
+
+    Equivalent to ``Conv2d(in_chans, dim, patch, stride=patch)`` (weight ``(dim, in_chans,
+    p, p)``, bias ``(dim,)``), but returns NHWC directly and avoids a strided convolution,
+    which is slow on the CPU backend.
+
+    Args:
+        in_chans: Input channels.
+        dim: Output channels.
+        patch_size: Patch side.
+    """
+
+    def __init__(self, in_chans: int, dim: int, patch_size: int) -> None:
+        super().__init__()
+        self.in_chans = in_chans
+        self.dim = dim
+        self.patch_size = patch_size
+        fan_in = in_chans * patch_size * patch_size
+        bound = 1.0 / math.sqrt(fan_in)
+        rng = np.random.default_rng(np.random.randint(0, 2**31 - 1))
+        # PyTorch's Conv2d default init (kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), ..)).
+        self.weight = Parameter(
+            Tensor(rng.uniform(-bound, bound, (dim, in_chans, patch_size, patch_size)).astype(np.float32)),
+            name="weight")
+        self.bias = Parameter(Tensor(rng.uniform(-bound, bound, (dim,)).astype(np.float32)), name="bias")
+        self.compute_dtype = ms.float32
+        self.matmul = ops.MatMul(transpose_b=True)
+
+    def construct(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        p = self.patch_size
+        gh, gw = h // p, w // p
+        x = x.reshape(b, c, gh, p, gw, p).transpose(0, 2, 4, 1, 3, 5).reshape(b * gh * gw, c * p * p)
+        weight = self.weight.reshape(self.dim, c * p * p).astype(self.compute_dtype)
+        y = self.matmul(x.astype(self.compute_dtype), weight) + self.bias.astype(self.compute_dtype)
+        return y.reshape(b, gh, gw, self.dim)
+
+
+def set_compute_dtype(model: nn.Cell, dtype: ms.dtype) -> nn.Cell:
+    """Set the matmul dtype of every :class:`Linear` and :class:`PatchProjection` in ``model``.
+
+    Linears built with ``force_float32`` are left in float32.
+
+    Args:
+        model: Any cell tree.
+        dtype: ``ms.float32`` (AMP O0) or ``ms.float16``/``ms.bfloat16`` (AMP O2).
+
+    Returns:
+        ``model``, modified in place.
+    """
+    for _, cell in model.cells_and_names():
+        if isinstance(cell, (Linear, PatchProjection)) and not getattr(cell, "force_float32", False):
+            cell.compute_dtype = dtype
+    return model

@@ -1,0 +1,148 @@
+"""Model registry: official/timm variant names, mindcv aliases, ``create_model``."""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+from .swin_v2 import SwinTransformerV2
+
+__all__ = ["ModelSpec", "register_model", "list_models", "model_spec", "resolve_model_name", "create_model"]
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Architecture and default geometry of a registered variant."""
+
+    name: str
+    embed_dim: int
+    depths: Sequence[int]
+    num_heads: Sequence[int]
+    window_size: int
+    img_size: int
+    num_classes: int = 1000
+    patch_size: int = 4
+    pretrained_window_sizes: Sequence[int] = (0, 0, 0, 0)
+    crop_pct: float = 0.9
+    description: str = ""
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def model_kwargs(self) -> Dict[str, Any]:
+        """Keyword arguments of :class:`SwinTransformerV2` for this variant."""
+        return dict(img_size=self.img_size, patch_size=self.patch_size, num_classes=self.num_classes,
+                    embed_dim=self.embed_dim, depths=tuple(self.depths), num_heads=tuple(self.num_heads),
+                    window_size=self.window_size,
+                    pretrained_window_sizes=tuple(self.pretrained_window_sizes), **self.extra)
+
+
+_REGISTRY: Dict[str, ModelSpec] = {}
+# mindcv's names for the same architectures (all at 256 px, ImageNet-1k).
+_ALIASES: Dict[str, str] = {}
+
+
+def register_model(spec: ModelSpec, aliases: Sequence[str] = ()) -> ModelSpec:
+    """Add ``spec`` (and optional alias names) to the registry."""
+    if spec.name in _REGISTRY:
+        raise ValueError(f"model {spec.name!r} is registered twice")
+    _REGISTRY[spec.name] = spec
+    for alias in aliases:
+        _ALIASES[alias] = spec.name
+    return spec
+
+
+_TINY = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24))
+_SMALL = dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24))
+_BASE = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32))
+_LARGE = dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48))
+_FROM_22K = dict(pretrained_window_sizes=(12, 12, 12, 6))
+
+for _size, _arch in (("tiny", _TINY), ("small", _SMALL), ("base", _BASE)):
+    for _window in (8, 16):
+        register_model(ModelSpec(f"swinv2_{_size}_window{_window}_256", window_size=_window, img_size=256,
+                                 description=f"Swin-{_size[0].upper()} V2, ImageNet-1k, 256 px, window {_window}",
+                                 **_arch),
+                       aliases=(f"swinv2_{_size}_window{_window}",))
+for _size, _arch in (("base", _BASE), ("large", _LARGE)):
+    register_model(ModelSpec(f"swinv2_{_size}_window12_192", window_size=12, img_size=192, num_classes=21841,
+                             description=f"Swin-{_size[0].upper()} V2, ImageNet-22k pre-training, 192 px", **_arch))
+    register_model(ModelSpec(f"swinv2_{_size}_window12to16_192to256", window_size=16, img_size=256,
+                             description=f"Swin-{_size[0].upper()} V2, 22k->1k fine-tune, 256 px, window 16",
+                             **_FROM_22K, **_arch))
+    register_model(ModelSpec(f"swinv2_{_size}_window12to24_192to384", window_size=24, img_size=384,
+                             crop_pct=1.0,
+                             description=f"Swin-{_size[0].upper()} V2, 22k->1k fine-tune, 384 px, window 24",
+                             **_FROM_22K, **_arch))
+
+# Small variants for CPU demos, tests and benchmarks (no official weights).
+register_model(ModelSpec("swinv2_micro_window4_32", embed_dim=48, depths=(2, 2, 2), num_heads=(3, 6, 12),
+                         window_size=4, img_size=32, patch_size=2, num_classes=10,
+                         pretrained_window_sizes=(0, 0, 0), crop_pct=1.0,
+                         description="CPU variant: 32 px, patch 2, dim 48, depths 2-2-2, window 4"))
+register_model(ModelSpec("swinv2_nano_window4_64", embed_dim=32, depths=(1, 1, 2, 1), num_heads=(2, 4, 8, 16),
+                         window_size=4, img_size=64, num_classes=10, crop_pct=1.0,
+                         description="CPU variant: 64 px, patch 4, dim 32, depths 1-1-2-1, window 4"))
+
+
+def list_models(pattern: Optional[str] = None) -> List[str]:
+    """Registered model names, optionally filtered by a shell-style ``pattern``."""
+    names = sorted(_REGISTRY)
+    return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
+
+
+def resolve_model_name(name: str) -> str:
+    """Canonical name for ``name`` or a mindcv alias; a clear error otherwise."""
+    if name in _REGISTRY:
+        return name
+    if name in _ALIASES:
+        return _ALIASES[name]
+    close = difflib.get_close_matches(name, list(_REGISTRY) + list(_ALIASES), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(f"unknown model {name!r}.{hint} Available: {', '.join(list_models())}")
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The :class:`ModelSpec` of a registered name or alias."""
+    return _REGISTRY[resolve_model_name(name)]
+
+
+def create_model(name: str, *, num_classes: Optional[int] = None, img_size: Optional[Any] = None,
+                 window_size: Optional[Any] = None, pretrained_window_sizes: Optional[Sequence[Any]] = None,
+                 drop_path_rate: float = 0.0, checkpoint_path: Optional[str] = None,
+                 **kwargs: Any) -> SwinTransformerV2:
+    """Build a registered Swin V2 variant, optionally loading weights.
+
+    Args:
+        name: Official/timm name (see :func:`list_models`) or a mindcv alias.
+        num_classes: Classifier width; defaults to the variant's (1000, or 21841 for the
+            ImageNet-22k models).
+        img_size: Input side or (height, width); defaults to the variant's.
+        window_size: Attention window; defaults to the variant's.
+        pretrained_window_sizes: Per-stage windows of the weights to be loaded, for the
+            CPB rescaling; defaults to the variant's.
+        drop_path_rate: Stochastic depth rate.
+        checkpoint_path: Weights to load (any layout :func:`mindswin.load_checkpoint` reads).
+        **kwargs: Further :class:`SwinTransformerV2` arguments (``features_only``,
+            ``out_indices``, ``recompute``, ``embed_dim``, ...).
+
+    Returns:
+        The model, in training mode off (``set_train(False)``).
+    """
+    spec = model_spec(name)
+    args = spec.model_kwargs()
+    overrides = dict(num_classes=num_classes, img_size=img_size, window_size=window_size,
+                     pretrained_window_sizes=pretrained_window_sizes)
+    args.update({k: v for k, v in overrides.items() if v is not None})
+    args.update(kwargs)
+    args["drop_path_rate"] = drop_path_rate
+    model = SwinTransformerV2(**args)
+    model.model_name = spec.name
+    model.set_train(False)
+    if checkpoint_path:
+        from ..checkpoint import load_checkpoint
+
+        load_checkpoint(model, checkpoint_path)
+    return model

@@ -1,0 +1,566 @@
+"""Swin Transformer V2 (Liu et al., CVPR 2022) as MindSpore cells.
+
+Numerics follow the official implementation (and timm, which matches it): res-post-norm
+blocks, scaled cosine attention with a clamped learnable logit scale, a log-spaced
+continuous position bias (CPB) MLP, V2 patch merging and exact GELU.
+
+Layout notes:
+    * Feature maps travel as NHWC ``(B, H, W, C)``; only :meth:`forward_intermediates`
+      returns NCHW maps.
+    * Parameter names equal the official checkpoint's (``layers.{i}.blocks.{j}.attn.qkv
+      .weight``, ``layers.{i}.downsample.reduction.weight``, ``head.weight``), with the
+      downsample at the *end* of stages 0..n-2 as in the official code.
+    * Everything derived from the geometry (CPB coordinate tables, relative position
+      indices, shifted-window masks) is built with numpy at init and held as constant
+      tensors: never trainable, never saved, rebuilt for whatever resolution and window
+      the model is created with.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+
+from .layers import DropPath, LayerNorm, Linear, Mlp, PatchProjection
+
+__all__ = [
+    "SwinTransformerV2",
+    "SwinTransformerV2Block",
+    "WindowAttention",
+    "PatchMerging",
+    "PatchEmbed",
+    "relative_coords_table",
+    "relative_position_index",
+    "shifted_window_mask",
+]
+
+IntOrPair = Union[int, Sequence[int]]
+
+# Bounds the learnable temperature of cosine attention: exp(logit_scale) <= 1 / 0.01.
+MAX_LOGIT_SCALE = math.log(1.0 / 0.01)
+# Added to attention logits between tokens that came from different regions after the
+# cyclic shift; softmax turns it into ~0 weight (exp(-100) ~ 4e-44).
+MASK_VALUE = -100.0
+# F.normalize's epsilon, squared because we clamp the squared norm.
+L2_EPS_SQUARED = 1e-24
+
+
+def to_pair(value: IntOrPair) -> Tuple[int, int]:
+    """Return ``(value, value)`` for an int, or the value as a 2-tuple."""
+    if isinstance(value, (int, np.integer)):
+        return int(value), int(value)
+    value = tuple(int(v) for v in value)
+    if len(value) != 2:
+        raise ValueError(f"expected an int or a pair, got {value}")
+    return value
+
+
+def relative_coords_table(window_size: Tuple[int, int], pretrained_window_size: Tuple[int, int]) -> np.ndarray:
+    """Log-spaced relative coordinates fed to the CPB MLP.
+
+    Args:
+        window_size: Window (height, width) the model attends over.
+        pretrained_window_size: Window the weights were trained with; (0, 0) if the same.
+
+    Returns:
+        float32 array ``((2*Wh-1) * (2*Ww-1), 2)``.
+    """
+    wh, ww = window_size
+    table = np.stack(np.meshgrid(np.arange(-(wh - 1), wh, dtype=np.float64),
+                                 np.arange(-(ww - 1), ww, dtype=np.float64), indexing="ij"), axis=-1)
+    reference = pretrained_window_size if pretrained_window_size[0] > 0 else window_size
+    # max(.., 1): a 1x1 window (e.g. a 1x1 last stage) has only the zero offset; the
+    # official code divides 0 by 0 there and produces NaN.
+    table[..., 0] /= max(reference[0] - 1, 1)
+    table[..., 1] /= max(reference[1] - 1, 1)
+    table *= 8.0
+    table = np.sign(table) * np.log2(np.abs(table) + 1.0) / np.log2(8.0)
+    return table.reshape(-1, 2).astype(np.float32)
+
+
+def relative_position_index(window_size: Tuple[int, int]) -> np.ndarray:
+    """Index into the flattened coordinate table for every (query, key) pair of a window.
+
+    Returns:
+        int32 array ``(Wh*Ww * Wh*Ww,)``.
+    """
+    wh, ww = window_size
+    coords = np.stack(np.meshgrid(np.arange(wh), np.arange(ww), indexing="ij")).reshape(2, -1)
+    relative = coords[:, :, None] - coords[:, None, :]
+    index = (relative[0] + wh - 1) * (2 * ww - 1) + (relative[1] + ww - 1)
+    return index.reshape(-1).astype(np.int32)
+
+
+def shifted_window_mask(resolution: Tuple[int, int], window_size: Tuple[int, int],
+                        shift_size: Tuple[int, int]) -> Optional[np.ndarray]:
+    """Attention mask for shifted windows: 0 within a region, ``MASK_VALUE`` across.
+
+    Returns:
+        float32 array ``(num_windows, N, N)`` with ``N = Wh*Ww``, or None without shift.
+    """
+    if not any(shift_size):
+        return None
+    h, w = resolution
+    region = np.zeros((h, w), np.float32)
+    count = 0
+    for hs in (slice(0, -window_size[0]), slice(-window_size[0], -shift_size[0] or None),
+               slice(-shift_size[0] or h, None)):
+        for ws in (slice(0, -window_size[1]), slice(-window_size[1], -shift_size[1] or None),
+                   slice(-shift_size[1] or w, None)):
+            region[hs, ws] = count
+            count += 1
+    windows = region.reshape(h // window_size[0], window_size[0], w // window_size[1], window_size[1])
+    windows = windows.transpose(0, 2, 1, 3).reshape(-1, window_size[0] * window_size[1])
+    diff = windows[:, None, :] - windows[:, :, None]
+    return np.where(diff != 0, MASK_VALUE, 0.0).astype(np.float32)
+
+
+def window_partition(x: Tensor, window_size: Tuple[int, int]) -> Tensor:
+    """``(B, H, W, C)`` -> ``(B * num_windows, Wh*Ww, C)``."""
+    b, h, w, c = x.shape
+    wh, ww = window_size
+    x = x.reshape(b, h // wh, wh, w // ww, ww, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, wh * ww, c)
+
+
+def window_reverse(windows: Tensor, window_size: Tuple[int, int], resolution: Tuple[int, int]) -> Tensor:
+    """``(B * num_windows, Wh*Ww, C)`` -> ``(B, H, W, C)``."""
+    h, w = resolution
+    wh, ww = window_size
+    c = windows.shape[-1]
+    x = windows.reshape(-1, h // wh, w // ww, wh, ww, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, h, w, c)
+
+
+def cyclic_shift(x: Tensor, shift: Tuple[int, int]) -> Tensor:
+    """``torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))`` with static slices.
+
+    Negative shifts roll the other way.
+    """
+    h, w = x.shape[1], x.shape[2]
+    sh, sw = shift[0] % h, shift[1] % w
+    if sh:
+        x = ops.concat((x[:, sh:], x[:, :sh]), axis=1)
+    if sw:
+        x = ops.concat((x[:, :, sw:], x[:, :, :sw]), axis=2)
+    return x
+
+
+def l2_normalize(x: Tensor) -> Tensor:
+    """``F.normalize(x, dim=-1)`` in float32, via rsqrt.
+
+    ``ops.L2Normalize``'s backward is pathologically slow on CPU and its epsilon
+    underflows in float16, so this is written out.
+    """
+    x = x.astype(ms.float32)
+    return x * ops.rsqrt(ops.maximum((x * x).sum(axis=-1, keepdims=True), L2_EPS_SQUARED))
+
+
+class WindowAttention(nn.Cell):
+    """Scaled cosine window attention with a continuous position bias.
+
+    Args:
+        dim: Token width.
+        window_size: Window (height, width).
+        num_heads: Attention heads.
+        qkv_bias: Learn q and v biases (k's is fixed at zero, as official).
+        pretrained_window_size: Window of the pre-trained weights, for CPB rescaling.
+        attn_drop: Dropout on attention probabilities.
+        proj_drop: Dropout after the output projection.
+    """
+
+    def __init__(self, dim: int, window_size: Tuple[int, int], num_heads: int, qkv_bias: bool = True,
+                 pretrained_window_size: Tuple[int, int] = (0, 0), attn_drop: float = 0.0,
+                 proj_drop: float = 0.0) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.dim = dim
+        self.window_size = window_size
+        self.pretrained_window_size = pretrained_window_size
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.window_area = window_size[0] * window_size[1]
+
+        self.logit_scale = Parameter(Tensor(np.full((num_heads, 1, 1), math.log(10.0), np.float32)),
+                                     name="logit_scale")
+        self.cpb_mlp = nn.SequentialCell([
+            Linear(2, 512, bias=True, force_float32=True),
+            nn.ReLU(),
+            Linear(512, num_heads, bias=False, force_float32=True),
+        ])
+        self.qkv = Linear(dim, dim * 3, bias=False)
+        if qkv_bias:
+            self.q_bias = Parameter(Tensor(np.zeros(dim, np.float32)), name="q_bias")
+            self.v_bias = Parameter(Tensor(np.zeros(dim, np.float32)), name="v_bias")
+            self.k_bias = Tensor(np.zeros(dim, np.float32))
+        else:
+            self.q_bias = None
+        self.attn_drop = nn.Dropout(p=attn_drop) if attn_drop > 0 else None
+        self.proj = Linear(dim, dim)
+        self.proj_drop = nn.Dropout(p=proj_drop) if proj_drop > 0 else None
+
+        self.relative_coords_table = Tensor(relative_coords_table(window_size, pretrained_window_size))
+        self.relative_position_index = Tensor(relative_position_index(window_size))
+        self.qk_matmul = ops.BatchMatMul(transpose_b=True)
+        self.av_matmul = ops.BatchMatMul()
+
+    def position_bias(self) -> Tensor:
+        """``16 * sigmoid(cpb_mlp(coords))`` gathered to ``(heads, N, N)``, float32."""
+        table = self.cpb_mlp(self.relative_coords_table)
+        bias = ops.gather(table, self.relative_position_index, 0)
+        bias = bias.transpose(1, 0).reshape(self.num_heads, self.window_area, self.window_area)
+        return 16.0 * ops.sigmoid(bias)
+
+    def construct(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        """Attend within windows.
+
+        Args:
+            x: ``(B * num_windows, N, C)`` window tokens.
+            mask: ``(num_windows, N, N)`` shifted-window mask, or None.
+
+        Returns:
+            ``(B * num_windows, N, C)``.
+        """
+        batch_windows, n, c = x.shape
+        qkv = self.qkv(x)
+        if self.q_bias is not None:
+            qkv = qkv + ops.concat((self.q_bias, self.k_bias, self.v_bias)).astype(qkv.dtype)
+        qkv = qkv.reshape(batch_windows, n, 3, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+
+        # Unit vectors in [-1, 1] are safe in float16, so only the normalisation itself and
+        # what follows the product are kept in float32.
+        q = l2_normalize(q).astype(v.dtype)
+        k = l2_normalize(k).astype(v.dtype)
+        attn = self.qk_matmul(q, k).astype(ms.float32)
+        attn = attn * ops.exp(ops.minimum(self.logit_scale, MAX_LOGIT_SCALE))
+        attn = attn + self.position_bias()
+        if mask is not None:
+            num_windows = mask.shape[0]
+            attn = attn.reshape(-1, num_windows, self.num_heads, n, n) + mask.reshape(1, num_windows, 1, n, n)
+            attn = attn.reshape(-1, self.num_heads, n, n)
+        attn = ops.softmax(attn, axis=-1)
+        if self.attn_drop is not None:
+            attn = self.attn_drop(attn)
+
+        x = self.av_matmul(attn.astype(v.dtype), v)
+        x = x.transpose(0, 2, 1, 3).reshape(batch_windows, n, c)
+        x = self.proj(x)
+        if self.proj_drop is not None:
+            x = self.proj_drop(x)
+        return x
+
+    def extend_repr(self) -> str:
+        return (f"dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}, "
+                f"pretrained_window_size={self.pretrained_window_size}")
+
+
+class SwinTransformerV2Block(nn.Cell):
+    """Shifted-window block with residual post-normalisation.
+
+    ``x = x + drop_path(norm1(attn(x)))``; ``x = x + drop_path(norm2(mlp(x)))``.
+
+    Args:
+        dim: Token width.
+        input_resolution: Feature map (height, width) of the stage.
+        num_heads: Attention heads.
+        window_size: Requested window; clipped to the resolution when it does not fit.
+        shift_size: Requested shift (0 for even blocks, window // 2 for odd ones).
+        mlp_ratio: MLP hidden width over ``dim``.
+        qkv_bias: Learn q/v biases.
+        drop_path: Stochastic depth probability of this block.
+        pretrained_window_size: Window of the pre-trained weights (0 if the same).
+        attn_drop: Attention-probability dropout.
+        proj_drop: Dropout after projections.
+    """
+
+    def __init__(self, dim: int, input_resolution: Tuple[int, int], num_heads: int,
+                 window_size: Tuple[int, int], shift_size: Tuple[int, int], mlp_ratio: float = 4.0,
+                 qkv_bias: bool = True, drop_path: float = 0.0,
+                 pretrained_window_size: Tuple[int, int] = (0, 0), attn_drop: float = 0.0,
+                 proj_drop: float = 0.0) -> None:
+        super().__init__()
+        self.dim = dim
+        self.input_resolution = input_resolution
+        self.window_size, self.shift_size = self._calc_window_shift(window_size, shift_size)
+        for r, w in zip(self.input_resolution, self.window_size):
+            if r % w:
+                raise ValueError(
+                    f"feature map {self.input_resolution} is not divisible by window {self.window_size}; "
+                    "choose an img_size / window_size pair where every stage resolution is a multiple "
+                    "of the window (e.g. 256 px with window 8 or 16, 192 with 12, 384 with 24)")
+
+        self.attn = WindowAttention(dim, self.window_size, num_heads, qkv_bias=qkv_bias,
+                                    pretrained_window_size=pretrained_window_size,
+                                    attn_drop=attn_drop, proj_drop=proj_drop)
+        self.norm1 = LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.norm2 = LayerNorm(dim)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else None
+        mask = self.get_attn_mask()
+        self.attn_mask = Tensor(mask) if mask is not None else None
+
+    def _calc_window_shift(self, window_size: Tuple[int, int],
+                           shift_size: Tuple[int, int]) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+        """Clip the window to the feature map; no shift along an axis the window covers."""
+        window = tuple(r if r <= w else w for r, w in zip(self.input_resolution, window_size))
+        shift = tuple(0 if r <= w else s for r, w, s in zip(self.input_resolution, window, shift_size))
+        return window, shift
+
+    def get_attn_mask(self) -> Optional[np.ndarray]:
+        """Mask for this block's shifted windows (None for unshifted blocks)."""
+        return shifted_window_mask(self.input_resolution, self.window_size, self.shift_size)
+
+    def _attn(self, x: Tensor) -> Tensor:
+        shifted = cyclic_shift(x, self.shift_size)
+        windows = window_partition(shifted, self.window_size)
+        windows = self.attn(windows, self.attn_mask)
+        shifted = window_reverse(windows, self.window_size, self.input_resolution)
+        return cyclic_shift(shifted, (-self.shift_size[0], -self.shift_size[1]))
+
+    def _residual(self, branch: Tensor) -> Tensor:
+        return branch if self.drop_path is None else self.drop_path(branch)
+
+    def construct(self, x: Tensor) -> Tensor:
+        x = x + self._residual(self.norm1(self._attn(x)))
+        return x + self._residual(self.norm2(self.mlp(x)))
+
+    def extend_repr(self) -> str:
+        return (f"dim={self.dim}, input_resolution={self.input_resolution}, "
+                f"window_size={self.window_size}, shift_size={self.shift_size}")
+
+
+class PatchMerging(nn.Cell):
+    """V2 patch merging: 2x2 neighbourhood concat -> Linear(4C, 2C) -> LayerNorm(2C).
+
+    The concat order is the official one: (h even, w even), (h odd, w even),
+    (h even, w odd), (h odd, w odd).
+    """
+
+    def __init__(self, dim: int, out_dim: Optional[int] = None) -> None:
+        super().__init__()
+        self.dim = dim
+        self.out_dim = out_dim or 2 * dim
+        self.reduction = Linear(4 * dim, self.out_dim, bias=False)
+        self.norm = LayerNorm(self.out_dim)
+
+    def construct(self, x: Tensor) -> Tensor:
+        b, h, w, c = x.shape
+        x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 4, 2, 5).reshape(b, h // 2, w // 2, 4 * c)
+        return self.norm(self.reduction(x))
+
+
+class PatchEmbed(nn.Cell):
+    """Image to patch tokens: projection (``proj``, Conv2d layout) + LayerNorm (``norm``)."""
+
+    def __init__(self, img_size: Tuple[int, int], patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        if img_size[0] % patch_size or img_size[1] % patch_size:
+            raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)
+        self.proj = PatchProjection(in_chans, embed_dim, patch_size)
+        self.norm = LayerNorm(embed_dim)
+
+    def construct(self, x: Tensor) -> Tensor:
+        return self.norm(self.proj(x))
+
+
+class BasicLayer(nn.Cell):
+    """One stage: ``depth`` blocks at a fixed resolution, then optional patch merging.
+
+    The model calls :attr:`downsample` itself so it can read the stage output first.
+    """
+
+    def __init__(self, dim: int, input_resolution: Tuple[int, int], depth: int, num_heads: int,
+                 window_size: Tuple[int, int], drop_path: Sequence[float], downsample: bool,
+                 mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 pretrained_window_size: Tuple[int, int] = (0, 0), attn_drop: float = 0.0,
+                 proj_drop: float = 0.0) -> None:
+        super().__init__()
+        self.dim = dim
+        self.input_resolution = input_resolution
+        shift = (window_size[0] // 2, window_size[1] // 2)
+        self.blocks = nn.CellList([
+            SwinTransformerV2Block(dim, input_resolution, num_heads, window_size,
+                                   (0, 0) if i % 2 == 0 else shift, mlp_ratio=mlp_ratio,
+                                   qkv_bias=qkv_bias, drop_path=drop_path[i],
+                                   pretrained_window_size=pretrained_window_size,
+                                   attn_drop=attn_drop, proj_drop=proj_drop)
+            for i in range(depth)
+        ])
+        if downsample and (input_resolution[0] % 2 or input_resolution[1] % 2):
+            raise ValueError(f"patch merging needs an even feature map, got {input_resolution}; "
+                             "use an img_size divisible by patch_size * 2**(num_stages - 1)")
+        self.downsample = PatchMerging(dim) if downsample else None
+
+    def construct(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def init_respostnorm(self) -> None:
+        """Zero the post-norms so every block starts as the identity (official init)."""
+        for block in self.blocks:
+            for norm in (block.norm1, block.norm2):
+                norm.weight.set_data(ops.zeros_like(norm.weight))
+                norm.bias.set_data(ops.zeros_like(norm.bias))
+
+
+class SwinTransformerV2(nn.Cell):
+    """Swin Transformer V2 classifier / backbone.
+
+    Args:
+        img_size: Input (height, width) or side. Fixed at init: masks and windows depend on it.
+        patch_size: Patch side of the stem.
+        in_chans: Input channels.
+        num_classes: Classifier width; 0 for no head (pooled features).
+        embed_dim: Width of the first stage (doubles per stage).
+        depths: Blocks per stage.
+        num_heads: Heads per stage.
+        window_size: Attention window (clipped per stage to the feature map).
+        mlp_ratio: MLP expansion.
+        qkv_bias: Learn q/v biases.
+        drop_rate: Dropout before the classifier.
+        proj_drop_rate: Dropout after attention/MLP projections.
+        attn_drop_rate: Dropout on attention probabilities.
+        drop_path_rate: Stochastic depth, rising linearly from 0 to this over all blocks.
+        pretrained_window_sizes: Per-stage window of the pre-trained weights (0: same).
+        features_only: Build a backbone whose forward returns the ``out_indices`` stage maps
+            (NCHW, strides 4/8/16/32); no final norm or head.
+        out_indices: Stages to return with ``features_only``.
+        recompute: Recompute each block's activations in the backward pass.
+    """
+
+    def __init__(self, img_size: IntOrPair = 256, patch_size: int = 4, in_chans: int = 3,
+                 num_classes: int = 1000, embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2),
+                 num_heads: Sequence[int] = (3, 6, 12, 24), window_size: IntOrPair = 8,
+                 mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0,
+                 proj_drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1,
+                 pretrained_window_sizes: Optional[Sequence[IntOrPair]] = None,
+                 features_only: bool = False, out_indices: Sequence[int] = (0, 1, 2, 3),
+                 recompute: bool = False) -> None:
+        super().__init__()
+        if len(depths) != len(num_heads):
+            raise ValueError(f"depths {tuple(depths)} and num_heads {tuple(num_heads)} differ in length")
+        num_stages = len(depths)
+        pretrained_window_sizes = pretrained_window_sizes or (0,) * num_stages
+        if len(pretrained_window_sizes) != num_stages:
+            raise ValueError(f"pretrained_window_sizes needs {num_stages} entries, got {tuple(pretrained_window_sizes)}")
+        self.img_size = to_pair(img_size)
+        self.window_size = to_pair(window_size)
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.num_stages = num_stages
+        self.embed_dim = embed_dim
+        self.num_features = int(embed_dim * 2 ** (num_stages - 1))
+        self.features_only = features_only
+        self.out_indices = tuple(i % num_stages for i in out_indices)
+        self.feature_info = []
+
+        self.patch_embed = PatchEmbed(self.img_size, patch_size, in_chans, embed_dim)
+        drop_path = np.linspace(0.0, drop_path_rate, sum(depths)).tolist()
+        layers = []
+        resolution = self.patch_embed.grid_size
+        for i, depth in enumerate(depths):
+            dim = int(embed_dim * 2 ** i)
+            layers.append(BasicLayer(
+                dim, resolution, depth, num_heads[i], self.window_size,
+                drop_path=drop_path[sum(depths[:i]):sum(depths[:i + 1])],
+                downsample=i < num_stages - 1, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+                pretrained_window_size=to_pair(pretrained_window_sizes[i]),
+                attn_drop=attn_drop_rate, proj_drop=proj_drop_rate))
+            self.feature_info.append(dict(num_chs=dim, reduction=patch_size * 2 ** i, module=f"layers.{i}"))
+            if i < num_stages - 1:
+                resolution = (resolution[0] // 2, resolution[1] // 2)
+        self.layers = nn.CellList(layers)
+
+        if features_only:
+            self.norm = None
+            self.head = None
+        else:
+            self.norm = LayerNorm(self.num_features)
+            self.head_drop = nn.Dropout(p=drop_rate) if drop_rate > 0 else None
+            self.head = Linear(self.num_features, num_classes) if num_classes > 0 else None
+        for layer in self.layers:
+            layer.init_respostnorm()
+        if recompute:
+            self.set_grad_checkpointing(True)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations in backward (saves memory, costs one forward)."""
+        for layer in self.layers:
+            for block in layer.blocks:
+                block.recompute(mode=enable)
+
+    def no_weight_decay(self) -> Set[str]:
+        """Parameter names the official recipe trains without weight decay.
+
+        1-D parameters (norms, biases, q/v biases), every ``.bias``, the CPB MLP and the
+        attention logit scales.
+        """
+        return {p.name for p in self.get_parameters()
+                if p.ndim <= 1 or p.name.endswith(".bias") or "cpb_mlp" in p.name or "logit_scale" in p.name}
+
+    def get_classifier(self) -> Optional[Linear]:
+        """The classifier head, or None when ``num_classes == 0``."""
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head with a freshly initialised one of ``num_classes`` outputs."""
+        self.num_classes = num_classes
+        self.head = Linear(self.num_features, num_classes) if num_classes > 0 else None
+        if self.head is not None:
+            self.head.update_parameters_name("head.")
+
+    def forward_intermediates(self, x: Tensor) -> Tuple[Tensor, ...]:
+        """Stage outputs listed in ``out_indices``, NCHW at strides 4, 8, 16, 32."""
+        x = self.patch_embed(x)
+        features = ()
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i in self.out_indices:
+                features = features + (x.transpose(0, 3, 1, 2),)
+            if layer.downsample is not None:
+                x = layer.downsample(x)
+        return features
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``(B, C, H, W)`` image -> normalised ``(B, H/32, W/32, num_features)`` map."""
+        x = self.patch_embed(x)
+        for layer in self.layers:
+            x = layer(x)
+            if layer.downsample is not None:
+                x = layer.downsample(x)
+        return self.norm(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Average-pool the feature map and classify (float32 logits)."""
+        x = x.mean(axis=(1, 2))
+        if pre_logits or self.head is None:
+            return x
+        if self.head_drop is not None:
+            x = self.head_drop(x)
+        return self.head(x).astype(ms.float32)
+
+    def construct(self, x: Tensor) -> Union[Tensor, Tuple[Tensor, ...]]:
+        if self.features_only:
+            return self.forward_intermediates(x)
+        return self.forward_head(self.forward_features(x))
+
+    def param_count(self) -> int:
+        """Number of trainable scalars (derived tensors are constants and not counted)."""
+        return int(sum(p.size for p in self.trainable_params()))
+
+    def state_shapes(self) -> Dict[str, Tuple[int, ...]]:
+        """Parameter name -> shape, the key space of mindswin checkpoints."""
+        return {p.name: tuple(p.shape) for p in self.get_parameters()}
+
+    def stage_resolutions(self) -> List[Tuple[int, int]]:
+        """Feature-map (height, width) of each stage."""
+        return [layer.input_resolution for layer in self.layers]
