@@ -1,0 +1,9 @@
+"""Checkpoint reading, layout conversion and loading."""
+from .layouts import LAYOUTS, detect_layout, to_mindswin_names
+from .loader import LoadReport, describe_architecture, load_checkpoint, load_state_dict, read_state_dict
+from .readers import CheckpointError, read_tensors
+
+__all__ = [
+    "CheckpointError", "LoadReport", "LAYOUTS", "detect_layout", "to_mindswin_names", "read_tensors",
+    "read_state_dict", "load_state_dict", "load_checkpoint", "describe_architecture",
+]

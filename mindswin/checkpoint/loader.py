@@ -1,0 +1,190 @@
+"""Load any Swin V2 checkpoint into a mindswin model, with checks that name what is wrong."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import mindspore as ms
+from mindspore import Tensor, nn
+
+from .layouts import detect_layout, to_mindswin_names, unwrap_state_dict
+from .readers import CheckpointError, read_tensors
+
+__all__ = ["LoadReport", "load_checkpoint", "load_state_dict", "read_state_dict", "describe_architecture"]
+
+_logger = logging.getLogger(__name__)
+
+HEAD_KEYS = ("head.weight", "head.bias")
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_checkpoint` did."""
+
+    path: str
+    layout: str
+    loaded: List[str] = field(default_factory=list)
+    dropped: List[str] = field(default_factory=list)
+    head_reinitialised: bool = False
+    head_rows_selected: Optional[int] = None
+    skipped_for_features_only: List[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"loaded {len(self.loaded)} tensors from {self.path} (layout: {self.layout})",
+                 f"dropped {len(self.dropped)} derived buffers/training state"]
+        if self.head_rows_selected is not None:
+            parts.append(f"head reduced to {self.head_rows_selected} classes via the class map")
+        if self.head_reinitialised:
+            parts.append("classifier head re-initialised (class count differs)")
+        if self.skipped_for_features_only:
+            parts.append(f"skipped {len(self.skipped_for_features_only)} head/norm tensors (features_only)")
+        return "; ".join(parts)
+
+
+def read_state_dict(path: str) -> Tuple[Dict[str, np.ndarray], str, List[str]]:
+    """Read ``path`` and map it to mindswin names.
+
+    Returns:
+        (state dict in mindswin names, detected layout, dropped keys).
+    """
+    raw = read_tensors(path)
+    try:
+        state = unwrap_state_dict(raw)
+        layout = detect_layout(state)
+        mapped, dropped = to_mindswin_names(state, layout)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    return mapped, layout, dropped
+
+
+def describe_architecture(state: Dict[str, np.ndarray]) -> str:
+    """Guess embed_dim / depths / heads of a mindswin-named state dict, for error messages."""
+    try:
+        embed_dim = state["patch_embed.proj.weight"].shape[0]
+    except KeyError:
+        return "unknown architecture"
+    depths = []
+    for stage in range(8):
+        blocks = {int(m.group(1)) for k in state for m in [re.match(rf"layers\.{stage}\.blocks\.(\d+)\.", k)] if m}
+        if not blocks:
+            break
+        depths.append(max(blocks) + 1)
+    heads = [state[f"layers.{i}.blocks.0.attn.logit_scale"].shape[0] for i in range(len(depths))
+             if f"layers.{i}.blocks.0.attn.logit_scale" in state]
+    classes = state["head.weight"].shape[0] if "head.weight" in state else 0
+    return f"embed_dim={embed_dim}, depths={tuple(depths)}, num_heads={tuple(heads)}, num_classes={classes}"
+
+
+def _read_class_map(path: str, num_source_classes: int) -> np.ndarray:
+    with open(path) as f:
+        rows = [line.split()[0] for line in f if line.strip()]
+    try:
+        index = np.array([int(r) for r in rows], dtype=np.int64)
+    except ValueError as exc:
+        raise CheckpointError(f"class map {path} must hold one integer source-class index per line: {exc}") from exc
+    if index.min() < 0 or index.max() >= num_source_classes:
+        raise CheckpointError(f"class map {path} has indices outside [0, {num_source_classes})")
+    return index
+
+
+def load_state_dict(model: nn.Cell, state: Dict[str, np.ndarray], *, source: str = "<state dict>",
+                    layout: str = "mindswin", class_map: Optional[str] = None,
+                    strict_head: bool = False) -> LoadReport:
+    """Copy a mindswin-named state dict into ``model`` after checking it fits.
+
+    Args:
+        model: Target model.
+        state: Tensors under mindswin names (see :func:`read_state_dict`).
+        source: Name used in messages.
+        layout: Layout name, for the report.
+        class_map: File with one source-class index per line; selects head rows (e.g. the
+            ImageNet-1k rows of a 21841-class head).
+        strict_head: Raise instead of re-initialising a head whose class count differs.
+
+    Raises:
+        CheckpointError: naming missing/unexpected keys and shape mismatches.
+    """
+    report = LoadReport(path=source, layout=layout)
+    params = {p.name: p for p in model.get_parameters()}
+    state = dict(state)
+
+    if getattr(model, "features_only", False):
+        for key in [k for k in state if k.startswith(("head.", "norm."))]:
+            report.skipped_for_features_only.append(key)
+            del state[key]
+
+    if class_map and "head.weight" in state:
+        index = _read_class_map(class_map, state["head.weight"].shape[0])
+        for key in HEAD_KEYS:
+            if key in state:
+                state[key] = state[key][index]
+        report.head_rows_selected = len(index)
+
+    head_mismatch = [k for k in HEAD_KEYS if k in state and k in params and tuple(state[k].shape) != tuple(params[k].shape)]
+    if head_mismatch:
+        if strict_head:
+            raise CheckpointError(f"{source}: head has {state['head.weight'].shape[0]} classes, model has "
+                                  f"{params['head.weight'].shape[0]}")
+        source_classes = state["head.weight"].shape[0]
+        for key in HEAD_KEYS:
+            state.pop(key, None)
+        report.head_reinitialised = True
+        _logger.warning("%s: classifier head re-initialised: checkpoint has %d classes, model has %d",
+                        source, source_classes, params["head.weight"].shape[0])
+    if "head.weight" not in params:
+        for key in HEAD_KEYS:
+            state.pop(key, None)
+
+    expected = {k for k in params if not (report.head_reinitialised and k in HEAD_KEYS)}
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - set(params))
+    mismatched = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(params[k].shape)}"
+                        for k in set(state) & set(params) if tuple(state[k].shape) != tuple(params[k].shape))
+    if missing or unexpected or mismatched:
+        lines = [f"{source} (layout: {layout}) does not fit model {getattr(model, 'model_name', type(model).__name__)}."]
+        for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+            if keys:
+                shown = ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
+                lines.append(f"  {title}: {shown}")
+        lines.append(f"  checkpoint looks like: {describe_architecture(state)}")
+        lines.append(f"  model is:              {describe_architecture({k: p for k, p in params.items()})}")
+        lines.append("  Likely cause: a checkpoint of another variant (pick the model name that matches it) "
+                     "or of an unsupported layout.")
+        raise CheckpointError("\n".join(lines))
+
+    for key in sorted(state):
+        param = params[key]
+        param.set_data(Tensor(np.ascontiguousarray(state[key]), dtype=param.dtype))
+        report.loaded.append(key)
+    return report
+
+
+def load_checkpoint(model: nn.Cell, path: str, *, class_map: Optional[str] = None,
+                    strict_head: bool = False) -> LoadReport:
+    """Load a checkpoint of any supported layout into ``model``.
+
+    Supports mindswin ``.ckpt``, official ``.pth``, timm ``.pth``/``.safetensors``, Hugging
+    Face ``pytorch_model.bin``/``model.safetensors`` (file or directory) and mmpretrain
+    ``.pth``. Derived buffers are dropped (the model built its own for its resolution and
+    window); a head whose class count differs is re-initialised with a warning.
+
+    Args:
+        model: A :class:`~mindswin.models.SwinTransformerV2`.
+        path: Checkpoint file or Hugging Face model directory.
+        class_map: Optional file of source-class indices to keep from the head.
+        strict_head: Raise rather than re-initialise a mismatching head.
+
+    Returns:
+        A :class:`LoadReport`.
+    """
+    path = os.fspath(path)
+    state, layout, dropped = read_state_dict(path)
+    report = load_state_dict(model, state, source=path, layout=layout, class_map=class_map,
+                             strict_head=strict_head)
+    report.dropped = dropped
+    _logger.info(report.summary())
+    return report
