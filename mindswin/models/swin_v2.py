@@ -490,13 +490,16 @@ class SwinTransformerV2(nn.Cell):
         for layer in self.layers:
             layer.init_respostnorm()
         if recompute:
-            self.set_grad_checkpointing(True)
+            self.enable_recompute()
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute block activations in backward (saves memory, costs one forward)."""
+    def enable_recompute(self) -> None:
+        """Recompute block activations in backward (saves memory, costs one forward).
+
+        MindSpore offers no way to switch it off again once a cell is marked.
+        """
         for layer in self.layers:
             for block in layer.blocks:
-                block.recompute(mode=enable)
+                block.recompute()
 
     def no_weight_decay(self) -> Set[str]:
         """Parameter names the official recipe trains without weight decay.
