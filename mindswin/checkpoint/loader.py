@@ -56,6 +56,8 @@ def read_state_dict(path: str) -> Tuple[Dict[str, np.ndarray], str, List[str]]:
         state = unwrap_state_dict(raw)
         layout = detect_layout(state)
         mapped, dropped = to_mindswin_names(state, layout)
+        if layout == "official" and path.endswith(".ckpt"):
+            layout = "mindswin"  # same names; a MindSpore file cannot come from the official repo
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
     return mapped, layout, dropped
@@ -91,6 +93,14 @@ def _read_class_map(path: str, num_source_classes: int) -> np.ndarray:
     return index
 
 
+def _only_class_count_differs(state: Dict[str, np.ndarray], params: dict) -> bool:
+    """True when the head differs from the model's in its number of rows alone."""
+    if "head.weight" not in state or "head.weight" not in params:
+        return False
+    source, target = tuple(state["head.weight"].shape), tuple(params["head.weight"].shape)
+    return source != target and source[1:] == target[1:]
+
+
 def load_state_dict(model: nn.Cell, state: Dict[str, np.ndarray], *, source: str = "<state dict>",
                     layout: str = "mindswin", class_map: Optional[str] = None,
                     strict_head: bool = False) -> LoadReport:
@@ -124,8 +134,7 @@ def load_state_dict(model: nn.Cell, state: Dict[str, np.ndarray], *, source: str
                 state[key] = state[key][index]
         report.head_rows_selected = len(index)
 
-    head_mismatch = [k for k in HEAD_KEYS if k in state and k in params and tuple(state[k].shape) != tuple(params[k].shape)]
-    if head_mismatch:
+    if _only_class_count_differs(state, params):
         if strict_head:
             raise CheckpointError(f"{source}: head has {state['head.weight'].shape[0]} classes, model has "
                                   f"{params['head.weight'].shape[0]}")
