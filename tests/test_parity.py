@@ -1,7 +1,7 @@
 """Logits of mindswin vs timm / transformers on the same (random, non-trivial) weights."""
+import mindspore as ms
 import numpy as np
 import pytest
-import mindspore as ms
 
 import mindswin
 from mindswin.checkpoint import load_checkpoint

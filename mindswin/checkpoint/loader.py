@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
-import mindspore as ms
 from mindspore import Tensor, nn
 
 from .layouts import detect_layout, to_mindswin_names, unwrap_state_dict
@@ -154,7 +153,8 @@ def load_state_dict(model: nn.Cell, state: Dict[str, np.ndarray], *, source: str
     mismatched = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(params[k].shape)}"
                         for k in set(state) & set(params) if tuple(state[k].shape) != tuple(params[k].shape))
     if missing or unexpected or mismatched:
-        lines = [f"{source} (layout: {layout}) does not fit model {getattr(model, 'model_name', type(model).__name__)}."]
+        model_name = getattr(model, "model_name", type(model).__name__)
+        lines = [f"{source} (layout: {layout}) does not fit model {model_name}."]
         for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
             if keys:
                 shown = ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")

@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
 __all__ = [

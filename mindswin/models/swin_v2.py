@@ -20,8 +20,8 @@ from __future__ import annotations
 import math
 from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
 from .layers import DropPath, LayerNorm, Linear, Mlp, PatchProjection
@@ -451,7 +451,8 @@ class SwinTransformerV2(nn.Cell):
         num_stages = len(depths)
         pretrained_window_sizes = pretrained_window_sizes or (0,) * num_stages
         if len(pretrained_window_sizes) != num_stages:
-            raise ValueError(f"pretrained_window_sizes needs {num_stages} entries, got {tuple(pretrained_window_sizes)}")
+            raise ValueError(f"pretrained_window_sizes needs {num_stages} entries, "
+                             f"got {tuple(pretrained_window_sizes)}")
         self.img_size = to_pair(img_size)
         self.window_size = to_pair(window_size)
         self.in_chans = in_chans

@@ -29,7 +29,6 @@ torchvision.__version__ = "0.0.0"  # the stub's version string trips transformer
 
 import timm  # noqa: E402
 
-
 OFFICIAL_VARIANTS = [
     "swinv2_tiny_window8_256", "swinv2_tiny_window16_256", "swinv2_small_window8_256",
     "swinv2_small_window16_256", "swinv2_base_window8_256", "swinv2_base_window16_256",
