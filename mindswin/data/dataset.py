@@ -1,0 +1,206 @@
+"""ImageFolder datasets on ``mindspore.dataset`` for training and evaluation.
+
+* Images are decoded with Pillow in the source (any mode -> RGB, so CMYK/palette/RGBA/
+  grayscale files work); files that turn out unreadable only at decode time are replaced
+  by the next readable sample and reported by name.
+* Training: a seeded per-epoch permutation, sharded like ``DistributedSampler`` (every
+  rank the same number of samples), batched with ``drop_remainder`` and mixed per batch
+  (mixup/CutMix/label smoothing) into ``(image, soft_target)`` with fixed shapes.
+* Evaluation: samples ``i, i + num_shards, ...`` per shard, padded with zero-weight copies
+  to whole batches of the same count on every shard, so every sample is counted exactly
+  once and every batch has the same static shape: ``(image, label, weight)``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import mindspore.dataset as ds
+import numpy as np
+
+from .folder import DataError, FolderIndex, decode_rgb, scan_split
+from .mixup import Mixup
+from .transforms import build_eval_transforms, build_train_transforms
+
+__all__ = ["DataInfo", "EpochShardSampler", "ImageSource", "create_train_dataset", "create_eval_dataset",
+           "eval_shard_indices"]
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DataInfo:
+    """What a created dataset holds."""
+
+    class_names: List[str]
+    num_samples: int
+    batches_per_epoch: int
+    batch_size: int
+    bad_files: List[Tuple[str, str]] = field(default_factory=list)
+    source: Optional[ImageSource] = None
+
+    def all_bad_files(self) -> List[Tuple[str, str]]:
+        """Files skipped at scan time plus those that failed to decode since."""
+        return self.bad_files + (self.source.bad_files if self.source is not None else [])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+class ImageSource:
+    """Random-access source of ``(HWC uint8 RGB, label, weight)``.
+
+    Args:
+        samples: ``(path, label)`` pairs.
+        weights: Per-sample weight (0 marks padding); default all ones.
+    """
+
+    def __init__(self, samples: Sequence[Tuple[str, int]], weights: Optional[Sequence[float]] = None) -> None:
+        self.samples = list(samples)
+        self.weights = np.ones(len(self.samples), np.float32) if weights is None else np.asarray(weights, np.float32)
+        self.bad_files: List[Tuple[str, str]] = []
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        for offset in range(len(self.samples)):
+            path, label = self.samples[(index + offset) % len(self.samples)]
+            try:
+                image = np.asarray(decode_rgb(path), dtype=np.uint8)
+            except (OSError, SyntaxError, ValueError) as exc:
+                with self._lock:
+                    if all(p != path for p, _ in self.bad_files):
+                        self.bad_files.append((path, f"{type(exc).__name__}: {exc}"))
+                        _logger.warning("unreadable image %s (%s): replaced by the next sample", path, exc)
+                continue
+            return image, np.int32(label), self.weights[index]
+        raise DataError("no readable image left in the dataset")
+
+
+class EpochShardSampler:
+    """Seeded per-epoch permutation, split across shards like ``DistributedSampler``.
+
+    Each shard gets ``ceil(n / num_shards)`` indices (the permutation wraps around to
+    even them out). Each ``iter()`` is the next epoch; ``start_epoch`` and ``skip``
+    resume a run in the middle of an epoch with the same order it would have had.
+    """
+
+    def __init__(self, num_samples: int, num_shards: int = 1, shard_id: int = 0, seed: int = 0,
+                 shuffle: bool = True, start_epoch: int = 0, skip: int = 0) -> None:
+        if not 0 <= shard_id < num_shards:
+            raise ValueError(f"shard_id {shard_id} outside [0, {num_shards})")
+        self.num_samples = num_samples
+        self.num_shards = num_shards
+        self.shard_id = shard_id
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = start_epoch
+        self.skip = skip
+        self.per_shard = math.ceil(num_samples / num_shards)
+
+    def indices(self, epoch: int) -> np.ndarray:
+        order = (np.random.default_rng([self.seed, epoch]).permutation(self.num_samples) if self.shuffle
+                 else np.arange(self.num_samples))
+        total = self.per_shard * self.num_shards
+        order = np.resize(order, total)  # wraps around
+        return order[self.shard_id::self.num_shards]
+
+    def __iter__(self) -> Iterator[int]:
+        indices = self.indices(self.epoch)[self.skip:]
+        self.epoch += 1
+        self.skip = 0
+        return iter(indices.tolist())
+
+    def __len__(self) -> int:
+        return self.per_shard
+
+
+def eval_shard_indices(num_samples: int, num_shards: int, shard_id: int,
+                       batch_size: int) -> Tuple[List[int], List[float]]:
+    """Indices and weights of one evaluation shard, padded to whole batches.
+
+    Every shard gets the same number of whole batches; padding entries repeat index 0 with
+    weight 0, so summing weighted metrics over shards counts each sample exactly once.
+    """
+    per_shard = math.ceil(num_samples / num_shards)
+    padded = math.ceil(per_shard / batch_size) * batch_size
+    own = list(range(shard_id, num_samples, num_shards))
+    return own + [0] * (padded - len(own)), [1.0] * len(own) + [0.0] * (padded - len(own))
+
+
+def _scan(data_dir: str, split: str, class_names: Optional[Sequence[str]], verify: str, strict: bool,
+          num_workers: int) -> FolderIndex:
+    import os
+
+    if not data_dir or not os.path.isdir(data_dir):
+        raise DataError(f"data_dir not found: {data_dir!r} (pass --data_dir DIR with DIR/train/<class>/... and "
+                        "DIR/val/<class>/...; `python -m mindswin.data.synthetic DIR` writes a demo dataset)")
+    return scan_split(os.path.join(data_dir, split), class_names=class_names, verify=verify, strict=strict,
+                      num_workers=num_workers)
+
+
+def create_train_dataset(data_dir: str, *, image_size: int, batch_size: int, split: str = "train",
+                         num_shards: int = 1, shard_id: int = 0, seed: int = 0, num_workers: int = 2,
+                         start_epoch: int = 0, skip_batches: int = 0, auto_augment: Optional[str] = None,
+                         re_prob: float = 0.0, color_jitter: Optional[float] = None, hflip: float = 0.5,
+                         scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
+                         interpolation: str = "bicubic", mixup: float = 0.0, cutmix: float = 0.0,
+                         mixup_prob: float = 1.0, mixup_switch_prob: float = 0.5, mixup_mode: str = "batch",
+                         label_smoothing: float = 0.0, verify: str = "auto", strict: bool = False,
+                         index: Optional[FolderIndex] = None) -> Tuple[ds.Dataset, DataInfo]:
+    """Training dataset yielding ``image`` (B, 3, S, S) float32 and ``label`` (B, K) soft targets.
+
+    ``start_epoch``/``skip_batches`` resume the sample order of an interrupted run.
+    """
+    index = index or _scan(data_dir, split, None, verify, strict, num_workers)
+    sampler = EpochShardSampler(len(index), num_shards, shard_id, seed, shuffle=True, start_epoch=start_epoch,
+                                skip=skip_batches * batch_size)
+    if sampler.per_shard < batch_size:
+        raise DataError(f"{index.root}: {sampler.per_shard} samples per shard is fewer than batch_size {batch_size}")
+    source = ImageSource(index.samples)
+    dataset = ds.GeneratorDataset(source, column_names=["image", "label", "weight"], sampler=sampler,
+                                  num_parallel_workers=num_workers, python_multiprocessing=False)
+    dataset = dataset.project(["image", "label"])
+    transforms = build_train_transforms(image_size, scale=scale, ratio=ratio, hflip=hflip, auto_augment=auto_augment,
+                                        interpolation=interpolation, re_prob=re_prob, color_jitter=color_jitter,
+                                        seed=seed + 1000 * shard_id + 17 * start_epoch)
+    dataset = dataset.map(transforms, input_columns="image", num_parallel_workers=num_workers,
+                          python_multiprocessing=False)
+    mixer = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=mixup_prob, switch_prob=mixup_switch_prob,
+                  mode=mixup_mode, label_smoothing=label_smoothing, num_classes=len(index.class_names),
+                  seed=seed + 7919 * shard_id + 31 * start_epoch)
+
+    def mix(images, labels, _batch_info):
+        return mixer(np.stack(images), np.asarray(labels))
+
+    dataset = dataset.batch(batch_size, drop_remainder=True, per_batch_map=mix,
+                            input_columns=["image", "label"], output_columns=["image", "label"])
+    info = DataInfo(class_names=index.class_names, num_samples=len(index), batch_size=batch_size,
+                    batches_per_epoch=sampler.per_shard // batch_size, bad_files=list(index.bad_files),
+                    source=source)
+    return dataset, info
+
+
+def create_eval_dataset(data_dir: str, *, image_size: int, batch_size: int, split: str = "val",
+                        class_names: Optional[Sequence[str]] = None, num_shards: int = 1, shard_id: int = 0,
+                        num_workers: int = 2, crop_pct: float = 0.9, interpolation: str = "bicubic",
+                        verify: str = "auto", strict: bool = False) -> Tuple[ds.Dataset, DataInfo]:
+    """Evaluation dataset yielding ``image``, ``label`` (B,) int32 and ``weight`` (B,) float32."""
+    index = _scan(data_dir, split, class_names, verify, strict, num_workers)
+    positions, weights = eval_shard_indices(len(index), num_shards, shard_id, batch_size)
+    source = ImageSource([index.samples[i] for i in positions], weights)
+    dataset = ds.GeneratorDataset(source, column_names=["image", "label", "weight"], shuffle=False,
+                                  num_parallel_workers=num_workers, python_multiprocessing=False)
+    dataset = dataset.map(build_eval_transforms(image_size, crop_pct=crop_pct, interpolation=interpolation),
+                          input_columns="image", num_parallel_workers=num_workers, python_multiprocessing=False)
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    info = DataInfo(class_names=index.class_names, num_samples=len(index), batch_size=batch_size,
+                    batches_per_epoch=len(positions) // batch_size, bad_files=list(index.bad_files),
+                    source=source)
+    return dataset, info

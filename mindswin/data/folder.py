@@ -1,0 +1,127 @@
+"""ImageFolder scanning: classes, samples, and the files that cannot be used."""
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+from PIL import Image, UnidentifiedImageError
+
+__all__ = ["DataError", "IMAGE_EXTENSIONS", "FolderIndex", "scan_split", "decode_rgb"]
+
+_logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp", ".gif")
+# Above this many files a split is checked by header only; full decoding happens lazily.
+FULL_VERIFY_LIMIT = 50_000
+
+
+class DataError(ValueError):
+    """The data directory cannot be used as given."""
+
+
+@dataclass
+class FolderIndex:
+    """Samples of one split: ``(path, label)`` pairs and sorted class names."""
+
+    root: str
+    class_names: List[str]
+    samples: List[Tuple[str, int]]
+    bad_files: List[Tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+def decode_rgb(path: str):
+    """Decode ``path`` fully and convert any mode (L, P, RGBA, CMYK, ...) to an RGB PIL image."""
+    with Image.open(path) as img:
+        img.load()
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        return img
+
+
+def _check(path: str, full: bool) -> Optional[str]:
+    """None when ``path`` is a usable image, else the reason it is not."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file"
+        if full:
+            decode_rgb(path)
+        else:
+            with Image.open(path) as img:
+                img.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def scan_split(split_dir: str, *, class_names: Optional[Sequence[str]] = None, verify: str = "auto",
+               strict: bool = False, num_workers: int = 4) -> FolderIndex:
+    """Index ``split_dir/<class>/<image>``.
+
+    Args:
+        split_dir: Split directory (e.g. ``DATA/train``).
+        class_names: Expected classes (e.g. the train split's, for val); default: the
+            sorted sub-directories.
+        verify: ``"full"`` decodes every image, ``"header"`` only reads headers, ``"auto"``
+            decodes fully up to 50,000 files.
+        strict: Raise on the first unusable file instead of skipping it.
+        num_workers: Threads used for verification.
+
+    Raises:
+        DataError: missing/empty directory, no classes, a class without images, or (strict)
+            an unusable file.
+    """
+    if not os.path.isdir(split_dir):
+        raise DataError(f"data split not found: {split_dir} (expected DATA_DIR/train/<class>/<image> and "
+                        "DATA_DIR/val/<class>/<image>; set --data_dir to the folder holding train/ and val/)")
+    found = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d))
+                   and not d.startswith("."))
+    if not found:
+        raise DataError(f"{split_dir} has no class folders (expected {split_dir}/<class>/<image>)")
+    if class_names is None:
+        class_names = found
+    else:
+        extra = sorted(set(found) - set(class_names))
+        if extra:
+            raise DataError(f"{split_dir} has classes the training split lacks: {', '.join(extra[:5])}")
+    candidates: List[Tuple[str, int]] = []
+    empty: List[str] = []
+    for label, name in enumerate(class_names):
+        class_dir = os.path.join(split_dir, name)
+        files = []
+        if os.path.isdir(class_dir):
+            for dirpath, _, filenames in sorted(os.walk(class_dir)):
+                files += [os.path.join(dirpath, f) for f in sorted(filenames)
+                          if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
+        if not files:
+            empty.append(name)
+        candidates += [(f, label) for f in files]
+    if empty:
+        raise DataError(f"{split_dir}: class folder(s) without images: {', '.join(empty[:10])} "
+                        f"(supported extensions: {', '.join(IMAGE_EXTENSIONS)})")
+
+    full = verify == "full" or (verify == "auto" and len(candidates) <= FULL_VERIFY_LIMIT)
+    with ThreadPoolExecutor(max(1, num_workers)) as pool:
+        problems = list(pool.map(lambda s: _check(s[0], full), candidates))
+    samples, bad = [], []
+    for sample, problem in zip(candidates, problems):
+        if problem is None:
+            samples.append(sample)
+        elif strict:
+            raise DataError(f"unreadable image {sample[0]}: {problem} (strict_data is on; remove the file or set "
+                            "strict_data: False to skip it)")
+        else:
+            bad.append((sample[0], problem))
+    if bad:
+        shown = "; ".join(f"{p} ({why})" for p, why in bad[:10])
+        _logger.warning("skipped %d unreadable image(s) in %s: %s%s", len(bad), split_dir, shown,
+                        " ..." if len(bad) > 10 else "")
+    empty_after = sorted({class_names[label] for _, label in candidates} - {class_names[label] for _, label in samples})
+    if empty_after:
+        raise DataError(f"{split_dir}: every image of class(es) {', '.join(empty_after)} is unreadable")
+    return FolderIndex(root=split_dir, class_names=list(class_names), samples=samples, bad_files=bad)
