@@ -140,7 +140,7 @@ def _scan(data_dir: str, split: str, class_names: Optional[Sequence[str]], verif
 
     if not data_dir or not os.path.isdir(data_dir):
         raise DataError(f"data_dir not found: {data_dir!r} (pass --data_dir DIR with DIR/train/<class>/... and "
-                        "DIR/val/<class>/...; `python -m mindswin.data.synthetic DIR` writes a demo dataset)")
+                        "DIR/val/<class>/...; `python -m mindswin.data DIR` writes a demo dataset)")
     return scan_split(os.path.join(data_dir, split), class_names=class_names, verify=verify, strict=strict,
                       num_workers=num_workers)
 

@@ -1,0 +1,267 @@
+"""Entry points behind train.py, validate.py, infer.py and export.py (kept thin there)."""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import List, Optional
+
+from .checkpoint import CheckpointError
+from .config import ConfigError, parse_args
+from .data import DataError
+
+__all__ = ["run_train", "run_validate", "run_infer", "run_export"]
+
+_USER_ERRORS = (ConfigError, CheckpointError, DataError, FileNotFoundError)
+
+
+def _fail(exc: BaseException) -> int:
+    print(f"error: {exc}", file=sys.stderr)
+    return 2
+
+
+def run_train(argv: Optional[List[str]] = None) -> int:
+    """``train.py``: parse the config, train, report."""
+    from .engine.runtime import quiet_framework, setup_logging
+
+    quiet_framework()
+    try:
+        config = parse_args(argv, description="Train or fine-tune Swin V2 with MindSpore")
+        setup_logging(is_main=True)
+        from .engine.trainer import train
+
+        train(config)
+    except _USER_ERRORS as exc:
+        return _fail(exc)
+    logging.shutdown()
+    return 0
+
+
+def _model_config_from_checkpoint(config, metadata) -> None:
+    """Fill model/geometry keys the user did not set from a mindswin checkpoint's metadata."""
+    mapping = {"model": "model", "image_size": "image_resize", "crop_pct": "crop_pct", "window_size": "window_size",
+               "pretrained_window_sizes": "pretrained_window_sizes", "interpolation": "interpolation"}
+    for meta_key, key in mapping.items():
+        if key not in config.explicit and metadata.get(meta_key) is not None:
+            config[key] = metadata[meta_key]
+
+
+def _prepare_eval_model(config, num_classes: int):
+    """Model with ``ckpt_path`` loaded strictly (no head re-initialisation), AMP applied."""
+    from .amp import apply_amp
+    from .engine.trainer import build_model
+
+    model, report = build_model(config, num_classes, training=False, strict_head=True)
+    apply_amp(model, config.amp_level, config.amp_dtype)
+    return model, report
+
+
+def run_validate(argv: Optional[List[str]] = None) -> int:
+    """``validate.py``: top-1/top-5/loss of a checkpoint over the val split."""
+    import json
+    import os
+
+    from .checkpoint import read_metadata
+    from .engine.runtime import quiet_framework, setup_logging, setup_runtime
+
+    quiet_framework()
+    try:
+        config = parse_args(argv, description="Evaluate a Swin V2 checkpoint on DATA_DIR/val",
+                            required=("ckpt_path", "data_dir"))
+        if "amp_level" not in config.explicit:
+            config.amp_level = "O0"
+        setup_logging(is_main=True)
+        if not os.path.exists(config.ckpt_path):
+            raise CheckpointError(f"checkpoint not found: {config.ckpt_path}; refusing to evaluate random weights")
+        metadata = read_metadata(config.ckpt_path)
+        _model_config_from_checkpoint(config, metadata)
+        runtime = setup_runtime(config)
+        from .data import create_eval_dataset
+        from .engine.evaluate import EvalStep, evaluate
+        from .engine.trainer import resolved_geometry
+
+        geometry = resolved_geometry(config)
+        dataset, info = create_eval_dataset(
+            config.data_dir, image_size=geometry["image_size"], batch_size=config.val_batch_size or config.batch_size,
+            split=config.val_split, class_names=metadata.get("class_names"), num_shards=runtime.group_size,
+            shard_id=runtime.rank, num_workers=config.num_parallel_workers, crop_pct=geometry["crop_pct"],
+            interpolation=config.interpolation, verify=config.verify_images, strict=config.strict_data)
+        num_classes = config.num_classes or metadata.get("num_classes") or info.num_classes
+        model, _ = _prepare_eval_model(config, num_classes)
+        result = evaluate(EvalStep(model, distributed=runtime.distributed), dataset, info.batches_per_epoch,
+                          progress=runtime.is_main)
+    except _USER_ERRORS as exc:
+        return _fail(exc)
+    if runtime.is_main:
+        summary = dict(top1=round(result.top1, 4), top5=round(result.top5, 4), loss=round(result.loss, 6),
+                       num_samples=result.num_samples, ckpt=config.ckpt_path, model=model.model_name,
+                       images_per_second=round(result.images_per_second, 2))
+        print(f"{model.model_name} on {os.path.join(config.data_dir, config.val_split)}: top-1 {result.top1:.3f}% "
+              f"top-5 {result.top5:.3f}% loss {result.loss:.4f} ({result.num_samples} images, "
+              f"{result.images_per_second:.1f} img/s)")
+        if config.output:
+            from .checkpoint.native import atomic_write
+
+            def write(tmp: str) -> None:
+                with open(tmp, "w") as f:
+                    json.dump(summary, f, indent=2)
+
+            atomic_write(config.output, write)
+    logging.shutdown()
+    return 0
+
+
+def _class_names(config, metadata, num_classes: Optional[int]) -> List[str]:
+    if config.class_names_file:
+        with open(config.class_names_file) as f:
+            names = [line.strip() for line in f if line.strip()]
+    elif metadata.get("class_names"):
+        names = list(metadata["class_names"])
+    elif num_classes:
+        names = [f"class_{i}" for i in range(num_classes)]
+    else:
+        raise ConfigError("the checkpoint stores no class list: pass --class_names_file FILE (one name per line) "
+                          "or --num_classes N")
+    if num_classes and len(names) != num_classes:
+        raise ConfigError(f"{len(names)} class names for a {num_classes}-class model")
+    return names
+
+
+def _collect_images(inputs: List[str]) -> List[str]:
+    import os
+
+    from .data import IMAGE_EXTENSIONS
+
+    files = []
+    for item in inputs:
+        if os.path.isdir(item):
+            for dirpath, _, names in sorted(os.walk(item)):
+                files += [os.path.join(dirpath, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS)]
+        elif os.path.isfile(item):
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"image or folder not found: {item}")
+    if not files:
+        raise FileNotFoundError(f"no images found in {', '.join(inputs)}")
+    return files
+
+
+def run_infer(argv: Optional[List[str]] = None) -> int:
+    """``infer.py``: top-k classes with probabilities for images, eval preprocessing."""
+    import json
+
+    import numpy as np
+
+    from .checkpoint import read_metadata
+    from .engine.runtime import quiet_framework, setup_logging, setup_runtime
+
+    quiet_framework()
+    try:
+        config = parse_args(argv, description="Predict classes of images with a Swin V2 checkpoint",
+                            required=("ckpt_path",), positional="inputs")
+        if not config.inputs:
+            raise ConfigError("give one or more images or folders after the options")
+        if "amp_level" not in config.explicit:
+            config.amp_level = "O0"
+        setup_logging(is_main=True)
+        metadata = read_metadata(config.ckpt_path) if config.ckpt_path.endswith(".ckpt") else {}
+        _model_config_from_checkpoint(config, metadata)
+        setup_runtime(config)
+        num_classes = config.num_classes or metadata.get("num_classes")
+        names = _class_names(config, metadata, num_classes)
+        model, _ = _prepare_eval_model(config, len(names))
+        files = _collect_images(config.inputs)
+
+        import mindspore as ms
+        from mindspore import ops
+
+        from .data import build_eval_transforms, decode_rgb
+        from .engine.trainer import resolved_geometry
+
+        geometry = resolved_geometry(config)
+        transforms = build_eval_transforms(geometry["image_size"], crop_pct=geometry["crop_pct"],
+                                           interpolation=config.interpolation)
+        batch = min(len(files), 16)
+        k = min(config.topk, len(names))
+        results = []
+        for start in range(0, len(files), batch):
+            chunk = files[start:start + batch]
+            arrays = []
+            for path in chunk:
+                array = np.asarray(decode_rgb(path), dtype=np.uint8)
+                for op in transforms:
+                    array = op(array)
+                arrays.append(array)
+            arrays += [arrays[0]] * (batch - len(arrays))  # static batch shape: pad the last chunk
+            probs = ops.softmax(model(ms.Tensor(np.stack(arrays).astype(np.float32))), axis=-1).asnumpy()
+            for path, p in zip(chunk, probs):
+                top = np.argsort(-p)[:k]
+                results.append({"image": path, "top": [{"class": names[i], "index": int(i),
+                                                         "probability": round(float(p[i]), 6)} for i in top]})
+    except _USER_ERRORS as exc:
+        return _fail(exc)
+    for item in results:
+        best = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in item["top"])
+        print(f"{item['image']}: {best}")
+    if config.output:
+        from .checkpoint.native import atomic_write
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w") as f:
+                json.dump(results, f, indent=2)
+
+        atomic_write(config.output, write)
+    logging.shutdown()
+    return 0
+
+
+def run_export(argv: Optional[List[str]] = None) -> int:
+    """``export.py``: MindIR (or ONNX) of a checkpoint with a fixed input shape."""
+    import os
+
+    import numpy as np
+
+    from .checkpoint import read_metadata
+    from .engine.runtime import quiet_framework, setup_logging, setup_runtime
+
+    quiet_framework()
+    try:
+        config = parse_args(argv, description="Export a Swin V2 checkpoint to MindIR / ONNX",
+                            required=("ckpt_path",))
+        setup_logging(is_main=True)
+        if "amp_level" not in config.explicit:
+            config.amp_level = "O0"
+        if config.file_format not in ("MINDIR", "ONNX"):
+            raise ConfigError(f"file_format must be MINDIR or ONNX, got {config.file_format!r}")
+        metadata = read_metadata(config.ckpt_path) if config.ckpt_path.endswith(".ckpt") else {}
+        _model_config_from_checkpoint(config, metadata)
+        setup_runtime(config)
+        num_classes = config.num_classes or metadata.get("num_classes") or _num_classes_in(config.ckpt_path)
+        model, _ = _prepare_eval_model(config, num_classes)
+        import mindspore as ms
+
+        from .engine.trainer import resolved_geometry
+
+        size = resolved_geometry(config)["image_size"]
+        batch = config.batch_size if "batch_size" in config.explicit else 1
+        target = config.export_file or os.path.splitext(config.ckpt_path)[0]
+        sample = ms.Tensor(np.zeros((batch, 3, size, size), np.float32))
+        try:
+            ms.export(model, sample, file_name=target, file_format=config.file_format)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise ConfigError(f"MindSpore {ms.__version__} could not export this model as {config.file_format}: "
+                              f"{str(exc).splitlines()[0]}") from exc
+    except _USER_ERRORS as exc:
+        return _fail(exc)
+    suffix = ".mindir" if config.file_format == "MINDIR" else ".onnx"
+    print(f"wrote {target}{suffix} (input {batch}x3x{size}x{size}, {model.model_name})")
+    logging.shutdown()
+    return 0
+
+
+def _num_classes_in(path: str) -> int:
+    from .checkpoint import read_state_dict
+
+    state, _, _ = read_state_dict(path)
+    if "head.weight" not in state:
+        raise ConfigError(f"{path} has no classifier head; pass --num_classes")
+    return int(state["head.weight"].shape[0])

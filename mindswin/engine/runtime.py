@@ -1,0 +1,88 @@
+"""Process setup shared by the entry points: context, seeds, distributed init, quiet exit."""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Runtime", "setup_runtime", "setup_logging", "quiet_framework"]
+
+
+@dataclass
+class Runtime:
+    rank: int = 0
+    group_size: int = 1
+    distributed: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def quiet_framework() -> None:
+    """Silence what a user would otherwise have to interpret.
+
+    * MindSpore's INFO/WARNING log lines (GLOG_v=3 keeps errors), unless the user set
+      GLOG_v themselves; it must run before mindspore is first imported;
+    * ``Exception ignored in: Cell.__del__`` tracebacks printed at interpreter exit, when
+      MindSpore's module globals are torn down before the cells that reference them.
+    """
+    os.environ.setdefault("GLOG_v", "3")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    from mindspore import nn
+
+    original_del = nn.Cell.__del__
+    if getattr(original_del, "_mindswin_quiet", False):
+        return
+
+    def quiet_del(self):
+        try:
+            original_del(self)
+        except Exception:  # noqa: BLE001 - only at interpreter teardown, nothing left to clean
+            pass
+
+    quiet_del._mindswin_quiet = True
+    nn.Cell.__del__ = quiet_del
+
+
+def setup_logging(is_main: bool = True) -> None:
+    level = logging.INFO if is_main else logging.WARNING
+    logging.basicConfig(level=level, stream=sys.stdout, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S", force=True)
+
+
+def setup_runtime(config) -> Runtime:
+    """Graph mode (STRICT syntax), device, seeds, and data-parallel communication."""
+    import mindspore as ms
+    import mindspore.dataset as ds
+
+    ms.set_context(mode=ms.GRAPH_MODE, jit_syntax_level=ms.STRICT)
+    ms.set_device(config.device_target)
+    if config.device_target == "Ascend":
+        ms.set_context(jit_config={"jit_level": config.jit_level})
+    runtime = Runtime()
+    if config.distribute:
+        from mindspore.communication import get_group_size, get_rank, init
+
+        if "MS_WORKER_NUM" not in os.environ and "RANK_TABLE_FILE" not in os.environ:
+            raise RuntimeError("distribute is True but this process was not started by msrun; launch with "
+                               "`msrun --worker_num N --local_worker_num N train.py ... --distribute True`")
+        if config.hccl_buffsize:
+            os.environ.setdefault("HCCL_BUFFSIZE", str(config.hccl_buffsize))
+        init()
+        runtime = Runtime(rank=get_rank(), group_size=get_group_size(), distributed=True)
+        parallel = dict(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
+                        device_num=runtime.group_size)
+        if config.enable_parallel_optimizer:
+            parallel["enable_parallel_optimizer"] = True
+        ms.set_auto_parallel_context(**parallel)
+    seed = config.seed
+    ms.set_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    ds.config.set_seed(seed)
+    return runtime

@@ -1,0 +1,171 @@
+"""One compiled training step that runs on CPU, GPU and Ascend.
+
+forward (AMP per the model's compute dtype) -> soft-target cross-entropy -> backward of
+the loss times the loss scale -> all-reduce (data parallel, mean) -> unscale -> finite
+check -> gradient accumulation -> global-norm clipping -> AdamW -> EMA, with the update
+masked off (not branched) on overflow or between accumulation boundaries. Everything is
+one graph; the host only feeds batches and reads the returned scalars.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+
+from .optim import AdamW
+
+__all__ = ["SoftTargetCrossEntropy", "NetWithLoss", "EMA", "TrainStep"]
+
+
+class SoftTargetCrossEntropy(nn.Cell):
+    """``mean(-sum(target * log_softmax(logits)))`` for (mixed, smoothed) soft targets."""
+
+    def construct(self, logits: Tensor, targets: Tensor) -> Tensor:
+        log_probs = ops.log_softmax(logits.astype(ms.float32), axis=-1)
+        return -(targets * log_probs).sum(axis=-1).mean()
+
+
+class NetWithLoss(nn.Cell):
+    """Model + loss, returning the loss multiplied by ``scale`` (for loss scaling)."""
+
+    def __init__(self, model: nn.Cell, loss_fn: nn.Cell) -> None:
+        super().__init__(auto_prefix=False)
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def construct(self, images: Tensor, targets: Tensor, scale: Tensor) -> Tensor:
+        return self.loss_fn(self.model(images), targets) * scale
+
+
+_ema_update = ops.MultitypeFuncGraph("ema_update")
+
+
+@_ema_update.register("Tensor", "Tensor", "Tensor", "Tensor")
+def _ema_step(decay, apply, ema, param):
+    return ops.assign(ema, ops.select(apply, ema * decay + param * (1.0 - decay), ema))
+
+
+class EMA(nn.Cell):
+    """Exponential moving average of the trainable parameters, held in a twin model.
+
+    The twin (``ema_model``) is a model of the same architecture whose parameters *are*
+    the averages, so it is evaluated and saved like any model. Derived tensors are
+    constants of each model and never averaged.
+    """
+
+    def __init__(self, model: nn.Cell, ema_model: nn.Cell, decay: float) -> None:
+        super().__init__(auto_prefix=False)
+        params = model.trainable_params()
+        averages = ema_model.trainable_params()
+        names = [p.name for p in averages]
+        if names != [p.name for p in params]:
+            raise ValueError("EMA model does not mirror the trained model's parameters")
+        for avg, p in zip(averages, params):
+            avg.set_data(Tensor(p.asnumpy()))
+            avg.requires_grad = False
+        self.ema_model = ema_model
+        self.averages = ms.ParameterTuple(averages)
+        self.decay = Tensor(decay, ms.float32)
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self, params, apply: Tensor):
+        return self.hyper_map(ops.partial(_ema_update, self.decay, apply), self.averages, params)
+
+
+class TrainStep(nn.Cell):
+    """The whole optimisation step as one cell.
+
+    Args:
+        model: The model (its compute dtype set by ``apply_amp``).
+        optimizer: :class:`AdamW` over the model's trainable parameters.
+        lr_table: Per-step learning rates (indexed by the optimizer's applied-step count).
+        loss_scaler: ``ms.amp.DynamicLossScaler`` or ``StaticLossScaler``.
+        clip_value: Max global gradient norm, or None.
+        accumulation: Micro-batches per optimizer step.
+        ema: Optional :class:`EMA`.
+        distributed: All-reduce (mean) gradients across the data-parallel group.
+    """
+
+    def __init__(self, model: nn.Cell, optimizer: AdamW, lr_table: Tensor, loss_scaler, *,
+                 clip_value: Optional[float] = 5.0, accumulation: int = 1, ema: Optional[EMA] = None,
+                 distributed: bool = False) -> None:
+        super().__init__(auto_prefix=False)
+        self.net_with_loss = NetWithLoss(model, SoftTargetCrossEntropy())
+        self.optimizer = optimizer
+        self.weights = optimizer.parameters
+        self.lr_table = lr_table
+        self.last_step = lr_table.shape[0] - 1
+        self.loss_scaler = loss_scaler
+        self.clip_value = clip_value
+        self.accumulation = accumulation
+        self.ema = ema
+        self.grad_fn = ms.value_and_grad(self.net_with_loss, None, self.weights)
+        self.reducer = nn.DistributedGradReducer(self.weights, mean=True) if distributed else None
+        if accumulation > 1:
+            self.accumulated = self.weights.clone(prefix="accum", init="zeros")
+            self.micro_step = Parameter(Tensor(0, ms.int32), name="accum_micro_step", requires_grad=False)
+            self.overflow_seen = Parameter(Tensor(False, ms.bool_), name="accum_overflow", requires_grad=False)
+        self.hyper_map = ops.HyperMap()
+
+    def current_lr(self) -> Tensor:
+        return self.lr_table[ops.minimum(self.optimizer.step, self.last_step)]
+
+    def construct(self, images: Tensor, targets: Tensor):
+        scale = self.loss_scaler.scale_value.astype(ms.float32)
+        scaled_loss, grads = self.grad_fn(images, targets, scale)
+        if self.reducer is not None:
+            grads = self.reducer(grads)
+        grads = self.loss_scaler.unscale(grads)
+        finite = ms.amp.all_finite(grads)
+        # Zero non-finite gradients so the masked update never multiplies inf by 0.
+        grads = self.hyper_map(ops.partial(_zero_if, finite), grads)
+        apply = finite
+        if self.accumulation > 1:
+            grads, apply = self._accumulate(grads, finite)
+        if self.clip_value is not None:
+            grads = ops.clip_by_global_norm(grads, self.clip_value)
+        lr = self.current_lr()
+        updated = self.optimizer(grads, lr, apply)
+        if self.ema is not None:
+            updated = ops.depend(updated, self.ema(self.weights, apply))
+        scale_before = scale
+        self.loss_scaler.adjust(finite)
+        loss = ops.depend(scaled_loss / scale_before, updated)
+        return loss, finite, scale_before, lr
+
+    def _accumulate(self, grads, finite: Tensor):
+        micro = self.micro_step + 1
+        boundary = micro >= self.accumulation
+        overflow = ops.logical_or(self.overflow_seen, ops.logical_not(finite))
+        total = self.hyper_map(ops.add, self.accumulated, grads)
+        mean = self.hyper_map(ops.partial(_divide, float(self.accumulation)), total)
+        keep = self.hyper_map(ops.partial(_store_or_reset, boundary), self.accumulated, total)
+        total = ops.depend(mean, keep)
+        ops.assign(self.micro_step, ops.select(boundary, ops.zeros_like(micro), micro))
+        ops.assign(self.overflow_seen, ops.logical_and(overflow, ops.logical_not(boundary)))
+        return total, ops.logical_and(boundary, ops.logical_not(overflow))
+
+
+_zero_if = ops.MultitypeFuncGraph("zero_if")
+
+
+@_zero_if.register("Tensor", "Tensor")
+def _zero_grad(finite, grad):
+    return ops.select(finite, grad, ops.zeros_like(grad))
+
+
+_divide = ops.MultitypeFuncGraph("divide")
+
+
+@_divide.register("Number", "Tensor")
+def _divide_by(count, grad):
+    return grad / count
+
+
+_store_or_reset = ops.MultitypeFuncGraph("store_or_reset")
+
+
+@_store_or_reset.register("Tensor", "Tensor", "Tensor")
+def _store(boundary, buffer, total):
+    return ops.assign(buffer, ops.select(boundary, ops.zeros_like(total), total))
