@@ -45,7 +45,7 @@ def _draw(shape: str, size: int, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
 
 
-def make_demo_dataset(root: str, *, num_classes: int = 4, train_per_class: int = 160, val_per_class: int = 40,
+def make_demo_dataset(root: str, *, num_classes: int = 4, train_per_class: int = 200, val_per_class: int = 50,
                       image_size: int = 64, seed: int = 0, formats: Sequence[str] = ("png", "jpg")) -> Dict[str, int]:
     """Write ``root/{train,val}/<shape>/<i>.<ext>``.
 
