@@ -251,7 +251,19 @@ def _run_epochs(config, runtime: Runtime, step_cell, optimizer, train_data, trai
             _logger.info("epoch %d/%d: %s", epoch + 1, epochs,
                          ", ".join(f"{k} {v}" for k, v in record.items() if k != "epoch"))
     _logger.info("done in %.1f s; checkpoints in %s", time.perf_counter() - run_start, config.ckpt_save_dir)
+    if runtime.distributed:
+        # every rank prints it: equal digests show the data-parallel replicas stayed in sync
+        print(f"rank {runtime.rank} weights sha1 {_weights_digest(eval_model)}", flush=True)
     return record
+
+
+def _weights_digest(model) -> str:
+    import hashlib
+
+    digest = hashlib.sha1()
+    for param in model.get_parameters():
+        digest.update(param.asnumpy().tobytes())
+    return digest.hexdigest()
 
 
 def _val_fields(record: Dict[str, Any]) -> Dict[str, Any]:
