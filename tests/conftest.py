@@ -7,12 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mindspore as ms
-import numpy as np
-import pytest
+os.environ.setdefault("GLOG_v", "3")
+
+import mindspore as ms  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from mindswin.engine.runtime import quiet_framework  # noqa: E402
+
+quiet_framework()
 ms.set_context(mode=ms.GRAPH_MODE, jit_syntax_level=ms.STRICT)
 
 # A model small enough to compile in seconds that still has shifted windows, patch merging

@@ -42,7 +42,7 @@ def test_train_batches_shapes_types_ranges(demo):
     assert targets.shape == (8, 4) and targets.dtype == np.float32
     assert -3.0 < images.mean() < 3.0 and images.min() >= -6 and images.max() <= 6
     assert np.allclose(targets.sum(axis=1), 1.0, atol=1e-5)
-    assert info.class_names == ["circle", "cross", "square", "triangle"]
+    assert info.class_names == ["checkerboard", "stripes_diagonal", "stripes_horizontal", "stripes_vertical"]
 
 
 def test_eval_batches_and_crop(demo):

@@ -254,3 +254,37 @@ def test_fine_tune_from_another_resolution_window_and_class_count(trained, tmp_p
                  tmp_path / "ft")
     assert "classifier head re-initialised: checkpoint has 4 classes, model has 3" in result.stdout + result.stderr
     assert _metrics(tmp_path / "ft")[-1]["val_samples"] == 12
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_msrun_two_workers_match_a_single_process(data_dir, tmp_path):
+    # deterministic inputs (full-image crops, no flip) so both runs see identical global batches
+    common = [*BASE_ARGS, "--epoch_size", "2", "--scale", "[1.0,1.0]", "--ratio", "[1.0,1.0]", "--hflip", "0",
+              "--data_dir", data_dir]
+    run("train.py", *common, "--batch_size", "16", "--ckpt_save_dir", tmp_path / "single")
+    env = dict(os.environ, PATH=f"{os.path.dirname(PYTHON)}:{os.environ.get('PATH', '')}")
+    logs = tmp_path / "logs"
+    command = [os.path.join(os.path.dirname(PYTHON), "msrun"), "--worker_num", "2", "--local_worker_num", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "--log_dir", str(logs),
+               "--join", "True", str(ROOT / "train.py"), *map(str, common), "--batch_size", "8",
+               "--ckpt_save_dir", str(tmp_path / "dist"), "--distribute", "True"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=str(ROOT), env=env, timeout=600)
+    worker_logs = "".join(p.read_text() for p in sorted(logs.glob("worker_*.log")))
+    assert result.returncode == 0, worker_logs[-4000:]
+    digests = sorted(line.split()[-1] for line in worker_logs.splitlines() if " weights sha1 " in line)
+    assert len(digests) == 2 and digests[0] == digests[1]  # ranks end with identical weights
+    single, dist = _metrics(tmp_path / "single"), _metrics(tmp_path / "dist")
+    assert [r["val_samples"] for r in dist] == [36, 36]  # the whole val set, 18 per rank, all-reduced
+    assert [r["optimizer_step"] for r in dist] == [r["optimizer_step"] for r in single]
+    for a, b in zip(single, dist):
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-3
+        assert abs(a["val_top1"] - b["val_top1"]) <= 100 / 36 + 1e-9  # at most one sample flips

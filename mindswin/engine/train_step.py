@@ -100,8 +100,13 @@ class TrainStep(nn.Cell):
         self.clip_value = clip_value
         self.accumulation = accumulation
         self.ema = ema
-        self.grad_fn = ms.value_and_grad(self.net_with_loss, None, self.weights)
         self.reducer = nn.DistributedGradReducer(self.weights, mean=True) if distributed else None
+        if distributed:
+            from mindspore.communication import get_group_size
+
+            # the reported loss is the global batch's, as a single process would see it
+            self.loss_sum = ops.AllReduce()
+            self.group_size = float(get_group_size())
         if accumulation > 1:
             self.accumulated = self.weights.clone(prefix="accum", init="zeros")
             self.micro_step = Parameter(Tensor(0, ms.int32), name="accum_micro_step", requires_grad=False)
@@ -113,7 +118,9 @@ class TrainStep(nn.Cell):
 
     def construct(self, images: Tensor, targets: Tensor):
         scale = self.loss_scaler.scale_value.astype(ms.float32)
-        scaled_loss, grads = self.grad_fn(images, targets, scale)
+        # Built here, not kept as an attribute: an attribute value_and_grad function made the
+        # compile fail (parsing __init__) in a process that had compiled many graphs before.
+        scaled_loss, grads = ops.value_and_grad(self.net_with_loss, None, self.weights)(images, targets, scale)
         if self.reducer is not None:
             grads = self.reducer(grads)
         grads = self.loss_scaler.unscale(grads)
@@ -131,8 +138,10 @@ class TrainStep(nn.Cell):
             updated = ops.depend(updated, self.ema(self.weights, apply))
         scale_before = scale
         self.loss_scaler.adjust(finite)
-        loss = ops.depend(scaled_loss / scale_before, updated)
-        return loss, finite, scale_before, lr
+        loss = scaled_loss / scale_before
+        if self.reducer is not None:
+            loss = self.loss_sum(loss) / self.group_size
+        return ops.depend(loss, updated), finite, scale_before, lr
 
     def _accumulate(self, grads, finite: Tensor):
         micro = self.micro_step + 1
