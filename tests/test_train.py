@@ -288,3 +288,39 @@ def test_msrun_two_workers_match_a_single_process(data_dir, tmp_path):
     for a, b in zip(single, dist):
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-3
         assert abs(a["val_top1"] - b["val_top1"]) <= 100 / 36 + 1e-9  # at most one sample flips
+
+
+def test_exported_mindir_matches_the_cell(trained, tmp_path):
+    from mindspore import nn
+
+    ckpt = os.path.join(trained[0], "swinv2_micro_window4_32-best.ckpt")
+    target = tmp_path / "micro"
+    result = run("export.py", "--ckpt_path", ckpt, "--file_format", "MINDIR", "--batch_size", "2",
+                 "--export_file", target)
+    assert "wrote" in result.stdout
+    graph = nn.GraphCell(ms.load(str(target) + ".mindir"))
+    model = mindswin.create_model("swinv2_micro_window4_32", num_classes=4, checkpoint_path=ckpt)
+    x = ms.Tensor(np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32))
+    assert np.abs(graph(x).asnumpy() - model(x).asnumpy()).max() <= 1e-5
+    onnx = run("export.py", "--ckpt_path", ckpt, "--file_format", "ONNX", "--export_file", target, check=False)
+    assert onnx.returncode == 0 or "could not export this model as ONNX" in onnx.stderr
+
+
+def test_ema_follows_the_weights():
+    from mindswin.engine.train_step import EMA
+
+    model = randomized_micro()
+    twin = mindswin.create_model("swinv2_tiny_window8_256", **MICRO_MS)
+    model.set_train(True)
+    optimizer = AdamW(model.trainable_params(), 0.05, model.no_weight_decay())
+    ema = EMA(model, twin, decay=0.9)
+    step = TrainStep(model, optimizer, ms.Tensor(np.full(10, 1e-3, np.float32)), ms.amp.StaticLossScaler(1.0),
+                     ema=ema)
+    start = {p.name: p.asnumpy().copy() for p in model.trainable_params()}
+    assert all(np.array_equal(a.asnumpy(), start[a.name]) for a in twin.get_parameters())
+    step(*_fixed_batch())
+    for avg, param in zip(twin.get_parameters(), model.trainable_params()):
+        expected = 0.9 * start[param.name] + 0.1 * param.asnumpy()
+        assert np.allclose(avg.asnumpy(), expected, atol=1e-7), param.name
+    names = {p.name for p in twin.get_parameters()}
+    assert not [n for n in names if "attn_mask" in n or "relative_" in n]
