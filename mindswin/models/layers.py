@@ -73,13 +73,19 @@ class Linear(nn.Cell):
         self.compute_dtype = ms.float32
         self.matmul = ops.MatMul(transpose_b=True)
 
+    def _project(self, x: Tensor, weight: Tensor) -> Tensor:
+        flat = x.reshape(-1, self.in_features).astype(self.compute_dtype)
+        return self.matmul(flat, weight.astype(self.compute_dtype)).reshape(x.shape[:-1] + (weight.shape[0],))
+
     def construct(self, x: Tensor) -> Tensor:
-        out_shape = x.shape[:-1] + (self.out_features,)
-        x = x.reshape(-1, self.in_features).astype(self.compute_dtype)
-        y = self.matmul(x, self.weight.astype(self.compute_dtype))
+        y = self._project(x, self.weight)
         if self.bias is not None:
             y = y + self.bias.astype(self.compute_dtype)
-        return y.reshape(out_shape)
+        return y
+
+    def rows(self, x: Tensor, start: int, stop: int) -> Tensor:
+        """Output features ``start:stop`` only (no bias): ``x @ W[start:stop].T``."""
+        return self._project(x, self.weight[start:stop])
 
     def extend_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

@@ -35,6 +35,7 @@ __all__ = [
     "relative_coords_table",
     "relative_position_index",
     "shifted_window_mask",
+    "window_token_order",
 ]
 
 IntOrPair = Union[int, Sequence[int]]
@@ -118,35 +119,44 @@ def shifted_window_mask(resolution: Tuple[int, int], window_size: Tuple[int, int
     return np.where(diff != 0, MASK_VALUE, 0.0).astype(np.float32)
 
 
-def window_partition(x: Tensor, window_size: Tuple[int, int]) -> Tensor:
-    """``(B, H, W, C)`` -> ``(B * num_windows, Wh*Ww, C)``."""
-    b, h, w, c = x.shape
-    wh, ww = window_size
-    x = x.reshape(b, h // wh, wh, w // ww, ww, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, wh * ww, c)
+def window_token_order(resolution: Tuple[int, int], window_size: Tuple[int, int],
+                       shift_size: Tuple[int, int]) -> np.ndarray:
+    """Source token of every position of "roll by -shift, then partition into windows".
 
+    Position ``((wi * nWw + wj) * Wh + r) * Ww + c`` (window ``(wi, wj)``, in-window
+    ``(r, c)``) takes token ``((wi*Wh + r + sh) % H) * W + (wj*Ww + c + sw) % W`` of the
+    row-major ``(H, W)`` map, which is ``torch.roll(x, (-sh, -sw))`` followed by the
+    official ``window_partition``.
 
-def window_reverse(windows: Tensor, window_size: Tuple[int, int], resolution: Tuple[int, int]) -> Tensor:
-    """``(B * num_windows, Wh*Ww, C)`` -> ``(B, H, W, C)``."""
+    Returns:
+        int32 array ``(H*W,)``.
+    """
     h, w = resolution
     wh, ww = window_size
-    c = windows.shape[-1]
-    x = windows.reshape(-1, h // wh, w // ww, wh, ww, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, h, w, c)
+    rows = (np.arange(h).reshape(h // wh, wh) + shift_size[0]) % h  # (nWh, Wh)
+    cols = (np.arange(w).reshape(w // ww, ww) + shift_size[1]) % w  # (nWw, Ww)
+    index = rows[:, None, :, None] * w + cols[None, :, None, :]  # (nWh, nWw, Wh, Ww)
+    return index.reshape(-1).astype(np.int32)
 
 
-def cyclic_shift(x: Tensor, shift: Tuple[int, int]) -> Tensor:
-    """``torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))`` with static slices.
+class TokenPermutation(nn.Cell):
+    """Reorder tokens ``(B, L, C)`` along L by a fixed permutation.
 
-    Negative shifts roll the other way.
+    One gather replaces roll + window partition (and its inverse replaces window reverse +
+    roll back); the backward pass is the gather by the inverse permutation instead of the
+    scatter-add MindSpore derives for a general gather.
     """
-    h, w = x.shape[1], x.shape[2]
-    sh, sw = shift[0] % h, shift[1] % w
-    if sh:
-        x = ops.concat((x[:, sh:], x[:, :sh]), axis=1)
-    if sw:
-        x = ops.concat((x[:, :, sw:], x[:, :, :sw]), axis=2)
-    return x
+
+    def __init__(self, order: np.ndarray) -> None:
+        super().__init__()
+        self.order = Tensor(order.astype(np.int32))
+        self.inverse = Tensor(np.argsort(order).astype(np.int32))
+
+    def construct(self, x: Tensor) -> Tensor:
+        return ops.gather(x, self.order, 1)
+
+    def bprop(self, x: Tensor, out: Tensor, dout: Tensor):
+        return (ops.gather(dout, self.inverse, 1),)
 
 
 def l2_normalize(x: Tensor) -> Tensor:
@@ -196,9 +206,9 @@ class WindowAttention(nn.Cell):
         if qkv_bias:
             self.q_bias = Parameter(Tensor(np.zeros(dim, np.float32)), name="q_bias")
             self.v_bias = Parameter(Tensor(np.zeros(dim, np.float32)), name="v_bias")
-            self.k_bias = Tensor(np.zeros(dim, np.float32))
         else:
             self.q_bias = None
+            self.v_bias = None
         self.attn_drop = nn.Dropout(p=attn_drop) if attn_drop > 0 else None
         self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(p=proj_drop) if proj_drop > 0 else None
@@ -215,6 +225,12 @@ class WindowAttention(nn.Cell):
         bias = bias.transpose(1, 0).reshape(self.num_heads, self.window_area, self.window_area)
         return 16.0 * ops.sigmoid(bias)
 
+    def _heads(self, x: Tensor, bias: Optional[Tensor]) -> Tensor:
+        """``(B_, N, C)`` (+ bias) -> ``(B_, heads, N, head_dim)``."""
+        if bias is not None:
+            x = x + bias.astype(x.dtype)
+        return x.reshape(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+
     def construct(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         """Attend within windows.
 
@@ -226,11 +242,11 @@ class WindowAttention(nn.Cell):
             ``(B * num_windows, N, C)``.
         """
         batch_windows, n, c = x.shape
-        qkv = self.qkv(x)
-        if self.q_bias is not None:
-            qkv = qkv + ops.concat((self.q_bias, self.k_bias, self.v_bias)).astype(qkv.dtype)
-        qkv = qkv.reshape(batch_windows, n, 3, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        # Three projections with row blocks of qkv.weight: slicing the small weight is cheap,
+        # slicing the large fused output (StridedSlice) is slow on CPU.
+        q = self._heads(self.qkv.rows(x, 0, c), self.q_bias)
+        k = self._heads(self.qkv.rows(x, c, 2 * c), None)
+        v = self._heads(self.qkv.rows(x, 2 * c, 3 * c), self.v_bias)
 
         # Unit vectors in [-1, 1] are safe in float16, so only the normalisation itself and
         # what follows the product are kept in float32.
@@ -303,6 +319,9 @@ class SwinTransformerV2Block(nn.Cell):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else None
         mask = self.get_attn_mask()
         self.attn_mask = Tensor(mask) if mask is not None else None
+        order = window_token_order(self.input_resolution, self.window_size, self.shift_size)
+        self.to_windows = TokenPermutation(order)
+        self.from_windows = TokenPermutation(np.argsort(order))
 
     def _calc_window_shift(self, window_size: Tuple[int, int],
                            shift_size: Tuple[int, int]) -> Tuple[Tuple[int, int], Tuple[int, int]]:
@@ -316,11 +335,10 @@ class SwinTransformerV2Block(nn.Cell):
         return shifted_window_mask(self.input_resolution, self.window_size, self.shift_size)
 
     def _attn(self, x: Tensor) -> Tensor:
-        shifted = cyclic_shift(x, self.shift_size)
-        windows = window_partition(shifted, self.window_size)
+        b, h, w, c = x.shape
+        windows = self.to_windows(x.reshape(b, h * w, c)).reshape(-1, self.attn.window_area, c)
         windows = self.attn(windows, self.attn_mask)
-        shifted = window_reverse(windows, self.window_size, self.input_resolution)
-        return cyclic_shift(shifted, (-self.shift_size[0], -self.shift_size[1]))
+        return self.from_windows(windows.reshape(b, h * w, c)).reshape(b, h, w, c)
 
     def _residual(self, branch: Tensor) -> Tensor:
         return branch if self.drop_path is None else self.drop_path(branch)
