@@ -75,6 +75,7 @@ def run_validate(argv: Optional[List[str]] = None) -> int:
         metadata = read_metadata(config.ckpt_path)
         _model_config_from_checkpoint(config, metadata)
         runtime = setup_runtime(config)
+        setup_logging(is_main=runtime.is_main)
         from .data import create_eval_dataset
         from .engine.evaluate import EvalStep, evaluate
         from .engine.trainer import resolved_geometry

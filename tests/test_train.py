@@ -271,14 +271,8 @@ def test_msrun_two_workers_match_a_single_process(data_dir, tmp_path):
     common = [*BASE_ARGS, "--epoch_size", "2", "--scale", "[1.0,1.0]", "--ratio", "[1.0,1.0]", "--hflip", "0",
               "--data_dir", data_dir]
     run("train.py", *common, "--batch_size", "16", "--ckpt_save_dir", tmp_path / "single")
-    env = dict(os.environ, PATH=f"{os.path.dirname(PYTHON)}:{os.environ.get('PATH', '')}")
-    logs = tmp_path / "logs"
-    command = [os.path.join(os.path.dirname(PYTHON), "msrun"), "--worker_num", "2", "--local_worker_num", "2",
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "--log_dir", str(logs),
-               "--join", "True", str(ROOT / "train.py"), *map(str, common), "--batch_size", "8",
-               "--ckpt_save_dir", str(tmp_path / "dist"), "--distribute", "True"]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=str(ROOT), env=env, timeout=600)
-    worker_logs = "".join(p.read_text() for p in sorted(logs.glob("worker_*.log")))
+    result, worker_logs = _msrun("train.py", *common, "--batch_size", "8", "--ckpt_save_dir", tmp_path / "dist",
+                                 logs=tmp_path / "logs")
     assert result.returncode == 0, worker_logs[-4000:]
     digests = sorted(line.split()[-1] for line in worker_logs.splitlines() if " weights sha1 " in line)
     assert len(digests) == 2 and digests[0] == digests[1]  # ranks end with identical weights
@@ -288,6 +282,24 @@ def test_msrun_two_workers_match_a_single_process(data_dir, tmp_path):
     for a, b in zip(single, dist):
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-3
         assert abs(a["val_top1"] - b["val_top1"]) <= 100 / 36 + 1e-9  # at most one sample flips
+
+    # validate.py under msrun: sharded (18 + 18), all-reduced, same top-1 as training reported
+    ckpt = tmp_path / "dist" / "swinv2_micro_window4_32-e0002.ckpt"
+    result, worker_logs = _msrun("validate.py", "--data_dir", data_dir, "--ckpt_path", ckpt, "--batch_size", "8",
+                                 "--output", tmp_path / "val.json", logs=tmp_path / "val_logs")
+    assert result.returncode == 0, worker_logs[-4000:]
+    summary = json.loads((tmp_path / "val.json").read_text())
+    assert summary["num_samples"] == 36
+    assert summary["top1"] == pytest.approx(dist[-1]["val_top1"], abs=1e-9)
+
+
+def _msrun(script, *args, logs):
+    env = dict(os.environ, PATH=f"{os.path.dirname(PYTHON)}:{os.environ.get('PATH', '')}")
+    command = [os.path.join(os.path.dirname(PYTHON), "msrun"), "--worker_num", "2", "--local_worker_num", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "--log_dir", str(logs),
+               "--join", "True", str(ROOT / script), *map(str, args), "--distribute", "True"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=str(ROOT), env=env, timeout=600)
+    return result, "".join(p.read_text() for p in sorted(logs.glob("worker_*.log")))
 
 
 def test_exported_mindir_matches_the_cell(trained, tmp_path):

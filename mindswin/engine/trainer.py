@@ -20,7 +20,7 @@ from ..models import create_model, model_spec
 from .checkpoints import CheckpointManager, find_resume_state
 from .evaluate import EvalStep, evaluate
 from .optim import AdamW, cosine_schedule, scaled_learning_rates
-from .runtime import Runtime, setup_runtime
+from .runtime import Runtime, setup_logging, setup_runtime
 from .train_step import EMA, TrainStep
 
 __all__ = ["build_model", "train"]
@@ -61,6 +61,7 @@ def _log_step(epoch: int, epochs: int, step: int, steps: int, loss: float, lr: f
 def train(config: Config) -> Dict[str, Any]:
     """Run the training described by ``config``; returns the last epoch's metrics."""
     runtime = setup_runtime(config)
+    setup_logging(is_main=runtime.is_main)  # ranks other than 0 log warnings and errors only
     if not config.data_dir:
         raise ConfigError("--data_dir is required: a folder with train/<class>/<image> and val/<class>/<image>")
     geometry = resolved_geometry(config)
