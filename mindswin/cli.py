@@ -6,6 +6,7 @@ import sys
 from typing import List, Optional
 
 from .checkpoint import CheckpointError
+from .checkpoint.native import atomic_write_json
 from .config import ConfigError, parse_args
 from .data import DataError
 
@@ -57,7 +58,6 @@ def _prepare_eval_model(config, num_classes: int):
 
 def run_validate(argv: Optional[List[str]] = None) -> int:
     """``validate.py``: top-1/top-5/loss of a checkpoint over the val split."""
-    import json
     import os
 
     from .checkpoint import read_metadata
@@ -100,13 +100,7 @@ def run_validate(argv: Optional[List[str]] = None) -> int:
               f"top-5 {result.top5:.3f}% loss {result.loss:.4f} ({result.num_samples} images, "
               f"{result.images_per_second:.1f} img/s)")
         if config.output:
-            from .checkpoint.native import atomic_write
-
-            def write(tmp: str) -> None:
-                with open(tmp, "w") as f:
-                    json.dump(summary, f, indent=2)
-
-            atomic_write(config.output, write)
+            atomic_write_json(config.output, summary)
     logging.shutdown()
     return 0
 
@@ -148,7 +142,6 @@ def _collect_images(inputs: List[str]) -> List[str]:
 
 def run_infer(argv: Optional[List[str]] = None) -> int:
     """``infer.py``: top-k classes with probabilities for images, eval preprocessing."""
-    import json
 
     import numpy as np
 
@@ -204,13 +197,7 @@ def run_infer(argv: Optional[List[str]] = None) -> int:
         best = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in item["top"])
         print(f"{item['image']}: {best}")
     if config.output:
-        from .checkpoint.native import atomic_write
-
-        def write(tmp: str) -> None:
-            with open(tmp, "w") as f:
-                json.dump(results, f, indent=2)
-
-        atomic_write(config.output, write)
+        atomic_write_json(config.output, results)
     logging.shutdown()
     return 0
 

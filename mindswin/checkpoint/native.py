@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, Optional
 import mindspore as ms
 from mindspore import nn
 
-__all__ = ["META_KEY", "atomic_write", "save_checkpoint", "read_metadata"]
+__all__ = ["META_KEY", "atomic_write", "atomic_write_json", "save_checkpoint", "read_metadata"]
 
 # Name of the string entry holding model name, class names, config... inside a .ckpt.
 META_KEY = "mindswin_meta"
@@ -33,6 +33,16 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+    """Write ``obj`` as indented JSON via :func:`atomic_write`."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+
+    atomic_write(path, write)
 
 
 def save_checkpoint(model: nn.Cell, path: str, metadata: Optional[Dict[str, Any]] = None) -> None:
