@@ -32,6 +32,7 @@ DEFAULTS: Dict[str, Tuple[Any, Any, str]] = {
     "pretrained_window_sizes": (None, list, "per-stage windows of the weights being fine-tuned"),
     "drop_path_rate": (0.1, float, "stochastic depth rate"),
     "recompute": (False, bool, "recompute block activations in backward"),
+    "reuse_blocks": (None, bool, "compile each block once (lazy_inline); default: on for Ascend, off elsewhere"),
     "ckpt_path": ("", str, "weights to start from (any supported layout) / to evaluate"),
     "pretrained": ("", str, "alias of ckpt_path for fine-tuning recipes"),
     "class_map": ("", str, "file of source-class indices to keep from a loaded head (e.g. 22k->1k)"),

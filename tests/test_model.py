@@ -229,3 +229,8 @@ def test_reset_classifier_names():
 
 def test_flops_official_convention():
     assert round(count_flops(mindswin.create_model("swinv2_tiny_window8_256")) / 1e9, 2) == 5.93
+
+
+def test_block_reuse_is_refused_off_ascend():
+    with pytest.raises(ValueError, match="Ascend only"):
+        micro(reuse_blocks=True)

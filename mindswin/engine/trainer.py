@@ -35,6 +35,13 @@ def resolved_geometry(config: Config) -> Dict[str, Any]:
                 crop_pct=config.crop_pct if config.crop_pct is not None else spec.crop_pct)
 
 
+def _reuse_blocks(config: Config) -> bool:
+    """lazy_inline block reuse: the config's choice, else on for Ascend only."""
+    if config.reuse_blocks is None:
+        return config.device_target == "Ascend"
+    return config.reuse_blocks
+
+
 def build_model(config: Config, num_classes: int, *, training: bool, strict_head: bool = False):
     """Create the model of ``config`` and load ``ckpt_path``/``pretrained`` weights if set.
 
@@ -44,7 +51,8 @@ def build_model(config: Config, num_classes: int, *, training: bool, strict_head
     geometry = resolved_geometry(config)
     model = create_model(config.model, num_classes=num_classes, img_size=geometry["image_size"],
                          window_size=config.window_size, pretrained_window_sizes=config.pretrained_window_sizes,
-                         drop_path_rate=config.drop_path_rate if training else 0.0, recompute=config.recompute)
+                         drop_path_rate=config.drop_path_rate if training else 0.0, recompute=config.recompute,
+                         reuse_blocks=_reuse_blocks(config))
     weights = config.ckpt_path or config.pretrained
     report = None
     if weights:
@@ -97,8 +105,8 @@ def train(config: Config) -> Dict[str, Any]:
     ema = None
     if config.ema:
         ema_model = create_model(config.model, num_classes=num_classes, img_size=geometry["image_size"],
-                                 window_size=config.window_size,
-                                 pretrained_window_sizes=config.pretrained_window_sizes)
+                                 window_size=config.window_size, pretrained_window_sizes=config.pretrained_window_sizes,
+                                 reuse_blocks=_reuse_blocks(config))
         apply_amp(ema_model, config.amp_level, config.amp_dtype)
         ema = EMA(model, ema_model, config.ema_decay)
     step_cell = TrainStep(model, optimizer, Tensor(lr_table), scaler,

@@ -352,6 +352,19 @@ class SwinTransformerV2Block(nn.Cell):
                 f"window_size={self.window_size}, shift_size={self.shift_size}")
 
 
+class ReusedSwinTransformerV2Block(SwinTransformerV2Block):
+    """A block whose graph is compiled once and reused by every block (``mindspore.lazy_inline``).
+
+    Cuts graph-compile time of deep models on Ascend. MindSpore 2.10's CPU backend cannot
+    run lazy-inlined cells ("Input[0] must be a Primitive ValueNode"), so models only use
+    this class when built with ``reuse_blocks=True``, which is refused off Ascend.
+    """
+
+    @ms.lazy_inline
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+
+
 class PatchMerging(nn.Cell):
     """V2 patch merging: 2x2 neighbourhood concat -> Linear(4C, 2C) -> LayerNorm(2C).
 
@@ -399,13 +412,14 @@ class BasicLayer(nn.Cell):
                  window_size: Tuple[int, int], drop_path: Sequence[float], downsample: bool,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  pretrained_window_size: Tuple[int, int] = (0, 0), attn_drop: float = 0.0,
-                 proj_drop: float = 0.0) -> None:
+                 proj_drop: float = 0.0, reuse_blocks: bool = False) -> None:
         super().__init__()
         self.dim = dim
         self.input_resolution = input_resolution
         shift = (window_size[0] // 2, window_size[1] // 2)
+        block_class = ReusedSwinTransformerV2Block if reuse_blocks else SwinTransformerV2Block
         self.blocks = nn.CellList([
-            SwinTransformerV2Block(dim, input_resolution, num_heads, window_size,
+            block_class(dim, input_resolution, num_heads, window_size,
                                    (0, 0) if i % 2 == 0 else shift, mlp_ratio=mlp_ratio,
                                    qkv_bias=qkv_bias, drop_path=drop_path[i],
                                    pretrained_window_size=pretrained_window_size,
@@ -453,6 +467,8 @@ class SwinTransformerV2(nn.Cell):
             (NCHW, strides 4/8/16/32); no final norm or head.
         out_indices: Stages to return with ``features_only``.
         recompute: Recompute each block's activations in the backward pass.
+        reuse_blocks: Compile one graph per block shape and reuse it (``lazy_inline``);
+            Ascend only.
     """
 
     def __init__(self, img_size: IntOrPair = 256, patch_size: int = 4, in_chans: int = 3,
@@ -462,8 +478,12 @@ class SwinTransformerV2(nn.Cell):
                  proj_drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1,
                  pretrained_window_sizes: Optional[Sequence[IntOrPair]] = None,
                  features_only: bool = False, out_indices: Sequence[int] = (0, 1, 2, 3),
-                 recompute: bool = False) -> None:
+                 recompute: bool = False, reuse_blocks: bool = False) -> None:
         super().__init__()
+        if reuse_blocks and ms.get_context("device_target") != "Ascend":
+            raise ValueError("reuse_blocks (mindspore.lazy_inline) runs on Ascend only; MindSpore's "
+                             f"{ms.get_context('device_target')} backend cannot execute lazy-inlined cells. "
+                             "Leave it off on this backend")
         if len(depths) != len(num_heads):
             raise ValueError(f"depths {tuple(depths)} and num_heads {tuple(num_heads)} differ in length")
         num_stages = len(depths)
@@ -493,7 +513,7 @@ class SwinTransformerV2(nn.Cell):
                 drop_path=drop_path[sum(depths[:i]):sum(depths[:i + 1])],
                 downsample=i < num_stages - 1, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                 pretrained_window_size=to_pair(pretrained_window_sizes[i]),
-                attn_drop=attn_drop_rate, proj_drop=proj_drop_rate))
+                attn_drop=attn_drop_rate, proj_drop=proj_drop_rate, reuse_blocks=reuse_blocks))
             self.feature_info.append(dict(num_chs=dim, reduction=patch_size * 2 ** i, module=f"layers.{i}"))
             if i < num_stages - 1:
                 resolution = (resolution[0] // 2, resolution[1] // 2)
