@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -136,8 +137,6 @@ def eval_shard_indices(num_samples: int, num_shards: int, shard_id: int,
 
 def _scan(data_dir: str, split: str, class_names: Optional[Sequence[str]], verify: str, strict: bool,
           num_workers: int) -> FolderIndex:
-    import os
-
     if not data_dir or not os.path.isdir(data_dir):
         raise DataError(f"data_dir not found: {data_dir!r} (pass --data_dir DIR with DIR/train/<class>/... and "
                         "DIR/val/<class>/...; `python -m mindswin.data DIR` writes a demo dataset)")

@@ -127,6 +127,16 @@ class CheckpointManager:
             f.flush()
             os.fsync(f.fileno())
 
+    def truncate_metrics(self, epochs_done: int) -> None:
+        """Drop the lines of epochs after ``epochs_done`` (a resumed run redoes them)."""
+        records = [r for r in self.read_metrics() if r["epoch"] <= epochs_done]
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in records)
+
+        atomic_write(self.metrics_path, write)
+
     def read_metrics(self) -> List[Dict[str, Any]]:
         if not os.path.exists(self.metrics_path):
             return []

@@ -128,7 +128,7 @@ def train(config: Config) -> Dict[str, Any]:
         _logger.info("resumed from %s: epoch %d, batch %d, optimizer step %d", resume_path, start_epoch,
                      skip_batches, int(optimizer.step.asnumpy()))
         if runtime.is_main:
-            _truncate_metrics(manager, start_epoch)
+            manager.truncate_metrics(start_epoch)
     if runtime.is_main:
         save_config(config, os.path.join(config.ckpt_save_dir, "config.yaml"))
 
@@ -162,20 +162,6 @@ def train(config: Config) -> Dict[str, Any]:
                        eval_step, eval_data, eval_info, ema_model or model)
 
 
-def _truncate_metrics(manager: CheckpointManager, epochs_done: int) -> None:
-    """Drop metric lines of epochs a resumed run will redo."""
-    records = [r for r in manager.read_metrics() if r["epoch"] <= epochs_done]
-    import json
-
-    from ..checkpoint.native import atomic_write
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
-
-    atomic_write(manager.metrics_path, write)
-
-
 def _run_epochs(config, runtime: Runtime, step_cell, optimizer, train_data, train_info, batches_per_epoch: int,
                 start_epoch: int, skip_batches: int, best_top1: float, manager: CheckpointManager, state_params,
                 metadata: Dict[str, Any], eval_step, eval_data, eval_info, eval_model) -> Dict[str, Any]:
@@ -191,7 +177,7 @@ def _run_epochs(config, runtime: Runtime, step_cell, optimizer, train_data, trai
     reported_bad = len(train_info.all_bad_files())
     for epoch in range(start_epoch, epochs):
         first_batch = skip_batches if epoch == start_epoch else 0
-        losses, skipped = [], 0
+        losses, finite_flags = [], []
         epoch_start = time.perf_counter()
         if show_bar:
             from tqdm import tqdm
@@ -212,12 +198,10 @@ def _run_epochs(config, runtime: Runtime, step_cell, optimizer, train_data, trai
                 window_start, window_images = time.perf_counter(), 0
             else:
                 window_images += images_per_step
+            # kept on device: reading them every step would add a host round-trip per step
             losses.append(loss)
+            finite_flags.append(finite)
             steps_done += 1
-            if not bool(finite.asnumpy()):
-                skipped += 1
-                _logger.warning("non-finite gradients at epoch %d batch %d: update skipped, loss scale lowered "
-                                "from %.0f", epoch + 1, batch + 1, float(scale.asnumpy()))
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{float(loss.asnumpy()):.4f}", lr=f"{float(lr.asnumpy()):.2e}")
@@ -234,6 +218,10 @@ def _run_epochs(config, runtime: Runtime, step_cell, optimizer, train_data, trai
         if bar is not None:
             bar.close()
         train_seconds = time.perf_counter() - epoch_start
+        skipped = len(finite_flags) - int(sum(bool(f.asnumpy()) for f in finite_flags))
+        if skipped:
+            _logger.warning("epoch %d: %d update(s) skipped for non-finite gradients; loss scale now %.0f",
+                            epoch + 1, skipped, float(scale.asnumpy()))
         record = dict(epoch=epoch + 1, train_loss=float(np.mean([x.asnumpy() for x in losses])) if losses else None,
                       lr=float(lr.asnumpy()), loss_scale=float(scale.asnumpy()), skipped_steps=skipped,
                       optimizer_step=int(optimizer.step.asnumpy()), train_seconds=round(train_seconds, 2),

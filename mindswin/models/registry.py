@@ -3,15 +3,12 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 from .swin_v2 import SwinTransformerV2
 
 __all__ = ["ModelSpec", "register_model", "list_models", "model_spec", "resolve_model_name", "create_model"]
-
-_logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -29,14 +26,13 @@ class ModelSpec:
     pretrained_window_sizes: Sequence[int] = (0, 0, 0, 0)
     crop_pct: float = 0.9
     description: str = ""
-    extra: Dict[str, Any] = field(default_factory=dict)
 
     def model_kwargs(self) -> Dict[str, Any]:
         """Keyword arguments of :class:`SwinTransformerV2` for this variant."""
         return dict(img_size=self.img_size, patch_size=self.patch_size, num_classes=self.num_classes,
                     embed_dim=self.embed_dim, depths=tuple(self.depths), num_heads=tuple(self.num_heads),
                     window_size=self.window_size,
-                    pretrained_window_sizes=tuple(self.pretrained_window_sizes), **self.extra)
+                    pretrained_window_sizes=tuple(self.pretrained_window_sizes))
 
 
 _REGISTRY: Dict[str, ModelSpec] = {}
