@@ -19,6 +19,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
+from .kernels import GeluKernel, LayerNormKernel, use_cpu_kernels
+
 __all__ = [
     "Linear",
     "LayerNorm",
@@ -73,19 +75,21 @@ class Linear(nn.Cell):
         self.compute_dtype = ms.float32
         self.matmul = ops.MatMul(transpose_b=True)
 
-    def _project(self, x: Tensor, weight: Tensor) -> Tensor:
+    def _project(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         flat = x.reshape(-1, self.in_features).astype(self.compute_dtype)
-        return self.matmul(flat, weight.astype(self.compute_dtype)).reshape(x.shape[:-1] + (weight.shape[0],))
+        y = self.matmul(flat, weight.astype(self.compute_dtype))
+        if bias is not None:
+            # Added to the 2-D product: the bias gradient is then a sum over one leading
+            # axis, which is ~20x faster on CPU than over the three of a (B, H, W, C) map.
+            y = y + ops.broadcast_to(bias.astype(self.compute_dtype), y.shape)
+        return y.reshape(x.shape[:-1] + (weight.shape[0],))
 
     def construct(self, x: Tensor) -> Tensor:
-        y = self._project(x, self.weight)
-        if self.bias is not None:
-            y = y + self.bias.astype(self.compute_dtype)
-        return y
+        return self._project(x, self.weight, self.bias)
 
-    def rows(self, x: Tensor, start: int, stop: int) -> Tensor:
-        """Output features ``start:stop`` only (no bias): ``x @ W[start:stop].T``."""
-        return self._project(x, self.weight[start:stop])
+    def rows(self, x: Tensor, start: int, stop: int, bias: Optional[Tensor] = None) -> Tensor:
+        """Output features ``start:stop`` only: ``x @ W[start:stop].T (+ bias)``."""
+        return self._project(x, self.weight[start:stop], bias)
 
     def extend_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -107,11 +111,14 @@ class LayerNorm(nn.Cell):
         self.dim = dim
         self.weight = Parameter(Tensor(np.ones(dim, np.float32)), name="weight")
         self.bias = Parameter(Tensor(np.zeros(dim, np.float32)), name="bias")
-        self.layer_norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+        if use_cpu_kernels():
+            self.layer_norm = LayerNormKernel(eps)
+        else:
+            self.layer_norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
 
     def construct(self, x: Tensor) -> Tensor:
-        y, _, _ = self.layer_norm(x.astype(ms.float32), self.weight, self.bias)
-        return y
+        y, _, _ = self.layer_norm(x.reshape(-1, self.dim).astype(ms.float32), self.weight, self.bias)
+        return y.reshape(x.shape)
 
     def extend_repr(self) -> str:
         return f"dim={self.dim}"
@@ -129,9 +136,12 @@ class Mlp(nn.Cell):
         super().__init__()
         self.fc1 = Linear(dim, hidden_dim)
         self.fc2 = Linear(hidden_dim, dim)
+        self.gelu = GeluKernel() if use_cpu_kernels() else None
 
     def construct(self, x: Tensor) -> Tensor:
-        return self.fc2(ops.gelu(self.fc1(x), approximate="none"))
+        x = self.fc1(x)
+        x = ops.gelu(x, approximate="none") if self.gelu is None else self.gelu(x)[0]
+        return self.fc2(x)
 
 
 class DropPath(nn.Cell):
@@ -190,7 +200,8 @@ class PatchProjection(nn.Cell):
         gh, gw = h // p, w // p
         x = x.reshape(b, c, gh, p, gw, p).transpose(0, 2, 4, 1, 3, 5).reshape(b * gh * gw, c * p * p)
         weight = self.weight.reshape(self.dim, c * p * p).astype(self.compute_dtype)
-        y = self.matmul(x.astype(self.compute_dtype), weight) + self.bias.astype(self.compute_dtype)
+        y = self.matmul(x.astype(self.compute_dtype), weight)
+        y = y + ops.broadcast_to(self.bias.astype(self.compute_dtype), y.shape)
         return y.reshape(b, gh, gw, self.dim)
 
 

@@ -24,6 +24,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
+from .kernels import L2_EPS_SQUARED, L2NormalizeKernel, SoftmaxKernel, use_cpu_kernels
 from .layers import DropPath, LayerNorm, Linear, Mlp, PatchProjection
 
 __all__ = [
@@ -45,8 +46,6 @@ MAX_LOGIT_SCALE = math.log(1.0 / 0.01)
 # Added to attention logits between tokens that came from different regions after the
 # cyclic shift; softmax turns it into ~0 weight (exp(-100) ~ 4e-44).
 MASK_VALUE = -100.0
-# F.normalize's epsilon, squared because we clamp the squared norm.
-L2_EPS_SQUARED = 1e-24
 
 
 def to_pair(value: IntOrPair) -> Tuple[int, int]:
@@ -217,6 +216,10 @@ class WindowAttention(nn.Cell):
         self.relative_position_index = Tensor(relative_position_index(window_size))
         self.qk_matmul = ops.BatchMatMul(transpose_b=True)
         self.av_matmul = ops.BatchMatMul()
+        cpu = use_cpu_kernels()
+        self.l2_normalize = L2NormalizeKernel() if cpu else None
+        self.softmax = SoftmaxKernel() if cpu else None
+        self.unit_scale = Tensor(np.ones((1, 1, 1), np.float32))
 
     def position_bias(self) -> Tensor:
         """``16 * sigmoid(cpb_mlp(coords))`` gathered to ``(heads, N, N)``, float32."""
@@ -225,11 +228,30 @@ class WindowAttention(nn.Cell):
         bias = bias.transpose(1, 0).reshape(self.num_heads, self.window_area, self.window_area)
         return 16.0 * ops.sigmoid(bias)
 
-    def _heads(self, x: Tensor, bias: Optional[Tensor]) -> Tensor:
-        """``(B_, N, C)`` (+ bias) -> ``(B_, heads, N, head_dim)``."""
-        if bias is not None:
-            x = x + bias.astype(x.dtype)
+    def _heads(self, x: Tensor) -> Tensor:
+        """``(B_, N, C)`` -> ``(B_, heads, N, head_dim)``."""
         return x.reshape(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+
+    def _unit(self, x: Tensor, scale: Tensor) -> Tensor:
+        """``scale * x / ||x||`` over head_dim in float32; ``scale`` is ``(heads, 1, 1)`` or ones."""
+        if self.l2_normalize is not None:
+            return self.l2_normalize(x.astype(ms.float32), scale)[0]
+        return l2_normalize(x) * scale
+
+    def _add_bias(self, attn: Tensor, mask: Optional[Tensor]) -> Tensor:
+        """Add the position bias (and the shifted-window mask) to ``(B_, heads, N, N)`` logits.
+
+        Bias and mask are combined into one small per-image tensor first, then added to the
+        logits viewed as ``(B, everything else)``, so the bias gradient is a sum over axis 0.
+        """
+        bias = self.position_bias()
+        if mask is not None:
+            num_windows = mask.shape[0]
+            bias = bias.reshape(1, self.num_heads, self.window_area, self.window_area) + \
+                mask.reshape(num_windows, 1, self.window_area, self.window_area)
+        flat = attn.reshape(-1, bias.size)
+        flat = flat + ops.broadcast_to(bias.reshape(1, -1), flat.shape)
+        return flat.reshape(attn.shape)
 
     def construct(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         """Attend within windows.
@@ -244,22 +266,18 @@ class WindowAttention(nn.Cell):
         batch_windows, n, c = x.shape
         # Three projections with row blocks of qkv.weight: slicing the small weight is cheap,
         # slicing the large fused output (StridedSlice) is slow on CPU.
-        q = self._heads(self.qkv.rows(x, 0, c), self.q_bias)
-        k = self._heads(self.qkv.rows(x, c, 2 * c), None)
-        v = self._heads(self.qkv.rows(x, 2 * c, 3 * c), self.v_bias)
+        q = self._heads(self.qkv.rows(x, 0, c, self.q_bias))
+        k = self._heads(self.qkv.rows(x, c, 2 * c))
+        v = self._heads(self.qkv.rows(x, 2 * c, 3 * c, self.v_bias))
 
-        # Unit vectors in [-1, 1] are safe in float16, so only the normalisation itself and
-        # what follows the product are kept in float32.
-        q = l2_normalize(q).astype(v.dtype)
-        k = l2_normalize(k).astype(v.dtype)
-        attn = self.qk_matmul(q, k).astype(ms.float32)
-        attn = attn * ops.exp(ops.minimum(self.logit_scale, MAX_LOGIT_SCALE))
-        attn = attn + self.position_bias()
-        if mask is not None:
-            num_windows = mask.shape[0]
-            attn = attn.reshape(-1, num_windows, self.num_heads, n, n) + mask.reshape(1, num_windows, 1, n, n)
-            attn = attn.reshape(-1, self.num_heads, n, n)
-        attn = ops.softmax(attn, axis=-1)
+        # The temperature multiplies the unit queries rather than the (N/head_dim times
+        # larger) logits. Unit vectors scaled by <= 100 are safe in float16, so only the
+        # normalisation and what follows the product are kept in float32.
+        temperature = ops.exp(ops.minimum(self.logit_scale, MAX_LOGIT_SCALE))
+        q = self._unit(q, temperature).astype(v.dtype)
+        k = self._unit(k, self.unit_scale).astype(v.dtype)
+        attn = self._add_bias(self.qk_matmul(q, k).astype(ms.float32), mask)
+        attn = ops.softmax(attn, axis=-1) if self.softmax is None else self.softmax(attn)
         if self.attn_drop is not None:
             attn = self.attn_drop(attn)
 
