@@ -224,7 +224,11 @@ def run_export(argv: Optional[List[str]] = None) -> int:
         _model_config_from_checkpoint(config, metadata)
         setup_runtime(config)
         num_classes = config.num_classes or metadata.get("num_classes") or _num_classes_in(config.ckpt_path)
-        model, _ = _prepare_eval_model(config, num_classes)
+        from .models.kernels import cpu_kernels
+
+        # The exported graph must run anywhere: no ops from this machine's compiled library.
+        with cpu_kernels(False):
+            model, _ = _prepare_eval_model(config, num_classes)
         import mindspore as ms
 
         from .engine.trainer import resolved_geometry

@@ -140,8 +140,9 @@ class Mlp(nn.Cell):
 
     def construct(self, x: Tensor) -> Tensor:
         x = self.fc1(x)
-        x = ops.gelu(x, approximate="none") if self.gelu is None else self.gelu(x)[0]
-        return self.fc2(x)
+        if self.gelu is None:
+            return self.fc2(ops.gelu(x, approximate="none"))
+        return self.fc2(self.gelu(x.astype(ms.float32)).astype(x.dtype))
 
 
 class DropPath(nn.Cell):

@@ -24,7 +24,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
-from .kernels import L2_EPS_SQUARED, L2NormalizeKernel, SoftmaxKernel, use_cpu_kernels
+from .kernels import L2NormalizeKernel, SoftmaxKernel, use_cpu_kernels
 from .layers import DropPath, LayerNorm, Linear, Mlp, PatchProjection
 
 __all__ = [
@@ -46,6 +46,8 @@ MAX_LOGIT_SCALE = math.log(1.0 / 0.01)
 # Added to attention logits between tokens that came from different regions after the
 # cyclic shift; softmax turns it into ~0 weight (exp(-100) ~ 4e-44).
 MASK_VALUE = -100.0
+# F.normalize's epsilon, squared because the squared norm is clamped.
+L2_EPS_SQUARED = 1e-24
 
 
 def to_pair(value: IntOrPair) -> Tuple[int, int]:
