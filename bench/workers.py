@@ -43,11 +43,15 @@ def run_mindspore(impl: str, shape: str, args) -> dict:
     import numpy as np
     from mindspore import nn, ops
 
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from mindswin.engine.runtime import set_cpu_threads
+
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
+    # The same framework setting for both MindSpore implementations: one kernel thread per core.
+    set_cpu_threads()
     size, batch, arch = SHAPES[shape]
     if impl == "mindswin":
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         import mindswin
 
         model = mindswin.create_model("swinv2_tiny_window8_256", img_size=size,

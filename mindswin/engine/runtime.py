@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Runtime", "setup_runtime", "setup_logging", "quiet_framework"]
+__all__ = ["Runtime", "setup_runtime", "setup_logging", "quiet_framework", "set_cpu_threads"]
 
 
 @dataclass
@@ -49,6 +49,25 @@ def quiet_framework() -> None:
     nn.Cell.__del__ = quiet_del
 
 
+def set_cpu_threads(processes: int = 1) -> int:
+    """One CPU kernel thread per available core, shared among ``processes`` on this machine.
+
+    MindSpore's CPU backend defaults to 25 kernel threads whatever the machine, which
+    oversubscribes a small one (measured on 2 cores, 32-px benchmark model: 146-173 img/s
+    with the default, 186-189 with 2). Also sizes the fused mindswin kernels' threads.
+
+    Returns:
+        The thread count set.
+    """
+    from mindspore.device_context.cpu import op_tuning
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // max(1, processes))
+    op_tuning.threads_num(threads)
+    os.environ["MINDSWIN_CPU_THREADS"] = str(threads)
+    return threads
+
+
 def setup_logging(is_main: bool = True) -> None:
     level = logging.INFO if is_main else logging.WARNING
     logging.basicConfig(level=level, stream=sys.stdout, format="%(asctime)s %(levelname)s %(message)s",
@@ -64,6 +83,8 @@ def setup_runtime(config) -> Runtime:
     ms.set_device(config.device_target)
     if config.device_target == "Ascend":
         ms.set_context(jit_config={"jit_level": config.jit_level})
+    if config.device_target == "CPU":
+        set_cpu_threads(int(os.environ.get("MS_WORKER_NUM", "1")) if config.distribute else 1)
     runtime = Runtime()
     if config.distribute:
         from mindspore.communication import get_group_size, get_rank, init

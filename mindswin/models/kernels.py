@@ -38,8 +38,8 @@ __all__ = [
     "compiled_library",
     "LayerNormKernel",
     "GeluKernel",
-    "SoftmaxKernel",
-    "L2NormalizeKernel",
+    "BiasSoftmaxKernel",
+    "QkvHeadsKernel",
 ]
 
 logger = logging.getLogger(__name__)
@@ -160,37 +160,57 @@ class GeluKernel(nn.Cell):
         return (self.backward_op(dout, x),)
 
 
-class SoftmaxKernel(nn.Cell):
-    """Softmax over the last axis (native forward) with a fused ``y * (dy - sum(dy * y))`` backward."""
+class BiasSoftmaxKernel(nn.Cell):
+    """``softmax(logits + bias)`` over the last axis, the bias shared by every image.
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.backward_op = _custom("SoftmaxBackward", lambda dy, y: y, lambda dy, y: y)
-
-    def construct(self, x: Tensor) -> Tensor:
-        return ops.softmax(x, axis=-1)
-
-    def bprop(self, x: Tensor, out: Tensor, dout: Tensor):
-        return (self.backward_op(dout, out),)
-
-
-class L2NormalizeKernel(nn.Cell):
-    """``scale * x / max(||x||, 1e-12)`` over the last axis of ``(B, H, N, D)`` (float32).
-
-    ``scale`` is ``(H, 1, 1)`` (the attention temperature folded into the queries) or
-    ``(1, 1, 1)``. Returns ``(y, 1 / max(||x||, 1e-12))``. Backward, with ``r`` the inverse
-    norm and ``dot = sum(dy * y)``: ``dx = r * s * (dy - y * dot / s**2)``, or ``r * s * dy``
-    where the norm is clamped (norms within a factor 2 of the clamp count as clamped), and
-    ``ds = sum(dot) / s``.
+    ``logits`` is ``(B, ...)`` with ``bias.size`` elements per image (position bias, plus
+    the shifted-window mask); rows of the last axis are softmaxed. Backward: ``dx = y * (dy
+    - sum(dy * y))`` and ``d_bias`` = its sum over images, in the same pass.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.forward_op = _custom("L2NormalizeForward", lambda x, s: (x, tuple(x[:-1]) + (1,)), lambda x, s: (x, x))
-        self.backward_op = _custom("L2NormalizeBackward", lambda dy, y, r, s: (y, s), lambda dy, y, r, s: (y, y))
+        self.forward_op = _custom("BiasSoftmaxForward", lambda x, b: x, lambda x, b: x)
+        self.backward_op = _custom("BiasSoftmaxBackward", lambda dy, y, b: (y, b), lambda dy, y, b: (y, y))
 
-    def construct(self, x: Tensor, scale: Tensor):
-        return self.forward_op(x, scale)
+    def construct(self, logits: Tensor, bias: Tensor) -> Tensor:
+        return self.forward_op(logits, bias)
 
-    def bprop(self, x: Tensor, scale: Tensor, out, dout):
-        return self.backward_op(dout[0], out[0], out[1], scale)
+    def bprop(self, logits: Tensor, bias: Tensor, out: Tensor, dout: Tensor):
+        return self.backward_op(dout, out, bias)
+
+
+class QkvHeadsKernel(nn.Cell):
+    """Split the fused projection ``(B, N, 3C)`` into attention-ready heads ``(B, H, N, D)``.
+
+    Returns ``(q, k, v, 1/||q + q_bias||, 1/||k||)`` with ``q = s_h * unit(q + q_bias)``,
+    ``k = unit(k)``, ``v = v + v_bias``; ``unit(x) = x / max(||x||, 1e-12)`` over D and ``s``
+    the ``(H, 1, 1)`` attention temperature (folded into the queries). Backward, per row with
+    ``r`` the inverse norm and ``dot = sum(dy * y)``: ``dx = r * s * (dy - y * dot / s**2)``
+    (``r * s * dy`` where the norm is clamped; norms within a factor 2 of the clamp count as
+    clamped) and ``ds = sum(dot) / s``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+
+        def heads_shape(qkv, scale):
+            heads = int(np.prod(scale))
+            return (qkv[0], heads, qkv[1], qkv[2] // 3 // heads)
+
+        def forward_shapes(qkv, q_bias, v_bias, scale):
+            shape = heads_shape(qkv, scale)
+            return shape, shape, shape, shape[:3] + (1,), shape[:3] + (1,)
+
+        def backward_shapes(dq, dk, dv, q, k, rq, rk, scale):
+            return (dq[0], dq[2], 3 * dq[1] * dq[3]), (dq[1] * dq[3],), (dq[1] * dq[3],), tuple(scale)
+
+        self.forward_op = _custom("QkvHeadsForward", forward_shapes, lambda x, qb, vb, s: (x,) * 5)
+        self.backward_op = _custom("QkvHeadsBackward", backward_shapes, lambda *args: (args[0],) * 4)
+
+    def construct(self, qkv: Tensor, q_bias: Tensor, v_bias: Tensor, scale: Tensor):
+        return self.forward_op(qkv, q_bias, v_bias, scale)
+
+    def bprop(self, qkv: Tensor, q_bias: Tensor, v_bias: Tensor, scale: Tensor, out, dout):
+        q, k, _, inverse_q, inverse_k = out
+        return self.backward_op(dout[0], dout[1], dout[2], q, k, inverse_q, inverse_k, scale)

@@ -24,7 +24,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
-from .kernels import L2NormalizeKernel, SoftmaxKernel, use_cpu_kernels
+from .kernels import BiasSoftmaxKernel, QkvHeadsKernel, use_cpu_kernels
 from .layers import DropPath, LayerNorm, Linear, Mlp, PatchProjection
 
 __all__ = [
@@ -219,9 +219,9 @@ class WindowAttention(nn.Cell):
         self.qk_matmul = ops.BatchMatMul(transpose_b=True)
         self.av_matmul = ops.BatchMatMul()
         cpu = use_cpu_kernels()
-        self.l2_normalize = L2NormalizeKernel() if cpu else None
-        self.softmax = SoftmaxKernel() if cpu else None
-        self.unit_scale = Tensor(np.ones((1, 1, 1), np.float32))
+        self.qkv_heads = QkvHeadsKernel() if cpu else None
+        self.bias_softmax = BiasSoftmaxKernel() if cpu else None
+        self.zero_bias = Tensor(np.zeros(dim, np.float32)) if cpu and not qkv_bias else None
 
     def position_bias(self) -> Tensor:
         """``16 * sigmoid(cpb_mlp(coords))`` gathered to ``(heads, N, N)``, float32."""
@@ -234,26 +234,47 @@ class WindowAttention(nn.Cell):
         """``(B_, N, C)`` -> ``(B_, heads, N, head_dim)``."""
         return x.reshape(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
 
-    def _unit(self, x: Tensor, scale: Tensor) -> Tensor:
-        """``scale * x / ||x||`` over head_dim in float32; ``scale`` is ``(heads, 1, 1)`` or ones."""
-        if self.l2_normalize is not None:
-            return self.l2_normalize(x.astype(ms.float32), scale)[0]
-        return l2_normalize(x) * scale
+    def _queries_keys_values(self, x: Tensor, temperature: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """``(B_, heads, N, head_dim)`` q (unit, times the temperature), k (unit) and v.
 
-    def _add_bias(self, attn: Tensor, mask: Optional[Tensor]) -> Tensor:
-        """Add the position bias (and the shifted-window mask) to ``(B_, heads, N, N)`` logits.
-
-        Bias and mask are combined into one small per-image tensor first, then added to the
-        logits viewed as ``(B, everything else)``, so the bias gradient is a sum over axis 0.
+        The temperature multiplies the unit queries rather than the (N / head_dim times
+        larger) logits. Unit vectors scaled by <= 100 are safe in float16, so the
+        normalisation runs in float32 and q/k go back to the matmul dtype.
         """
+        if self.qkv_heads is not None:
+            q_bias = self.zero_bias if self.q_bias is None else self.q_bias
+            v_bias = self.zero_bias if self.v_bias is None else self.v_bias
+            q, k, v, _, _ = self.qkv_heads(self.qkv(x).astype(ms.float32), q_bias, v_bias, temperature)
+            dtype = self.qkv.compute_dtype
+            return q.astype(dtype), k.astype(dtype), v.astype(dtype)
+        c = x.shape[-1]
+        # Three projections with row blocks of qkv.weight: slicing the small weight is cheap,
+        # slicing the large fused output (StridedSlice) is slow.
+        q = self._heads(self.qkv.rows(x, 0, c, self.q_bias))
+        k = self._heads(self.qkv.rows(x, c, 2 * c))
+        v = self._heads(self.qkv.rows(x, 2 * c, 3 * c, self.v_bias))
+        return (l2_normalize(q) * temperature).astype(v.dtype), l2_normalize(k).astype(v.dtype), v
+
+    def _logit_bias(self, mask: Optional[Tensor]) -> Tensor:
+        """Position bias ``(heads, N, N)``, plus the mask as ``(num_windows, heads, N, N)``."""
         bias = self.position_bias()
-        if mask is not None:
-            num_windows = mask.shape[0]
-            bias = bias.reshape(1, self.num_heads, self.window_area, self.window_area) + \
-                mask.reshape(num_windows, 1, self.window_area, self.window_area)
-        flat = attn.reshape(-1, bias.size)
+        if mask is None:
+            return bias
+        num_windows = mask.shape[0]
+        return bias.reshape(1, self.num_heads, self.window_area, self.window_area) + \
+            mask.reshape(num_windows, 1, self.window_area, self.window_area)
+
+    def _softmax_with_bias(self, logits: Tensor, bias: Tensor) -> Tensor:
+        """``softmax(logits + bias)`` with the per-image ``bias`` broadcast over images.
+
+        The logits are viewed as ``(B, everything else)`` so the bias gradient is a sum over
+        one leading axis.
+        """
+        if self.bias_softmax is not None:
+            return self.bias_softmax(logits, bias)
+        flat = logits.reshape(-1, bias.size)
         flat = flat + ops.broadcast_to(bias.reshape(1, -1), flat.shape)
-        return flat.reshape(attn.shape)
+        return ops.softmax(flat.reshape(logits.shape), axis=-1)
 
     def construct(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         """Attend within windows.
@@ -266,20 +287,9 @@ class WindowAttention(nn.Cell):
             ``(B * num_windows, N, C)``.
         """
         batch_windows, n, c = x.shape
-        # Three projections with row blocks of qkv.weight: slicing the small weight is cheap,
-        # slicing the large fused output (StridedSlice) is slow on CPU.
-        q = self._heads(self.qkv.rows(x, 0, c, self.q_bias))
-        k = self._heads(self.qkv.rows(x, c, 2 * c))
-        v = self._heads(self.qkv.rows(x, 2 * c, 3 * c, self.v_bias))
-
-        # The temperature multiplies the unit queries rather than the (N/head_dim times
-        # larger) logits. Unit vectors scaled by <= 100 are safe in float16, so only the
-        # normalisation and what follows the product are kept in float32.
         temperature = ops.exp(ops.minimum(self.logit_scale, MAX_LOGIT_SCALE))
-        q = self._unit(q, temperature).astype(v.dtype)
-        k = self._unit(k, self.unit_scale).astype(v.dtype)
-        attn = self._add_bias(self.qk_matmul(q, k).astype(ms.float32), mask)
-        attn = ops.softmax(attn, axis=-1) if self.softmax is None else self.softmax(attn)
+        q, k, v = self._queries_keys_values(x, temperature)
+        attn = self._softmax_with_bias(self.qk_matmul(q, k).astype(ms.float32), self._logit_bias(mask))
         if self.attn_drop is not None:
             attn = self.attn_drop(attn)
 

@@ -221,114 +221,219 @@ int GeluBackward(int nparam, void **params, int *ndims, int64_t **shapes, const 
   return 0;
 }
 
-/* ---------------------------------------------------------------- softmax backward (last axis) */
+/* ---------------------------------------------------------------- softmax(logits + bias) over the last axis */
+/* Logits (B, S) with S = bias size, rows of length N (the window area); the bias (position
+ * bias, plus the shifted-window mask) is shared by all B images. */
 
 typedef struct {
-  const float *dy, *y;
-  float *dx;
-  int64_t cols;
+  const float *x, *bias, *dy, *y;
+  float *out, *partial;
+  int64_t cols, bias_rows;
 } softmax_ctx;
 
-static void softmax_backward_rows(void *arg, int64_t begin, int64_t end, int part) {
+static void bias_softmax_forward_rows(void *arg, int64_t begin, int64_t end, int part) {
   softmax_ctx *c = (softmax_ctx *)arg;
   const int64_t n = c->cols;
   (void)part;
   for (int64_t r = begin; r < end; ++r) {
-    const float *dy = c->dy + r * n, *y = c->y + r * n;
-    float *dx = c->dx + r * n;
-    float dot = 0.f;
-    for (int64_t i = 0; i < n; ++i) dot += dy[i] * y[i];
-    for (int64_t i = 0; i < n; ++i) dx[i] = y[i] * (dy[i] - dot);
-  }
-}
-
-/* inputs dy, y (softmax output); output dx */
-int SoftmaxBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
-                    void *extra) {
-  (void)nparam; (void)dtypes; (void)stream; (void)extra;
-  softmax_ctx c = {params[0], params[1], params[2], shapes[0][ndims[0] - 1]};
-  parallel_for(softmax_backward_rows, &c, leading(ndims[0], shapes[0]), c.cols);
-  return 0;
-}
-
-/* ---------------------------------------------------------------- scaled L2 normalisation (last axis) */
-/* y = s_h * x / max(||x||, 1e-12) for rows of x (B, H, N, D); s has H (or 1) entries. */
-
-#define L2_EPS_SQUARED 1e-24f
-
-typedef struct {
-  const float *x, *scale, *dy, *y, *inverse_norm;
-  float *out, *inverse_out, *partial;
-  int64_t cols, group, heads;
-} l2_ctx;
-
-static void l2_forward_rows(void *arg, int64_t begin, int64_t end, int part) {
-  l2_ctx *c = (l2_ctx *)arg;
-  const int64_t n = c->cols;
-  (void)part;
-  for (int64_t r = begin; r < end; ++r) {
-    const float *x = c->x + r * n;
+    const float *x = c->x + r * n, *bias = c->bias + (r % c->bias_rows) * n;
     float *y = c->out + r * n;
-    float squared = 0.f;
-    for (int64_t i = 0; i < n; ++i) squared += x[i] * x[i];
-    const float inverse = 1.f / sqrtf(squared > L2_EPS_SQUARED ? squared : L2_EPS_SQUARED);
-    const float factor = inverse * c->scale[(r / c->group) % c->heads];
-    for (int64_t i = 0; i < n; ++i) y[i] = x[i] * factor;
-    c->inverse_out[r] = inverse;
+    float top = x[0] + bias[0];
+    for (int64_t i = 1; i < n; ++i) top = fmaxf(top, x[i] + bias[i]);
+    float sum = 0.f;
+    for (int64_t i = 0; i < n; ++i) {
+      y[i] = expf(x[i] + bias[i] - top);
+      sum += y[i];
+    }
+    const float inverse = 1.f / sum;
+    for (int64_t i = 0; i < n; ++i) y[i] *= inverse;
   }
 }
 
-/* inputs x (B, H, N, D), scale (H, 1, 1) or (1, 1, 1); outputs y, inverse_norm (B, H, N, 1) */
-int L2NormalizeForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
+/* inputs logits (B, ..., N), bias (S); output softmax(logits + bias) */
+int BiasSoftmaxForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
                        void *extra) {
   (void)nparam; (void)dtypes; (void)stream; (void)extra;
-  l2_ctx c = {0};
-  c.x = params[0]; c.scale = params[1]; c.out = params[2]; c.inverse_out = params[3];
+  softmax_ctx c = {0};
+  c.x = params[0]; c.bias = params[1]; c.out = params[2];
   c.cols = shapes[0][ndims[0] - 1];
-  c.group = shapes[0][ndims[0] - 2];
-  c.heads = numel(ndims[1], shapes[1]);
-  parallel_for(l2_forward_rows, &c, leading(ndims[0], shapes[0]), c.cols);
+  c.bias_rows = numel(ndims[1], shapes[1]) / c.cols;
+  parallel_for(bias_softmax_forward_rows, &c, leading(ndims[0], shapes[0]), c.cols);
   return 0;
 }
 
-static void l2_backward_rows(void *arg, int64_t begin, int64_t end, int part) {
-  l2_ctx *c = (l2_ctx *)arg;
+static void bias_softmax_backward_rows(void *arg, int64_t begin, int64_t end, int part) {
+  softmax_ctx *c = (softmax_ctx *)arg;
   const int64_t n = c->cols;
-  float *d_scale = c->partial + (int64_t)part * c->heads;
+  float *d_bias = c->partial + (int64_t)part * c->bias_rows * n;
   for (int64_t r = begin; r < end; ++r) {
     const float *dy = c->dy + r * n, *y = c->y + r * n;
-    float *dx = c->out + r * n;
-    const int64_t head = (r / c->group) % c->heads;
-    const float s = c->scale[head], inverse = c->inverse_norm[r];
+    float *dx = c->out + r * n, *db = d_bias + (r % c->bias_rows) * n;
     float dot = 0.f;
     for (int64_t i = 0; i < n; ++i) dot += dy[i] * y[i];
-    d_scale[head] += dot / s;
-    /* The clamp makes the norm a constant: only the projection term disappears. */
-    const float projection = inverse < 0.5e12f ? dot / (s * s) : 0.f;
-    const float factor = inverse * s;
-    for (int64_t i = 0; i < n; ++i) dx[i] = (dy[i] - y[i] * projection) * factor;
+    for (int64_t i = 0; i < n; ++i) {
+      dx[i] = y[i] * (dy[i] - dot);
+      db[i] += dx[i];
+    }
   }
 }
 
-/* inputs dy, y, inverse_norm, scale; outputs dx, d_scale (shape of scale) */
-int L2NormalizeBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
+/* inputs dy, y (the softmax output), bias (S); outputs d_logits, d_bias (S) */
+int BiasSoftmaxBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
                         void *extra) {
   (void)nparam; (void)dtypes; (void)stream; (void)extra;
-  l2_ctx c = {0};
-  c.dy = params[0]; c.y = params[1]; c.inverse_norm = params[2]; c.scale = params[3];
-  c.out = params[4];
-  float *d_scale = params[5];
+  softmax_ctx c = {0};
+  c.dy = params[0]; c.y = params[1]; c.out = params[3];
+  float *d_bias = params[4];
   c.cols = shapes[0][ndims[0] - 1];
-  c.group = shapes[0][ndims[0] - 2];
-  c.heads = numel(ndims[3], shapes[3]);
+  const int64_t bias_size = numel(ndims[2], shapes[2]);
+  c.bias_rows = bias_size / c.cols;
   const int64_t rows = leading(ndims[0], shapes[0]);
   const int parts = part_count(rows, c.cols);
-  c.partial = calloc((size_t)parts * (size_t)c.heads, sizeof(float));
+  c.partial = calloc((size_t)parts * (size_t)bias_size, sizeof(float));
   if (c.partial == NULL) return 1;
-  parallel_for(l2_backward_rows, &c, rows, c.cols);
+  parallel_for(bias_softmax_backward_rows, &c, rows, c.cols);
+  for (int64_t i = 0; i < bias_size; ++i) {
+    d_bias[i] = 0.f;
+    for (int p = 0; p < parts; ++p) d_bias[i] += c.partial[(int64_t)p * bias_size + i];
+  }
+  free(c.partial);
+  return 0;
+}
+
+/* ---------------------------------------------------------------- q, k, v heads from the fused projection */
+/* qkv (B, N, 3C) -> q = s_h * unit(q + q_bias), k = unit(k), v = v + v_bias, each (B, H, N, D),
+ * with unit(x) = x / max(||x||, 1e-12) over D and s_h the per-head attention temperature. */
+
+#define L2_EPS_SQUARED 1e-24f
+/* 1 / norm above this means the norm was clamped (1 / 1e-12, with margin for rounding). */
+#define CLAMPED_INVERSE_NORM 0.5e12f
+
+typedef struct {
+  const float *qkv, *q_bias, *v_bias, *scale;
+  const float *dq, *dk, *dv, *q, *k, *inverse_q, *inverse_k;
+  float *q_out, *k_out, *v_out, *inverse_q_out, *inverse_k_out;
+  float *d_qkv, *partial;
+  int64_t tokens, heads, head_dim;
+} qkv_ctx;
+
+static float inverse_norm(const float *x, int64_t n) {
+  float squared = 0.f;
+  for (int64_t i = 0; i < n; ++i) squared += x[i] * x[i];
+  return 1.f / sqrtf(squared > L2_EPS_SQUARED ? squared : L2_EPS_SQUARED);
+}
+
+static void qkv_heads_forward_windows(void *arg, int64_t begin, int64_t end, int part) {
+  qkv_ctx *c = (qkv_ctx *)arg;
+  const int64_t n = c->tokens, h_count = c->heads, d = c->head_dim, width = h_count * d;
+  float q[1024], k[1024];
+  (void)part;
+  for (int64_t b = begin; b < end; ++b) {
+    for (int64_t t = 0; t < n; ++t) {
+      const float *row = c->qkv + (b * n + t) * 3 * width;
+      for (int64_t h = 0; h < h_count; ++h) {
+        const int64_t out = ((b * h_count + h) * n + t);
+        for (int64_t i = 0; i < d; ++i) {
+          q[i] = row[h * d + i] + c->q_bias[h * d + i];
+          k[i] = row[width + h * d + i];
+          c->v_out[out * d + i] = row[2 * width + h * d + i] + c->v_bias[h * d + i];
+        }
+        const float inverse_q = inverse_norm(q, d), inverse_k = inverse_norm(k, d);
+        const float factor = inverse_q * c->scale[h];
+        for (int64_t i = 0; i < d; ++i) {
+          c->q_out[out * d + i] = q[i] * factor;
+          c->k_out[out * d + i] = k[i] * inverse_k;
+        }
+        c->inverse_q_out[out] = inverse_q;
+        c->inverse_k_out[out] = inverse_k;
+      }
+    }
+  }
+}
+
+/* inputs qkv (B, N, 3C), q_bias (C), v_bias (C), scale (H, 1, 1);
+ * outputs q, k, v (B, H, N, D), inverse_q, inverse_k (B, H, N, 1) */
+int QkvHeadsForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
+                    void *extra) {
+  (void)nparam; (void)dtypes; (void)stream; (void)extra;
+  qkv_ctx c = {0};
+  c.qkv = params[0]; c.q_bias = params[1]; c.v_bias = params[2]; c.scale = params[3];
+  c.q_out = params[4]; c.k_out = params[5]; c.v_out = params[6];
+  c.inverse_q_out = params[7]; c.inverse_k_out = params[8];
+  c.tokens = shapes[0][1];
+  c.heads = numel(ndims[3], shapes[3]);
+  c.head_dim = shapes[0][2] / 3 / c.heads;
+  if (c.head_dim > 1024) return 1;
+  parallel_for(qkv_heads_forward_windows, &c, shapes[0][0], c.tokens * shapes[0][2]);
+  return 0;
+}
+
+/* Gradient of y = s * x * r (r = 1 / max(||x||, eps)) given dy and y; returns sum(dy * y). */
+static float unit_backward(const float *dy, const float *y, float s, float inverse, float *dx, int64_t n) {
+  float dot = 0.f;
+  for (int64_t i = 0; i < n; ++i) dot += dy[i] * y[i];
+  /* The clamp makes the norm a constant: only the projection term disappears. */
+  const float projection = inverse < CLAMPED_INVERSE_NORM ? dot / (s * s) : 0.f;
+  const float factor = inverse * s;
+  for (int64_t i = 0; i < n; ++i) dx[i] = (dy[i] - y[i] * projection) * factor;
+  return dot;
+}
+
+static void qkv_heads_backward_windows(void *arg, int64_t begin, int64_t end, int part) {
+  qkv_ctx *c = (qkv_ctx *)arg;
+  const int64_t n = c->tokens, h_count = c->heads, d = c->head_dim, width = h_count * d;
+  float *d_q_bias = c->partial + (int64_t)part * (2 * width + h_count);
+  float *d_v_bias = d_q_bias + width, *d_scale = d_v_bias + width;
+  for (int64_t b = begin; b < end; ++b) {
+    for (int64_t t = 0; t < n; ++t) {
+      float *row = c->d_qkv + (b * n + t) * 3 * width;
+      for (int64_t h = 0; h < h_count; ++h) {
+        const int64_t at = ((b * h_count + h) * n + t);
+        const float s = c->scale[h];
+        const float dot = unit_backward(c->dq + at * d, c->q + at * d, s, c->inverse_q[at], row + h * d, d);
+        d_scale[h] += dot / s;
+        unit_backward(c->dk + at * d, c->k + at * d, 1.f, c->inverse_k[at], row + width + h * d, d);
+        for (int64_t i = 0; i < d; ++i) {
+          row[2 * width + h * d + i] = c->dv[at * d + i];
+          d_q_bias[h * d + i] += row[h * d + i];
+          d_v_bias[h * d + i] += c->dv[at * d + i];
+        }
+      }
+    }
+  }
+}
+
+/* inputs dq, dk, dv (B, H, N, D), q, k (outputs of the forward), inverse_q, inverse_k, scale (H, 1, 1);
+ * outputs d_qkv (B, N, 3C), d_q_bias (C), d_v_bias (C), d_scale (H, 1, 1) */
+int QkvHeadsBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
+                     void *extra) {
+  (void)nparam; (void)ndims; (void)dtypes; (void)stream; (void)extra;
+  qkv_ctx c = {0};
+  c.dq = params[0]; c.dk = params[1]; c.dv = params[2]; c.q = params[3]; c.k = params[4];
+  c.inverse_q = params[5]; c.inverse_k = params[6]; c.scale = params[7];
+  c.d_qkv = params[8];
+  float *d_q_bias = params[9], *d_v_bias = params[10], *d_scale = params[11];
+  const int64_t windows = shapes[0][0];
+  c.heads = shapes[0][1];
+  c.tokens = shapes[0][2];
+  c.head_dim = shapes[0][3];
+  const int64_t width = c.heads * c.head_dim;
+  const int parts = part_count(windows, c.tokens * 3 * width);
+  const int64_t stride = 2 * width + c.heads;
+  c.partial = calloc((size_t)parts * (size_t)stride, sizeof(float));
+  if (c.partial == NULL) return 1;
+  parallel_for(qkv_heads_backward_windows, &c, windows, c.tokens * 3 * width);
+  for (int64_t i = 0; i < width; ++i) {
+    d_q_bias[i] = 0.f;
+    d_v_bias[i] = 0.f;
+    for (int p = 0; p < parts; ++p) {
+      d_q_bias[i] += c.partial[p * stride + i];
+      d_v_bias[i] += c.partial[p * stride + width + i];
+    }
+  }
   for (int64_t h = 0; h < c.heads; ++h) {
     d_scale[h] = 0.f;
-    for (int p = 0; p < parts; ++p) d_scale[h] += c.partial[(int64_t)p * c.heads + h];
+    for (int p = 0; p < parts; ++p) d_scale[h] += c.partial[p * stride + 2 * width + h];
   }
   free(c.partial);
   return 0;
