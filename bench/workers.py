@@ -48,7 +48,7 @@ def run_mindspore(impl: str, shape: str, args) -> dict:
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
-    # The same framework setting for both MindSpore implementations: one kernel thread per core.
+    # The same framework setting for both MindSpore implementations (see set_cpu_threads).
     set_cpu_threads()
     size, batch, arch = SHAPES[shape]
     if impl == "mindswin":

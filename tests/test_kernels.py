@@ -37,6 +37,7 @@ class Case(nn.Cell):
         self.fused = fused
         self.layer_norm = kernels.LayerNormKernel(1e-5) if fused else ops.LayerNorm(-1, -1, 1e-5)
         self.gelu = kernels.GeluKernel()
+        self.bias_add = kernels.BiasAddKernel()
         self.bias_softmax = kernels.BiasSoftmaxKernel()
         self.qkv_heads = kernels.QkvHeadsKernel()
 
@@ -44,7 +45,9 @@ class Case(nn.Cell):
         if self.name == "layer_norm":
             return self.layer_norm(*args)[0]
         if self.name == "gelu":
-            return self.gelu(args[0]) if self.fused else ops.gelu(args[0], approximate="none")
+            return self.gelu(*args) if self.fused else ops.gelu(args[0] + args[1], approximate="none")
+        if self.name == "bias_add":
+            return self.bias_add(*args) if self.fused else args[0] + args[1]
         if self.name == "bias_softmax":
             return self.bias_softmax(*args) if self.fused else bias_softmax_native(*args)
         out = self.qkv_heads(*args)[:3] if self.fused else qkv_heads_native(*args)
@@ -59,8 +62,8 @@ def case_inputs(name, rng):
         x = rng.standard_normal((24, 16)) * 2 + 0.5
         x[3] = 0.25  # a row with zero variance
         return [ms.Tensor(x.astype(np.float32)), tensor(16, scale=0.3, shift=1.0), tensor(16, scale=0.2)]
-    if name == "gelu":
-        return [tensor(24, 16, scale=2.0)]
+    if name in ("gelu", "bias_add"):
+        return [tensor(24, 16, scale=2.0), tensor(16, scale=0.5)]
     if name == "bias_softmax":
         # (B * windows, heads, N, N) logits; bias with the mask for 3 windows: (3, heads, N, N)
         return [tensor(2 * 3, HEADS, TOKENS, TOKENS, scale=3.0), tensor(3, HEADS, TOKENS, TOKENS, scale=2.0)]
@@ -71,7 +74,7 @@ def case_inputs(name, rng):
             ms.Tensor(rng.uniform(2, 50, (HEADS, 1, 1)).astype(np.float32))]
 
 
-@pytest.mark.parametrize("name", ["layer_norm", "gelu", "bias_softmax", "qkv_heads"])
+@pytest.mark.parametrize("name", ["layer_norm", "gelu", "bias_add", "bias_softmax", "qkv_heads"])
 def test_kernel_values_and_gradients_equal_native_ops(name):
     rng = np.random.default_rng(0)
     args = case_inputs(name, rng)

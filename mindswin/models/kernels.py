@@ -37,6 +37,7 @@ __all__ = [
     "cpu_kernels",
     "compiled_library",
     "LayerNormKernel",
+    "BiasAddKernel",
     "GeluKernel",
     "BiasSoftmaxKernel",
     "QkvHeadsKernel",
@@ -145,19 +146,37 @@ class LayerNormKernel(nn.Cell):
         return self.backward_op(dout[0], x, weight, out[1], out[2])
 
 
-class GeluKernel(nn.Cell):
-    """Exact GELU ``x * Phi(x)`` (float32); the backward pass recomputes ``Phi`` from ``x``."""
+class BiasAddKernel(nn.Cell):
+    """``x + bias`` over the last axis; the bias gradient is the column sums of ``dy``."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.forward_op = _custom("GeluForward", lambda x: x, lambda x: x)
-        self.backward_op = _custom("GeluBackward", lambda dy, x: x, lambda dy, x: x)
+        self.forward_op = _custom("BiasAddForward", lambda x, b: x, lambda x, b: x)
+        self.backward_op = _custom("BiasAddBackward", lambda dy: dy[-1:], lambda dy: dy)
 
-    def construct(self, x: Tensor) -> Tensor:
-        return self.forward_op(x)
+    def construct(self, x: Tensor, bias: Tensor) -> Tensor:
+        return self.forward_op(x, bias)
 
-    def bprop(self, x: Tensor, out: Tensor, dout: Tensor):
-        return (self.backward_op(dout, x),)
+    def bprop(self, x: Tensor, bias: Tensor, out: Tensor, dout: Tensor):
+        return dout, self.backward_op(dout)
+
+
+class GeluKernel(nn.Cell):
+    """Exact GELU of ``x + bias`` (the bias of the preceding linear layer), float32.
+
+    The backward pass recomputes ``Phi(x + bias)`` and also returns the bias gradient.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forward_op = _custom("GeluForward", lambda x, b: x, lambda x, b: x)
+        self.backward_op = _custom("GeluBackward", lambda dy, x, b: (x, b), lambda dy, x, b: (x, x))
+
+    def construct(self, x: Tensor, bias: Tensor) -> Tensor:
+        return self.forward_op(x, bias)
+
+    def bprop(self, x: Tensor, bias: Tensor, out: Tensor, dout: Tensor):
+        return self.backward_op(dout, x, bias)
 
 
 class BiasSoftmaxKernel(nn.Cell):

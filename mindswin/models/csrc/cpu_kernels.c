@@ -173,52 +173,119 @@ int LayerNormBackward(int nparam, void **params, int *ndims, int64_t **shapes, c
   return 0;
 }
 
-/* ---------------------------------------------------------------- exact (erf) GELU */
+/* ---------------------------------------------------------------- bias add and exact (erf) GELU */
+/* Both take the bias of the preceding matmul, so a linear layer's bias costs no extra pass and
+ * its gradient (the column sums of dy) comes out of the backward pass. */
 
 typedef struct {
-  const float *x, *dy;
-  float *out;
-} elementwise_ctx;
+  const float *x, *bias, *dy;
+  float *out, *partial;
+  int64_t cols;
+} bias_ctx;
 
-static void gelu_forward_range(void *arg, int64_t begin, int64_t end, int part) {
-  elementwise_ctx *c = (elementwise_ctx *)arg;
-  const float *x = c->x;
-  float *y = c->out;
+static void bias_add_rows(void *arg, int64_t begin, int64_t end, int part) {
+  bias_ctx *c = (bias_ctx *)arg;
+  const int64_t n = c->cols;
   (void)part;
+  for (int64_t r = begin; r < end; ++r) {
+    const float *x = c->x + r * n;
+    float *y = c->out + r * n;
 #pragma omp simd
-  for (int64_t i = begin; i < end; ++i) y[i] = x[i] * (0.5f + 0.5f * erff(x[i] * (float)M_SQRT1_2));
-}
-
-static void gelu_backward_range(void *arg, int64_t begin, int64_t end, int part) {
-  elementwise_ctx *c = (elementwise_ctx *)arg;
-  const float *x = c->x, *dy = c->dy;
-  float *dx = c->out;
-  const float inv_sqrt_2pi = 0.39894228040143267794f;
-  (void)part;
-#pragma omp simd
-  for (int64_t i = begin; i < end; ++i) {
-    const float cdf = 0.5f + 0.5f * erff(x[i] * (float)M_SQRT1_2);
-    const float pdf = expf(-0.5f * x[i] * x[i]) * inv_sqrt_2pi;
-    dx[i] = dy[i] * (cdf + x[i] * pdf);
+    for (int64_t i = 0; i < n; ++i) y[i] = x[i] + c->bias[i];
   }
 }
 
-/* input x; output y */
-int GeluForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
-                void *extra) {
-  (void)nparam; (void)dtypes; (void)stream; (void)extra;
-  elementwise_ctx c = {params[0], NULL, params[1]};
-  parallel_for(gelu_forward_range, &c, numel(ndims[0], shapes[0]), 1);
+static void column_sum_rows(void *arg, int64_t begin, int64_t end, int part) {
+  bias_ctx *c = (bias_ctx *)arg;
+  const int64_t n = c->cols;
+  float *sums = c->partial + (int64_t)part * n;
+  for (int64_t r = begin; r < end; ++r) {
+    const float *dy = c->dy + r * n;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) sums[i] += dy[i];
+  }
+}
+
+static void gelu_forward_rows(void *arg, int64_t begin, int64_t end, int part) {
+  bias_ctx *c = (bias_ctx *)arg;
+  const int64_t n = c->cols;
+  (void)part;
+  for (int64_t r = begin; r < end; ++r) {
+    const float *x = c->x + r * n;
+    float *y = c->out + r * n;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      const float z = x[i] + c->bias[i];
+      y[i] = z * (0.5f + 0.5f * erff(z * (float)M_SQRT1_2));
+    }
+  }
+}
+
+static void gelu_backward_rows(void *arg, int64_t begin, int64_t end, int part) {
+  bias_ctx *c = (bias_ctx *)arg;
+  const int64_t n = c->cols;
+  const float inv_sqrt_2pi = 0.39894228040143267794f;
+  float *sums = c->partial + (int64_t)part * n;
+  for (int64_t r = begin; r < end; ++r) {
+    const float *x = c->x + r * n, *dy = c->dy + r * n;
+    float *dx = c->out + r * n;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      const float z = x[i] + c->bias[i];
+      const float cdf = 0.5f + 0.5f * erff(z * (float)M_SQRT1_2);
+      const float pdf = expf(-0.5f * z * z) * inv_sqrt_2pi;
+      dx[i] = dy[i] * (cdf + z * pdf);
+      sums[i] += dx[i];
+    }
+  }
+}
+
+/* Run a row kernel that accumulates per-part column sums, then reduce them into `sums`. */
+static int with_column_sums(range_fn fn, bias_ctx *c, int64_t rows, float *sums) {
+  const int parts = part_count(rows, c->cols);
+  c->partial = calloc((size_t)parts * (size_t)c->cols, sizeof(float));
+  if (c->partial == NULL) return 1;
+  parallel_for(fn, c, rows, c->cols);
+  for (int64_t i = 0; i < c->cols; ++i) {
+    sums[i] = 0.f;
+    for (int p = 0; p < parts; ++p) sums[i] += c->partial[(int64_t)p * c->cols + i];
+  }
+  free(c->partial);
   return 0;
 }
 
-/* inputs dy, x; output dx */
+/* inputs x (..., N), bias (N); output x + bias */
+int BiasAddForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
+                   void *extra) {
+  (void)nparam; (void)dtypes; (void)stream; (void)extra;
+  bias_ctx c = {params[0], params[1], NULL, params[2], NULL, shapes[0][ndims[0] - 1]};
+  parallel_for(bias_add_rows, &c, leading(ndims[0], shapes[0]), c.cols);
+  return 0;
+}
+
+/* input dy (..., N); output d_bias (N): the column sums */
+int BiasAddBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
+                    void *extra) {
+  (void)nparam; (void)dtypes; (void)stream; (void)extra;
+  bias_ctx c = {NULL, NULL, params[0], NULL, NULL, shapes[0][ndims[0] - 1]};
+  return with_column_sums(column_sum_rows, &c, leading(ndims[0], shapes[0]), params[1]);
+}
+
+/* inputs x (..., N), bias (N); output gelu(x + bias) */
+int GeluForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
+                void *extra) {
+  (void)nparam; (void)dtypes; (void)stream; (void)extra;
+  bias_ctx c = {params[0], params[1], NULL, params[2], NULL, shapes[0][ndims[0] - 1]};
+  parallel_for(gelu_forward_rows, &c, leading(ndims[0], shapes[0]), c.cols);
+  return 0;
+}
+
+/* inputs dy, x (..., N), bias (N); outputs dx, d_bias (N) */
 int GeluBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
                  void *extra) {
   (void)nparam; (void)dtypes; (void)stream; (void)extra;
-  elementwise_ctx c = {params[1], params[0], params[2]};
-  parallel_for(gelu_backward_range, &c, numel(ndims[0], shapes[0]), 1);
-  return 0;
+  bias_ctx c = {params[1], params[2], params[0], params[3], NULL, shapes[0][ndims[0] - 1]};
+  return with_column_sums(gelu_backward_rows, &c, leading(ndims[0], shapes[0]), params[4]);
 }
 
 /* ---------------------------------------------------------------- softmax(logits + bias) over the last axis */
