@@ -41,6 +41,7 @@ __all__ = [
     "GeluKernel",
     "BiasSoftmaxKernel",
     "QkvHeadsKernel",
+    "PositionBiasKernel",
 ]
 
 logger = logging.getLogger(__name__)
@@ -233,3 +234,35 @@ class QkvHeadsKernel(nn.Cell):
     def bprop(self, qkv: Tensor, q_bias: Tensor, v_bias: Tensor, scale: Tensor, out, dout):
         q, k, _, inverse_q, inverse_k = out
         return self.backward_op(dout[0], dout[1], dout[2], q, k, inverse_q, inverse_k, scale)
+
+
+class PositionBiasKernel(nn.Cell):
+    """``16 * sigmoid(cpb_mlp(coords))`` gathered to ``(heads, N, N)``: the whole CPB MLP in one op.
+
+    Args:
+        coords_table: ``(T, 2)`` log-spaced relative coordinates.
+        index: ``(N * N,)`` row of the table for every (query, key) pair.
+        window_area: ``N``.
+
+    Inputs are the MLP's parameters ``(512, 2)`` weight, ``(512,)`` bias, ``(heads, 512)``
+    weight; returns ``(bias, hidden activations)``, the latter kept for the backward pass.
+    """
+
+    def __init__(self, coords_table: np.ndarray, index: np.ndarray, window_area: int) -> None:
+        super().__init__()
+        self.table = Tensor(coords_table.astype(np.float32))
+        self.index = Tensor(index.astype(np.int32))
+        self.forward_op = _custom(
+            "CpbBiasForward",
+            lambda t, w1, b1, w2, i: ((w2[0], window_area, window_area), (t[0], w1[0])),
+            lambda t, w1, b1, w2, i: (t, t))
+        self.backward_op = _custom(
+            "CpbBiasBackward",
+            lambda db, b, t, h, w2, i: ((h[1], 2), (h[1],), tuple(w2)),
+            lambda db, b, t, h, w2, i: (db, db, db))
+
+    def construct(self, weight1: Tensor, bias1: Tensor, weight2: Tensor):
+        return self.forward_op(self.table, weight1, bias1, weight2, self.index)
+
+    def bprop(self, weight1: Tensor, bias1: Tensor, weight2: Tensor, out, dout):
+        return self.backward_op(dout[0], out[0], self.table, out[1], weight2, self.index)

@@ -24,7 +24,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
-from .kernels import BiasSoftmaxKernel, QkvHeadsKernel, use_cpu_kernels
+from .kernels import BiasSoftmaxKernel, PositionBiasKernel, QkvHeadsKernel, use_cpu_kernels
 from .layers import DropPath, LayerNorm, Linear, Mlp, PatchProjection
 
 __all__ = [
@@ -214,17 +214,22 @@ class WindowAttention(nn.Cell):
         self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(p=proj_drop) if proj_drop > 0 else None
 
-        self.relative_coords_table = Tensor(relative_coords_table(window_size, pretrained_window_size))
-        self.relative_position_index = Tensor(relative_position_index(window_size))
+        coords_table = relative_coords_table(window_size, pretrained_window_size)
+        position_index = relative_position_index(window_size)
+        self.relative_coords_table = Tensor(coords_table)
+        self.relative_position_index = Tensor(position_index)
         self.qk_matmul = ops.BatchMatMul(transpose_b=True)
         self.av_matmul = ops.BatchMatMul()
         cpu = use_cpu_kernels()
         self.qkv_heads = QkvHeadsKernel() if cpu else None
+        self.position_bias_kernel = PositionBiasKernel(coords_table, position_index, self.window_area) if cpu else None
         self.bias_softmax = BiasSoftmaxKernel() if cpu else None
         self.zero_bias = Tensor(np.zeros(dim, np.float32)) if cpu and not qkv_bias else None
 
     def position_bias(self) -> Tensor:
         """``16 * sigmoid(cpb_mlp(coords))`` gathered to ``(heads, N, N)``, float32."""
+        if self.position_bias_kernel is not None:
+            return self.position_bias_kernel(self.cpb_mlp[0].weight, self.cpb_mlp[0].bias, self.cpb_mlp[2].weight)[0]
         table = self.cpb_mlp(self.relative_coords_table)
         bias = ops.gather(table, self.relative_position_index, 0)
         bias = bias.transpose(1, 0).reshape(self.num_heads, self.window_area, self.window_area)

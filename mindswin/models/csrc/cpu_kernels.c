@@ -505,3 +505,81 @@ int QkvHeadsBackward(int nparam, void **params, int *ndims, int64_t **shapes, co
   free(c.partial);
   return 0;
 }
+
+/* ---------------------------------------------------------------- continuous position bias */
+/* bias[h, j] = 16 * sigmoid(w2 @ relu(w1 @ table[index[j]] + b1))[h]: the CPB MLP over the
+ * (2W-1)^2 coordinate table, gathered to every (query, key) pair of a window. Small enough to
+ * run on one thread; one op instead of about twenty graph nodes per block. */
+
+/* inputs table (T, 2), w1 (K, 2), b1 (K), w2 (H, K), index (P) int32; outputs bias (H, ...P), hidden (T, K) */
+int CpbBiasForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
+                   void *extra) {
+  (void)nparam; (void)ndims; (void)dtypes; (void)stream; (void)extra;
+  const float *table = params[0], *w1 = params[1], *b1 = params[2], *w2 = params[3];
+  const int32_t *index = params[4];
+  float *bias = params[5], *hidden = params[6];
+  const int64_t rows = shapes[0][0], width = shapes[1][0], heads = shapes[3][0], pairs = shapes[4][0];
+  float *logits = malloc((size_t)rows * (size_t)heads * sizeof(float));
+  if (logits == NULL) return 1;
+  for (int64_t t = 0; t < rows; ++t) {
+    float *h = hidden + t * width;
+    for (int64_t k = 0; k < width; ++k) {
+      const float z = w1[2 * k] * table[2 * t] + w1[2 * k + 1] * table[2 * t + 1] + b1[k];
+      h[k] = z > 0.f ? z : 0.f;
+    }
+    for (int64_t o = 0; o < heads; ++o) {
+      float dot = 0.f;
+      for (int64_t k = 0; k < width; ++k) dot += h[k] * w2[o * width + k];
+      logits[t * heads + o] = dot;
+    }
+  }
+  for (int64_t o = 0; o < heads; ++o)
+    for (int64_t j = 0; j < pairs; ++j) bias[o * pairs + j] = 16.f / (1.f + expf(-logits[index[j] * heads + o]));
+  free(logits);
+  return 0;
+}
+
+/* inputs d_bias (H, ...P), bias, table (T, 2), hidden (T, K), w2 (H, K), index (P); outputs d_w1, d_b1, d_w2 */
+int CpbBiasBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
+                    void *extra) {
+  (void)nparam; (void)ndims; (void)dtypes; (void)stream; (void)extra;
+  const float *d_bias = params[0], *bias = params[1], *table = params[2], *hidden = params[3], *w2 = params[4];
+  const int32_t *index = params[5];
+  float *d_w1 = params[6], *d_b1 = params[7], *d_w2 = params[8];
+  const int64_t rows = shapes[2][0], width = shapes[3][1], heads = shapes[4][0], pairs = shapes[5][0];
+  float *d_logits = calloc((size_t)rows * (size_t)heads, sizeof(float));
+  float *d_hidden = malloc((size_t)width * sizeof(float));
+  if (d_logits == NULL || d_hidden == NULL) {
+    free(d_logits);
+    free(d_hidden);
+    return 1;
+  }
+  for (int64_t o = 0; o < heads; ++o) {
+    for (int64_t j = 0; j < pairs; ++j) {
+      const float s = bias[o * pairs + j] * (1.f / 16.f);
+      d_logits[index[j] * heads + o] += d_bias[o * pairs + j] * 16.f * s * (1.f - s);
+    }
+  }
+  memset(d_w1, 0, (size_t)width * 2 * sizeof(float));
+  memset(d_b1, 0, (size_t)width * sizeof(float));
+  memset(d_w2, 0, (size_t)heads * (size_t)width * sizeof(float));
+  for (int64_t t = 0; t < rows; ++t) {
+    const float *h = hidden + t * width, *dl = d_logits + t * heads;
+    for (int64_t k = 0; k < width; ++k) d_hidden[k] = 0.f;
+    for (int64_t o = 0; o < heads; ++o) {
+      for (int64_t k = 0; k < width; ++k) {
+        d_w2[o * width + k] += dl[o] * h[k];
+        d_hidden[k] += dl[o] * w2[o * width + k];
+      }
+    }
+    for (int64_t k = 0; k < width; ++k) {
+      const float dz = h[k] > 0.f ? d_hidden[k] : 0.f;
+      d_w1[2 * k] += dz * table[2 * t];
+      d_w1[2 * k + 1] += dz * table[2 * t + 1];
+      d_b1[k] += dz;
+    }
+  }
+  free(d_logits);
+  free(d_hidden);
+  return 0;
+}
