@@ -1,4 +1,7 @@
 """Fused CPU kernels (compiled aot Custom ops) against the native ops they replace."""
+import logging
+import os
+
 import mindspore as ms
 import numpy as np
 import pytest
@@ -111,3 +114,22 @@ def test_model_with_cpu_kernels_matches_native_ops():
     assert np.isclose(loss_a, loss_b, atol=1e-5)
     for a, b in zip(grads_a, grads_b):
         assert np.abs(a - b).max() <= 2e-4 * max(np.abs(b).max(), 1e-3)
+
+
+def test_kernel_library_is_built_once_and_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINDSWIN_CACHE_DIR", str(tmp_path))
+    built = kernels.compiled_library.__wrapped__()
+    assert built is not None and os.path.dirname(built) == str(tmp_path)
+    stamp = os.stat(built).st_mtime_ns
+    assert kernels.compiled_library.__wrapped__() == built
+    assert os.stat(built).st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(built)]  # no temporary files left
+
+
+def test_failed_kernel_build_falls_back_to_native_ops_with_a_warning(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("MINDSWIN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # a compiler that always fails
+    with caplog.at_level(logging.WARNING):
+        assert kernels.compiled_library.__wrapped__() is None
+    assert "building the fused CPU kernels with false failed" in caplog.text
+    assert not list(tmp_path.glob("*.so"))

@@ -109,16 +109,21 @@ def compiled_library() -> Optional[str]:
     target = _cache_dir() / f"cpu_kernels-{_machine_key(compiler)}.so"
     if target.exists():
         return str(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-        partial = Path(scratch) / target.name
-        result = subprocess.run([compiler, *COMPILE_FLAGS, "-o", str(partial), str(SOURCE), *LINK_FLAGS],
-                                capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            logger.warning("building the fused CPU kernels failed (%s); using MindSpore's native kernels:\n%s",
-                           compiler, result.stderr[-2000:])
-            return None
-        os.replace(partial, target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+            partial = Path(scratch) / target.name
+            result = subprocess.run([compiler, *COMPILE_FLAGS, "-o", str(partial), str(SOURCE), *LINK_FLAGS],
+                                    capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                logger.warning("building the fused CPU kernels with %s failed; using MindSpore's native "
+                               "kernels:\n%s", compiler, result.stderr[-2000:])
+                return None
+            os.replace(partial, target)
+    except OSError as exc:
+        logger.warning("cannot write the fused CPU kernels to %s (%s); set MINDSWIN_CACHE_DIR to a writable "
+                       "folder. Using MindSpore's native kernels", target.parent, exc)
+        return None
     return str(target)
 
 
