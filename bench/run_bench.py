@@ -92,6 +92,8 @@ def markdown(results, matmul, flops, args) -> str:
             if ours:
                 achieved = 2 * flops[shape] * ours["infer_img_s"] / 1e9
                 lines.append(f"| {shape} | {2 * flops[shape] / 1e9:.3f} | {achieved:.1f} | {achieved / matmul:.2f} |")
+    lines += ["", "Profiles, what each optimisation bought and what bounds the remaining gaps: "
+              "[performance.md](performance.md)."]
     return "\n".join(lines) + "\n"
 
 
