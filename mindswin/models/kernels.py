@@ -1,18 +1,20 @@
 """Fused CPU kernels (MindSpore ``aot`` Custom ops) for the row-wise parts of a Swin V2 block.
 
-MindSpore's CPU backend (2.10) runs LayerNorm, erf-GELU, the softmax backward and the
-q/k L2 normalisation either as one slow kernel (``LayerNormGrad``: ~45 ms for a
-``(32768, 96)`` tensor) or as a chain of separate element-wise passes whose reductions
-over a short last axis are themselves slow. ``csrc/cpu_kernels.c`` does each of them in
-one pass per row block (10x faster for LayerNorm and GELU forward + backward, measured).
-It is compiled once per machine with the system C compiler (``-O3 -march=native
--ffast-math``: erf and exp come from glibc's vector math library) into a cache directory,
-and every op here is a graph-mode ``ops.Custom(func_type="aot")``: no Python runs per step.
+MindSpore's CPU backend (2.10) runs LayerNorm, erf-GELU, bias adds, the q/k normalisation,
+the softmax with its position bias and the CPB MLP either as one slow kernel
+(``LayerNormGrad``: ~45 ms for a ``(32768, 96)`` tensor) or as chains of separate passes
+whose broadcasts and short-axis reductions are themselves slow (docs/performance.md has the
+measurements). ``csrc/cpu_kernels.c`` does each of them in one pass per row block (10x faster
+for LayerNorm and GELU forward + backward, measured), and the gradients of the biases, the
+attention temperature and the position bias come out of the same backward passes. It is
+compiled once per machine with the system C compiler (``-O3 -march=native -ffast-math``: erf
+and exp come from glibc's vector math library) into a cache directory, and every op here is a
+graph-mode ``ops.Custom(func_type="aot")``: no Python runs per step.
 
 Only the CPU backend uses these; Ascend and GPU have fused native kernels and keep the
 native ops, as does CPU when no compiler is found (with a warning naming the fix).
-Each cell below is the textbook derivative; tests/test_kernels.py checks values and
-gradients against the native ops.
+Each cell's ``bprop`` is the textbook derivative; tests/test_kernels.py checks values and
+gradients against the native ops, kernel by kernel and for the whole model.
 """
 from __future__ import annotations
 
