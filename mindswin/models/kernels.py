@@ -26,7 +26,6 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -96,13 +95,20 @@ def _machine_key(compiler: str) -> str:
     return digest.hexdigest()[:16]
 
 
+class _BuildError(RuntimeError):
+    """The compiler ran and failed; the message is its stderr."""
+
+
 @functools.cache
 def compiled_library() -> Optional[str]:
     """Path of the compiled kernel library, building it on first use; None if it cannot be built.
 
-    The compiler is ``$CC`` or the first of gcc / cc found. Builds go to a temporary file
-    renamed into place, so concurrent processes (msrun workers) never load a partial file.
+    The compiler is ``$CC`` or the first of gcc / cc found. The build is written with
+    :func:`~mindswin.checkpoint.native.atomic_write`, so concurrent processes (msrun workers)
+    never load a partial file.
     """
+    from ..checkpoint.native import atomic_write
+
     compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         logger.warning("no C compiler found (set CC or install gcc): mindswin uses MindSpore's native CPU "
@@ -111,17 +117,19 @@ def compiled_library() -> Optional[str]:
     target = _cache_dir() / f"cpu_kernels-{_machine_key(compiler)}.so"
     if target.exists():
         return str(target)
+
+    def build(path: str) -> None:
+        result = subprocess.run([compiler, *COMPILE_FLAGS, "-o", path, str(SOURCE), *LINK_FLAGS],
+                                capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise _BuildError(result.stderr[-2000:])
+
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-            partial = Path(scratch) / target.name
-            result = subprocess.run([compiler, *COMPILE_FLAGS, "-o", str(partial), str(SOURCE), *LINK_FLAGS],
-                                    capture_output=True, text=True, check=False)
-            if result.returncode != 0:
-                logger.warning("building the fused CPU kernels with %s failed; using MindSpore's native "
-                               "kernels:\n%s", compiler, result.stderr[-2000:])
-                return None
-            os.replace(partial, target)
+        atomic_write(str(target), build)
+    except _BuildError as exc:
+        logger.warning("building the fused CPU kernels with %s failed; using MindSpore's native kernels:\n%s",
+                       compiler, exc)
+        return None
     except OSError as exc:
         logger.warning("cannot write the fused CPU kernels to %s (%s); set MINDSWIN_CACHE_DIR to a writable "
                        "folder. Using MindSpore's native kernels", target.parent, exc)

@@ -16,6 +16,12 @@
 #include <string.h>
 #include <unistd.h>
 
+/* MindSpore's aot entry signature; each kernel reads only some of the arguments. */
+#define AOT_KERNEL(name)                                                                                   \
+  int name(int nparam __attribute__((unused)), void **params, int *ndims __attribute__((unused)),          \
+           int64_t **shapes, const char **dtypes __attribute__((unused)), void *stream __attribute__((unused)), \
+           void *extra __attribute__((unused)))
+
 #define MAX_PARTS 64
 /* Below this many elements a kernel runs on the calling thread only. */
 #define PARALLEL_MIN_ELEMENTS 65536
@@ -109,9 +115,7 @@ static void layer_norm_forward_rows(void *arg, int64_t begin, int64_t end, int p
 }
 
 /* inputs x (..., C), weight (C), bias (C), eps (1); outputs y, mean (...), rstd (...) */
-int LayerNormForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
-                     void *extra) {
-  (void)nparam; (void)dtypes; (void)stream; (void)extra;
+AOT_KERNEL(LayerNormForward) {
   layer_norm_ctx c = {0};
   c.x = params[0]; c.w = params[1]; c.b = params[2]; c.eps = *(const float *)params[3];
   c.y = params[4]; c.mean = params[5]; c.rstd = params[6];
@@ -148,9 +152,7 @@ static void layer_norm_backward_rows(void *arg, int64_t begin, int64_t end, int 
 }
 
 /* inputs dy, x (..., C), weight (C), mean, rstd; outputs dx, d_weight (C), d_bias (C) */
-int LayerNormBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
-                      void *extra) {
-  (void)nparam; (void)dtypes; (void)stream; (void)extra;
+AOT_KERNEL(LayerNormBackward) {
   layer_norm_ctx c = {0};
   c.dy = params[0]; c.x = params[1]; c.w = params[2]; c.mean = params[3]; c.rstd = params[4];
   c.dx = params[5];
@@ -255,35 +257,27 @@ static int with_column_sums(range_fn fn, bias_ctx *c, int64_t rows, float *sums)
 }
 
 /* inputs x (..., N), bias (N); output x + bias */
-int BiasAddForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
-                   void *extra) {
-  (void)nparam; (void)dtypes; (void)stream; (void)extra;
+AOT_KERNEL(BiasAddForward) {
   bias_ctx c = {params[0], params[1], NULL, params[2], NULL, shapes[0][ndims[0] - 1]};
   parallel_for(bias_add_rows, &c, leading(ndims[0], shapes[0]), c.cols);
   return 0;
 }
 
 /* input dy (..., N); output d_bias (N): the column sums */
-int BiasAddBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
-                    void *extra) {
-  (void)nparam; (void)dtypes; (void)stream; (void)extra;
+AOT_KERNEL(BiasAddBackward) {
   bias_ctx c = {NULL, NULL, params[0], NULL, NULL, shapes[0][ndims[0] - 1]};
   return with_column_sums(column_sum_rows, &c, leading(ndims[0], shapes[0]), params[1]);
 }
 
 /* inputs x (..., N), bias (N); output gelu(x + bias) */
-int GeluForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
-                void *extra) {
-  (void)nparam; (void)dtypes; (void)stream; (void)extra;
+AOT_KERNEL(GeluForward) {
   bias_ctx c = {params[0], params[1], NULL, params[2], NULL, shapes[0][ndims[0] - 1]};
   parallel_for(gelu_forward_rows, &c, leading(ndims[0], shapes[0]), c.cols);
   return 0;
 }
 
 /* inputs dy, x (..., N), bias (N); outputs dx, d_bias (N) */
-int GeluBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
-                 void *extra) {
-  (void)nparam; (void)dtypes; (void)stream; (void)extra;
+AOT_KERNEL(GeluBackward) {
   bias_ctx c = {params[1], params[2], params[0], params[3], NULL, shapes[0][ndims[0] - 1]};
   return with_column_sums(gelu_backward_rows, &c, leading(ndims[0], shapes[0]), params[4]);
 }
@@ -318,9 +312,7 @@ static void bias_softmax_forward_rows(void *arg, int64_t begin, int64_t end, int
 }
 
 /* inputs logits (B, ..., N), bias (S); output softmax(logits + bias) */
-int BiasSoftmaxForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
-                       void *extra) {
-  (void)nparam; (void)dtypes; (void)stream; (void)extra;
+AOT_KERNEL(BiasSoftmaxForward) {
   softmax_ctx c = {0};
   c.x = params[0]; c.bias = params[1]; c.out = params[2];
   c.cols = shapes[0][ndims[0] - 1];
@@ -346,9 +338,7 @@ static void bias_softmax_backward_rows(void *arg, int64_t begin, int64_t end, in
 }
 
 /* inputs dy, y (the softmax output), bias (S); outputs d_logits, d_bias (S) */
-int BiasSoftmaxBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
-                        void *extra) {
-  (void)nparam; (void)dtypes; (void)stream; (void)extra;
+AOT_KERNEL(BiasSoftmaxBackward) {
   softmax_ctx c = {0};
   c.dy = params[0]; c.y = params[1]; c.out = params[3];
   float *d_bias = params[4];
@@ -384,32 +374,37 @@ typedef struct {
   int64_t tokens, heads, head_dim;
 } qkv_ctx;
 
-static float inverse_norm(const float *x, int64_t n) {
+static float squared_norm(const float *x, const float *bias, int64_t n) {
   float squared = 0.f;
-  for (int64_t i = 0; i < n; ++i) squared += x[i] * x[i];
+  for (int64_t i = 0; i < n; ++i) {
+    const float value = x[i] + (bias ? bias[i] : 0.f);
+    squared += value * value;
+  }
+  return squared;
+}
+
+static float inverse_norm(float squared) {
   return 1.f / sqrtf(squared > L2_EPS_SQUARED ? squared : L2_EPS_SQUARED);
 }
 
 static void qkv_heads_forward_windows(void *arg, int64_t begin, int64_t end, int part) {
   qkv_ctx *c = (qkv_ctx *)arg;
   const int64_t n = c->tokens, h_count = c->heads, d = c->head_dim, width = h_count * d;
-  float q[1024], k[1024];
   (void)part;
   for (int64_t b = begin; b < end; ++b) {
     for (int64_t t = 0; t < n; ++t) {
       const float *row = c->qkv + (b * n + t) * 3 * width;
       for (int64_t h = 0; h < h_count; ++h) {
         const int64_t out = ((b * h_count + h) * n + t);
-        for (int64_t i = 0; i < d; ++i) {
-          q[i] = row[h * d + i] + c->q_bias[h * d + i];
-          k[i] = row[width + h * d + i];
-          c->v_out[out * d + i] = row[2 * width + h * d + i] + c->v_bias[h * d + i];
-        }
-        const float inverse_q = inverse_norm(q, d), inverse_k = inverse_norm(k, d);
+        const float *q = row + h * d, *k = row + width + h * d, *v = row + 2 * width + h * d;
+        const float *q_bias = c->q_bias + h * d, *v_bias = c->v_bias + h * d;
+        const float inverse_q = inverse_norm(squared_norm(q, q_bias, d));
+        const float inverse_k = inverse_norm(squared_norm(k, NULL, d));
         const float factor = inverse_q * c->scale[h];
         for (int64_t i = 0; i < d; ++i) {
-          c->q_out[out * d + i] = q[i] * factor;
+          c->q_out[out * d + i] = (q[i] + q_bias[i]) * factor;
           c->k_out[out * d + i] = k[i] * inverse_k;
+          c->v_out[out * d + i] = v[i] + v_bias[i];
         }
         c->inverse_q_out[out] = inverse_q;
         c->inverse_k_out[out] = inverse_k;
@@ -420,9 +415,7 @@ static void qkv_heads_forward_windows(void *arg, int64_t begin, int64_t end, int
 
 /* inputs qkv (B, N, 3C), q_bias (C), v_bias (C), scale (H, 1, 1);
  * outputs q, k, v (B, H, N, D), inverse_q, inverse_k (B, H, N, 1) */
-int QkvHeadsForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
-                    void *extra) {
-  (void)nparam; (void)dtypes; (void)stream; (void)extra;
+AOT_KERNEL(QkvHeadsForward) {
   qkv_ctx c = {0};
   c.qkv = params[0]; c.q_bias = params[1]; c.v_bias = params[2]; c.scale = params[3];
   c.q_out = params[4]; c.k_out = params[5]; c.v_out = params[6];
@@ -430,7 +423,6 @@ int QkvHeadsForward(int nparam, void **params, int *ndims, int64_t **shapes, con
   c.tokens = shapes[0][1];
   c.heads = numel(ndims[3], shapes[3]);
   c.head_dim = shapes[0][2] / 3 / c.heads;
-  if (c.head_dim > 1024) return 1;
   parallel_for(qkv_heads_forward_windows, &c, shapes[0][0], c.tokens * shapes[0][2]);
   return 0;
 }
@@ -472,9 +464,7 @@ static void qkv_heads_backward_windows(void *arg, int64_t begin, int64_t end, in
 
 /* inputs dq, dk, dv (B, H, N, D), q, k (outputs of the forward), inverse_q, inverse_k, scale (H, 1, 1);
  * outputs d_qkv (B, N, 3C), d_q_bias (C), d_v_bias (C), d_scale (H, 1, 1) */
-int QkvHeadsBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
-                     void *extra) {
-  (void)nparam; (void)ndims; (void)dtypes; (void)stream; (void)extra;
+AOT_KERNEL(QkvHeadsBackward) {
   qkv_ctx c = {0};
   c.dq = params[0]; c.dk = params[1]; c.dv = params[2]; c.q = params[3]; c.k = params[4];
   c.inverse_q = params[5]; c.inverse_k = params[6]; c.scale = params[7];
@@ -512,9 +502,7 @@ int QkvHeadsBackward(int nparam, void **params, int *ndims, int64_t **shapes, co
  * run on one thread; one op instead of about twenty graph nodes per block. */
 
 /* inputs table (T, 2), w1 (K, 2), b1 (K), w2 (H, K), index (P) int32; outputs bias (H, ...P), hidden (T, K) */
-int CpbBiasForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
-                   void *extra) {
-  (void)nparam; (void)ndims; (void)dtypes; (void)stream; (void)extra;
+AOT_KERNEL(CpbBiasForward) {
   const float *table = params[0], *w1 = params[1], *b1 = params[2], *w2 = params[3];
   const int32_t *index = params[4];
   float *bias = params[5], *hidden = params[6];
@@ -540,9 +528,7 @@ int CpbBiasForward(int nparam, void **params, int *ndims, int64_t **shapes, cons
 }
 
 /* inputs d_bias (H, ...P), bias, table (T, 2), hidden (T, K), w2 (H, K), index (P); outputs d_w1, d_b1, d_w2 */
-int CpbBiasBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
-                    void *extra) {
-  (void)nparam; (void)ndims; (void)dtypes; (void)stream; (void)extra;
+AOT_KERNEL(CpbBiasBackward) {
   const float *d_bias = params[0], *bias = params[1], *table = params[2], *hidden = params[3], *w2 = params[4];
   const int32_t *index = params[5];
   float *d_w1 = params[6], *d_b1 = params[7], *d_w2 = params[8];
