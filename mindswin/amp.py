@@ -15,12 +15,14 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import nn
 
+from .config import choices
 from .models.layers import set_compute_dtype
 
 __all__ = ["AMP_LEVELS", "AMP_DTYPES", "apply_amp"]
 
-AMP_LEVELS = ("O0", "O2")
-AMP_DTYPES = {"float16": ms.float16, "bfloat16": ms.bfloat16}
+AMP_LEVELS = choices("amp_level")
+# The allowed amp_dtype names are MindSpore's own dtype names.
+AMP_DTYPES = {name: getattr(ms, name) for name in choices("amp_dtype")}
 
 
 def apply_amp(model: nn.Cell, amp_level: str = "O0", amp_dtype: str = "float16") -> nn.Cell:

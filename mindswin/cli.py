@@ -7,7 +7,7 @@ from typing import List, Optional
 
 from .checkpoint import CheckpointError
 from .checkpoint.native import atomic_write_json
-from .config import ConfigError, parse_args
+from .config import ConfigError, check_geometry, parse_args
 from .data import DataError
 
 __all__ = ["run_train", "run_validate", "run_infer", "run_export"]
@@ -16,7 +16,9 @@ _USER_ERRORS = (ConfigError, CheckpointError, DataError, FileNotFoundError)
 
 
 def _fail(exc: BaseException) -> int:
-    print(f"error: {exc}", file=sys.stderr)
+    # One line: some messages quote multi-line text (a YAML parser's, MindSpore's).
+    message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    print(f"error: {message}", file=sys.stderr)
     return 2
 
 
@@ -38,12 +40,13 @@ def run_train(argv: Optional[List[str]] = None) -> int:
 
 
 def _model_config_from_checkpoint(config, metadata) -> None:
-    """Fill model/geometry keys the user did not set from a mindswin checkpoint's metadata."""
+    """Fill model/geometry keys the user did not set from a mindswin checkpoint's metadata, then check them."""
     mapping = {"model": "model", "image_size": "image_resize", "crop_pct": "crop_pct", "window_size": "window_size",
                "pretrained_window_sizes": "pretrained_window_sizes", "interpolation": "interpolation"}
     for meta_key, key in mapping.items():
         if key not in config.explicit and metadata.get(meta_key) is not None:
             config[key] = metadata[meta_key]
+    check_geometry(config)
 
 
 def _prepare_eval_model(config, num_classes: int):
@@ -66,7 +69,7 @@ def run_validate(argv: Optional[List[str]] = None) -> int:
     quiet_framework()
     try:
         config = parse_args(argv, description="Evaluate a Swin V2 checkpoint on DATA_DIR/val",
-                            required=("ckpt_path", "data_dir"))
+                            required=("ckpt_path", "data_dir"), defer_geometry=True)
         if "amp_level" not in config.explicit:
             config.amp_level = "O0"
         setup_logging(is_main=True)
@@ -151,7 +154,7 @@ def run_infer(argv: Optional[List[str]] = None) -> int:
     quiet_framework()
     try:
         config = parse_args(argv, description="Predict classes of images with a Swin V2 checkpoint",
-                            required=("ckpt_path",), positional="inputs")
+                            required=("ckpt_path",), positional="inputs", defer_geometry=True)
         if not config.inputs:
             raise ConfigError("give one or more images or folders after the options")
         if "amp_level" not in config.explicit:
@@ -168,7 +171,7 @@ def run_infer(argv: Optional[List[str]] = None) -> int:
         import mindspore as ms
         from mindspore import ops
 
-        from .data import build_eval_transforms, decode_rgb
+        from .data import UNREADABLE, build_eval_transforms, decode_rgb
         from .engine.trainer import resolved_geometry
 
         geometry = resolved_geometry(config)
@@ -181,7 +184,10 @@ def run_infer(argv: Optional[List[str]] = None) -> int:
             chunk = files[start:start + batch]
             arrays = []
             for path in chunk:
-                array = np.asarray(decode_rgb(path), dtype=np.uint8)
+                try:
+                    array = np.asarray(decode_rgb(path), dtype=np.uint8)
+                except UNREADABLE as exc:
+                    raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
                 for op in transforms:
                     array = op(array)
                 arrays.append(array)
@@ -214,12 +220,10 @@ def run_export(argv: Optional[List[str]] = None) -> int:
     quiet_framework()
     try:
         config = parse_args(argv, description="Export a Swin V2 checkpoint to MindIR / ONNX",
-                            required=("ckpt_path",))
+                            required=("ckpt_path",), defer_geometry=True)
         setup_logging(is_main=True)
         if "amp_level" not in config.explicit:
             config.amp_level = "O0"
-        if config.file_format not in ("MINDIR", "ONNX"):
-            raise ConfigError(f"file_format must be MINDIR or ONNX, got {config.file_format!r}")
         metadata = read_metadata(config.ckpt_path) if config.ckpt_path.endswith(".ckpt") else {}
         _model_config_from_checkpoint(config, metadata)
         setup_runtime(config)

@@ -1,113 +1,254 @@
 """YAML recipes + ``--key value`` overrides, checked against one table of known keys.
 
-Keys follow mindcv's names where mindcv has one. Every key has a default and a type;
-a misspelt key or a value of the wrong type is an error that names the nearest valid key
-or the expected type, raised before anything is built or compiled.
+Keys follow mindcv's names where mindcv has one. Every key has a default, a type and its
+allowed values (a :class:`Choices`, :class:`Range` or :class:`Items` rule) in
+:data:`DEFAULTS`. A misspelt key, a value of the wrong type, a value outside its range or
+a model geometry the network cannot be built with is a :class:`ConfigError` naming the
+key, the value and what is allowed, raised before anything is built or compiled.
 """
 from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+import re
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import yaml
 
-__all__ = ["ConfigError", "Config", "DEFAULTS", "load_config", "parse_args", "save_config"]
+__all__ = ["ConfigError", "Config", "DEFAULTS", "Option", "Choices", "Range", "Items", "RegisteredModel",
+           "choices", "load_config", "check_geometry", "parse_args", "save_config"]
 
 
 class ConfigError(ValueError):
     """A recipe or command-line value is wrong."""
 
 
-# key: (default, type, help). Types: int, float, bool, str, list, or a tuple of them
-# (None is always allowed where the default is None).
+class Rule:
+    """Allowed values of one key (beyond its type)."""
+
+    def describe(self) -> str:
+        """The allowed values in words, completing "must be ..." (also shown by ``--help``)."""
+        raise NotImplementedError
+
+    def allows(self, value: Any) -> bool:
+        """Whether ``value`` (already of the key's type) is allowed."""
+        raise NotImplementedError
+
+    def problem(self, value: Any) -> Optional[str]:
+        """None when ``value`` is allowed, else what is wrong with it."""
+        return None if self.allows(value) else f"must be {self.describe()}, got {value!r}"
+
+
+class Choices(Rule):
+    """One of a fixed set of strings."""
+
+    def __init__(self, *values: str) -> None:
+        self.values = values
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(self.values)
+
+    def allows(self, value: Any) -> bool:
+        return value in self.values
+
+
+class Range(Rule):
+    """Numbers in an interval written as in mathematics: ``Range("[0, 1)")``, ``Range("(0, inf)")``."""
+
+    _NOTATION = re.compile(r"([\[(])\s*([^,\s]+)\s*,\s*([^\])\s]+)\s*([\])])")
+
+    def __init__(self, interval: str) -> None:
+        match = self._NOTATION.fullmatch(interval)
+        if not match:
+            raise ValueError(f"not an interval: {interval!r} (write e.g. '[0, 1)' or '(0, inf)')")
+        self.interval = interval
+        self.low_text, self.high_text = match[2], match[3]
+        self.low, self.high = float(match[2]), float(match[3])
+        self.low_closed, self.high_closed = match[1] == "[", match[4] == "]"
+
+    def describe(self) -> str:
+        if math.isinf(self.high):
+            return f"{'>=' if self.low_closed else '>'} {self.low_text}"
+        return f"in {self.interval}"
+
+    def allows(self, value: Any) -> bool:
+        above = value >= self.low if self.low_closed else value > self.low
+        below = value <= self.high if self.high_closed else value < self.high
+        return above and below
+
+
+class Items(Rule):
+    """A list of numbers, each inside ``each``.
+
+    Args:
+        each: Range of every item.
+        length: Required number of items; any number when None.
+        integers: Items must be integers (else any number).
+        ascending: Items must not decrease (a low, high pair).
+    """
+
+    def __init__(self, each: Range, length: Optional[int] = None, integers: bool = False,
+                 ascending: bool = False) -> None:
+        self.each = each
+        self.length = length
+        self.integers = integers
+        self.ascending = ascending
+
+    def describe(self) -> str:
+        count = f"{self.length} " if self.length else ""
+        kind = "integers" if self.integers else "numbers"
+        order = ", low <= high" if self.ascending else ""
+        return f"a list of {count}{kind}, each {self.each.describe()}{order}"
+
+    def allows(self, value: Any) -> bool:
+        kinds = (int,) if self.integers else (int, float)
+        return (isinstance(value, list) and (self.length is None or len(value) == self.length)
+                and all(isinstance(v, kinds) and not isinstance(v, bool) and self.each.allows(v) for v in value)
+                and (not self.ascending or value == sorted(value)))
+
+
+class RegisteredModel(Rule):
+    """A name of :func:`mindswin.list_models` or one of its mindcv aliases."""
+
+    def describe(self) -> str:
+        return "a name from mindswin.list_models() or a mindcv alias"
+
+    def allows(self, value: Any) -> bool:
+        return self.problem(value) is None
+
+    def problem(self, value: Any) -> Optional[str]:
+        # Imported here: the registry pulls in MindSpore, which reading a config should not need.
+        from .models.registry import resolve_model_name
+
+        try:
+            resolve_model_name(value)
+        except ValueError as exc:
+            return f"must be {self.describe()}: {exc}"
+        return None
+
+
+class Option(NamedTuple):
+    """One key of :data:`DEFAULTS`.
+
+    Attributes:
+        default: Value when neither the recipe nor the command line sets the key.
+        kind: int, float, bool, str, list or a tuple of them. None is allowed only where
+            the default is None.
+        help: ``--help`` text.
+        allowed: Rule for the values of the right type, or None when every one is valid.
+    """
+
+    default: Any
+    kind: Any
+    help: str
+    allowed: Optional[Rule] = None
+
+
 _NUM = (int, float)
-DEFAULTS: Dict[str, Tuple[Any, Any, str]] = {
+_POSITIVE_INT = Range("[1, inf)")
+_NON_NEGATIVE = Range("[0, inf)")
+_POSITIVE = Range("(0, inf)")
+_PROBABILITY = Range("[0, 1]")
+DEFAULTS: Dict[str, Option] = {
     # model
-    "model": ("swinv2_tiny_window8_256", str, "registered model name (see mindswin.list_models())"),
-    "num_classes": (None, int, "classifier width; default: the number of class folders"),
-    "image_resize": (None, int, "train/eval image side; default: the model's"),
-    "window_size": (None, int, "attention window; default: the model's"),
-    "pretrained_window_sizes": (None, list, "per-stage windows of the weights being fine-tuned"),
-    "drop_path_rate": (0.1, float, "stochastic depth rate"),
-    "recompute": (False, bool, "recompute block activations in backward"),
-    "reuse_blocks": (None, bool, "compile each block once (lazy_inline); default: on for Ascend, off elsewhere"),
-    "ckpt_path": ("", str, "weights to start from (any supported layout) / to evaluate"),
-    "pretrained": ("", str, "alias of ckpt_path for fine-tuning recipes"),
-    "class_map": ("", str, "file of source-class indices to keep from a loaded head (e.g. 22k->1k)"),
+    "model": Option("swinv2_tiny_window8_256", str, "registered model name", RegisteredModel()),
+    "num_classes": Option(None, int, "classifier width; the number of class folders if unset", _POSITIVE_INT),
+    "image_resize": Option(None, int, "train/eval image side; the model's if unset", _POSITIVE_INT),
+    "window_size": Option(None, int, "attention window; the model's if unset", _POSITIVE_INT),
+    "pretrained_window_sizes": Option(None, list, "windows of the weights being fine-tuned, one per stage (0: "
+                                      "trained at window_size); the model's if unset",
+                                      Items(_NON_NEGATIVE, integers=True)),
+    "drop_path_rate": Option(0.1, float, "stochastic depth rate", Range("[0, 1)")),
+    "recompute": Option(False, bool, "recompute block activations in backward"),
+    "reuse_blocks": Option(None, bool, "compile each block once (lazy_inline), Ascend only; on for Ascend "
+                           "if unset"),
+    "ckpt_path": Option("", str, "weights to start from (any supported layout) / to evaluate"),
+    "pretrained": Option("", str, "alias of ckpt_path for fine-tuning recipes"),
+    "class_map": Option("", str, "file of source-class indices to keep from a loaded head (e.g. 22k->1k)"),
     # data
-    "data_dir": ("", str, "folder with train/<class>/... and val/<class>/..."),
-    "train_split": ("train", str, "training sub-folder"),
-    "val_split": ("val", str, "validation sub-folder"),
-    "num_parallel_workers": (2, int, "data-pipeline worker threads"),
-    "strict_data": (False, bool, "error on unreadable images instead of skipping them"),
-    "verify_images": ("auto", str, "auto | full | header: how images are checked when scanned"),
-    "auto_augment": ("rand-m9-mstd0.5-inc1", str, "timm-style policy, '' for none"),
-    "re_prob": (0.25, float, "random erasing probability"),
-    "color_jitter": (None, float, "colour jitter when auto_augment is off"),
-    "hflip": (0.5, float, "horizontal flip probability"),
-    "scale": ([0.08, 1.0], list, "RandomResizedCrop area range"),
-    "ratio": ([0.75, 1.3333333], list, "RandomResizedCrop aspect range"),
-    "interpolation": ("bicubic", str, "resize interpolation"),
-    "crop_pct": (None, float, "eval centre-crop fraction; 1.0 squash-resizes; default: the model's"),
-    "mixup": (0.8, float, "mixup alpha (0: off)"),
-    "cutmix": (1.0, float, "cutmix alpha (0: off)"),
-    "mixup_prob": (1.0, float, "probability of mixing"),
-    "mixup_switch_prob": (0.5, float, "probability of cutmix when both are on"),
-    "mixup_mode": ("batch", str, "batch | pair | elem"),
-    "label_smoothing": (0.1, float, "label smoothing"),
+    "data_dir": Option("", str, "folder with train/<class>/... and val/<class>/..."),
+    "train_split": Option("train", str, "training sub-folder"),
+    "val_split": Option("val", str, "validation sub-folder"),
+    "num_parallel_workers": Option(2, int, "data-pipeline worker threads", _POSITIVE_INT),
+    "strict_data": Option(False, bool, "error on unreadable images instead of skipping them"),
+    "verify_images": Option("auto", str, "how images are checked when scanned (auto: full up to 50,000 files)",
+                            Choices("auto", "full", "header")),
+    "auto_augment": Option("rand-m9-mstd0.5-inc1", str, "timm-style policy, '' for none"),
+    "re_prob": Option(0.25, float, "random erasing probability", _PROBABILITY),
+    "color_jitter": Option(None, float, "colour jitter when auto_augment is off; none if unset", _NON_NEGATIVE),
+    "hflip": Option(0.5, float, "horizontal flip probability", _PROBABILITY),
+    "scale": Option([0.08, 1.0], list, "RandomResizedCrop area range", Items(Range("(0, 1]"), 2, ascending=True)),
+    "ratio": Option([0.75, 1.3333333], list, "RandomResizedCrop aspect range", Items(_POSITIVE, 2, ascending=True)),
+    "interpolation": Option("bicubic", str, "resize interpolation", Choices("bicubic", "bilinear", "nearest", "area")),
+    "crop_pct": Option(None, float, "eval centre-crop fraction, 1.0 squash-resizes; the model's if unset",
+                       Range("(0, 1]")),
+    "mixup": Option(0.8, float, "mixup alpha (0: off)", _NON_NEGATIVE),
+    "cutmix": Option(1.0, float, "cutmix alpha (0: off)", _NON_NEGATIVE),
+    "mixup_prob": Option(1.0, float, "probability of mixing", _PROBABILITY),
+    "mixup_switch_prob": Option(0.5, float, "probability of cutmix when both are on", _PROBABILITY),
+    "mixup_mode": Option("batch", str, "one mixing draw per batch, per pair of samples or per sample",
+                         Choices("batch", "pair", "elem")),
+    "label_smoothing": Option(0.1, float, "label smoothing", Range("[0, 1)")),
     # optimisation
-    "batch_size": (128, int, "images per device per step"),
-    "epoch_size": (300, int, "epochs"),
-    "gradient_accumulation_steps": (1, int, "micro-batches per optimizer step"),
-    "opt": ("adamw", str, "optimizer (adamw)"),
-    "lr": (5e-4, float, "peak learning rate per lr_base_batch images of global batch"),
-    "lr_base_batch": (512, int, "global batch the lr values refer to (linear scaling rule)"),
-    "scale_lr": (True, bool, "scale lr, min_lr, warmup_lr by global_batch / lr_base_batch"),
-    "min_lr": (5e-6, float, "final learning rate (scaled like lr)"),
-    "warmup_lr": (5e-7, float, "learning rate at step 0 (scaled like lr)"),
-    "warmup_epochs": (20, _NUM, "linear warmup length in epochs"),
-    "lr_scheduler": ("cosine_decay", str, "cosine_decay | constant"),
-    "weight_decay": (0.05, float, "AdamW weight decay (not on biases, norms, cpb_mlp, logit_scale)"),
-    "betas": ([0.9, 0.999], list, "AdamW betas"),
-    "eps": (1e-8, float, "AdamW epsilon"),
-    "clip_grad": (True, bool, "clip the global gradient norm"),
-    "clip_value": (5.0, float, "max global gradient norm"),
-    "amp_level": ("O2", str, "O0 (float32) | O2 (float16 matmuls, float32 islands)"),
-    "amp_dtype": ("float16", str, "float16 | bfloat16 under O2"),
-    "loss_scale_type": ("dynamic", str, "dynamic | fixed"),
-    "loss_scale": (65536.0, float, "initial (dynamic) or constant (fixed) loss scale"),
-    "loss_scale_factor": (2.0, float, "dynamic loss-scale growth/backoff factor"),
-    "scale_window": (1000, int, "finite steps before the dynamic loss scale grows"),
-    "ema": (False, bool, "keep an EMA of the weights and validate with it"),
-    "ema_decay": (0.9998, float, "EMA decay per optimizer step"),
+    "batch_size": Option(128, int, "images per device per step", _POSITIVE_INT),
+    "epoch_size": Option(300, int, "epochs", _POSITIVE_INT),
+    "gradient_accumulation_steps": Option(1, int, "micro-batches per optimizer step", _POSITIVE_INT),
+    "opt": Option("adamw", str, "optimizer", Choices("adamw")),
+    "lr": Option(5e-4, float, "peak learning rate per lr_base_batch images of global batch", _POSITIVE),
+    "lr_base_batch": Option(512, int, "global batch the lr values refer to (linear scaling rule)", _POSITIVE_INT),
+    "scale_lr": Option(True, bool, "scale lr, min_lr, warmup_lr by global_batch / lr_base_batch"),
+    "min_lr": Option(5e-6, float, "final learning rate (scaled like lr)", _NON_NEGATIVE),
+    "warmup_lr": Option(5e-7, float, "learning rate at step 0 (scaled like lr)", _NON_NEGATIVE),
+    "warmup_epochs": Option(20, _NUM, "linear warmup length in epochs", _NON_NEGATIVE),
+    "lr_scheduler": Option("cosine_decay", str, "learning-rate decay after warmup",
+                           Choices("cosine_decay", "constant")),
+    "weight_decay": Option(0.05, float, "AdamW weight decay (not on biases, norms, cpb_mlp, logit_scale)",
+                           _NON_NEGATIVE),
+    "betas": Option([0.9, 0.999], list, "AdamW betas", Items(Range("[0, 1)"), 2)),
+    "eps": Option(1e-8, float, "AdamW epsilon", _POSITIVE),
+    "clip_grad": Option(True, bool, "clip the global gradient norm"),
+    "clip_value": Option(5.0, float, "max global gradient norm", _POSITIVE),
+    "amp_level": Option("O2", str, "O0: float32; O2: float16 matmuls, float32 islands", Choices("O0", "O2")),
+    "amp_dtype": Option("float16", str, "matmul dtype under O2", Choices("float16", "bfloat16")),
+    "loss_scale_type": Option("dynamic", str, "loss scaling under O2", Choices("dynamic", "fixed")),
+    "loss_scale": Option(65536.0, float, "initial (dynamic) or constant (fixed) loss scale", _POSITIVE),
+    # MindSpore's DynamicLossScaler takes an integer factor: below 2 the scale could never move.
+    "loss_scale_factor": Option(2.0, float, "dynamic loss-scale growth/backoff factor", Range("[2, inf)")),
+    "scale_window": Option(1000, int, "finite steps before the dynamic loss scale grows", _POSITIVE_INT),
+    "ema": Option(False, bool, "keep an EMA of the weights and validate with it"),
+    "ema_decay": Option(0.9998, float, "EMA decay per optimizer step", Range("[0, 1)")),
     # checkpoints / logging
-    "ckpt_save_dir": ("./output", str, "checkpoints, resume state, config, metrics"),
-    "keep_checkpoint_max": (3, int, "last-k weight checkpoints kept (plus the best)"),
-    "ckpt_save_interval": (1, int, "epochs between weight checkpoints"),
-    "resume_save_steps": (0, int, "also save resume state every N steps (0: epoch ends only)"),
-    "resume": ("", str, "'auto' (latest in ckpt_save_dir) or a resume_state.ckpt path"),
-    "val_while_train": (True, bool, "validate during training"),
-    "val_interval": (1, int, "epochs between validations"),
-    "val_batch_size": (None, int, "eval batch size; default: batch_size"),
-    "log_interval": (20, int, "steps between log lines"),
-    "seed": (42, int, "global seed"),
+    "ckpt_save_dir": Option("./output", str, "checkpoints, resume state, config, metrics"),
+    "keep_checkpoint_max": Option(3, int, "last-k weight checkpoints kept (plus the best)", _POSITIVE_INT),
+    "ckpt_save_interval": Option(1, int, "epochs between weight checkpoints", _POSITIVE_INT),
+    "resume_save_steps": Option(0, int, "also save resume state every N steps (0: epoch ends only)", _NON_NEGATIVE),
+    "resume": Option("", str, "'auto' (latest in ckpt_save_dir) or a resume_state.ckpt path"),
+    "val_while_train": Option(True, bool, "validate during training"),
+    "val_interval": Option(1, int, "epochs between validations", _POSITIVE_INT),
+    "val_batch_size": Option(None, int, "eval batch size; batch_size if unset", _POSITIVE_INT),
+    "log_interval": Option(20, int, "steps between log lines", _POSITIVE_INT),
+    # numpy's legacy global seed (set with MindSpore's) takes 32 bits.
+    "seed": Option(42, int, "global seed", Range("[0, 4294967295]")),
     # runtime
-    "distribute": (False, bool, "data parallel under msrun"),
-    "device_target": ("CPU", str, "CPU | GPU | Ascend"),
-    "jit_level": ("O2", str, "graph-compile level on Ascend (O0 | O1 | O2)"),
-    "enable_parallel_optimizer": (False, bool, "ZeRO-1 optimizer-state sharding (Ascend only)"),
-    "hccl_buffsize": (None, int, "HCCL buffer size in MB (Ascend only)"),
+    "distribute": Option(False, bool, "data parallel under msrun"),
+    "device_target": Option("CPU", str, "MindSpore backend", Choices("CPU", "GPU", "Ascend")),
+    "jit_level": Option("O2", str, "graph-compile level on Ascend", Choices("O0", "O1", "O2")),
+    "enable_parallel_optimizer": Option(False, bool, "ZeRO-1 optimizer-state sharding (Ascend only)"),
+    "hccl_buffsize": Option(None, int, "HCCL buffer size in MB (Ascend only); HCCL's if unset", _POSITIVE_INT),
     # validate / infer / export
-    "output": ("", str, "validate.py / infer.py: write results to this JSON file"),
-    "topk": (5, int, "infer.py: classes reported per image"),
-    "class_names_file": ("", str, "infer.py: index->name file (one name per line) for checkpoints without names"),
-    "file_format": ("MINDIR", str, "export.py: MINDIR | ONNX"),
-    "export_file": ("", str, "export.py: output path without extension; default: next to the checkpoint"),
+    "output": Option("", str, "validate.py / infer.py: write results to this JSON file"),
+    "topk": Option(5, int, "infer.py: classes reported per image", _POSITIVE_INT),
+    "class_names_file": Option("", str, "infer.py: index->name file (one name per line) for checkpoints without "
+                               "names"),
+    "file_format": Option("MINDIR", str, "export.py: output format", Choices("MINDIR", "ONNX")),
+    "export_file": Option("", str, "export.py: output path without extension; next to the checkpoint if empty"),
 }
 # Other spellings accepted on the command line.
 ALIASES = {"img_size": "image_resize"}
+
+_COMMAND_LINE = "command line"
 
 
 class Config(dict):
@@ -131,18 +272,42 @@ class Config(dict):
             self[key] = value
 
 
+def choices(key: str) -> Tuple[str, ...]:
+    """The allowed values of a :class:`Choices` key, for modules that act on them."""
+    return DEFAULTS[key].allowed.values
+
+
 def _suggest(key: str) -> str:
     close = difflib.get_close_matches(key, DEFAULTS, n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else " Run with --help to list the valid keys."
 
 
-def _coerce(key: str, value: Any, source: str) -> Any:
-    default, kind, _ = DEFAULTS[key]
+def _fix(key: str, source: str) -> str:
+    """How to correct ``key``, given where its value came from."""
+    default = DEFAULTS[key].default
+    where = f"change --{key}" if source == _COMMAND_LINE else f"change '{key}' in {source} or override it with --{key}"
+    return f"{where} (default: {default!r})" if default is not None else where
+
+
+def _checked(key: str, value: Any, source: str) -> Any:
+    """``value`` converted to ``key``'s type and checked against its rule."""
+    default, kind, _, allowed = DEFAULTS[key]
     if value is None:
-        return None
+        if default is None:
+            return None
+        raise ConfigError(f"{source}: '{key}' cannot be empty (null); {_fix(key, source)}")
     kinds = kind if isinstance(kind, tuple) else (kind,)
+    value = _typed(key, value, kinds, source)
+    problem = allowed.problem(value) if allowed is not None else None
+    if problem:
+        raise ConfigError(f"{source}: '{key}' {problem}; {_fix(key, source)}")
+    return value
+
+
+def _typed(key: str, value: Any, kinds: Tuple[type, ...], source: str) -> Any:
     if isinstance(value, bool) and bool not in kinds:
-        raise ConfigError(f"{source}: '{key}' must be {_type_names(kinds)}, got the boolean {value}")
+        raise ConfigError(f"{source}: '{key}' must be {_type_names(kinds)}, got the boolean {value}; "
+                          f"{_fix(key, source)}")
     if isinstance(value, kinds):
         return value
     if float in kinds and isinstance(value, int):
@@ -154,10 +319,8 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             pass
     if list in kinds and isinstance(value, tuple):
         return list(value)
-    if str in kinds and value == "":
-        return ""
     raise ConfigError(f"{source}: '{key}' must be {_type_names(kinds)}, got {value!r} "
-                      f"({type(value).__name__}); default is {default!r}")
+                      f"({type(value).__name__}); {_fix(key, source)}")
 
 
 def _type_names(kinds: Sequence[type]) -> str:
@@ -173,9 +336,20 @@ def _parse_cli_value(text: str) -> Any:
         return text
 
 
-def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None) -> Config:
-    """Defaults <- YAML recipe at ``path`` <- ``overrides``, with every key and type checked."""
-    values = {k: v[0] for k, v in DEFAULTS.items()}
+def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None, *,
+                defer_geometry: bool = False) -> Config:
+    """Defaults <- YAML recipe at ``path`` <- ``overrides``, with every key, type and range checked.
+
+    Args:
+        path: YAML recipe.
+        overrides: Command-line values.
+        defer_geometry: Skip :func:`check_geometry`, for callers that first complete the
+            model keys from a checkpoint and then call it themselves.
+
+    Raises:
+        ConfigError: naming the key, the value and what is allowed.
+    """
+    values = {k: option.default for k, option in DEFAULTS.items()}
     explicit = set()
     if path:
         if not os.path.isfile(path):
@@ -190,42 +364,92 @@ def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] 
         for key, value in recipe.items():
             if key not in DEFAULTS:
                 raise ConfigError(f"{path}: unknown key '{key}'.{_suggest(key)}")
-            values[key] = _coerce(key, value, path)
+            values[key] = _checked(key, value, path)
             explicit.add(key)
     for key, value in (overrides or {}).items():
         key = ALIASES.get(key, key)
         if key not in DEFAULTS:
             raise ConfigError(f"unknown option --{key}.{_suggest(key)}")
-        values[key] = _coerce(key, value, "command line")
+        values[key] = _checked(key, value, _COMMAND_LINE)
         explicit.add(key)
     config = Config(values)
     config.explicit = frozenset(explicit)
-    _check(config)
+    _check_combinations(config)
+    if not defer_geometry:
+        check_geometry(config)
     return config
 
 
-def _check(config: Config) -> None:
-    choices = {"amp_level": ("O0", "O2"), "amp_dtype": ("float16", "bfloat16"),
-               "loss_scale_type": ("dynamic", "fixed"), "lr_scheduler": ("cosine_decay", "constant"),
-               "mixup_mode": ("batch", "pair", "elem"), "verify_images": ("auto", "full", "header"),
-               "opt": ("adamw",), "device_target": ("CPU", "GPU", "Ascend"), "jit_level": ("O0", "O1", "O2")}
-    for key, allowed in choices.items():
-        if config[key] not in allowed:
-            raise ConfigError(f"'{key}' must be one of {', '.join(allowed)}; got {config[key]!r}")
-    for key in ("batch_size", "epoch_size", "gradient_accumulation_steps", "keep_checkpoint_max", "log_interval"):
-        if config[key] < 1:
-            raise ConfigError(f"'{key}' must be >= 1, got {config[key]}")
-    if config.enable_parallel_optimizer and config.device_target != "Ascend":
-        raise ConfigError("enable_parallel_optimizer (ZeRO-1 optimizer sharding) is supported by MindSpore on "
-                          f"Ascend only in data-parallel mode; device_target is {config.device_target}. Set "
-                          "enable_parallel_optimizer: False on this backend")
+def _check_combinations(config: Config) -> None:
+    """Keys that are each valid but not together."""
+    for key in ("enable_parallel_optimizer", "reuse_blocks"):
+        if config[key] and config.device_target != "Ascend":
+            raise ConfigError(f"'{key}' is supported by MindSpore on Ascend only; device_target is "
+                              f"{config.device_target}. Set {key}: False on this backend")
     if config.hccl_buffsize is not None and config.device_target != "Ascend":
         raise ConfigError("hccl_buffsize is an Ascend (HCCL) setting; remove it on "
                           f"device_target {config.device_target}")
+    if config.mixup_mode == "pair" and config.batch_size % 2:
+        raise ConfigError(f"mixup_mode 'pair' mixes samples two by two and needs an even batch_size, got "
+                          f"{config.batch_size}; change --batch_size or --mixup_mode")
+
+
+def _geometry_problem(image: int, window: int, patch: int, stages: int) -> Optional[str]:
+    """Why a SwinTransformerV2 cannot be built for this image side and window, or None.
+
+    The patch embedding needs the side divisible by the patch, each of the ``stages - 1``
+    patch mergings halves an even feature map, and every stage's map must be a multiple
+    of the window unless the window covers it (then the model clips the window to it).
+    """
+    if image % patch:
+        return f"it is not a multiple of the patch size {patch}"
+    step = patch * 2 ** (stages - 1)
+    if image % step:
+        return (f"its {image // patch}x{image // patch} patch grid cannot be halved by {stages - 1} patch "
+                f"merging(s): the side must be a multiple of {patch} x 2^{stages - 1} = {step}")
+    for stage, side in enumerate(image // step * 2 ** (stages - 1 - i) for i in range(stages)):
+        if side > window and side % window:
+            return f"stage {stage}'s {side}x{side} feature map is not a multiple of the window {window}"
+    return None
+
+
+def check_geometry(config: Config) -> None:
+    """Refuse an image size, window or pretrained windows the model cannot be built with.
+
+    Raises:
+        ConfigError: naming the key to change and values that fit.
+    """
+    from .models.registry import model_spec  # imports MindSpore: only once a model is concerned
+
+    problem = RegisteredModel().problem(config.model)
+    if problem:  # a model name read from a checkpoint's metadata is checked here first
+        raise ConfigError(f"'model' {problem}")
+    spec = model_spec(config.model)
+    stages, patch = len(spec.depths), spec.patch_size
+    image = config.image_resize or spec.img_size
+    window = config.window_size or spec.window_size
+    what = f"{spec.name} (patch {patch}, {stages} stages)"
+    window_text = f"window_size {window}" if config.window_size is not None else f"the model's window {window}"
+    problem = _geometry_problem(image, window, patch, stages)
+    if problem and config.window_size is not None and _geometry_problem(image, image, patch, stages) is None:
+        fitting = [w for w in range(1, image // patch) if _geometry_problem(image, w, patch, stages) is None]
+        raise ConfigError(f"'window_size' {window} does not fit {image} px images on {what}: {problem}; set "
+                          f"--window_size to one of {', '.join(map(str, fitting))} or >= {image // patch}")
+    if problem:
+        sizes = range(patch, max(2 * image, patch * 2 ** stages * window) + patch, patch)
+        fitting = [s for s in sizes if _geometry_problem(s, window, patch, stages) is None]
+        nearest = [s for s in fitting if s < image][-1:] + [s for s in fitting if s > image][:1]
+        raise ConfigError(f"'image_resize' {image} does not fit {what} with {window_text}: {problem}; set "
+                          f"--image_resize to e.g. {' or '.join(map(str, nearest))}")
+    pretrained = config.pretrained_window_sizes
+    if pretrained is not None and len(pretrained) != stages:
+        raise ConfigError(f"'pretrained_window_sizes' {pretrained} has {len(pretrained)} entries but {spec.name} "
+                          f"has {stages} stages; give one per stage (0: trained at window_size), e.g. "
+                          f"{list(spec.pretrained_window_sizes)}")
 
 
 def parse_args(argv: Optional[List[str]] = None, description: str = "", required: Sequence[str] = (),
-               positional: Optional[str] = None) -> Config:
+               positional: Optional[str] = None, defer_geometry: bool = False) -> Config:
     """``--config X.yaml`` plus ``--key value`` for every key in :data:`DEFAULTS`.
 
     Args:
@@ -233,14 +457,16 @@ def parse_args(argv: Optional[List[str]] = None, description: str = "", required
         description: ``--help`` text.
         required: Keys that must be non-empty.
         positional: Name under which extra positional arguments are stored (e.g. images).
+        defer_geometry: See :func:`load_config`.
     """
     parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
     parser.add_argument("--config", "-c", default="", help="YAML recipe")
     if positional:
         parser.add_argument(positional, nargs="*", default=[])
-    for key, (default, _, help_text) in DEFAULTS.items():
+    for key, (default, _, help_text, allowed) in DEFAULTS.items():
+        allowed_text = f"; allowed: {allowed.describe()}" if allowed is not None else ""
         parser.add_argument(f"--{key}", type=_parse_cli_value, default=argparse.SUPPRESS,
-                            help=f"{help_text} (default: {default!r})")
+                            help=f"{help_text}{allowed_text} (default: {default!r})")
     for alias, key in ALIASES.items():
         parser.add_argument(f"--{alias}", type=_parse_cli_value, default=argparse.SUPPRESS, help=f"same as --{key}")
     args, unknown = parser.parse_known_args(argv)
@@ -248,10 +474,10 @@ def parse_args(argv: Optional[List[str]] = None, description: str = "", required
         key = unknown[0].lstrip("-").split("=")[0]
         raise ConfigError(f"unknown option {unknown[0]}.{_suggest(key)}")
     overrides = {k: v for k, v in vars(args).items() if k not in ("config", positional)}
-    config = load_config(args.config or None, overrides)
+    config = load_config(args.config or None, overrides, defer_geometry=defer_geometry)
     for key in required:
         if not config[key]:
-            raise ConfigError(f"--{key} is required ({DEFAULTS[key][2]})")
+            raise ConfigError(f"--{key} is required ({DEFAULTS[key].help})")
     if positional:
         config[positional] = getattr(args, positional)
     return config

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mindswin.config import ConfigError
 from mindswin.data import (
     DataError,
+    ImageSource,
     Mixup,
     create_eval_dataset,
     create_train_dataset,
@@ -125,6 +127,27 @@ def test_strict_data_raises_on_a_bad_file(tmp_path):
         scan_split(str(root / "val"), strict=True)
 
 
+def test_decompression_bomb_is_skipped_and_reported_when_scanned_and_when_decoded(tmp_path, caplog):
+    split = tmp_path / "train"
+    (split / "a").mkdir(parents=True)
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(split / "a" / "good.png")
+    # 13400 x 13400 = 179.6 M pixels, over twice Image.MAX_IMAGE_PIXELS: Pillow refuses to
+    # open it. As a 1-bit blank image the PNG is 22 kB and written in half a second.
+    bomb = split / "a" / "bomb.png"
+    Image.new("1", (13400, 13400)).save(bomb)
+    for verify in ("full", "header"):
+        with caplog.at_level(logging.WARNING):
+            index = scan_split(str(split), verify=verify)
+        assert index.samples == [(str(split / "a" / "good.png"), 0)]
+        assert [(p, why.split(":")[0]) for p, why in index.bad_files] == [(str(bomb), "DecompressionBombError")]
+        assert "bomb.png" in caplog.text
+    # A file that only turns bad after the scan is met while decoding: replaced by the next sample.
+    source = ImageSource([(str(bomb), 0), (str(split / "a" / "good.png"), 0)])
+    image, label, _ = source[0]
+    assert image.shape == (16, 16, 3) and image[0, 0].tolist() == [200, 10, 10] and label == 0
+    assert [p for p, _ in source.bad_files] == [str(bomb)] and "DecompressionBombError" in source.bad_files[0][1]
+
+
 def test_missing_and_empty_data_errors(tmp_path):
     with pytest.raises(DataError, match="data_dir not found"):
         create_eval_dataset(str(tmp_path / "nope"), image_size=32, batch_size=2)
@@ -181,5 +204,5 @@ def test_mindcv_auto_augment_policies_run_on_this_mindspore():
         assert out.shape == (32, 32, 3) and 0 <= out.min() and out.max() <= 255
         # AugMix returns the float blend of its chains; the others keep uint8
         assert out.dtype == (np.float64 if policy.startswith("augmix") else np.uint8)
-    with pytest.raises(ValueError, match="unknown auto_augment policy"):
+    with pytest.raises(ConfigError, match="unknown auto_augment policy"):
         auto_augment_transform("randomaug", 32, "bicubic")

@@ -22,7 +22,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import mindspore.dataset as ds
 import numpy as np
 
-from .folder import DataError, FolderIndex, decode_rgb, scan_split
+from .folder import UNREADABLE, DataError, FolderIndex, decode_rgb, scan_split
 from .mixup import Mixup
 from .transforms import build_eval_transforms, build_train_transforms
 
@@ -74,7 +74,7 @@ class ImageSource:
             path, label = self.samples[(index + offset) % len(self.samples)]
             try:
                 image = np.asarray(decode_rgb(path), dtype=np.uint8)
-            except (OSError, SyntaxError, ValueError) as exc:
+            except UNREADABLE as exc:
                 with self._lock:
                     if all(p != path for p, _ in self.bad_files):
                         self.bad_files.append((path, f"{type(exc).__name__}: {exc}"))

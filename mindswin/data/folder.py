@@ -7,15 +7,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-__all__ = ["DataError", "IMAGE_EXTENSIONS", "FolderIndex", "scan_split", "decode_rgb"]
+__all__ = ["DataError", "IMAGE_EXTENSIONS", "UNREADABLE", "FolderIndex", "scan_split", "decode_rgb"]
 
 _logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp", ".gif")
 # Above this many files a split is checked by header only; full decoding happens lazily.
 FULL_VERIFY_LIMIT = 50_000
+# What opening or decoding a bad file raises: unknown format / truncated data (OSError,
+# including UnidentifiedImageError), broken headers (SyntaxError, ValueError), and images
+# larger than Image.MAX_IMAGE_PIXELS allows (DecompressionBombError, an Exception of its own).
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 class DataError(ValueError):
@@ -54,7 +58,7 @@ def _check(path: str, full: bool) -> Optional[str]:
         else:
             with Image.open(path) as img:
                 img.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UNREADABLE as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
 

@@ -13,6 +13,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from ..config import choices
+
 __all__ = ["smooth_one_hot", "Mixup"]
 
 
@@ -38,7 +40,7 @@ class Mixup:
         seed: Generator seed.
     """
 
-    MODES = ("batch", "pair", "elem")
+    MODES = choices("mixup_mode")
 
     def __init__(self, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0, prob: float = 1.0,
                  switch_prob: float = 0.5, mode: str = "batch", label_smoothing: float = 0.1,

@@ -19,13 +19,15 @@ import numpy as np
 from mindspore.dataset import vision
 from mindspore.dataset.vision import Inter
 
+from ..config import ConfigError, choices
+
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "RandomErasing", "build_train_transforms",
            "build_eval_transforms", "auto_augment_transform"]
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-INTERPOLATIONS = {"bicubic": Inter.BICUBIC, "bilinear": Inter.BILINEAR, "nearest": Inter.NEAREST,
-                  "area": Inter.AREA}
+# The allowed interpolation names are MindSpore's Inter members in lower case.
+INTERPOLATIONS = {name: Inter[name.upper()] for name in choices("interpolation")}
 
 
 def _interpolation(name: str) -> Inter:
@@ -92,8 +94,9 @@ def auto_augment_transform(policy: str, image_size: int, interpolation: str) -> 
         return mindcv_aa.trivial_augment_wide_transform(policy, hparams)
     if policy.startswith("augmix"):
         return mindcv_aa.augment_and_mix_transform(policy, dict(hparams, translate_pct=0.3))
-    raise ValueError(f"unknown auto_augment policy {policy!r}: use e.g. 'rand-m9-mstd0.5-inc1', 'autoaug', "
-                     "'trivialaugwide' or 'augmix-m5-w4-d2'")
+    # A ConfigError: the policy comes from the config, and train.py reports it as one line.
+    raise ConfigError(f"unknown auto_augment policy {policy!r}: use e.g. 'rand-m9-mstd0.5-inc1', 'autoaug', "
+                      "'trivialaugwide' or 'augmix-m5-w4-d2', or '' for none; change --auto_augment")
 
 
 def build_train_transforms(image_size: int, *, scale: Sequence[float] = (0.08, 1.0),
