@@ -6,13 +6,13 @@ import sys
 from typing import List, Optional
 
 from .checkpoint import CheckpointError
-from .checkpoint.native import atomic_write_json
 from .config import ConfigError, check_geometry, parse_args
 from .data import DataError
+from .fileio import DiskFullError, atomic_write_json
 
 __all__ = ["run_train", "run_validate", "run_infer", "run_export"]
 
-_USER_ERRORS = (ConfigError, CheckpointError, DataError, FileNotFoundError)
+_USER_ERRORS = (ConfigError, CheckpointError, DataError, FileNotFoundError, DiskFullError)
 
 
 def _fail(exc: BaseException) -> int:
@@ -29,7 +29,7 @@ def run_train(argv: Optional[List[str]] = None) -> int:
     quiet_framework()
     try:
         config = parse_args(argv, description="Train or fine-tune Swin V2 with MindSpore")
-        setup_logging(is_main=True)
+        setup_logging()
         from .engine.trainer import train
 
         train(config)
@@ -72,13 +72,13 @@ def run_validate(argv: Optional[List[str]] = None) -> int:
                             required=("ckpt_path", "data_dir"), defer_geometry=True)
         if "amp_level" not in config.explicit:
             config.amp_level = "O0"
-        setup_logging(is_main=True)
+        setup_logging()
         if not os.path.exists(config.ckpt_path):
             raise CheckpointError(f"checkpoint not found: {config.ckpt_path}; refusing to evaluate random weights")
         metadata = read_metadata(config.ckpt_path)
         _model_config_from_checkpoint(config, metadata)
         runtime = setup_runtime(config)
-        setup_logging(is_main=runtime.is_main)
+        setup_logging(runtime)
         from .data import create_eval_dataset
         from .engine.evaluate import EvalStep, evaluate
         from .engine.trainer import resolved_geometry
@@ -159,7 +159,7 @@ def run_infer(argv: Optional[List[str]] = None) -> int:
             raise ConfigError("give one or more images or folders after the options")
         if "amp_level" not in config.explicit:
             config.amp_level = "O0"
-        setup_logging(is_main=True)
+        setup_logging()
         metadata = read_metadata(config.ckpt_path) if config.ckpt_path.endswith(".ckpt") else {}
         _model_config_from_checkpoint(config, metadata)
         setup_runtime(config)
@@ -221,7 +221,7 @@ def run_export(argv: Optional[List[str]] = None) -> int:
     try:
         config = parse_args(argv, description="Export a Swin V2 checkpoint to MindIR / ONNX",
                             required=("ckpt_path",), defer_geometry=True)
-        setup_logging(is_main=True)
+        setup_logging()
         if "amp_level" not in config.explicit:
             config.amp_level = "O0"
         metadata = read_metadata(config.ckpt_path) if config.ckpt_path.endswith(".ckpt") else {}

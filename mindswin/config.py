@@ -329,7 +329,9 @@ def _type_names(kinds: Sequence[type]) -> str:
 
 
 def _parse_cli_value(text: str) -> Any:
-    """YAML-parse a command-line value: ``True``, ``3``, ``1e-3``, ``[12,12,12,6]``."""
+    """YAML-parse a command-line value: ``True``, ``3``, ``1e-3``, ``[12,12,12,6]``; ``''`` stays empty."""
+    if not text.strip():
+        return ""  # YAML reads an empty string as null; on a command line it means "none"
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
@@ -485,7 +487,7 @@ def parse_args(argv: Optional[List[str]] = None, description: str = "", required
 
 def save_config(config: Config, path: str) -> None:
     """Write the resolved config as YAML (atomically)."""
-    from .checkpoint.native import atomic_write
+    from .fileio import atomic_write
 
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:

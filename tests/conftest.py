@@ -1,4 +1,5 @@
-"""Shared fixtures: graph mode everywhere, the PyTorch reference, small generated data."""
+"""Shared fixtures and helpers: graph mode everywhere, the PyTorch reference, small generated data,
+running the entry scripts (also under msrun)."""
 from __future__ import annotations
 
 import json
@@ -61,3 +62,70 @@ def reference_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+PYTHON = sys.executable
+# train.py arguments of a quick deterministic-enough CPU run of the 32-px demo model, with EMA.
+BASE_ARGS = ["--model", "swinv2_micro_window4_32", "--batch_size", "16", "--epoch_size", "3", "--warmup_epochs", "1",
+             "--lr", "2e-3", "--lr_base_batch", "16", "--amp_level", "O0", "--auto_augment", "", "--mixup", "0",
+             "--cutmix", "0", "--re_prob", "0", "--crop_pct", "1.0", "--log_interval", "2", "--keep_checkpoint_max",
+             "2", "--drop_path_rate", "0.0", "--num_parallel_workers", "1", "--ema", "True", "--ema_decay", "0.9"]
+# Whole-image crops and no flips: every run sees the same pixels in the same order.
+DETERMINISTIC_DATA = ["--scale", "[1.0,1.0]", "--ratio", "[1.0,1.0]", "--hflip", "0"]
+NOISE = ("Traceback", "Exception ignored", "[WARNING]", "DeprecationWarning", "FutureWarning")
+
+
+def run(script, *args, check=True, env=None, **popen):
+    """Run one of the entry scripts (``train.py``...) in a fresh process."""
+    result = subprocess.run([PYTHON, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
+                            cwd=str(ROOT), env=env, **popen)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def read_metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> str:
+    """4 classes of 32-px patterns: 96 training and 36 validation images."""
+    from mindswin.data import make_demo_dataset
+
+    root = tmp_path_factory.mktemp("patterns")
+    make_demo_dataset(str(root), num_classes=4, train_per_class=24, val_per_class=9, image_size=32)
+    return str(root)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def msrun(script, *args, logs, workers=2, local_workers=None, node_rank=None, port=None, wait=True):
+    """Launch ``script`` under msrun on 127.0.0.1; returns (process result, concatenated worker logs).
+
+    ``local_workers`` < ``workers`` with a ``node_rank`` makes this one "node" of several
+    sharing ``port``; with ``wait=False`` the Popen is returned instead, to start the other.
+    """
+    env = dict(os.environ, PATH=f"{os.path.dirname(PYTHON)}:{os.environ.get('PATH', '')}")
+    command = [os.path.join(os.path.dirname(PYTHON), "msrun"), "--worker_num", str(workers), "--local_worker_num",
+               str(local_workers or workers), "--master_addr", "127.0.0.1", "--master_port", str(port or free_port()),
+               "--log_dir", str(logs), "--join", "True"]
+    if node_rank is not None:
+        command += ["--node_rank", str(node_rank)]
+    command += [str(ROOT / script) if not os.path.isabs(str(script)) else str(script), *map(str, args)]
+    if not wait:
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(ROOT),
+                                env=env)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=str(ROOT), env=env, timeout=600)
+    return result, worker_logs(logs)
+
+
+def worker_logs(logs) -> str:
+    return "".join(p.read_text() for p in sorted(Path(logs).glob("worker_*.log")))

@@ -118,7 +118,7 @@ def load_state_dict(model: nn.Cell, state: Dict[str, np.ndarray], *, source: str
         CheckpointError: naming missing/unexpected keys and shape mismatches.
     """
     report = LoadReport(path=source, layout=layout)
-    params = {p.name: p for p in model.get_parameters()}
+    params = dict(model.parameters_and_names())
     state = dict(state)
 
     if getattr(model, "features_only", False):

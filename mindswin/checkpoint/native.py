@@ -2,47 +2,19 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from typing import Any, Callable, Dict, Optional
+import logging
+from contextlib import contextmanager
+from typing import Any, Dict, Iterable, Iterator, Optional, Tuple
 
 import mindspore as ms
-from mindspore import nn
+from mindspore import Tensor, nn
 
-__all__ = ["META_KEY", "atomic_write", "atomic_write_json", "save_checkpoint", "read_metadata"]
+from ..fileio import atomic_write
+
+__all__ = ["META_KEY", "save_tensors", "save_checkpoint", "read_metadata"]
 
 # Name of the string entry holding model name, class names, config... inside a .ckpt.
 META_KEY = "mindswin_meta"
-
-
-def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Run ``write(tmp_path)`` next to ``path``, then rename over it.
-
-    A crash or kill at any moment leaves either the old file or the new one, never a
-    partial file under ``path``.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_json(path: str, obj: Any) -> None:
-    """Write ``obj`` as indented JSON via :func:`atomic_write`."""
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-
-    atomic_write(path, write)
 
 
 def save_checkpoint(model: nn.Cell, path: str, metadata: Optional[Dict[str, Any]] = None) -> None:
@@ -56,9 +28,34 @@ def save_checkpoint(model: nn.Cell, path: str, metadata: Optional[Dict[str, Any]
     """
     meta = dict(metadata or {})
     meta.setdefault("model", getattr(model, "model_name", None))
-    append = {META_KEY: json.dumps(meta)}
-    params = [{"name": p.name, "data": p} for p in model.get_parameters()]
-    atomic_write(path, lambda tmp: ms.save_checkpoint(params, tmp, append_dict=append))
+    # Structural names (``layers.0.blocks.1...``), not ``Parameter.name``: MindSpore renames
+    # the parameters of a model compiled beside a twin (an EMA copy) to ``ema.layers...``.
+    save_tensors(path, model.parameters_and_names(), meta)
+
+
+@contextmanager
+def _without_mindspore_save_log() -> Iterator[None]:
+    """Mute MindSpore's own CRITICAL line on a failed save: the raised error says it better."""
+    get_logger = getattr(ms.log, "_get_logger", None)
+    logger = get_logger() if get_logger else logging.getLogger("mindspore")
+    disabled = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
+
+
+def save_tensors(path: str, named: Iterable[Tuple[str, Tensor]], metadata: Dict[str, Any]) -> None:
+    """Write ``(name, tensor)`` pairs and JSON ``metadata`` to a ``.ckpt`` atomically.
+
+    Raises:
+        mindswin.fileio.DiskFullError: The disk filled up; no partial file is left.
+    """
+    entries = [{"name": name, "data": tensor} for name, tensor in named]
+    append = {META_KEY: json.dumps(metadata)}
+    with _without_mindspore_save_log():
+        atomic_write(path, lambda tmp: ms.save_checkpoint(entries, tmp, append_dict=append))
 
 
 def read_metadata(path: str) -> Dict[str, Any]:

@@ -18,12 +18,11 @@ import glob
 import json
 import logging
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
-import mindspore as ms
-from mindspore import Parameter, Tensor
-
-from ..checkpoint.native import META_KEY, atomic_write, save_checkpoint
+from ..checkpoint.native import save_checkpoint
+from ..fileio import append_line, atomic_write
+from .state import TrainState
 
 __all__ = ["RESUME_FILE", "CheckpointManager", "find_resume_state"]
 
@@ -95,37 +94,14 @@ class CheckpointManager:
         if self.is_main:
             save_checkpoint(model, self.best_path, metadata)
 
-    def save_resume(self, parameters: Sequence[Parameter], state: Dict[str, Any]) -> None:
-        """Save every parameter of the training step plus ``state`` (epoch, position, ...)."""
-        if not self.is_main:
-            return
-        entries = [{"name": p.name, "data": p} for p in parameters]
-        append = {META_KEY: json.dumps(state)}
-        atomic_write(self.resume_path, lambda tmp: ms.save_checkpoint(entries, tmp, append_dict=append))
-
-    @staticmethod
-    def load_resume(path: str, parameters: Sequence[Parameter]) -> Dict[str, Any]:
-        """Restore ``parameters`` from a resume file; returns its state dict."""
-        saved = ms.load_checkpoint(path)
-        missing = [p.name for p in parameters if p.name not in saved]
-        if missing:
-            raise ValueError(f"{path} does not match this run's model/optimizer: missing {', '.join(missing[:5])}"
-                             f"{' ...' if len(missing) > 5 else ''} (was it written with another config?)")
-        for p in parameters:
-            value = saved[p.name]
-            if tuple(value.shape) != tuple(p.shape):
-                raise ValueError(f"{path}: {p.name} has shape {tuple(value.shape)}, this run expects "
-                                 f"{tuple(p.shape)} (was it written with another config?)")
-            p.set_data(Tensor(value.asnumpy(), dtype=p.dtype))
-        return json.loads(saved[META_KEY]) if isinstance(saved.get(META_KEY), str) else {}
+    def save_resume(self, state: TrainState, position: Dict[str, Any]) -> None:
+        """Save every tensor of the run's state plus ``position`` (epoch, batch, best top-1)."""
+        if self.is_main:
+            state.save(self.resume_path, position)
 
     def append_metrics(self, record: Dict[str, Any]) -> None:
-        if not self.is_main:
-            return
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        if self.is_main:
+            append_line(self.metrics_path, json.dumps(record))
 
     def truncate_metrics(self, epochs_done: int) -> None:
         """Drop the lines of epochs after ``epochs_done`` (a resumed run redoes them)."""

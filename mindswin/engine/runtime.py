@@ -6,8 +6,11 @@ import os
 import random
 import sys
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
+
+from ..config import ConfigError
 
 __all__ = ["Runtime", "setup_runtime", "setup_logging", "quiet_framework", "set_cpu_threads"]
 
@@ -74,10 +77,12 @@ def set_cpu_threads(processes: int = 1) -> int:
     return threads
 
 
-def setup_logging(is_main: bool = True) -> None:
-    level = logging.INFO if is_main else logging.WARNING
-    logging.basicConfig(level=level, stream=sys.stdout, format="%(asctime)s %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S", force=True)
+def setup_logging(runtime: Optional[Runtime] = None) -> None:
+    """INFO on the main rank; warnings and errors only, tagged with the rank, on the others."""
+    runtime = runtime or Runtime()
+    tag = f"[rank {runtime.rank}] " if runtime.distributed else ""
+    logging.basicConfig(level=logging.INFO if runtime.is_main else logging.WARNING, stream=sys.stdout,
+                        format=f"%(asctime)s %(levelname)s {tag}%(message)s", datefmt="%H:%M:%S", force=True)
 
 
 def setup_runtime(config) -> Runtime:
@@ -86,7 +91,12 @@ def setup_runtime(config) -> Runtime:
     import mindspore.dataset as ds
 
     ms.set_context(mode=ms.GRAPH_MODE, jit_syntax_level=ms.STRICT)
-    ms.set_device(config.device_target)
+    try:
+        ms.set_device(config.device_target)
+    except RuntimeError as exc:
+        raise ConfigError(f"device_target {config.device_target} is not available here "
+                          f"({str(exc).strip().splitlines()[0]}); use --device_target CPU or a MindSpore build "
+                          f"for {config.device_target}") from exc
     if config.device_target == "Ascend":
         ms.set_context(jit_config={"jit_level": config.jit_level})
     if config.device_target == "CPU":
@@ -96,7 +106,7 @@ def setup_runtime(config) -> Runtime:
         from mindspore.communication import get_group_size, get_rank, init
 
         if "MS_WORKER_NUM" not in os.environ and "RANK_TABLE_FILE" not in os.environ:
-            raise RuntimeError("distribute is True but this process was not started by msrun; launch with "
+            raise ConfigError("distribute is True but this process was not started by msrun; launch with "
                                "`msrun --worker_num N --local_worker_num N train.py ... --distribute True`")
         if config.hccl_buffsize:
             os.environ.setdefault("HCCL_BUFFSIZE", str(config.hccl_buffsize))
@@ -107,7 +117,9 @@ def setup_runtime(config) -> Runtime:
         if config.enable_parallel_optimizer:
             parallel["enable_parallel_optimizer"] = True
         ms.set_auto_parallel_context(**parallel)
-    seed = config.seed
+    # Each rank draws its own DropPath masks and augmentations, as the official trainer
+    # (seed + rank) does; replicas still start equal, from rank 0's weights (TrainState.broadcast).
+    seed = config.seed + runtime.rank
     ms.set_seed(seed)
     np.random.seed(seed)
     random.seed(seed)

@@ -2,13 +2,13 @@
 
 forward (AMP per the model's compute dtype) -> soft-target cross-entropy -> backward of
 the loss times the loss scale -> all-reduce (data parallel, mean) -> unscale -> finite
-check -> gradient accumulation -> global-norm clipping -> AdamW -> EMA, with the update
-masked off (not branched) on overflow or between accumulation boundaries. Everything is
-one graph; the host only feeds batches and reads the returned scalars.
+check agreed by all ranks -> gradient accumulation -> global-norm clipping -> AdamW -> EMA,
+with the update masked off (not branched) on overflow or between accumulation boundaries.
+Everything is one graph; the host only feeds batches and reads the returned scalars.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
@@ -104,8 +104,7 @@ class TrainStep(nn.Cell):
         if distributed:
             from mindspore.communication import get_group_size
 
-            # the reported loss is the global batch's, as a single process would see it
-            self.loss_sum = ops.AllReduce()
+            self.all_reduce_sum = ops.AllReduce()
             self.group_size = float(get_group_size())
         if accumulation > 1:
             self.accumulated = self.weights.clone(prefix="accum", init="zeros")
@@ -121,10 +120,9 @@ class TrainStep(nn.Cell):
         # Built here, not kept as an attribute: an attribute value_and_grad function made the
         # compile fail (parsing __init__) in a process that had compiled many graphs before.
         scaled_loss, grads = ops.value_and_grad(self.net_with_loss, None, self.weights)(images, targets, scale)
-        if self.reducer is not None:
-            grads = self.reducer(grads)
+        grads = self._reduce_gradients(grads)
         grads = self.loss_scaler.unscale(grads)
-        finite = ms.amp.all_finite(grads)
+        finite = self._finite_on_every_rank(grads)
         # Zero non-finite gradients so the masked update never multiplies inf by 0.
         grads = self.hyper_map(ops.partial(_zero_if, finite), grads)
         apply = finite
@@ -140,8 +138,50 @@ class TrainStep(nn.Cell):
         self.loss_scaler.adjust(finite)
         loss = scaled_loss / scale_before
         if self.reducer is not None:
-            loss = self.loss_sum(loss) / self.group_size
+            # the reported loss is the global batch's, as a single process would see it
+            loss = self.all_reduce_sum(loss) / self.group_size
         return ops.depend(loss, updated), finite, scale_before, lr
+
+    def _reduce_gradients(self, grads):
+        return self.reducer(grads) if self.reducer is not None else grads
+
+    def _finite_on_every_rank(self, grads) -> Tensor:
+        """One skip decision for the whole data-parallel group.
+
+        On Ascend 910A (and 910B in saturation mode) ``all_finite`` reads the device's own
+        overflow status, so ranks can disagree after identical all-reduced gradients; if one
+        rank skipped while the others stepped, replicas and loss scales would drift apart.
+        The ranks that saw an overflow are counted across the group, as MindSpore's own
+        loss-scale cell does.
+        """
+        finite = ms.amp.all_finite(grads)
+        if self.reducer is None:
+            return finite
+        overflowed_ranks = self.all_reduce_sum(ops.logical_not(finite).astype(ms.float32))
+        return overflowed_ranks == 0
+
+    def named_state(self) -> List[Tuple[str, Parameter]]:
+        """Every tensor a resumed run needs, under names derived from the model's structure.
+
+        ``Parameter.name`` cannot serve: MindSpore renames duplicates (the EMA twin's,
+        the moments') at the first compile, so it depends on whether and what compiled.
+        """
+        model = self.net_with_loss.model
+        named = list(model.parameters_and_names())
+        trainable = [name for name, param in named if param.requires_grad]
+        state = [(f"model.{name}", param) for name, param in named]
+        if self.ema is not None:
+            state += [(f"ema.{name}", param) for name, param in self.ema.ema_model.parameters_and_names()]
+        state += [(f"optimizer.exp_avg.{name}", m) for name, m in zip(trainable, self.optimizer.exp_avg)]
+        state += [(f"optimizer.exp_avg_sq.{name}", v) for name, v in zip(trainable, self.optimizer.exp_avg_sq)]
+        state.append(("optimizer.step", self.optimizer.step))
+        state.append(("loss_scale.value", self.loss_scaler.scale_value))
+        if hasattr(self.loss_scaler, "counter"):
+            state.append(("loss_scale.good_steps", self.loss_scaler.counter))
+        if self.accumulation > 1:
+            state += [(f"accumulation.grad.{name}", g) for name, g in zip(trainable, self.accumulated)]
+            state += [("accumulation.micro_step", self.micro_step), ("accumulation.overflow", self.overflow_seen)]
+        return state
 
     def _accumulate(self, grads, finite: Tensor):
         micro = self.micro_step + 1

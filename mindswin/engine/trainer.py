@@ -21,6 +21,7 @@ from .checkpoints import CheckpointManager, find_resume_state
 from .evaluate import EvalStep, evaluate
 from .optim import AdamW, cosine_schedule, scaled_learning_rates
 from .runtime import Runtime, setup_logging, setup_runtime
+from .state import START_POSITION, TrainState
 from .train_step import EMA, TrainStep
 
 __all__ = ["build_model", "train"]
@@ -69,7 +70,7 @@ def _log_step(epoch: int, epochs: int, step: int, steps: int, loss: float, lr: f
 def train(config: Config) -> Dict[str, Any]:
     """Run the training described by ``config``; returns the last epoch's metrics."""
     runtime = setup_runtime(config)
-    setup_logging(is_main=runtime.is_main)  # ranks other than 0 log warnings and errors only
+    setup_logging(runtime)
     if not config.data_dir:
         raise ConfigError("--data_dir is required: a folder with train/<class>/<image> and val/<class>/<image>")
     geometry = resolved_geometry(config)
@@ -113,22 +114,11 @@ def train(config: Config) -> Dict[str, Any]:
                           clip_value=config.clip_value if config.clip_grad else None, accumulation=accumulation,
                           ema=ema, distributed=runtime.distributed)
     step_cell.set_train(True)
-    state_params = list(step_cell.get_parameters()) + [scaler.scale_value]
-    if isinstance(scaler, ms.amp.DynamicLossScaler):
-        scaler.counter.name = "loss_scale_counter"
-        state_params.append(scaler.counter)
+    state = TrainState(step_cell.named_state())
 
     manager = CheckpointManager(config.ckpt_save_dir, model.model_name, config.keep_checkpoint_max, runtime.is_main)
-    start_epoch, skip_batches, best_top1 = 0, 0, -1.0
-    resume_path = find_resume_state(config.resume, config.ckpt_save_dir)
-    if resume_path:
-        state = CheckpointManager.load_resume(resume_path, state_params)
-        start_epoch, skip_batches = state["epoch"], state["batch_in_epoch"]
-        best_top1 = state.get("best_top1", -1.0)
-        _logger.info("resumed from %s: epoch %d, batch %d, optimizer step %d", resume_path, start_epoch,
-                     skip_batches, int(optimizer.step.asnumpy()))
-        if runtime.is_main:
-            manager.truncate_metrics(start_epoch)
+    position = _restore(config, runtime, state, manager)
+    start_epoch, skip_batches, best_top1 = position["epoch"], position["batch_in_epoch"], position["best_top1"]
     if runtime.is_main:
         save_config(config, os.path.join(config.ckpt_save_dir, "config.yaml"))
 
@@ -158,12 +148,12 @@ def train(config: Config) -> Dict[str, Any]:
                  "epoch, peak lr %.3e, amp %s", model.model_name, len(index), num_classes, runtime.group_size,
                  global_batch, steps_per_epoch, peak, config.amp_level)
     return _run_epochs(config, runtime, step_cell, optimizer, train_data, train_info, batches_per_epoch,
-                       start_epoch, skip_batches, best_top1, manager, state_params, metadata,
+                       start_epoch, skip_batches, best_top1, manager, state, metadata,
                        eval_step, eval_data, eval_info, ema_model or model)
 
 
 def _run_epochs(config, runtime: Runtime, step_cell, optimizer, train_data, train_info, batches_per_epoch: int,
-                start_epoch: int, skip_batches: int, best_top1: float, manager: CheckpointManager, state_params,
+                start_epoch: int, skip_batches: int, best_top1: float, manager: CheckpointManager, state: TrainState,
                 metadata: Dict[str, Any], eval_step, eval_data, eval_info, eval_model) -> Dict[str, Any]:
     epochs = config.epoch_size
     images_per_step = config.batch_size * runtime.group_size
@@ -214,7 +204,7 @@ def _run_epochs(config, runtime: Runtime, step_cell, optimizer, train_data, trai
                           remaining * images_per_step / max(speed, 1e-9))
             if config.resume_save_steps and (batch + 1) % config.resume_save_steps == 0 \
                     and batch + 1 < batches_per_epoch:
-                manager.save_resume(state_params, dict(epoch=epoch, batch_in_epoch=batch + 1, best_top1=best_top1))
+                manager.save_resume(state, dict(epoch=epoch, batch_in_epoch=batch + 1, best_top1=best_top1))
         if bar is not None:
             bar.close()
         train_seconds = time.perf_counter() - epoch_start
@@ -236,7 +226,7 @@ def _run_epochs(config, runtime: Runtime, step_cell, optimizer, train_data, trai
                 manager.save_best(eval_model, dict(metadata, epoch=epoch + 1, val_top1=result.top1))
         if (epoch + 1) % config.ckpt_save_interval == 0 or epoch + 1 == epochs:
             manager.save_weights(eval_model, epoch + 1, dict(metadata, epoch=epoch + 1, **_val_fields(record)))
-        manager.save_resume(state_params, dict(epoch=epoch + 1, batch_in_epoch=0, best_top1=best_top1))
+        manager.save_resume(state, dict(epoch=epoch + 1, batch_in_epoch=0, best_top1=best_top1))
         manager.append_metrics(record)
         manager.plot_curves()
         bad = train_info.all_bad_files()
@@ -250,17 +240,29 @@ def _run_epochs(config, runtime: Runtime, step_cell, optimizer, train_data, trai
     _logger.info("done in %.1f s; checkpoints in %s", time.perf_counter() - run_start, config.ckpt_save_dir)
     if runtime.distributed:
         # every rank prints it: equal digests show the data-parallel replicas stayed in sync
-        print(f"rank {runtime.rank} weights sha1 {_weights_digest(eval_model)}", flush=True)
+        print(f"rank {runtime.rank} weights sha1 {state.digest('model.')} state sha1 {state.digest()}", flush=True)
     return record
 
 
-def _weights_digest(model) -> str:
-    import hashlib
+def _restore(config: Config, runtime: Runtime, state: TrainState, manager: CheckpointManager) -> Dict[str, Any]:
+    """Load the resume state on rank 0 and give every rank rank 0's tensors and position.
 
-    digest = hashlib.sha1()
-    for param in model.get_parameters():
-        digest.update(param.asnumpy().tobytes())
-    return digest.hexdigest()
+    Only rank 0 writes checkpoints, so only its disk is asked: nodes need no shared storage.
+    """
+    position = dict(START_POSITION)
+    if runtime.is_main:
+        path = find_resume_state(config.resume, config.ckpt_save_dir)
+        if path:
+            position = state.load(path)
+            _logger.info("resumed from %s: epoch %d, batch %d, optimizer step %d", path, position["epoch"],
+                         position["batch_in_epoch"], state.optimizer_step())
+            manager.truncate_metrics(position["epoch"])
+    if runtime.distributed:
+        position = state.broadcast(position, runtime.rank)
+        # every rank prints it: a rank that started from anything else would show at once
+        print(f"rank {runtime.rank} starts at epoch {position['epoch']} batch {position['batch_in_epoch']} "
+              f"optimizer step {state.optimizer_step()}", flush=True)
+    return position
 
 
 def _val_fields(record: Dict[str, Any]) -> Dict[str, Any]:

@@ -1,0 +1,125 @@
+"""The resumable state of a training run, and how it reaches every rank.
+
+A :class:`TrainState` is the list of ``(name, Parameter)`` pairs of the train step (see
+:meth:`~mindswin.engine.train_step.TrainStep.named_state`): live weights, EMA weights,
+AdamW moments and step, loss scale, accumulation buffers. It saves them with the run's
+position (epoch, batch, best top-1) into ``resume_state.ckpt`` and loads them back by the
+same names.
+
+Under data parallel only rank 0 reads the file: :meth:`TrainState.broadcast` then copies
+rank 0's tensors and position to every rank. Nodes need no shared storage, and a fresh
+run starts every replica from rank 0's initial weights although each rank is seeded
+differently (``seed + rank``, for its own DropPath masks and augmentations).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Dict, List, Sequence, Tuple
+
+import mindspore as ms
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+
+from ..checkpoint import CheckpointError
+from ..checkpoint.native import META_KEY, save_tensors
+
+__all__ = ["TrainState", "START_POSITION"]
+
+# Where a new run starts: epoch and batch within it, and the best val top-1 so far.
+START_POSITION: Dict[str, Any] = dict(epoch=0, batch_in_epoch=0, best_top1=-1.0)
+
+_from_root = ops.MultitypeFuncGraph("from_root")
+
+
+@_from_root.register("Function", "Tensor", "Tensor")
+def _copy_from_root(all_reduce_sum, is_root, param):
+    # CPU AllReduce takes float16/float32 only: integer and boolean state travels as
+    # float32, exact for the counters it holds (< 2**24).
+    value = param.astype(ms.float32)
+    value = ops.select(is_root, value, ops.zeros_like(value))
+    return ops.assign(param, all_reduce_sum(value).astype(param.dtype))
+
+
+class _BroadcastFromRoot(nn.Cell):
+    """Overwrite parameters with rank 0's values (an all-reduce of rank 0's copy and zeros)."""
+
+    def __init__(self, params: Sequence[Parameter], rank: int) -> None:
+        super().__init__(auto_prefix=False)
+        self.params = ms.ParameterTuple(params)
+        self.is_root = Tensor(rank == 0)
+        self.all_reduce_sum = ops.AllReduce()
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self):
+        return self.hyper_map(ops.partial(_from_root, self.all_reduce_sum, self.is_root), self.params)
+
+
+class TrainState:
+    """Named tensors of a run, saved, loaded and broadcast by those names.
+
+    Args:
+        named: ``(name, Parameter)`` pairs; names must be unique.
+    """
+
+    def __init__(self, named: Sequence[Tuple[str, Parameter]]) -> None:
+        names = [name for name, _ in named]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"train state names are not unique: {', '.join(duplicates[:5])}")
+        self.named: List[Tuple[str, Parameter]] = list(named)
+
+    def names(self) -> List[str]:
+        return [name for name, _ in self.named]
+
+    def save(self, path: str, position: Dict[str, Any]) -> None:
+        """Write every tensor plus ``position`` (JSON) to ``path`` atomically."""
+        save_tensors(path, self.named, position)
+
+    def load(self, path: str) -> Dict[str, Any]:
+        """Restore every tensor from ``path``; returns the saved position.
+
+        Raises:
+            CheckpointError: The file is unreadable or holds another model/optimizer setup.
+        """
+        try:
+            saved = ms.load_checkpoint(path)
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise CheckpointError(f"cannot read resume state {path}: {str(exc).splitlines()[0]}") from exc
+        hint = ("was it written by a run with another model, optimizer, EMA or accumulation setting? Start a new "
+                "run with another --ckpt_save_dir, or resume with the config saved next to it")
+        missing = [name for name in self.names() if name not in saved]
+        if missing:
+            raise CheckpointError(f"{path} does not match this run: missing {', '.join(missing[:5])}"
+                                  f"{' ...' if len(missing) > 5 else ''} ({len(missing)} in all); {hint}")
+        for name, param in self.named:
+            value = saved[name]
+            if tuple(value.shape) != tuple(param.shape):
+                raise CheckpointError(f"{path}: {name} has shape {tuple(value.shape)}, this run expects "
+                                      f"{tuple(param.shape)}; {hint}")
+            param.set_data(Tensor(value.asnumpy(), dtype=param.dtype))
+        meta = saved.get(META_KEY)
+        return dict(START_POSITION, **json.loads(meta)) if isinstance(meta, str) else dict(START_POSITION)
+
+    def broadcast(self, position: Dict[str, Any], rank: int) -> Dict[str, Any]:
+        """Give every rank rank 0's tensors and position (call on all ranks together)."""
+        carrier = Parameter(Tensor(np.array([position["epoch"], position["batch_in_epoch"],
+                                             position["best_top1"]], np.float32)), name="run_position",
+                            requires_grad=False)
+        _BroadcastFromRoot([param for _, param in self.named] + [carrier], rank)()
+        epoch, batch, best = carrier.asnumpy().tolist()
+        if rank == 0:
+            return position
+        return dict(position, epoch=int(epoch), batch_in_epoch=int(batch), best_top1=float(best))
+
+    def optimizer_step(self) -> int:
+        return int(dict(self.named)["optimizer.step"].asnumpy())
+
+    def digest(self, prefix: str = "") -> str:
+        """SHA-1 over the tensors whose names start with ``prefix`` (replicas in sync agree)."""
+        sha = hashlib.sha1()
+        for name, param in self.named:
+            if name.startswith(prefix):
+                sha.update(name.encode())
+                sha.update(param.asnumpy().tobytes())
+        return sha.hexdigest()

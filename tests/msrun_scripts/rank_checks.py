@@ -1,0 +1,90 @@
+"""Run under msrun with 2 workers: what must differ between ranks, and what must not.
+
+Prints one line per rank: ``RANK_CHECKS {json}`` with
+* digests of the initial weights before and after the start-of-run broadcast;
+* a digest of one training-mode forward (DropPath masks) on an input shared by all ranks;
+* a digest of the first augmented batch drawn from the same files in the same order;
+* for three train steps, where rank 1 alone gets a non-finite gradient in step 2 (as a
+  device-local overflow status would report): each step's finite flag and loss scale,
+  and a digest of the whole train state after them.
+
+Usage: msrun ... rank_checks.py DATA_DIR SEED
+"""
+import hashlib
+import json
+import sys
+
+import mindspore as ms
+import numpy as np
+from mindspore import Parameter, Tensor
+
+from mindswin import create_model
+from mindswin.config import load_config
+from mindswin.data import create_train_dataset
+from mindswin.engine.optim import AdamW
+from mindswin.engine.runtime import setup_runtime
+from mindswin.engine.state import START_POSITION, TrainState
+from mindswin.engine.train_step import TrainStep
+
+
+class StepWithFaultyRank(TrainStep):
+    """TrainStep whose reduced gradients can be poisoned on this rank alone."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.poison = Parameter(Tensor(1.0, ms.float32), name="poison", requires_grad=False)
+
+    def _reduce_gradients(self, grads):
+        grads = self.reducer(grads)
+        return (grads[0] * self.poison,) + grads[1:]
+
+
+def digest(arrays) -> str:
+    sha = hashlib.sha1()
+    for array in arrays:
+        sha.update(np.ascontiguousarray(array).tobytes())
+    return sha.hexdigest()[:16]
+
+
+def main(data_dir: str, seed: int) -> None:
+    config = load_config(overrides=dict(distribute=True, seed=seed))
+    runtime = setup_runtime(config)
+    model = create_model("swinv2_micro_window4_32", num_classes=4, drop_path_rate=0.5)
+    optimizer = AdamW(model.trainable_params(), 0.05, model.no_weight_decay())
+    scaler = ms.amp.DynamicLossScaler(2.0 ** 10, 2, 1000)
+    step = StepWithFaultyRank(model, optimizer, Tensor(np.full(10, 1e-3, np.float32)), scaler, clip_value=5.0,
+                              distributed=True)
+    state = TrainState(step.named_state())
+    report = dict(rank=runtime.rank, init_local=digest(p.asnumpy() for p in model.get_parameters()))
+    state.broadcast(dict(START_POSITION), runtime.rank)
+    report["init_synced"] = digest(p.asnumpy() for p in model.get_parameters())
+
+    # Res-post-norm branches start at zero (norm weights 0), so dropping one would change
+    # nothing: give every rank the same non-trivial weights first.
+    shared = np.random.default_rng(0)
+    for param in model.trainable_params():
+        param.set_data(Tensor(0.1 * shared.standard_normal(param.shape), param.dtype))
+    images = Tensor(shared.standard_normal((4, 3, 32, 32)).astype(np.float32))
+    targets = Tensor(np.eye(4, dtype=np.float32)[shared.integers(0, 4, 4)])
+    model.set_train(True)
+    report["drop_path"] = digest([model(images).asnumpy()])
+
+    dataset, _ = create_train_dataset(data_dir, image_size=32, batch_size=8, seed=seed, num_workers=1)
+    first_batch, _ = next(dataset.create_tuple_iterator(num_epochs=1))
+    report["augment"] = digest([first_batch.asnumpy()])
+
+    step.set_train(True)
+    report["finite"], report["loss_scale"] = [], []
+    for index in range(3):
+        poisoned = index == 1 and runtime.rank == 1
+        step.poison.set_data(Tensor(float("inf") if poisoned else 1.0, ms.float32))
+        _, finite, _, _ = step(images, targets)
+        report["finite"].append(bool(finite.asnumpy()))
+        report["loss_scale"].append(float(scaler.scale_value.asnumpy()))
+    report["optimizer_step"] = state.optimizer_step()
+    report["final_state"] = state.digest()
+    print("RANK_CHECKS " + json.dumps(report), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))
