@@ -28,7 +28,13 @@ def run_train(argv: Optional[List[str]] = None) -> int:
 
     quiet_framework()
     try:
-        config = parse_args(argv, description="Train or fine-tune Swin V2 with MindSpore")
+        config = parse_args(argv, script="train", description="Train or fine-tune Swin V2 with MindSpore", examples=(
+            "python train.py --config configs/demo/swinv2_micro_shapes_cpu.yaml --data_dir demo_data\n"
+            "msrun --worker_num 8 --local_worker_num 8 train.py --config "
+            "configs/swinv2/swinv2_tiny_window8_256_in1k.yaml --data_dir /data/imagenet --distribute True\n"
+            "python train.py --config configs/swinv2/swinv2_base_window12to16_192to256_22kto1k_ft.yaml"
+            " --data_dir /data/imagenet --ckpt_path swinv2_base_patch4_window12_192_22k.pth\n"
+            "python train.py --config RECIPE.yaml --data_dir DIR --ckpt_save_dir OUT --resume auto"))
         setup_logging()
         from .engine.trainer import train
 
@@ -68,8 +74,15 @@ def run_validate(argv: Optional[List[str]] = None) -> int:
 
     quiet_framework()
     try:
-        config = parse_args(argv, description="Evaluate a Swin V2 checkpoint on DATA_DIR/val",
-                            required=("ckpt_path", "data_dir"), defer_geometry=True)
+        config = parse_args(argv, script="validate", description="Top-1/top-5/loss of a Swin V2 checkpoint on "
+                            "DATA_DIR/VAL_SPLIT (one folder per class)", examples=(
+                                "python validate.py --data_dir demo_data --ckpt_path demo_output/"
+                                "swinv2_micro_window4_32-best.ckpt --output results.json\n"
+                                "python validate.py --model swinv2_tiny_window8_256 --data_dir /data/imagenet"
+                                " --ckpt_path swinv2_tiny_patch4_window8_256.pth\n"
+                                "msrun --worker_num 2 --local_worker_num 2 validate.py --data_dir DIR --ckpt_path CKPT"
+                                " --distribute True"),
+                            required=("ckpt_path", "data_dir"), model_from_checkpoint=True)
         if "amp_level" not in config.explicit:
             config.amp_level = "O0"
         setup_logging()
@@ -153,8 +166,14 @@ def run_infer(argv: Optional[List[str]] = None) -> int:
 
     quiet_framework()
     try:
-        config = parse_args(argv, description="Predict classes of images with a Swin V2 checkpoint",
-                            required=("ckpt_path",), positional="inputs", defer_geometry=True)
+        config = parse_args(argv, script="infer", description="Predict classes of images (files or folders) with "
+                            "a Swin V2 checkpoint", examples=(
+                                "python infer.py --ckpt_path demo_output/swinv2_micro_window4_32-best.ckpt --topk 2"
+                                " demo_data/val/checkerboard/00000.png\n"
+                                "python infer.py --model swinv2_tiny_window8_256 --ckpt_path "
+                                "swinv2_tiny_patch4_window8_256.pth --class_names_file names.txt --output preds.json"
+                                " photos/"),
+                            required=("ckpt_path",), positional="inputs", model_from_checkpoint=True)
         if not config.inputs:
             raise ConfigError("give one or more images or folders after the options")
         if "amp_level" not in config.explicit:
@@ -209,7 +228,7 @@ def run_infer(argv: Optional[List[str]] = None) -> int:
 
 
 def run_export(argv: Optional[List[str]] = None) -> int:
-    """``export.py``: MindIR (or ONNX) of a checkpoint with a fixed input shape."""
+    """``export.py``: MindIR of a checkpoint with a fixed input shape."""
     import os
 
     import numpy as np
@@ -219,8 +238,12 @@ def run_export(argv: Optional[List[str]] = None) -> int:
 
     quiet_framework()
     try:
-        config = parse_args(argv, description="Export a Swin V2 checkpoint to MindIR / ONNX",
-                            required=("ckpt_path",), defer_geometry=True)
+        config = parse_args(argv, script="export", description="Export a Swin V2 checkpoint to MindIR with a fixed "
+                            "input shape", examples=(
+                                "python export.py --ckpt_path demo_output/swinv2_micro_window4_32-best.ckpt\n"
+                                "python export.py --model swinv2_tiny_window8_256 --ckpt_path "
+                                "swinv2_tiny_patch4_window8_256.pth --batch_size 8 --export_file swinv2_tiny"),
+                            required=("ckpt_path",), model_from_checkpoint=True)
         setup_logging()
         if "amp_level" not in config.explicit:
             config.amp_level = "O0"
@@ -248,8 +271,7 @@ def run_export(argv: Optional[List[str]] = None) -> int:
                               f"{str(exc).splitlines()[0]}") from exc
     except _USER_ERRORS as exc:
         return _fail(exc)
-    suffix = ".mindir" if config.file_format == "MINDIR" else ".onnx"
-    print(f"wrote {target}{suffix} (input {batch}x3x{size}x{size}, {model.model_name})")
+    print(f"wrote {target}.mindir (input {batch}x3x{size}x{size}, {model.model_name})")
     logging.shutdown()
     return 0
 

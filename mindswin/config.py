@@ -1,10 +1,12 @@
 """YAML recipes + ``--key value`` overrides, checked against one table of known keys.
 
-Keys follow mindcv's names where mindcv has one. Every key has a default, a type and its
-allowed values (a :class:`Choices`, :class:`Range` or :class:`Items` rule) in
-:data:`DEFAULTS`. A misspelt key, a value of the wrong type, a value outside its range or
-a model geometry the network cannot be built with is a :class:`ConfigError` naming the
-key, the value and what is allowed, raised before anything is built or compiled.
+Keys follow mindcv's names where mindcv has one. Every key has a default, a type, its
+allowed values (a :class:`Choices`, :class:`Range` or :class:`Items` rule), its ``--help``
+group and the scripts that read it in :data:`DEFAULTS`. A misspelt key, a value of the
+wrong type, a value outside its range, an option of another script or a model geometry the
+network cannot be built with is a :class:`ConfigError` naming the key, the value and what
+is allowed, raised before anything is built or compiled. A recipe may start from others
+(``_base_``, as in mmpretrain) and state only what differs.
 """
 from __future__ import annotations
 
@@ -13,12 +15,14 @@ import difflib
 import math
 import os
 import re
+import textwrap
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import yaml
 
 __all__ = ["ConfigError", "Config", "DEFAULTS", "Option", "Choices", "Range", "Items", "RegisteredModel",
-           "choices", "load_config", "check_geometry", "parse_args", "save_config"]
+           "SCRIPTS", "choices", "load_config", "check_geometry", "parse_cli_value", "add_option",
+           "parse_args", "save_config"]
 
 
 class ConfigError(ValueError):
@@ -42,16 +46,28 @@ class Rule:
 
 
 class Choices(Rule):
-    """One of a fixed set of strings."""
+    """One of a fixed set of strings.
 
-    def __init__(self, *values: str) -> None:
+    Args:
+        values: The allowed strings.
+        unsupported: Values a user may expect but that cannot work, each with the reason,
+            which the error then gives instead of only listing ``values``.
+    """
+
+    def __init__(self, *values: str, unsupported: Optional[Dict[str, str]] = None) -> None:
         self.values = values
+        self.unsupported = unsupported or {}
 
     def describe(self) -> str:
         return "one of " + ", ".join(self.values)
 
     def allows(self, value: Any) -> bool:
         return value in self.values
+
+    def problem(self, value: Any) -> Optional[str]:
+        if value in self.unsupported:
+            return f"cannot be {value!r}: {self.unsupported[value]}; it must be {self.describe()}"
+        return super().problem(value)
 
 
 class Range(Rule):
@@ -129,6 +145,14 @@ class RegisteredModel(Rule):
         return None
 
 
+# The entry scripts, by the name of their file without ".py".
+TRAIN, VALIDATE, INFER, EXPORT = "train", "validate", "infer", "export"
+SCRIPTS = (TRAIN, VALIDATE, INFER, EXPORT)
+_ALL = SCRIPTS
+_WITH_DATA = (TRAIN, VALIDATE)  # read an image folder
+_PREPROCESSING = (TRAIN, VALIDATE, INFER)  # resize and crop images for the model
+
+
 class Option(NamedTuple):
     """One key of :data:`DEFAULTS`.
 
@@ -138,12 +162,22 @@ class Option(NamedTuple):
             the default is None.
         help: ``--help`` text.
         allowed: Rule for the values of the right type, or None when every one is valid.
+        scripts: Scripts (:data:`SCRIPTS`) that read the key, train.py alone unless given:
+            only they offer it as an option.
+        group: ``--help`` section, set by :func:`_group`.
     """
 
     default: Any
     kind: Any
     help: str
     allowed: Optional[Rule] = None
+    scripts: Tuple[str, ...] = (TRAIN,)
+    group: str = ""
+
+
+def _group(title: str, options: Dict[str, Option]) -> Dict[str, Option]:
+    """``options``, listed under ``title`` in ``--help``."""
+    return {key: option._replace(group=title) for key, option in options.items()}
 
 
 _NUM = (int, float)
@@ -152,98 +186,121 @@ _NON_NEGATIVE = Range("[0, inf)")
 _POSITIVE = Range("(0, inf)")
 _PROBABILITY = Range("[0, 1]")
 DEFAULTS: Dict[str, Option] = {
-    # model
-    "model": Option("swinv2_tiny_window8_256", str, "registered model name", RegisteredModel()),
-    "num_classes": Option(None, int, "classifier width; the number of class folders if unset", _POSITIVE_INT),
-    "image_resize": Option(None, int, "train/eval image side; the model's if unset", _POSITIVE_INT),
-    "window_size": Option(None, int, "attention window; the model's if unset", _POSITIVE_INT),
-    "pretrained_window_sizes": Option(None, list, "windows of the weights being fine-tuned, one per stage (0: "
-                                      "trained at window_size); the model's if unset",
-                                      Items(_NON_NEGATIVE, integers=True)),
-    "drop_path_rate": Option(0.1, float, "stochastic depth rate", Range("[0, 1)")),
-    "recompute": Option(False, bool, "recompute block activations in backward"),
-    "reuse_blocks": Option(None, bool, "compile each block once (lazy_inline), Ascend only; on for Ascend "
-                           "if unset"),
-    "ckpt_path": Option("", str, "weights to start from (any supported layout) / to evaluate"),
-    "pretrained": Option("", str, "alias of ckpt_path for fine-tuning recipes"),
-    "class_map": Option("", str, "file of source-class indices to keep from a loaded head (e.g. 22k->1k)"),
-    # data
-    "data_dir": Option("", str, "folder with train/<class>/... and val/<class>/..."),
-    "train_split": Option("train", str, "training sub-folder"),
-    "val_split": Option("val", str, "validation sub-folder"),
-    "num_parallel_workers": Option(2, int, "data-pipeline worker threads", _POSITIVE_INT),
-    "strict_data": Option(False, bool, "error on unreadable images instead of skipping them"),
-    "verify_images": Option("auto", str, "how images are checked when scanned (auto: full up to 50,000 files)",
-                            Choices("auto", "full", "header")),
-    "auto_augment": Option("rand-m9-mstd0.5-inc1", str, "timm-style policy, '' for none"),
-    "re_prob": Option(0.25, float, "random erasing probability", _PROBABILITY),
-    "color_jitter": Option(None, float, "colour jitter when auto_augment is off; none if unset", _NON_NEGATIVE),
-    "hflip": Option(0.5, float, "horizontal flip probability", _PROBABILITY),
-    "scale": Option([0.08, 1.0], list, "RandomResizedCrop area range", Items(Range("(0, 1]"), 2, ascending=True)),
-    "ratio": Option([0.75, 1.3333333], list, "RandomResizedCrop aspect range", Items(_POSITIVE, 2, ascending=True)),
-    "interpolation": Option("bicubic", str, "resize interpolation", Choices("bicubic", "bilinear", "nearest", "area")),
-    "crop_pct": Option(None, float, "eval centre-crop fraction, 1.0 squash-resizes; the model's if unset",
-                       Range("(0, 1]")),
-    "mixup": Option(0.8, float, "mixup alpha (0: off)", _NON_NEGATIVE),
-    "cutmix": Option(1.0, float, "cutmix alpha (0: off)", _NON_NEGATIVE),
-    "mixup_prob": Option(1.0, float, "probability of mixing", _PROBABILITY),
-    "mixup_switch_prob": Option(0.5, float, "probability of cutmix when both are on", _PROBABILITY),
-    "mixup_mode": Option("batch", str, "one mixing draw per batch, per pair of samples or per sample",
-                         Choices("batch", "pair", "elem")),
-    "label_smoothing": Option(0.1, float, "label smoothing", Range("[0, 1)")),
-    # optimisation
-    "batch_size": Option(128, int, "images per device per step", _POSITIVE_INT),
-    "epoch_size": Option(300, int, "epochs", _POSITIVE_INT),
-    "gradient_accumulation_steps": Option(1, int, "micro-batches per optimizer step", _POSITIVE_INT),
-    "opt": Option("adamw", str, "optimizer", Choices("adamw")),
-    "lr": Option(5e-4, float, "peak learning rate per lr_base_batch images of global batch", _POSITIVE),
-    "lr_base_batch": Option(512, int, "global batch the lr values refer to (linear scaling rule)", _POSITIVE_INT),
-    "scale_lr": Option(True, bool, "scale lr, min_lr, warmup_lr by global_batch / lr_base_batch"),
-    "min_lr": Option(5e-6, float, "final learning rate (scaled like lr)", _NON_NEGATIVE),
-    "warmup_lr": Option(5e-7, float, "learning rate at step 0 (scaled like lr)", _NON_NEGATIVE),
-    "warmup_epochs": Option(20, _NUM, "linear warmup length in epochs", _NON_NEGATIVE),
-    "lr_scheduler": Option("cosine_decay", str, "learning-rate decay after warmup",
-                           Choices("cosine_decay", "constant")),
-    "weight_decay": Option(0.05, float, "AdamW weight decay (not on biases, norms, cpb_mlp, logit_scale)",
-                           _NON_NEGATIVE),
-    "betas": Option([0.9, 0.999], list, "AdamW betas", Items(Range("[0, 1)"), 2)),
-    "eps": Option(1e-8, float, "AdamW epsilon", _POSITIVE),
-    "clip_grad": Option(True, bool, "clip the global gradient norm"),
-    "clip_value": Option(5.0, float, "max global gradient norm", _POSITIVE),
-    "amp_level": Option("O2", str, "O0: float32; O2: float16 matmuls, float32 islands", Choices("O0", "O2")),
-    "amp_dtype": Option("float16", str, "matmul dtype under O2", Choices("float16", "bfloat16")),
-    "loss_scale_type": Option("dynamic", str, "loss scaling under O2", Choices("dynamic", "fixed")),
-    "loss_scale": Option(65536.0, float, "initial (dynamic) or constant (fixed) loss scale", _POSITIVE),
-    # MindSpore's DynamicLossScaler takes an integer factor: below 2 the scale could never move.
-    "loss_scale_factor": Option(2.0, float, "dynamic loss-scale growth/backoff factor", Range("[2, inf)")),
-    "scale_window": Option(1000, int, "finite steps before the dynamic loss scale grows", _POSITIVE_INT),
-    "ema": Option(False, bool, "keep an EMA of the weights and validate with it"),
-    "ema_decay": Option(0.9998, float, "EMA decay per optimizer step", Range("[0, 1)")),
-    # checkpoints / logging
-    "ckpt_save_dir": Option("./output", str, "checkpoints, resume state, config, metrics"),
-    "keep_checkpoint_max": Option(3, int, "last-k weight checkpoints kept (plus the best)", _POSITIVE_INT),
-    "ckpt_save_interval": Option(1, int, "epochs between weight checkpoints", _POSITIVE_INT),
-    "resume_save_steps": Option(0, int, "also save resume state every N steps (0: epoch ends only)", _NON_NEGATIVE),
-    "resume": Option("", str, "'auto' (latest in ckpt_save_dir) or a resume_state.ckpt path"),
-    "val_while_train": Option(True, bool, "validate during training"),
-    "val_interval": Option(1, int, "epochs between validations", _POSITIVE_INT),
-    "val_batch_size": Option(None, int, "eval batch size; batch_size if unset", _POSITIVE_INT),
-    "log_interval": Option(20, int, "steps between log lines", _POSITIVE_INT),
-    # numpy's legacy global seed (set with MindSpore's) takes 32 bits.
-    "seed": Option(42, int, "global seed", Range("[0, 4294967295]")),
-    # runtime
-    "distribute": Option(False, bool, "data parallel under msrun"),
-    "device_target": Option("CPU", str, "MindSpore backend", Choices("CPU", "GPU", "Ascend")),
-    "jit_level": Option("O2", str, "graph-compile level on Ascend", Choices("O0", "O1", "O2")),
-    "enable_parallel_optimizer": Option(False, bool, "ZeRO-1 optimizer-state sharding (Ascend only)"),
-    "hccl_buffsize": Option(None, int, "HCCL buffer size in MB (Ascend only); HCCL's if unset", _POSITIVE_INT),
-    # validate / infer / export
-    "output": Option("", str, "validate.py / infer.py: write results to this JSON file"),
-    "topk": Option(5, int, "infer.py: classes reported per image", _POSITIVE_INT),
-    "class_names_file": Option("", str, "infer.py: index->name file (one name per line) for checkpoints without "
-                               "names"),
-    "file_format": Option("MINDIR", str, "export.py: output format", Choices("MINDIR", "ONNX")),
-    "export_file": Option("", str, "export.py: output path without extension; next to the checkpoint if empty"),
+    **_group("model", {
+        "model": Option("swinv2_tiny_window8_256", str, "registered model name", RegisteredModel(), _ALL),
+        "num_classes": Option(None, int, "classifier width; if unset, the number of class folders (train.py) or "
+                              "the checkpoint's", _POSITIVE_INT, _ALL),
+        "image_resize": Option(None, int, "image side; the model's if unset", _POSITIVE_INT, _ALL),
+        "window_size": Option(None, int, "attention window; the model's if unset", _POSITIVE_INT, _ALL),
+        "pretrained_window_sizes": Option(None, list, "windows of the weights being fine-tuned, one per stage (0: "
+                                          "trained at window_size); the model's if unset",
+                                          Items(_NON_NEGATIVE, integers=True), _ALL),
+        "drop_path_rate": Option(0.1, float, "stochastic depth rate", Range("[0, 1)")),
+        "recompute": Option(False, bool, "recompute block activations in backward"),
+        "reuse_blocks": Option(None, bool, "compile each block once (lazy_inline), Ascend only; on for Ascend "
+                               "if unset", scripts=_ALL),
+        "ckpt_path": Option("", str, "weights to start from (any supported layout) / to evaluate", scripts=_ALL),
+        "pretrained": Option("", str, "alias of ckpt_path for fine-tuning recipes"),
+        "class_map": Option("", str, "file of source-class indices to keep from a loaded head (e.g. 22k->1k)",
+                            scripts=_ALL),
+    }),
+    **_group("data", {
+        "data_dir": Option("", str, "folder with train/<class>/... and val/<class>/...", scripts=_WITH_DATA),
+        "train_split": Option("train", str, "training sub-folder"),
+        "val_split": Option("val", str, "validation sub-folder", scripts=_WITH_DATA),
+        "batch_size": Option(128, int, "images per device per step (export.py: the exported input's batch, 1 if "
+                             "unset)", _POSITIVE_INT, (TRAIN, VALIDATE, EXPORT)),
+        "val_batch_size": Option(None, int, "eval batch size; batch_size if unset", _POSITIVE_INT, _WITH_DATA),
+        "num_parallel_workers": Option(2, int, "data-pipeline worker threads", _POSITIVE_INT, _WITH_DATA),
+        "strict_data": Option(False, bool, "error on unreadable images instead of skipping them",
+                              scripts=_WITH_DATA),
+        "verify_images": Option("auto", str, "how images are checked when scanned (auto: full up to 50,000 "
+                                "files)", Choices("auto", "full", "header"), _WITH_DATA),
+        "interpolation": Option("bicubic", str, "resize interpolation",
+                                Choices("bicubic", "bilinear", "nearest", "area"), _PREPROCESSING),
+        "crop_pct": Option(None, float, "eval centre-crop fraction, 1.0 squash-resizes; the model's if unset",
+                           Range("(0, 1]"), _PREPROCESSING),
+    }),
+    **_group("augmentation", {
+        "auto_augment": Option("rand-m9-mstd0.5-inc1", str, "timm-style policy, '' for none"),
+        "re_prob": Option(0.25, float, "random erasing probability", _PROBABILITY),
+        "color_jitter": Option(None, float, "colour jitter when auto_augment is off; none if unset", _NON_NEGATIVE),
+        "hflip": Option(0.5, float, "horizontal flip probability", _PROBABILITY),
+        "scale": Option([0.08, 1.0], list, "RandomResizedCrop area range",
+                        Items(Range("(0, 1]"), 2, ascending=True)),
+        "ratio": Option([0.75, 1.3333333], list, "RandomResizedCrop aspect range",
+                        Items(_POSITIVE, 2, ascending=True)),
+        "mixup": Option(0.8, float, "mixup alpha (0: off)", _NON_NEGATIVE),
+        "cutmix": Option(1.0, float, "cutmix alpha (0: off)", _NON_NEGATIVE),
+        "mixup_prob": Option(1.0, float, "probability of mixing", _PROBABILITY),
+        "mixup_switch_prob": Option(0.5, float, "probability of cutmix when both are on", _PROBABILITY),
+        "mixup_mode": Option("batch", str, "one mixing draw per batch, per pair of samples or per sample",
+                             Choices("batch", "pair", "elem")),
+        "label_smoothing": Option(0.1, float, "label smoothing", Range("[0, 1)")),
+    }),
+    **_group("optimisation", {
+        "epoch_size": Option(300, int, "epochs", _POSITIVE_INT),
+        "gradient_accumulation_steps": Option(1, int, "micro-batches per optimizer step", _POSITIVE_INT),
+        "opt": Option("adamw", str, "optimizer", Choices("adamw")),
+        "lr": Option(5e-4, float, "peak learning rate per lr_base_batch images of global batch", _POSITIVE),
+        "lr_base_batch": Option(512, int, "global batch the lr values refer to (linear scaling rule)",
+                                _POSITIVE_INT),
+        "scale_lr": Option(True, bool, "scale lr, min_lr, warmup_lr by global_batch / lr_base_batch"),
+        "min_lr": Option(5e-6, float, "final learning rate (scaled like lr)", _NON_NEGATIVE),
+        "warmup_lr": Option(5e-7, float, "learning rate at step 0 (scaled like lr)", _NON_NEGATIVE),
+        "warmup_epochs": Option(20, _NUM, "linear warmup length in epochs", _NON_NEGATIVE),
+        "lr_scheduler": Option("cosine_decay", str, "learning-rate decay after warmup",
+                               Choices("cosine_decay", "constant")),
+        "weight_decay": Option(0.05, float, "AdamW weight decay (not on biases, norms, cpb_mlp, logit_scale)",
+                               _NON_NEGATIVE),
+        "betas": Option([0.9, 0.999], list, "AdamW betas", Items(Range("[0, 1)"), 2)),
+        "eps": Option(1e-8, float, "AdamW epsilon", _POSITIVE),
+        "clip_grad": Option(True, bool, "clip the global gradient norm"),
+        "clip_value": Option(5.0, float, "max global gradient norm", _POSITIVE),
+        "loss_scale_type": Option("dynamic", str, "loss scaling under amp_level O2", Choices("dynamic", "fixed")),
+        "loss_scale": Option(65536.0, float, "initial (dynamic) or constant (fixed) loss scale", _POSITIVE),
+        # MindSpore's DynamicLossScaler takes an integer factor: below 2 the scale could never move.
+        "loss_scale_factor": Option(2.0, float, "dynamic loss-scale growth/backoff factor", Range("[2, inf)")),
+        "scale_window": Option(1000, int, "finite steps before the dynamic loss scale grows", _POSITIVE_INT),
+        "ema": Option(False, bool, "keep an EMA of the weights and validate with it"),
+        "ema_decay": Option(0.9998, float, "EMA decay per optimizer step", Range("[0, 1)")),
+    }),
+    **_group("checkpoints/logging", {
+        "ckpt_save_dir": Option("./output", str, "checkpoints, resume state, config, metrics"),
+        "keep_checkpoint_max": Option(3, int, "last-k weight checkpoints kept (plus the best)", _POSITIVE_INT),
+        "ckpt_save_interval": Option(1, int, "epochs between weight checkpoints", _POSITIVE_INT),
+        "resume_save_steps": Option(0, int, "also save resume state every N steps (0: epoch ends only)",
+                                    _NON_NEGATIVE),
+        "resume": Option("", str, "'auto' (latest in ckpt_save_dir) or a resume_state.ckpt path"),
+        "val_while_train": Option(True, bool, "validate during training"),
+        "val_interval": Option(1, int, "epochs between validations", _POSITIVE_INT),
+        "log_interval": Option(20, int, "steps between log lines", _POSITIVE_INT),
+    }),
+    **_group("runtime", {
+        "device_target": Option("CPU", str, "MindSpore backend", Choices("CPU", "GPU", "Ascend"), _ALL),
+        "amp_level": Option("O2", str, "O0: float32; O2: float16 matmuls, float32 islands (validate/infer/export: "
+                            "O0 unless set)", Choices("O0", "O2"), _ALL),
+        "amp_dtype": Option("float16", str, "matmul dtype under O2", Choices("float16", "bfloat16"), _ALL),
+        "jit_level": Option("O2", str, "graph-compile level on Ascend", Choices("O0", "O1", "O2"), _ALL),
+        "distribute": Option(False, bool, "data parallel under msrun", scripts=_WITH_DATA),
+        "enable_parallel_optimizer": Option(False, bool, "ZeRO-1 optimizer-state sharding (Ascend only)"),
+        "hccl_buffsize": Option(None, int, "HCCL buffer size in MB (Ascend only); HCCL's if unset", _POSITIVE_INT,
+                                _WITH_DATA),
+        # numpy's legacy global seed (set with MindSpore's) takes 32 bits.
+        "seed": Option(42, int, "global seed", Range("[0, 4294967295]")),
+    }),
+    **_group("output", {
+        "output": Option("", str, "write the results to this JSON file", scripts=(VALIDATE, INFER)),
+        "topk": Option(5, int, "classes reported per image", _POSITIVE_INT, (INFER,)),
+        "class_names_file": Option("", str, "index->name file (one name per line) for checkpoints without "
+                                   "names", scripts=(INFER,)),
+        # Offering ONNX would only fail after the model is built.
+        "file_format": Option("MINDIR", str, "export format",
+                              Choices("MINDIR", unsupported={"ONNX": "MindSpore 2.10 could not export this model as "
+                                                             "ONNX (it has no converter for Rsqrt)"}), (EXPORT,)),
+        "export_file": Option("", str, "output path without extension; next to the checkpoint if empty",
+                              scripts=(EXPORT,)),
+    }),
 }
 # Other spellings accepted on the command line.
 ALIASES = {"img_size": "image_resize"}
@@ -291,7 +348,7 @@ def _fix(key: str, source: str) -> str:
 
 def _checked(key: str, value: Any, source: str) -> Any:
     """``value`` converted to ``key``'s type and checked against its rule."""
-    default, kind, _, allowed = DEFAULTS[key]
+    default, kind, allowed = DEFAULTS[key].default, DEFAULTS[key].kind, DEFAULTS[key].allowed
     if value is None:
         if default is None:
             return None
@@ -328,7 +385,7 @@ def _type_names(kinds: Sequence[type]) -> str:
     return " or ".join(names[k] for k in kinds)
 
 
-def _parse_cli_value(text: str) -> Any:
+def parse_cli_value(text: str) -> Any:
     """YAML-parse a command-line value: ``True``, ``3``, ``1e-3``, ``[12,12,12,6]``; ``''`` stays empty."""
     if not text.strip():
         return ""  # YAML reads an empty string as null; on a command line it means "none"
@@ -338,9 +395,53 @@ def _parse_cli_value(text: str) -> Any:
         return text
 
 
+_BASE = "_base_"
+
+
+def _recipe_values(path: str, including: Tuple[str, ...] = ()) -> Dict[str, Tuple[Any, str]]:
+    """Keys of the recipe at ``path`` over those of its ``_base_`` recipes, each with the file setting it.
+
+    ``_base_`` names one recipe or a list of them, relative to ``path``'s folder; they are
+    read in order (a later one overrides an earlier one), then ``path``'s own keys override
+    them all, as in mmpretrain.
+
+    Args:
+        path: YAML recipe.
+        including: The recipes whose ``_base_`` led to ``path``, outermost first.
+
+    Raises:
+        ConfigError: for a missing or malformed file, an unknown key (naming the file
+            holding it) or recipes that are their own base (naming the cycle).
+    """
+    if os.path.realpath(path) in map(os.path.realpath, including):
+        raise ConfigError(f"recipes include each other through {_BASE}: {' -> '.join((*including, path))}")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}" + (f" ({_BASE} of {including[-1]})" if including else ""))
+    with open(path) as f:
+        try:
+            recipe = yaml.safe_load(f) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(recipe, dict):
+        raise ConfigError(f"{path} must hold a mapping of key: value")
+    bases = recipe.pop(_BASE, [])
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(base, str) and base for base in bases):
+        raise ConfigError(f"{path}: '{_BASE}' must be a recipe path or a list of them (relative to the folder of "
+                          f"{path}), got {bases!r}")
+    values: Dict[str, Tuple[Any, str]] = {}
+    for base in bases:
+        values.update(_recipe_values(os.path.normpath(os.path.join(os.path.dirname(path), base)), (*including, path)))
+    for key, value in recipe.items():
+        if key not in DEFAULTS:
+            raise ConfigError(f"{path}: unknown key '{key}'.{_suggest(key)}")
+        values[key] = (value, path)
+    return values
+
+
 def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None, *,
                 defer_geometry: bool = False) -> Config:
-    """Defaults <- YAML recipe at ``path`` <- ``overrides``, with every key, type and range checked.
+    """Defaults <- YAML recipe at ``path`` (after its ``_base_`` recipes) <- ``overrides``, every key checked.
 
     Args:
         path: YAML recipe.
@@ -349,25 +450,13 @@ def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] 
             model keys from a checkpoint and then call it themselves.
 
     Raises:
-        ConfigError: naming the key, the value and what is allowed.
+        ConfigError: naming the key, the value, the file or option it came from and what is allowed.
     """
     values = {k: option.default for k, option in DEFAULTS.items()}
     explicit = set()
-    if path:
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file not found: {path}")
-        with open(path) as f:
-            try:
-                recipe = yaml.safe_load(f) or {}
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-        if not isinstance(recipe, dict):
-            raise ConfigError(f"{path} must hold a mapping of key: value")
-        for key, value in recipe.items():
-            if key not in DEFAULTS:
-                raise ConfigError(f"{path}: unknown key '{key}'.{_suggest(key)}")
-            values[key] = _checked(key, value, path)
-            explicit.add(key)
+    for key, (value, source) in (_recipe_values(path) if path else {}).items():
+        values[key] = _checked(key, value, source)
+        explicit.add(key)
     for key, value in (overrides or {}).items():
         key = ALIASES.get(key, key)
         if key not in DEFAULTS:
@@ -450,33 +539,89 @@ def check_geometry(config: Config) -> None:
                           f"{list(spec.pretrained_window_sizes)}")
 
 
-def parse_args(argv: Optional[List[str]] = None, description: str = "", required: Sequence[str] = (),
-               positional: Optional[str] = None, defer_geometry: bool = False) -> Config:
-    """``--config X.yaml`` plus ``--key value`` for every key in :data:`DEFAULTS`.
+def add_option(parser: argparse._ActionsContainer, key: str, *, required: bool = False, hidden: bool = False) -> None:
+    """``--key`` (and its aliases) of :data:`DEFAULTS` on ``parser``, read as by :func:`parse_cli_value`.
+
+    Left out of the namespace unless given, so that only given values override a recipe.
+
+    Args:
+        parser: Parser or argument group.
+        key: Key of :data:`DEFAULTS`.
+        required: The option must be given (its default is then not shown).
+        hidden: Parsed but left out of ``--help``.
+    """
+    option = DEFAULTS[key]
+    allowed = f"; allowed: {option.allowed.describe()}" if option.allowed is not None else ""
+    default = "" if required else f" (default: {option.default!r})"
+    flags = [f"--{key}"] + [f"--{alias}" for alias, aliased in ALIASES.items() if aliased == key]
+    parser.add_argument(*flags, dest=key, type=parse_cli_value, default=argparse.SUPPRESS, required=required,
+                        metavar=_metavar(option.kind),
+                        help=argparse.SUPPRESS if hidden else f"{option.help}{allowed}{default}")
+
+
+def _metavar(kind: Any) -> str:
+    """How ``--help`` shows a value of type ``kind``: lists in the syntax they are given in."""
+    if kind is list:
+        return "[A,B,...]"
+    return {int: "N", bool: "BOOL", str: "TEXT"}.get(kind, "X")  # X: float or int-or-float
+
+
+# Shown by the --help of the scripts that complete the model keys from a checkpoint.
+_FROM_CHECKPOINT = """\
+The model and its geometry come from a mindswin .ckpt's metadata unless given (here or in
+--config): model, image size (image_resize), window, pretrained windows, crop_pct and
+interpolation. Other layouts (official/timm .pth, .safetensors, Hugging Face, mmpretrain)
+carry none: give --model and the geometry for them."""
+
+
+def parse_args(argv: Optional[List[str]] = None, *, script: str, description: str = "", examples: str = "",
+               required: Sequence[str] = (), positional: Optional[str] = None,
+               model_from_checkpoint: bool = False) -> Config:
+    """``--config X.yaml`` plus ``--key value`` for the keys of :data:`DEFAULTS` that ``script`` reads.
+
+    ``--help`` lists those keys by group. A key only other scripts read is an error naming
+    them; a recipe may still set it (a recipe describes a whole run).
 
     Args:
         argv: Arguments (default ``sys.argv[1:]``).
+        script: One of :data:`SCRIPTS`.
         description: ``--help`` text.
+        examples: Command lines shown at the end of ``--help``, one per line.
         required: Keys that must be non-empty.
         positional: Name under which extra positional arguments are stored (e.g. images).
-        defer_geometry: See :func:`load_config`.
+        model_from_checkpoint: The caller completes the model keys from a checkpoint's
+            metadata and then calls :func:`check_geometry` itself; ``--help`` says so.
     """
-    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
-    parser.add_argument("--config", "-c", default="", help="YAML recipe")
+    if script not in SCRIPTS:
+        raise ValueError(f"unknown script {script!r}; one of {', '.join(SCRIPTS)}")
+    if model_from_checkpoint:
+        description = f"{description}\n\n{_FROM_CHECKPOINT}"
+    usage = f"%(prog)s [-h] [--config RECIPE] [--KEY VALUE ...]{f' [{positional} ...]' if positional else ''}"
+    parser = argparse.ArgumentParser(prog=f"{script}.py", usage=usage, description=description,
+                                     epilog=("examples:\n" + textwrap.indent(examples, "  ")) if examples else None,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser.add_argument("--config", "-c", default="", metavar="RECIPE",
+                        help=f"YAML recipe; the recipe(s) its {_BASE} names are read first, then overridden")
     if positional:
         parser.add_argument(positional, nargs="*", default=[])
-    for key, (default, _, help_text, allowed) in DEFAULTS.items():
-        allowed_text = f"; allowed: {allowed.describe()}" if allowed is not None else ""
-        parser.add_argument(f"--{key}", type=_parse_cli_value, default=argparse.SUPPRESS,
-                            help=f"{help_text}{allowed_text} (default: {default!r})")
-    for alias, key in ALIASES.items():
-        parser.add_argument(f"--{alias}", type=_parse_cli_value, default=argparse.SUPPRESS, help=f"same as --{key}")
+    groups = {}
+    for key, option in DEFAULTS.items():
+        if script in option.scripts:
+            if option.group not in groups:
+                groups[option.group] = parser.add_argument_group(option.group)
+            add_option(groups[option.group], key)
+        else:
+            add_option(parser, key, hidden=True)  # parsed, to be refused by name below
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         key = unknown[0].lstrip("-").split("=")[0]
         raise ConfigError(f"unknown option {unknown[0]}.{_suggest(key)}")
     overrides = {k: v for k, v in vars(args).items() if k not in ("config", positional)}
-    config = load_config(args.config or None, overrides, defer_geometry=defer_geometry)
+    for key in overrides:
+        if script not in DEFAULTS[key].scripts:
+            users = ", ".join(f"{user}.py" for user in DEFAULTS[key].scripts)
+            raise ConfigError(f"--{key} is an option of {users}; {script}.py does not use it")
+    config = load_config(args.config or None, overrides, defer_geometry=model_from_checkpoint)
     for key in required:
         if not config[key]:
             raise ConfigError(f"--{key} is required ({DEFAULTS[key].help})")

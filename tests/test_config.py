@@ -1,12 +1,15 @@
-"""Recipes and command-line overrides: parsing, types, typos, ranges, model geometry, Ascend-only keys."""
+"""Recipes and command-line overrides: parsing, types, typos, ranges, model geometry, Ascend-only keys,
+recipe inheritance (``_base_``), per-script options and help."""
 import glob
+import os
 import re
 import subprocess
 import sys
 
 import pytest
+import yaml
 
-from mindswin.config import DEFAULTS, ConfigError, check_geometry, load_config, parse_args
+from mindswin.config import DEFAULTS, SCRIPTS, ConfigError, check_geometry, load_config, parse_args, save_config
 
 from conftest import ROOT
 
@@ -15,7 +18,7 @@ def test_cli_overrides_parse_lists_booleans_and_numbers(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: swinv2_tiny_window16_256\nlr: 1e-3\nbatch_size: 16\n")
     config = parse_args(["--config", str(recipe), "--pretrained_window_sizes", "[12,12,12,6]", "--ema", "True",
-                         "--batch_size", "8", "--warmup_epochs", "0.5", "--img_size", "512"])
+                         "--batch_size", "8", "--warmup_epochs", "0.5", "--img_size", "512"], script="train")
     assert config.model == "swinv2_tiny_window16_256"
     assert config.lr == 1e-3 and isinstance(config.lr, float)
     assert config.pretrained_window_sizes == [12, 12, 12, 6]
@@ -32,10 +35,12 @@ def test_cli_overrides_parse_lists_booleans_and_numbers(tmp_path):
     (["--ema", "3"], "'ema' must be true/false"),
     (["--amp_level", "O3"], "'amp_level' must be one of O0, O2"),
     (["--enable_parallel_optimizer", "True"], "Ascend only"),
+    (["--topk", "3"], r"^--topk is an option of infer.py; train.py does not use it$"),
+    (["--file_format", "MINDIR"], r"^--file_format is an option of export.py; train.py does not use it$"),
 ])
 def test_bad_options_are_clear_errors(argv, message):
     with pytest.raises(ConfigError, match=message):
-        parse_args(argv)
+        parse_args(argv, script="train")
 
 
 def test_typo_in_recipe_names_the_file_and_suggests(tmp_path):
@@ -207,17 +212,128 @@ def test_geometry_can_wait_for_the_checkpoints_model():
     check_geometry(config)
 
 
-def test_help_lists_the_allowed_values_of_every_key(monkeypatch, capsys):
-    monkeypatch.setenv("COLUMNS", "1000")  # no wrapping inside a help text
-    with pytest.raises(SystemExit):
-        parse_args(["--help"])
-    blocks = re.split(r"\n(?=  -)", capsys.readouterr().out)
-    options = {block.split()[0]: " ".join(block.split()) for block in blocks[1:]}
-    for key, option in DEFAULTS.items():
-        if option.allowed is not None:
-            assert f"allowed: {option.allowed.describe()}" in options[f"--{key}"]
+@pytest.fixture(scope="module")
+def script_help():
+    """``SCRIPT.py --help`` of every script: its text and options {"--key": "--key METAVAR help"}."""
+    helps = {}
+    for script in SCRIPTS:
+        result = subprocess.run([sys.executable, str(ROOT / f"{script}.py"), "--help"], capture_output=True,
+                                text=True, cwd=str(ROOT), timeout=120, env={**os.environ, "COLUMNS": "1000"})
+        assert result.returncode == 0, result.stderr
+        blocks = re.split(r"\n(?=  -)", result.stdout.split("\nexamples:")[0])
+        # a group's last option ends where the next group's title starts
+        options = {block.split()[0].rstrip(","): " ".join(block.split("\n\n")[0].split()) for block in blocks[1:]}
+        helps[script] = result.stdout, options
+    return helps
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_lists_the_options_of_its_script_by_group_with_examples(script, script_help):
+    text, options = script_help[script]
+    used = [key for key, option in DEFAULTS.items() if script in option.scripts]
+    assert set(options) == {"-h", "--config"} | {f"--{key}" for key in used}
+    for key in used:
+        if DEFAULTS[key].allowed is not None:
+            assert f"allowed: {DEFAULTS[key].allowed.describe()}" in options[f"--{key}"]
+    groups = [line[:-1] for line in text.splitlines() if re.fullmatch(r"[a-z/]+:", line)]
+    assert groups == ["options", *dict.fromkeys(DEFAULTS[key].group for key in used), "examples"]
+    examples = text.split("\nexamples:\n")[1].splitlines()
+    assert 2 <= len(examples) <= 4 and all(f"{script}.py --" in line for line in examples)
+
+
+def test_help_of_each_script_shows_what_it_does(script_help):
+    text, options = script_help["train"]
     assert options["--drop_path_rate"].endswith("stochastic depth rate; allowed: in [0, 1) (default: 0.1)")
-    assert "allowed: one of O0, O2" in options["--amp_level"]
+    assert options["--pretrained_window_sizes"].startswith("--pretrained_window_sizes [A,B,...]")
+    assert "--topk" not in text and "--export_file" not in text
+    for script in ("validate", "infer", "export"):
+        text, _ = script_help[script]
+        assert "The model and its geometry come from a mindswin .ckpt's metadata unless given" in text
+        assert "--lr" not in text and "augmentation:" not in text
+    text, options = script_help["export"]
+    assert "ONNX" not in text and options["--file_format"].endswith("allowed: one of MINDIR (default: 'MINDIR')")
+
+
+def test_every_key_is_read_by_some_script_and_shown_in_a_group():
+    for key, option in DEFAULTS.items():
+        assert option.scripts and set(option.scripts) <= set(SCRIPTS), key
+        assert option.group, key
+
+
+def test_a_recipe_may_set_keys_of_other_scripts(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("lr: 1e-3\ntopk: 3\n")  # a training recipe given to validate.py
+    config = parse_args(["--config", str(recipe), "--output", "r.json"], script="validate", model_from_checkpoint=True)
+    assert (config.lr, config.topk, config.output) == (1e-3, 3, "r.json")
+
+
+def test_onnx_is_refused_with_the_reason():
+    with pytest.raises(ConfigError, match="'file_format' cannot be 'ONNX': MindSpore 2.10 could not export this "
+                                          "model as ONNX .*Rsqrt.*; it must be one of MINDIR"):
+        load_config(overrides={"file_format": "ONNX"})
+
+
+def _write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+def test_base_recipes_are_read_first_and_overridden(tmp_path):
+    _write(tmp_path / "bases" / "schedule.yaml", "lr: 1.0e-3\nepoch_size: 5\nbatch_size: 16\n")
+    _write(tmp_path / "bases" / "mid.yaml", "_base_: schedule.yaml\nbatch_size: 32\nema: True\n")
+    _write(tmp_path / "bases" / "other.yaml", "batch_size: 64\nmixup: 0.0\n")
+    recipe = _write(tmp_path / "r.yaml", "_base_: [bases/mid.yaml, bases/other.yaml]\nepoch_size: 7\n")
+    config = load_config(recipe)
+    # schedule <- mid (recursion, paths relative to each file) <- other (later base wins) <- the recipe
+    assert (config.lr, config.batch_size, config.ema, config.mixup, config.epoch_size) == (1e-3, 64, True, 0.0, 7)
+    assert config.explicit == {"lr", "epoch_size", "batch_size", "ema", "mixup"}
+    assert "_base_" not in config
+    saved = tmp_path / "saved.yaml"
+    save_config(config, str(saved))
+    resolved = yaml.safe_load(saved.read_text())
+    assert "_base_" not in resolved and resolved == dict(config)
+    assert load_config(str(saved)) == config
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"a.yaml": "_base_: b.yaml\n", "b.yaml": "_base_: [c.yaml]\n", "c.yaml": "_base_: a.yaml\n"},
+     r"recipes include each other through _base_: \S*/a.yaml -> \S*/b.yaml -> \S*/c.yaml -> \S*/a.yaml$"),
+    ({"a.yaml": "_base_: a.yaml\n"}, r"through _base_: \S*/a.yaml -> \S*/a.yaml$"),
+    ({"a.yaml": "_base_: b.yaml\nlr: 1e-3\n", "b.yaml": "modle: swinv2_tiny_window8_256\n"},
+     r"/b.yaml: unknown key 'modle'. Did you mean 'model'\?"),
+    ({"a.yaml": "_base_: b.yaml\n", "b.yaml": "drop_path_rate: 1.5\n"},
+     r"/b.yaml: 'drop_path_rate' must be in \[0, 1\), got 1.5; change 'drop_path_rate' in \S*/b.yaml"),
+    ({"a.yaml": "_base_: missing.yaml\n"}, r"config file not found: \S*/missing.yaml \(_base_ of \S*/a.yaml\)"),
+    ({"a.yaml": "_base_: [b.yaml, 3]\n", "b.yaml": ""}, r"/a.yaml: '_base_' must be a recipe path or a list of them"),
+])
+def test_base_recipe_mistakes_name_the_files(tmp_path, files, message):
+    for name, text in files.items():
+        _write(tmp_path / name, text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(str(tmp_path / "a.yaml"))
+
+
+def test_shipped_imagenet_recipes_state_only_what_differs_from_their_base():
+    for path in glob.glob(str(ROOT / "configs" / "swinv2" / "*.yaml")):
+        with open(path) as f:
+            own = yaml.safe_load(f)
+        base = load_config(os.path.join(os.path.dirname(path), own.pop("_base_")))
+        config = load_config(path)
+        assert "model" in own, path  # named even where it is the default
+        assert [key for key in own if key != "model" and config[key] == base[key]] == [], path
+
+
+def test_convert_weights_takes_lists_as_train_py_does(tmp_path):
+    tool = [sys.executable, str(ROOT / "tools" / "convert_weights.py"), "--src", str(tmp_path / "missing.pth"),
+            "--model", "swinv2_tiny_window8_256", "--out", str(tmp_path / "out.ckpt"), "--pretrained_window_sizes"]
+    parsed = subprocess.run([*tool, "[8,8,8,8]"], capture_output=True, text=True, timeout=120)
+    assert parsed.returncode == 2 and "checkpoint not found" in parsed.stdout  # the list passed every check
+    checked = subprocess.run([*tool, "[8,8,8]"], capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 2 and "'pretrained_window_sizes' [8, 8, 8] has 3 entries" in checked.stdout
+    spaced = subprocess.run([*tool, "8", "8", "8", "8"], capture_output=True, text=True, timeout=120)
+    assert spaced.returncode == 2 and "unrecognized arguments: 8 8 8" in spaced.stderr
+    assert not (tmp_path / "out.ckpt").exists()
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -239,13 +355,18 @@ def test_train_py_refuses_with_one_line_and_exit_2(argv, message, tmp_path):
     assert not (tmp_path / "out").exists()  # refused before anything was built
 
 
-@pytest.mark.parametrize("script, argv", [
-    ("validate.py", ["--data_dir", "d", "--ckpt_path", "c.ckpt"]),
-    ("infer.py", ["--ckpt_path", "c.ckpt", "image.png"]),
-    ("export.py", ["--ckpt_path", "c.ckpt"]),
+@pytest.mark.parametrize("script, argv, message", [
+    ("validate.py", ["--data_dir", "d", "--ckpt_path", "c.ckpt", "--amp_level", "O3"],
+     "error: command line: 'amp_level' must be one of O0, O2, got 'O3'"),
+    ("validate.py", ["--data_dir", "d", "--ckpt_path", "c.ckpt", "--lr", "1e-3"],
+     "error: --lr is an option of train.py; validate.py does not use it"),
+    ("infer.py", ["--ckpt_path", "c.ckpt", "image.png", "--amp_level", "O3"],
+     "error: command line: 'amp_level' must be one of O0, O2, got 'O3'"),
+    ("export.py", ["--ckpt_path", "c.ckpt", "--file_format", "PDF"],
+     "error: command line: 'file_format' must be one of MINDIR, got 'PDF'"),
 ])
-def test_every_entry_point_refuses_with_exit_2(script, argv):
-    result = subprocess.run([sys.executable, str(ROOT / script), *argv, "--file_format", "PDF"],
+def test_every_entry_point_refuses_with_exit_2(script, argv, message):
+    result = subprocess.run([sys.executable, str(ROOT / script), *argv],
                             capture_output=True, text=True, cwd=str(ROOT), timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.startswith("error: command line: 'file_format' must be one of MINDIR, ONNX, got 'PDF'")
+    assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, result.stderr

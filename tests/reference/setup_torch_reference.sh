@@ -15,10 +15,12 @@ if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "$check" 2>/dev/null; then
   exit 0
 fi
 python3 -m venv "$venv"
-"$venv/bin/pip" install -q --disable-pip-version-check torch==2.13.0
+"$venv/bin/pip" install -q --disable-pip-version-check torch==2.13.0 pyyaml safetensors huggingface_hub pillow \
+  "numpy<2" transformers==5.23.0
+# timm last, without its dependencies (torchvision is the stub below): an install after it
+# would make pip's conflict check print an ERROR for timm's missing torchvision, and a
+# --no-deps install skips that check.
 "$venv/bin/pip" install -q --disable-pip-version-check --no-deps timm==1.0.31
-"$venv/bin/pip" install -q --disable-pip-version-check pyyaml safetensors huggingface_hub pillow "numpy<2" \
-  transformers==5.23.0
 site="$("$venv/bin/python" -c "import site; print(site.getsitepackages()[0])")"
 mkdir -p "$site/torchvision"
 cp "$here/torchvision_stub.py" "$site/torchvision/__init__.py"

@@ -1,7 +1,7 @@
 """Produce reference checkpoints and logits with PyTorch (timm, transformers).
 
-Runs inside the torch reference environment (../shared/reference/setup_torch_reference.sh),
-never inside the MindSpore one. For each case it writes, under ``--out``:
+Runs inside the torch reference environment (built by setup_torch_reference.sh next to this
+file), never inside the MindSpore one. For each case it writes, under ``--out``:
 
 * ``<case>.timm.safetensors`` / ``<case>.timm.pth``: timm's own state dict;
 * ``<case>.official.pth``: the same weights in the official Microsoft layout (downsample
