@@ -7,9 +7,13 @@ whose broadcasts and short-axis reductions are themselves slow (docs/performance
 measurements). ``csrc/cpu_kernels.c`` does each of them in one pass per row block (10x faster
 for LayerNorm and GELU forward + backward, measured), and the gradients of the biases, the
 attention temperature and the position bias come out of the same backward passes. It is
-compiled once per machine with the system C compiler (``-O3 -march=native -ffast-math``: erf
-and exp come from glibc's vector math library) into a cache directory, and every op here is a
-graph-mode ``ops.Custom(func_type="aot")``: no Python runs per step.
+compiled once per machine type with the system C compiler (:data:`COMPILE_FLAGS`) into a cache
+directory, and every op here is a graph-mode ``ops.Custom(func_type="aot")``: no Python runs
+per step.
+
+The kernels keep IEEE inf/NaN semantics (no ``-ffast-math``, which lets the compiler assume
+there are none): dynamic loss scaling detects an overflow by the inf/NaN it leaves in the
+gradients, so an inf or NaN anywhere in a step must reach them.
 
 Only the CPU backend uses these; Ascend and GPU have fused native kernels and keep the
 native ops, as does CPU when no compiler is found (with a warning naming the fix).
@@ -24,6 +28,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -48,7 +53,13 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "cpu_kernels.c"
-COMPILE_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-shared", "-fPIC")
+# Every flag keeps inf/NaN semantics. -fassociative-math (which needs -fno-signed-zeros and
+# -fno-trapping-math) lets sums vectorise by reordering them; -fno-math-errno makes sqrtf one
+# instruction. Not -ffast-math: its -ffinite-math-only assumes there is no inf or NaN (and
+# folds isnan() away), and GCC < 13 then also links crtfastmath.o into the library, which
+# turns on flush-to-zero in the process that loads it.
+COMPILE_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros",
+                 "-fassociative-math", "-fopenmp-simd", "-shared", "-fPIC")
 LINK_FLAGS = ("-lpthread", "-lm")
 
 _forced: Optional[bool] = None
@@ -82,16 +93,47 @@ def _cache_dir() -> Path:
     return Path(root)
 
 
+def _isa_fingerprint(compiler: str) -> str:
+    """The instruction set ``-march=native`` stands for on this machine, as the compiler resolves it.
+
+    A cache directory shared by machines of different types (an AVX-512 and an AVX2 one on
+    a network home) must not hand one a library built for the other, which would crash
+    with an illegal instruction. The compiler's driver (``-###``) prints the target it
+    passes on: GCC's ``-march=<cpu>``, ``-mtune`` and one ``-m[no-]<feature>`` per ISA
+    extension, plus its cache-size tuning; clang's ``-target-cpu`` and ``-target-feature``
+    list. If that fails, the CPU's feature flags from ``/proc/cpuinfo`` stand in.
+    """
+    try:
+        result = subprocess.run([compiler, "-march=native", "-###", "-E", "-"], stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, timeout=60, check=False)
+        driver = result.stderr if result.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        driver = ""
+    target = []
+    for line in driver.splitlines():
+        try:
+            tokens = shlex.split(line)
+        except ValueError:  # not a command line (an unbalanced quote in a banner)
+            continue
+        for previous, token in zip([""] + tokens, tokens):
+            if token.startswith("-m") or previous in ("--param", "-target-cpu", "-tune-cpu", "-target-feature"):
+                target.append(token)
+    if any(token.startswith("-march=") for token in target) or "-target-cpu" in driver:
+        return " ".join(target)
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        cpuinfo = []
+    # x86 calls the feature line "flags", arm64 "Features"
+    return next((line for line in cpuinfo if line.startswith(("flags", "Features"))), "")
+
+
 def _machine_key(compiler: str) -> str:
-    """Source, flags, compiler and CPU features: anything that changes the binary."""
+    """Source, flags, compiler and instruction set: anything that changes the binary."""
     digest = hashlib.sha256(SOURCE.read_bytes())
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
-    digest.update(" ".join(COMPILE_FLAGS + LINK_FLAGS).encode() + version.encode() + platform.machine().encode())
-    try:
-        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-    except OSError:
-        flags = ""
-    digest.update(flags.encode())
+    for part in (" ".join(COMPILE_FLAGS + LINK_FLAGS), version, platform.machine(), _isa_fingerprint(compiler)):
+        digest.update(part.encode() + b"\0")  # separated, so no two lists of parts hash alike
     return digest.hexdigest()[:16]
 
 
@@ -104,10 +146,10 @@ def compiled_library() -> Optional[str]:
     """Path of the compiled kernel library, building it on first use; None if it cannot be built.
 
     The compiler is ``$CC`` or the first of gcc / cc found. The build is written with
-    :func:`~mindswin.checkpoint.native.atomic_write`, so concurrent processes (msrun workers)
+    :func:`~mindswin.fileio.atomic_write`, so concurrent processes (msrun workers)
     never load a partial file.
     """
-    from ..checkpoint.native import atomic_write
+    from ..fileio import atomic_write
 
     compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if compiler is None:

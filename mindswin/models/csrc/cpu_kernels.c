@@ -4,7 +4,10 @@
  * MindSpore's CPU backend runs LayerNorm backward, erf-GELU and the other row-wise pieces of
  * a Swin V2 block as many separate passes over memory (or as a slow fused kernel); each
  * function here does one pass per row block instead. Built by mindswin/models/kernels.py
- * with -O3 -march=native -ffast-math so erff/expf use glibc's vector math (libmvec).
+ * with -O3 -march=native and sums reassociated so they vectorise, but not -ffast-math: IEEE
+ * inf/NaN semantics are kept, because dynamic loss scaling detects an overflow by the inf or
+ * NaN it leaves in the gradients. Every kernel passes NaN and inf on; no comparison turns a
+ * NaN into a number. erff/expf run as glibc's vector functions (libmvec, declared below).
  *
  * Every entry point has MindSpore's aot signature: params holds the inputs then the
  * outputs, shapes/ndims describe them. Rows are split across threads with pthreads.
@@ -15,6 +18,19 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+/* glibc declares the vector variants of erff/expf (libmvec: SSE4/AVX/AVX2/AVX-512 clones,
+ * NaN/inf handled like the scalar functions) only under __FAST_MATH__; declaring them here
+ * lets GCC vectorise the GELU and softmax loops without -ffast-math. erff's clones exist
+ * from glibc 2.35, expf's from 2.22; older systems call the scalar functions. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__)
+#if __GLIBC_PREREQ(2, 22)
+float expf(float) __attribute__((simd("notinbranch")));
+#endif
+#if __GLIBC_PREREQ(2, 35)
+float erff(float) __attribute__((simd("notinbranch")));
+#endif
+#endif
 
 /* MindSpore's aot entry signature; each kernel reads only some of the arguments. */
 #define AOT_KERNEL(name)                                                                                   \
@@ -292,6 +308,28 @@ typedef struct {
   int64_t cols, bias_rows;
 } softmax_ctx;
 
+#define MAX_LANES 16
+
+static inline float larger(float a, float b) { return a > b ? a : b; }
+
+/* Largest x[i] + bias[i], to keep the exponents below finite. It may skip a NaN; that NaN
+ * still reaches the sum through its own exp, so the whole row is NaN, as is a row holding
+ * +inf (exp(inf - inf)), like the native softmax. The running maxima are kept in MAX_LANES
+ * independent lanes: GCC vectorises a max reduction only under -ffinite-math-only, but an
+ * element-wise max over lanes always (`omp simd`: else it unrolls them into scalar code). */
+static float max_of_sum(const float *x, const float *bias, int64_t n) {
+  float lanes[MAX_LANES];
+  for (int j = 0; j < MAX_LANES; ++j) lanes[j] = -INFINITY;
+  int64_t i = 0;
+  for (; i + MAX_LANES <= n; i += MAX_LANES)
+#pragma omp simd
+    for (int j = 0; j < MAX_LANES; ++j) lanes[j] = larger(x[i + j] + bias[i + j], lanes[j]);
+  float top = -INFINITY;
+  for (; i < n; ++i) top = larger(x[i] + bias[i], top);
+  for (int j = 0; j < MAX_LANES; ++j) top = larger(lanes[j], top);
+  return top;
+}
+
 static void bias_softmax_forward_rows(void *arg, int64_t begin, int64_t end, int part) {
   softmax_ctx *c = (softmax_ctx *)arg;
   const int64_t n = c->cols;
@@ -299,8 +337,7 @@ static void bias_softmax_forward_rows(void *arg, int64_t begin, int64_t end, int
   for (int64_t r = begin; r < end; ++r) {
     const float *x = c->x + r * n, *bias = c->bias + (r % c->bias_rows) * n;
     float *y = c->out + r * n;
-    float top = x[0] + bias[0];
-    for (int64_t i = 1; i < n; ++i) top = fmaxf(top, x[i] + bias[i]);
+    const float top = max_of_sum(x, bias, n);
     float sum = 0.f;
     for (int64_t i = 0; i < n; ++i) {
       y[i] = expf(x[i] + bias[i] - top);
@@ -383,8 +420,9 @@ static float squared_norm(const float *x, const float *bias, int64_t n) {
   return squared;
 }
 
+/* The clamp compares so that a NaN norm stays NaN (and is not clamped to 1e-12). */
 static float inverse_norm(float squared) {
-  return 1.f / sqrtf(squared > L2_EPS_SQUARED ? squared : L2_EPS_SQUARED);
+  return 1.f / sqrtf(squared < L2_EPS_SQUARED ? L2_EPS_SQUARED : squared);
 }
 
 static void qkv_heads_forward_windows(void *arg, int64_t begin, int64_t end, int part) {
@@ -431,8 +469,9 @@ AOT_KERNEL(QkvHeadsForward) {
 static float unit_backward(const float *dy, const float *y, float s, float inverse, float *dx, int64_t n) {
   float dot = 0.f;
   for (int64_t i = 0; i < n; ++i) dot += dy[i] * y[i];
-  /* The clamp makes the norm a constant: only the projection term disappears. */
-  const float projection = inverse < CLAMPED_INVERSE_NORM ? dot / (s * s) : 0.f;
+  /* The clamp makes the norm a constant: only the projection term disappears (not for a NaN
+   * norm, whose gradient stays NaN). */
+  const float projection = inverse >= CLAMPED_INVERSE_NORM ? 0.f : dot / (s * s);
   const float factor = inverse * s;
   for (int64_t i = 0; i < n; ++i) dx[i] = (dy[i] - y[i] * projection) * factor;
   return dot;
@@ -513,7 +552,7 @@ AOT_KERNEL(CpbBiasForward) {
     float *h = hidden + t * width;
     for (int64_t k = 0; k < width; ++k) {
       const float z = w1[2 * k] * table[2 * t] + w1[2 * k + 1] * table[2 * t + 1] + b1[k];
-      h[k] = z > 0.f ? z : 0.f;
+      h[k] = z > 0.f || isnan(z) ? z : 0.f; /* ReLU that keeps NaN */
     }
     for (int64_t o = 0; o < heads; ++o) {
       float dot = 0.f;
@@ -559,7 +598,8 @@ AOT_KERNEL(CpbBiasBackward) {
       }
     }
     for (int64_t k = 0; k < width; ++k) {
-      const float dz = h[k] > 0.f ? d_hidden[k] : 0.f;
+      /* ReLU gradient; a NaN activation gives a NaN gradient rather than none */
+      const float dz = isnan(h[k]) ? h[k] : (h[k] > 0.f ? d_hidden[k] : 0.f);
       d_w1[2 * k] += dz * table[2 * t];
       d_w1[2 * k + 1] += dz * table[2 * t + 1];
       d_b1[k] += dz;
