@@ -5,7 +5,7 @@ import logging
 import sys
 from typing import List, Optional
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, CheckpointMetadata
 from .config import ConfigError, check_geometry, parse_args
 from .data import DataError
 from .fileio import DiskFullError, atomic_write_json
@@ -45,31 +45,38 @@ def run_train(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
-def _model_config_from_checkpoint(config, metadata) -> None:
-    """Fill model/geometry keys the user did not set from a mindswin checkpoint's metadata, then check them."""
-    mapping = {"model": "model", "image_size": "image_resize", "crop_pct": "crop_pct", "window_size": "window_size",
-               "pretrained_window_sizes": "pretrained_window_sizes", "interpolation": "interpolation"}
-    for meta_key, key in mapping.items():
-        if key not in config.explicit and metadata.get(meta_key) is not None:
-            config[key] = metadata[meta_key]
+def _checkpoint_metadata(config) -> CheckpointMetadata:
+    """Read ``ckpt_path``'s metadata and take the model keys the user did not set from it.
+
+    Evaluation defaults to float32 (``amp_level`` O0) unless set.
+    """
+    import os
+
+    from .checkpoint import read_metadata
+
+    if not os.path.exists(config.ckpt_path):
+        raise CheckpointError(f"checkpoint not found: {config.ckpt_path}; refusing to run random weights")
+    metadata = read_metadata(config.ckpt_path)
+    for key, value in metadata.model_config().items():
+        if key not in config.explicit:
+            config[key] = value
     check_geometry(config)
+    if "amp_level" not in config.explicit:
+        config.amp_level = "O0"
+    return metadata
 
 
-def _prepare_eval_model(config, num_classes: int):
-    """Model with ``ckpt_path`` loaded strictly (no head re-initialisation), AMP applied."""
-    from .amp import apply_amp
-    from .engine.trainer import build_model
+def _eval_model(config, num_classes: int):
+    """The model with ``ckpt_path`` loaded strictly: a head of another class count is an error."""
+    from .engine.builder import model_from_config
 
-    model, report = build_model(config, num_classes, training=False, strict_head=True)
-    apply_amp(model, config.amp_level, config.amp_dtype)
-    return model, report
+    return model_from_config(config, num_classes, training=False, strict_head=True)[0]
 
 
 def run_validate(argv: Optional[List[str]] = None) -> int:
     """``validate.py``: top-1/top-5/loss of a checkpoint over the val split."""
     import os
 
-    from .checkpoint import read_metadata
     from .engine.runtime import quiet_framework, setup_logging, setup_runtime
 
     quiet_framework()
@@ -83,27 +90,19 @@ def run_validate(argv: Optional[List[str]] = None) -> int:
                                 "msrun --worker_num 2 --local_worker_num 2 validate.py --data_dir DIR --ckpt_path CKPT"
                                 " --distribute True"),
                             required=("ckpt_path", "data_dir"), model_from_checkpoint=True)
-        if "amp_level" not in config.explicit:
-            config.amp_level = "O0"
         setup_logging()
-        if not os.path.exists(config.ckpt_path):
-            raise CheckpointError(f"checkpoint not found: {config.ckpt_path}; refusing to evaluate random weights")
-        metadata = read_metadata(config.ckpt_path)
-        _model_config_from_checkpoint(config, metadata)
+        metadata = _checkpoint_metadata(config)
         runtime = setup_runtime(config)
         setup_logging(runtime)
-        from .data import create_eval_dataset
+        from .data import create_eval_dataset, resolve_data_config
         from .engine.evaluate import EvalStep, evaluate
-        from .engine.trainer import resolved_geometry
 
-        geometry = resolved_geometry(config)
         dataset, info = create_eval_dataset(
-            config.data_dir, image_size=geometry["image_size"], batch_size=config.val_batch_size or config.batch_size,
-            split=config.val_split, class_names=metadata.get("class_names"), num_shards=runtime.group_size,
-            shard_id=runtime.rank, num_workers=config.num_parallel_workers, crop_pct=geometry["crop_pct"],
-            interpolation=config.interpolation, verify=config.verify_images, strict=config.strict_data)
-        num_classes = config.num_classes or metadata.get("num_classes") or info.num_classes
-        model, _ = _prepare_eval_model(config, num_classes)
+            config.data_dir, batch_size=config.val_batch_size or config.batch_size, split=config.val_split,
+            class_names=metadata.class_names, num_shards=runtime.group_size, shard_id=runtime.rank,
+            num_workers=config.num_parallel_workers, verify=config.verify_images, strict=config.strict_data,
+            **resolve_data_config(config).eval_args())
+        model = _eval_model(config, config.num_classes or metadata.num_classes or info.num_classes)
         result = evaluate(EvalStep(model, distributed=runtime.distributed), dataset, info.batches_per_epoch,
                           progress=runtime.is_main)
     except _USER_ERRORS as exc:
@@ -125,8 +124,8 @@ def _class_names(config, metadata, num_classes: Optional[int]) -> List[str]:
     if config.class_names_file:
         with open(config.class_names_file) as f:
             names = [line.strip() for line in f if line.strip()]
-    elif metadata.get("class_names"):
-        names = list(metadata["class_names"])
+    elif metadata.class_names:
+        names = list(metadata.class_names)
     elif num_classes:
         names = [f"class_{i}" for i in range(num_classes)]
     else:
@@ -161,7 +160,6 @@ def run_infer(argv: Optional[List[str]] = None) -> int:
 
     import numpy as np
 
-    from .checkpoint import read_metadata
     from .engine.runtime import quiet_framework, setup_logging, setup_runtime
 
     quiet_framework()
@@ -176,26 +174,19 @@ def run_infer(argv: Optional[List[str]] = None) -> int:
                             required=("ckpt_path",), positional="inputs", model_from_checkpoint=True)
         if not config.inputs:
             raise ConfigError("give one or more images or folders after the options")
-        if "amp_level" not in config.explicit:
-            config.amp_level = "O0"
         setup_logging()
-        metadata = read_metadata(config.ckpt_path) if config.ckpt_path.endswith(".ckpt") else {}
-        _model_config_from_checkpoint(config, metadata)
+        metadata = _checkpoint_metadata(config)
         setup_runtime(config)
-        num_classes = config.num_classes or metadata.get("num_classes")
-        names = _class_names(config, metadata, num_classes)
-        model, _ = _prepare_eval_model(config, len(names))
+        names = _class_names(config, metadata, config.num_classes or metadata.num_classes)
+        model = _eval_model(config, len(names))
         files = _collect_images(config.inputs)
 
         import mindspore as ms
         from mindspore import ops
 
-        from .data import UNREADABLE, build_eval_transforms, decode_rgb
-        from .engine.trainer import resolved_geometry
+        from .data import UNREADABLE, build_eval_transforms, decode_rgb, resolve_data_config
 
-        geometry = resolved_geometry(config)
-        transforms = build_eval_transforms(geometry["image_size"], crop_pct=geometry["crop_pct"],
-                                           interpolation=config.interpolation)
+        transforms = build_eval_transforms(**resolve_data_config(config).eval_args())
         batch = min(len(files), 16)
         k = min(config.topk, len(names))
         results = []
@@ -233,7 +224,6 @@ def run_export(argv: Optional[List[str]] = None) -> int:
 
     import numpy as np
 
-    from .checkpoint import read_metadata
     from .engine.runtime import quiet_framework, setup_logging, setup_runtime
 
     quiet_framework()
@@ -245,22 +235,19 @@ def run_export(argv: Optional[List[str]] = None) -> int:
                                 "swinv2_tiny_patch4_window8_256.pth --batch_size 8 --export_file swinv2_tiny"),
                             required=("ckpt_path",), model_from_checkpoint=True)
         setup_logging()
-        if "amp_level" not in config.explicit:
-            config.amp_level = "O0"
-        metadata = read_metadata(config.ckpt_path) if config.ckpt_path.endswith(".ckpt") else {}
-        _model_config_from_checkpoint(config, metadata)
+        metadata = _checkpoint_metadata(config)
         setup_runtime(config)
-        num_classes = config.num_classes or metadata.get("num_classes") or _num_classes_in(config.ckpt_path)
+        num_classes = config.num_classes or metadata.num_classes or _num_classes_in(config.ckpt_path)
         from .models.kernels import cpu_kernels
 
         # The exported graph must run anywhere: no ops from this machine's compiled library.
         with cpu_kernels(False):
-            model, _ = _prepare_eval_model(config, num_classes)
+            model = _eval_model(config, num_classes)
         import mindspore as ms
 
-        from .engine.trainer import resolved_geometry
+        from .data import resolve_data_config
 
-        size = resolved_geometry(config)["image_size"]
+        size = resolve_data_config(config).image_size
         batch = config.batch_size if "batch_size" in config.explicit else 1
         target = config.export_file or os.path.splitext(config.ckpt_path)[0]
         sample = ms.Tensor(np.zeros((batch, 3, size, size), np.float32))

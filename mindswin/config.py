@@ -187,6 +187,8 @@ _POSITIVE = Range("(0, inf)")
 _PROBABILITY = Range("[0, 1]")
 DEFAULTS: Dict[str, Option] = {
     **_group("model", {
+        "task": Option("classification", str, "what is trained: classification (labelled class folders)",
+                       Choices("classification"), (TRAIN,)),
         "model": Option("swinv2_tiny_window8_256", str, "registered model name", RegisteredModel(), _ALL),
         "num_classes": Option(None, int, "classifier width; if unset, the number of class folders (train.py) or "
                               "the checkpoint's", _POSITIVE_INT, _ALL),
@@ -216,7 +218,7 @@ DEFAULTS: Dict[str, Option] = {
                               scripts=_WITH_DATA),
         "verify_images": Option("auto", str, "how images are checked when scanned (auto: full up to 50,000 "
                                 "files)", Choices("auto", "full", "header"), _WITH_DATA),
-        "interpolation": Option("bicubic", str, "resize interpolation",
+        "interpolation": Option(None, str, "resize interpolation; the model's if unset",
                                 Choices("bicubic", "bilinear", "nearest", "area"), _PREPROCESSING),
         "crop_pct": Option(None, float, "eval centre-crop fraction, 1.0 squash-resizes; the model's if unset",
                            Range("(0, 1]"), _PREPROCESSING),

@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 import mindswin
-from mindswin.checkpoint import CheckpointError, load_checkpoint, read_metadata, read_tensors, save_checkpoint
+from mindswin.checkpoint import (
+    CheckpointError,
+    CheckpointMetadata,
+    load_checkpoint,
+    read_metadata,
+    read_tensors,
+    save_checkpoint,
+)
 
 from conftest import MICRO_MS, ROOT
 from test_model import randomize
@@ -31,7 +38,7 @@ def saved(tmp_path_factory, batch):
     """A randomised micro model saved as a mindswin .ckpt, with its logits."""
     model = randomize(micro(), seed=11)
     path = str(tmp_path_factory.mktemp("ckpt") / "micro.ckpt")
-    save_checkpoint(model, path, {"class_names": list("abcde")})
+    save_checkpoint(model, path, CheckpointMetadata(class_names=list("abcde")))
     return path, model(batch).asnumpy()
 
 
@@ -39,8 +46,8 @@ def test_native_round_trip_is_exact(saved, batch):
     path, logits = saved
     model = mindswin.create_model("swinv2_tiny_window8_256", checkpoint_path=path, **MICRO_MS)
     assert np.array_equal(model(batch).asnumpy(), logits)
-    assert read_metadata(path)["class_names"] == list("abcde")
-    assert read_metadata(path)["model"] == "swinv2_tiny_window8_256"
+    assert read_metadata(path).class_names == list("abcde")
+    assert read_metadata(path).model == "swinv2_tiny_window8_256"
 
 
 def test_checkpoint_holds_no_derived_tensors(saved):

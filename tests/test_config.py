@@ -60,6 +60,7 @@ def test_every_shipped_recipe_loads():
 # A value each key refuses. Every key of DEFAULTS is here or in UNCONSTRAINED (checked below),
 # so a key added without deciding its allowed values fails this file.
 INVALID = {
+    "task": "segmentation",
     "model": "swinv2_bogus",
     "num_classes": 0,
     "image_resize": 0,

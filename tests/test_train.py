@@ -15,6 +15,7 @@ from mindswin.checkpoint import read_metadata
 from mindswin.checkpoint.native import META_KEY
 from mindswin.data import make_demo_dataset
 from mindswin.engine.optim import AdamW
+from mindswin.engine.state import RunPosition, read_position
 from mindswin.engine.train_step import TrainStep
 
 from conftest import BASE_ARGS, DETERMINISTIC_DATA, MICRO_MS, NOISE, PYTHON, ROOT, read_metrics, run
@@ -40,7 +41,10 @@ def test_run_writes_metrics_curves_config_and_checkpoints(trained):
     assert "swinv2_micro_window4_32-best.ckpt" in files
     assert not [f for f in files if f.startswith(".tmp-")]
     meta = read_metadata(os.path.join(out, "swinv2_micro_window4_32-e0003.ckpt"))
-    assert meta["class_names"] == ["checkerboard", "stripes_diagonal", "stripes_horizontal", "stripes_vertical"]
+    assert meta.class_names == ["checkerboard", "stripes_diagonal", "stripes_horizontal", "stripes_vertical"]
+    assert (meta.model, meta.task, meta.num_classes, meta.image_resize, meta.epoch) == \
+        ("swinv2_micro_window4_32", "classification", 4, 32, 3)
+    assert meta.metrics["val_top1"] == read_metrics(out)[-1]["val_top1"]
     assert "train graph compiled and first step run in" in log
     for noise in NOISE:
         assert noise not in log
@@ -127,8 +131,10 @@ def test_sigkill_mid_epoch_then_resume_auto_matches_uninterrupted(trained, data_
     state = out / "resume_state.ckpt"
 
     def mid_epoch_two():
-        return state.exists() and read_metadata(str(state)).get("epoch") == 1 and \
-            read_metadata(str(state)).get("batch_in_epoch", 0) > 0
+        if not state.exists():
+            return False
+        position = read_position(str(state))
+        return position.epoch == 1 and position.batch_in_epoch > 0
 
     try:
         assert _wait_for(mid_epoch_two, 240), "run never reached the middle of epoch 2"
@@ -158,7 +164,7 @@ def test_ema_run_killed_between_epochs_resumes_to_the_uninterrupted_result(data_
                             cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = out / "resume_state.ckpt"
     try:
-        assert _wait_for(lambda: state.exists() and read_metadata(str(state)).get("epoch") == 2, 240)
+        assert _wait_for(lambda: state.exists() and read_position(str(state)).epoch == 2, 240)
         proc.send_signal(signal.SIGKILL)  # epoch 3 takes seconds, this poll 50 ms: the state stays epoch 2's
     finally:
         proc.wait()
@@ -203,12 +209,12 @@ def test_train_state_has_stable_names_that_survive_compile_and_reload(tmp_path):
     step(*_fixed_batch(seed=1))  # the twin's and the moments' Parameter.names change at this compile
     state = TrainState(step.named_state())
     assert state.names() == before_compile
-    state.save(str(tmp_path / "state.ckpt"), dict(epoch=1, batch_in_epoch=0, best_top1=50.0))
+    state.save(str(tmp_path / "state.ckpt"), RunPosition(epoch=1, batch_in_epoch=0, best=50.0))
     assert [n for n in ms.load_checkpoint(str(tmp_path / "state.ckpt")) if n != META_KEY] == before_compile
 
     _, fresh = build()
     restored = TrainState(fresh.named_state())
-    assert restored.load(str(tmp_path / "state.ckpt"))["best_top1"] == 50.0
+    assert restored.load(str(tmp_path / "state.ckpt")) == RunPosition(epoch=1, batch_in_epoch=0, best=50.0)
     for (name, saved), (_, loaded) in zip(state.named, restored.named):
         assert np.array_equal(saved.asnumpy(), loaded.asnumpy()), name
     assert restored.optimizer_step() == 1
@@ -303,14 +309,14 @@ def randomized_micro():
 
 def test_fine_tune_from_another_resolution_window_and_class_count(trained, tmp_path):
     from mindswin.config import load_config
-    from mindswin.engine.trainer import build_model
+    from mindswin.engine.builder import model_from_config
 
     source = os.path.join(trained[0], "swinv2_micro_window4_32-best.ckpt")  # 32 px, window 4, 4 classes
     three = tmp_path / "three"
     make_demo_dataset(str(three), num_classes=3, train_per_class=16, val_per_class=4, image_size=64)
     overrides = dict(model="swinv2_micro_window4_32", image_resize=64, window_size=8,
                      pretrained_window_sizes=[4, 4, 4], ckpt_path=source)
-    model, report = build_model(load_config(overrides=overrides), 3, training=True)
+    model, report = model_from_config(load_config(overrides=dict(overrides, amp_level="O0")), 3, training=True)
     assert report.head_reinitialised and model.head.weight.shape == (3, 192)
     assert model.layers[0].blocks[0].window_size == (8, 8)
     # logits before step 1: the backbone is exactly the checkpoint's, rebuilt for 64 px / window 8
@@ -354,7 +360,7 @@ def test_ema_follows_the_weights():
     step = TrainStep(model, optimizer, ms.Tensor(np.full(10, 1e-3, np.float32)), ms.amp.StaticLossScaler(1.0),
                      ema=ema)
     start = {p.name: p.asnumpy().copy() for p in model.trainable_params()}
-    assert all(np.array_equal(a.asnumpy(), start[a.name]) for a in twin.get_parameters())
+    assert all(np.array_equal(a.asnumpy(), start[name]) for name, a in twin.parameters_and_names())
     step(*_fixed_batch())
     for avg, param in zip(twin.get_parameters(), model.trainable_params()):
         expected = 0.9 * start[param.name] + 0.1 * param.asnumpy()

@@ -4,33 +4,36 @@ from __future__ import annotations
 import json
 import logging
 from contextlib import contextmanager
+from dataclasses import asdict
 from typing import Any, Dict, Iterable, Iterator, Optional, Tuple
 
 import mindspore as ms
 from mindspore import Tensor, nn
 
 from ..fileio import atomic_write
+from .metadata import CheckpointMetadata
 
-__all__ = ["META_KEY", "save_tensors", "save_checkpoint", "read_metadata"]
+__all__ = ["META_KEY", "save_tensors", "save_checkpoint", "read_meta_json", "read_metadata"]
 
 # Name of the string entry holding model name, class names, config... inside a .ckpt.
 META_KEY = "mindswin_meta"
 
 
-def save_checkpoint(model: nn.Cell, path: str, metadata: Optional[Dict[str, Any]] = None) -> None:
+def save_checkpoint(model: nn.Cell, path: str, metadata: Optional[CheckpointMetadata] = None) -> None:
     """Save the model's parameters (no derived tensors, no optimizer state) to ``path``.
 
     Args:
         model: The model.
         path: Destination ``.ckpt``.
-        metadata: JSON-serialisable extras (model name, class names, ...), read back with
-            :func:`read_metadata`.
+        metadata: Model name, class names, geometry..., read back with :func:`read_metadata`;
+            the model name is filled in when missing.
     """
-    meta = dict(metadata or {})
-    meta.setdefault("model", getattr(model, "model_name", None))
+    meta = metadata or CheckpointMetadata()
+    if meta.model is None:
+        meta.model = getattr(model, "model_name", None)
     # Structural names (``layers.0.blocks.1...``), not ``Parameter.name``: MindSpore renames
     # the parameters of a model compiled beside a twin (an EMA copy) to ``ema.layers...``.
-    save_tensors(path, model.parameters_and_names(), meta)
+    save_tensors(path, model.parameters_and_names(), asdict(meta))
 
 
 @contextmanager
@@ -58,8 +61,8 @@ def save_tensors(path: str, named: Iterable[Tuple[str, Tensor]], metadata: Dict[
         atomic_write(path, lambda tmp: ms.save_checkpoint(entries, tmp, append_dict=append))
 
 
-def read_metadata(path: str) -> Dict[str, Any]:
-    """The metadata stored by :func:`save_checkpoint` ({} for other files)."""
+def read_meta_json(path: str) -> Dict[str, Any]:
+    """The JSON entry of a mindswin ``.ckpt`` ({} for other files)."""
     if not str(path).endswith(".ckpt"):
         return {}
     try:
@@ -68,3 +71,8 @@ def read_metadata(path: str) -> Dict[str, Any]:
         return {}
     value = entries.get(META_KEY)
     return json.loads(value) if isinstance(value, str) else {}
+
+
+def read_metadata(path: str) -> CheckpointMetadata:
+    """The metadata stored by :func:`save_checkpoint` (all fields None for other files)."""
+    return CheckpointMetadata.from_dict(read_meta_json(path))

@@ -24,7 +24,7 @@ import numpy as np
 
 from .folder import UNREADABLE, DataError, FolderIndex, decode_rgb, scan_split
 from .mixup import Mixup
-from .transforms import build_eval_transforms, build_train_transforms
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transforms, build_train_transforms
 
 __all__ = ["DataInfo", "EpochShardSampler", "ImageSource", "create_train_dataset", "create_eval_dataset",
            "eval_shard_indices"]
@@ -152,7 +152,8 @@ def create_train_dataset(data_dir: str, *, image_size: int, batch_size: int, spl
                          interpolation: str = "bicubic", mixup: float = 0.0, cutmix: float = 0.0,
                          mixup_prob: float = 1.0, mixup_switch_prob: float = 0.5, mixup_mode: str = "batch",
                          label_smoothing: float = 0.0, verify: str = "auto", strict: bool = False,
-                         index: Optional[FolderIndex] = None) -> Tuple[ds.Dataset, DataInfo]:
+                         index: Optional[FolderIndex] = None, mean: Sequence[float] = IMAGENET_MEAN,
+                         std: Sequence[float] = IMAGENET_STD) -> Tuple[ds.Dataset, DataInfo]:
     """Training dataset yielding ``image`` (B, 3, S, S) float32 and ``label`` (B, K) soft targets.
 
     ``start_epoch``/``skip_batches`` resume the sample order of an interrupted run.
@@ -168,7 +169,7 @@ def create_train_dataset(data_dir: str, *, image_size: int, batch_size: int, spl
     dataset = dataset.project(["image", "label"])
     transforms = build_train_transforms(image_size, scale=scale, ratio=ratio, hflip=hflip, auto_augment=auto_augment,
                                         interpolation=interpolation, re_prob=re_prob, color_jitter=color_jitter,
-                                        seed=seed + 1000 * shard_id + 17 * start_epoch)
+                                        seed=seed + 1000 * shard_id + 17 * start_epoch, mean=mean, std=std)
     dataset = dataset.map(transforms, input_columns="image", num_parallel_workers=num_workers,
                           python_multiprocessing=False)
     mixer = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=mixup_prob, switch_prob=mixup_switch_prob,
@@ -189,14 +190,16 @@ def create_train_dataset(data_dir: str, *, image_size: int, batch_size: int, spl
 def create_eval_dataset(data_dir: str, *, image_size: int, batch_size: int, split: str = "val",
                         class_names: Optional[Sequence[str]] = None, num_shards: int = 1, shard_id: int = 0,
                         num_workers: int = 2, crop_pct: float = 0.9, interpolation: str = "bicubic",
-                        verify: str = "auto", strict: bool = False) -> Tuple[ds.Dataset, DataInfo]:
+                        verify: str = "auto", strict: bool = False, mean: Sequence[float] = IMAGENET_MEAN,
+                        std: Sequence[float] = IMAGENET_STD) -> Tuple[ds.Dataset, DataInfo]:
     """Evaluation dataset yielding ``image``, ``label`` (B,) int32 and ``weight`` (B,) float32."""
     index = _scan(data_dir, split, class_names, verify, strict, num_workers)
     positions, weights = eval_shard_indices(len(index), num_shards, shard_id, batch_size)
     source = ImageSource([index.samples[i] for i in positions], weights)
     dataset = ds.GeneratorDataset(source, column_names=["image", "label", "weight"], shuffle=False,
                                   num_parallel_workers=num_workers, python_multiprocessing=False)
-    dataset = dataset.map(build_eval_transforms(image_size, crop_pct=crop_pct, interpolation=interpolation),
+    dataset = dataset.map(build_eval_transforms(image_size, crop_pct=crop_pct, interpolation=interpolation, mean=mean,
+                                                std=std),
                           input_columns="image", num_parallel_workers=num_workers, python_multiprocessing=False)
     dataset = dataset.batch(batch_size, drop_remainder=True)
     info = DataInfo(class_names=index.class_names, num_samples=len(index), batch_size=batch_size,

@@ -74,7 +74,8 @@ class RandomErasing:
         return img
 
 
-def auto_augment_transform(policy: str, image_size: int, interpolation: str) -> Callable:
+def auto_augment_transform(policy: str, image_size: int, interpolation: str,
+                           mean: Sequence[float] = IMAGENET_MEAN) -> Callable:
     """A timm-style auto-augment policy (``rand-m9-mstd0.5-inc1``, ``autoaug``, ``augmix``, ...).
 
     Accepts timm's spelling (``rand-...``) and mindcv's (``randaug-...``).
@@ -82,7 +83,7 @@ def auto_augment_transform(policy: str, image_size: int, interpolation: str) -> 
     from mindcv.data import auto_augment as mindcv_aa
 
     hparams = dict(translate_const=int(image_size * 0.45),
-                   img_mean=tuple(min(255, round(m)) for m in IMAGENET_MEAN),
+                   img_mean=tuple(min(255, round(m)) for m in mean),
                    interpolation=_interpolation(interpolation))
     if policy.startswith("rand-"):
         policy = "randaug-" + policy[len("rand-"):]
@@ -103,23 +104,25 @@ def build_train_transforms(image_size: int, *, scale: Sequence[float] = (0.08, 1
                            ratio: Sequence[float] = (3 / 4, 4 / 3), hflip: float = 0.5,
                            auto_augment: Optional[str] = None, interpolation: str = "bicubic",
                            re_prob: float = 0.0, color_jitter: Optional[float] = None,
-                           seed: Optional[int] = None) -> List:
+                           seed: Optional[int] = None, mean: Sequence[float] = IMAGENET_MEAN,
+                           std: Sequence[float] = IMAGENET_STD) -> List:
     """Transforms for decoded HWC uint8 RGB arrays -> CHW float32."""
     ops: List = [vision.RandomResizedCrop(image_size, scale=tuple(scale), ratio=tuple(ratio),
                                           interpolation=_interpolation(interpolation))]
     if hflip > 0:
         ops.append(vision.RandomHorizontalFlip(prob=hflip))
     if auto_augment:
-        ops.append(auto_augment_transform(auto_augment, image_size, interpolation))
+        ops.append(auto_augment_transform(auto_augment, image_size, interpolation, mean))
     elif color_jitter:
         ops.append(vision.RandomColorAdjust(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
-    ops += [vision.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), vision.HWC2CHW()]
+    ops += [vision.Normalize(mean=list(mean), std=list(std)), vision.HWC2CHW()]
     if re_prob > 0:
         ops.append(RandomErasing(prob=re_prob, seed=seed))
     return ops
 
 
-def build_eval_transforms(image_size: int, *, crop_pct: float = 0.9, interpolation: str = "bicubic") -> List:
+def build_eval_transforms(image_size: int, *, crop_pct: float = 0.9, interpolation: str = "bicubic",
+                          mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> List:
     """Resize (by ``crop_pct``) + centre crop, or squash-resize for ``crop_pct == 1``."""
     if not 0 < crop_pct <= 1:
         raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
@@ -129,4 +132,4 @@ def build_eval_transforms(image_size: int, *, crop_pct: float = 0.9, interpolati
     else:
         ops = [vision.Resize(int(math.floor(image_size / crop_pct)), interpolation=inter),
                vision.CenterCrop(image_size)]
-    return ops + [vision.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), vision.HWC2CHW()]
+    return ops + [vision.Normalize(mean=list(mean), std=list(std)), vision.HWC2CHW()]

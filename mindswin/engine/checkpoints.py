@@ -7,7 +7,7 @@ Layout of ``ckpt_save_dir``::
     {model}-best.ckpt            weights with the best val top-1
     resume_state.ckpt            weights + AdamW moments + step + loss scale + EMA + position
     metrics.jsonl                one JSON line per epoch
-    curves.png                   loss / accuracy / lr per epoch
+    curves.png                   loss / accuracy / lr per epoch (see curves.py)
 
 Every file is written to a temporary name and renamed, so a kill at any moment leaves the
 previous version intact.
@@ -20,9 +20,9 @@ import logging
 import os
 from typing import Any, Dict, List, Optional
 
-from ..checkpoint.native import save_checkpoint
+from ..checkpoint import CheckpointMetadata, save_checkpoint
 from ..fileio import append_line, atomic_write
-from .state import TrainState
+from .state import RunPosition, TrainState
 
 __all__ = ["RESUME_FILE", "CheckpointManager", "find_resume_state"]
 
@@ -80,7 +80,11 @@ class CheckpointManager:
     def epoch_checkpoints(self) -> List[str]:
         return sorted(glob.glob(os.path.join(self.save_dir, f"{self.model_name}-e[0-9]*.ckpt")))
 
-    def save_weights(self, model, epoch: int, metadata: Dict[str, Any]) -> Optional[str]:
+    @property
+    def curves_path(self) -> str:
+        return os.path.join(self.save_dir, "curves.png")
+
+    def save_weights(self, model, epoch: int, metadata: CheckpointMetadata) -> Optional[str]:
         """Save ``{model}-e{epoch}.ckpt`` and delete the oldest beyond ``keep_max``."""
         if not self.is_main:
             return None
@@ -90,11 +94,11 @@ class CheckpointManager:
             os.remove(old)
         return path
 
-    def save_best(self, model, metadata: Dict[str, Any]) -> None:
+    def save_best(self, model, metadata: CheckpointMetadata) -> None:
         if self.is_main:
             save_checkpoint(model, self.best_path, metadata)
 
-    def save_resume(self, state: TrainState, position: Dict[str, Any]) -> None:
+    def save_resume(self, state: TrainState, position: RunPosition) -> None:
         """Save every tensor of the run's state plus ``position`` (epoch, batch, best top-1)."""
         if self.is_main:
             state.save(self.resume_path, position)
@@ -118,38 +122,3 @@ class CheckpointManager:
             return []
         with open(self.metrics_path) as f:
             return [json.loads(line) for line in f if line.strip()]
-
-    def plot_curves(self) -> None:
-        """Redraw ``curves.png`` from ``metrics.jsonl``."""
-        if not self.is_main:
-            return
-        records = self.read_metrics()
-        if not records:
-            return
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        epochs = [r["epoch"] for r in records]
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-        axes[0].plot(epochs, [r["train_loss"] for r in records], "o-", label="train")
-        if any("val_loss" in r for r in records):
-            axes[0].plot([r["epoch"] for r in records if "val_loss" in r],
-                         [r["val_loss"] for r in records if "val_loss" in r], "o-", label="val")
-        axes[0].set_title("loss")
-        axes[0].legend()
-        val = [r for r in records if "val_top1" in r]
-        if val:
-            axes[1].plot([r["epoch"] for r in val], [r["val_top1"] for r in val], "o-", label="top-1")
-            axes[1].plot([r["epoch"] for r in val], [r["val_top5"] for r in val], "o-", label="top-5")
-            axes[1].legend()
-        axes[1].set_title("val accuracy (%)")
-        axes[2].plot(epochs, [r["lr"] for r in records], "o-")
-        axes[2].set_title("learning rate (end of epoch)")
-        for ax in axes:
-            ax.set_xlabel("epoch")
-            ax.grid(alpha=0.3)
-        fig.tight_layout()
-        atomic_write(os.path.join(self.save_dir, "curves.png"), lambda tmp: fig.savefig(tmp, format="png", dpi=90))
-        plt.close(fig)

@@ -15,19 +15,32 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Dict, List, Sequence, Tuple
+import math
+from dataclasses import asdict, dataclass
+from typing import List, Sequence, Tuple
 
 import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
 from ..checkpoint import CheckpointError
-from ..checkpoint.native import META_KEY, save_tensors
+from ..checkpoint.native import META_KEY, read_meta_json, save_tensors
 
-__all__ = ["TrainState", "START_POSITION"]
+__all__ = ["RunPosition", "TrainState", "read_position"]
 
-# Where a new run starts: epoch and batch within it, and the best val top-1 so far.
-START_POSITION: Dict[str, Any] = dict(epoch=0, batch_in_epoch=0, best_top1=-1.0)
+
+@dataclass
+class RunPosition:
+    """Where a run stands: epochs done, batches done in the current one, best monitored metric."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best: float = -math.inf
+
+
+def read_position(path: str) -> RunPosition:
+    """The position saved in a resume state file."""
+    return RunPosition(**read_meta_json(path))
 
 _from_root = ops.MultitypeFuncGraph("from_root")
 
@@ -72,11 +85,11 @@ class TrainState:
     def names(self) -> List[str]:
         return [name for name, _ in self.named]
 
-    def save(self, path: str, position: Dict[str, Any]) -> None:
+    def save(self, path: str, position: RunPosition) -> None:
         """Write every tensor plus ``position`` (JSON) to ``path`` atomically."""
-        save_tensors(path, self.named, position)
+        save_tensors(path, self.named, asdict(position))
 
-    def load(self, path: str) -> Dict[str, Any]:
+    def load(self, path: str) -> RunPosition:
         """Restore every tensor from ``path``; returns the saved position.
 
         Raises:
@@ -98,19 +111,20 @@ class TrainState:
                 raise CheckpointError(f"{path}: {name} has shape {tuple(value.shape)}, this run expects "
                                       f"{tuple(param.shape)}; {hint}")
             param.set_data(Tensor(value.asnumpy(), dtype=param.dtype))
-        meta = saved.get(META_KEY)
-        return dict(START_POSITION, **json.loads(meta)) if isinstance(meta, str) else dict(START_POSITION)
+        if not isinstance(saved.get(META_KEY), str):
+            raise CheckpointError(f"{path} is not a mindswin resume state (no run position in it)")
+        return RunPosition(**json.loads(saved[META_KEY]))
 
-    def broadcast(self, position: Dict[str, Any], rank: int) -> Dict[str, Any]:
+    def broadcast(self, position: RunPosition, rank: int) -> RunPosition:
         """Give every rank rank 0's tensors and position (call on all ranks together)."""
-        carrier = Parameter(Tensor(np.array([position["epoch"], position["batch_in_epoch"],
-                                             position["best_top1"]], np.float32)), name="run_position",
-                            requires_grad=False)
+        carrier = Parameter(Tensor(np.array([position.epoch, position.batch_in_epoch], np.float32)),
+                            name="run_position", requires_grad=False)
         _BroadcastFromRoot([param for _, param in self.named] + [carrier], rank)()
-        epoch, batch, best = carrier.asnumpy().tolist()
         if rank == 0:
             return position
-        return dict(position, epoch=int(epoch), batch_in_epoch=int(batch), best_top1=float(best))
+        epoch, batch = carrier.asnumpy().tolist()
+        # the best metric only matters where checkpoints are written: on rank 0
+        return RunPosition(epoch=int(epoch), batch_in_epoch=int(batch))
 
     def optimizer_step(self) -> int:
         return int(dict(self.named)["optimizer.step"].asnumpy())

@@ -27,15 +27,26 @@ class SoftTargetCrossEntropy(nn.Cell):
 
 
 class NetWithLoss(nn.Cell):
-    """Model + loss, returning the loss multiplied by ``scale`` (for loss scaling)."""
+    """Model + loss: ``loss_fn(model(images), targets)`` (the classification task's loss network)."""
 
     def __init__(self, model: nn.Cell, loss_fn: nn.Cell) -> None:
         super().__init__(auto_prefix=False)
         self.model = model
         self.loss_fn = loss_fn
 
-    def construct(self, images: Tensor, targets: Tensor, scale: Tensor) -> Tensor:
-        return self.loss_fn(self.model(images), targets) * scale
+    def construct(self, images: Tensor, targets: Tensor) -> Tensor:
+        return self.loss_fn(self.model(images), targets)
+
+
+class _ScaledLoss(nn.Cell):
+    """A loss network's loss times the loss scale, for any batch columns."""
+
+    def __init__(self, network: nn.Cell) -> None:
+        super().__init__(auto_prefix=False)
+        self.network = network
+
+    def construct(self, scale: Tensor, batch: tuple) -> Tensor:
+        return self.network(*batch) * scale
 
 
 _ema_update = ops.MultitypeFuncGraph("ema_update")
@@ -64,6 +75,9 @@ class EMA(nn.Cell):
         for avg, p in zip(averages, params):
             avg.set_data(Tensor(p.asnumpy()))
             avg.requires_grad = False
+        for name, avg in ema_model.parameters_and_names():
+            # unique names before any compile (MindSpore would rename the duplicates itself)
+            avg.name = f"ema.{name}"
         self.ema_model = ema_model
         self.averages = ms.ParameterTuple(averages)
         self.decay = Tensor(decay, ms.float32)
@@ -85,13 +99,16 @@ class TrainStep(nn.Cell):
         accumulation: Micro-batches per optimizer step.
         ema: Optional :class:`EMA`.
         distributed: All-reduce (mean) gradients across the data-parallel group.
+        loss_network: Cell mapping the batch columns to the loss, holding ``model``;
+            default: soft-target cross-entropy of ``model(images)`` against ``targets``.
     """
 
     def __init__(self, model: nn.Cell, optimizer: AdamW, lr_table: Tensor, loss_scaler, *,
                  clip_value: Optional[float] = 5.0, accumulation: int = 1, ema: Optional[EMA] = None,
-                 distributed: bool = False) -> None:
+                 distributed: bool = False, loss_network: Optional[nn.Cell] = None) -> None:
         super().__init__(auto_prefix=False)
-        self.net_with_loss = NetWithLoss(model, SoftTargetCrossEntropy())
+        self.model = model
+        self.scaled_loss = _ScaledLoss(loss_network or NetWithLoss(model, SoftTargetCrossEntropy()))
         self.optimizer = optimizer
         self.weights = optimizer.parameters
         self.lr_table = lr_table
@@ -115,11 +132,11 @@ class TrainStep(nn.Cell):
     def current_lr(self) -> Tensor:
         return self.lr_table[ops.minimum(self.optimizer.step, self.last_step)]
 
-    def construct(self, images: Tensor, targets: Tensor):
+    def construct(self, *batch):
         scale = self.loss_scaler.scale_value.astype(ms.float32)
         # Built here, not kept as an attribute: an attribute value_and_grad function made the
         # compile fail (parsing __init__) in a process that had compiled many graphs before.
-        scaled_loss, grads = ops.value_and_grad(self.net_with_loss, None, self.weights)(images, targets, scale)
+        scaled_loss, grads = ops.value_and_grad(self.scaled_loss, None, self.weights)(scale, batch)
         grads = self._reduce_gradients(grads)
         grads = self.loss_scaler.unscale(grads)
         finite = self._finite_on_every_rank(grads)
@@ -166,8 +183,7 @@ class TrainStep(nn.Cell):
         ``Parameter.name`` cannot serve: MindSpore renames duplicates (the EMA twin's,
         the moments') at the first compile, so it depends on whether and what compiled.
         """
-        model = self.net_with_loss.model
-        named = list(model.parameters_and_names())
+        named = list(self.model.parameters_and_names())
         trainable = [name for name, param in named if param.requires_grad]
         state = [(f"model.{name}", param) for name, param in named]
         if self.ema is not None:

@@ -1,4 +1,4 @@
-"""Model registry: official/timm variant names, mindcv aliases, ``create_model``."""
+"""Model registry: official/timm variant names, mindcv aliases, ``build_model``."""
 from __future__ import annotations
 
 import difflib
@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from .swin_v2 import SwinTransformerV2
 
-__all__ = ["ModelSpec", "register_model", "list_models", "model_spec", "resolve_model_name", "create_model"]
+__all__ = ["ModelSpec", "register_model", "list_models", "model_spec", "resolve_model_name", "build_model"]
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,12 @@ class ModelSpec:
     num_classes: int = 1000
     patch_size: int = 4
     pretrained_window_sizes: Sequence[int] = (0, 0, 0, 0)
+    # Preprocessing the weights were trained with (timm's pretrained_cfg): eval crop
+    # fraction (1.0 squash-resizes), resize interpolation, per-channel mean/std on [0, 1].
     crop_pct: float = 0.9
+    interpolation: str = "bicubic"
+    mean: Sequence[float] = (0.485, 0.456, 0.406)
+    std: Sequence[float] = (0.229, 0.224, 0.225)
     description: str = ""
 
     def model_kwargs(self) -> Dict[str, Any]:
@@ -105,11 +110,12 @@ def model_spec(name: str) -> ModelSpec:
     return _REGISTRY[resolve_model_name(name)]
 
 
-def create_model(name: str, *, num_classes: Optional[int] = None, img_size: Optional[Any] = None,
-                 window_size: Optional[Any] = None, pretrained_window_sizes: Optional[Sequence[Any]] = None,
-                 drop_path_rate: float = 0.0, checkpoint_path: Optional[str] = None,
-                 **kwargs: Any) -> SwinTransformerV2:
-    """Build a registered Swin V2 variant, optionally loading weights.
+def build_model(name: str, *, num_classes: Optional[int] = None, img_size: Optional[Any] = None,
+                window_size: Optional[Any] = None, pretrained_window_sizes: Optional[Sequence[Any]] = None,
+                drop_path_rate: float = 0.0, **kwargs: Any) -> SwinTransformerV2:
+    """Build the architecture of a registered Swin V2 variant (no weights loaded).
+
+    :func:`mindswin.create_model` takes the same arguments and also loads a checkpoint.
 
     Args:
         name: Official/timm name (see :func:`list_models`) or a mindcv alias.
@@ -120,12 +126,11 @@ def create_model(name: str, *, num_classes: Optional[int] = None, img_size: Opti
         pretrained_window_sizes: Per-stage windows of the weights to be loaded, for the
             CPB rescaling; defaults to the variant's.
         drop_path_rate: Stochastic depth rate.
-        checkpoint_path: Weights to load (any layout :func:`mindswin.load_checkpoint` reads).
         **kwargs: Further :class:`SwinTransformerV2` arguments (``features_only``,
             ``out_indices``, ``recompute``, ``embed_dim``, ...).
 
     Returns:
-        The model, in training mode off (``set_train(False)``).
+        The model, with training mode off (``set_train(False)``).
     """
     spec = model_spec(name)
     args = spec.model_kwargs()
@@ -137,8 +142,4 @@ def create_model(name: str, *, num_classes: Optional[int] = None, img_size: Opti
     model = SwinTransformerV2(**args)
     model.model_name = spec.name
     model.set_train(False)
-    if checkpoint_path:
-        from ..checkpoint import load_checkpoint
-
-        load_checkpoint(model, checkpoint_path)
     return model

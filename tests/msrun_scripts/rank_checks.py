@@ -23,7 +23,7 @@ from mindswin.config import load_config
 from mindswin.data import create_train_dataset
 from mindswin.engine.optim import AdamW
 from mindswin.engine.runtime import setup_runtime
-from mindswin.engine.state import START_POSITION, TrainState
+from mindswin.engine.state import RunPosition, TrainState
 from mindswin.engine.train_step import TrainStep
 
 
@@ -56,7 +56,7 @@ def main(data_dir: str, seed: int) -> None:
                               distributed=True)
     state = TrainState(step.named_state())
     report = dict(rank=runtime.rank, init_local=digest(p.asnumpy() for p in model.get_parameters()))
-    state.broadcast(dict(START_POSITION), runtime.rank)
+    state.broadcast(RunPosition(), runtime.rank)
     report["init_synced"] = digest(p.asnumpy() for p in model.get_parameters())
 
     # Res-post-norm branches start at zero (norm weights 0), so dropping one would change

@@ -1,0 +1,57 @@
+"""What a mindswin weights file says about itself, in one dataclass with one spelling per fact."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, List, Optional
+
+__all__ = ["CheckpointMetadata"]
+
+
+@dataclass
+class CheckpointMetadata:
+    """Metadata stored beside the tensors of a mindswin ``.ckpt``.
+
+    The model fields carry the names of the config keys they fill: ``validate.py``,
+    ``infer.py`` and ``export.py`` take the model and its geometry from here unless the
+    command line sets them.
+
+    Attributes:
+        model: Registered model name.
+        task: What the weights were trained for (``classification``, ``simmim``).
+        num_classes: Classifier width (0: no classifier).
+        class_names: Class folder names, index order.
+        image_resize: Input side the weights were trained at.
+        window_size: Attention window (None: the model's default).
+        pretrained_window_sizes: Per-stage windows the position bias was rescaled from.
+        crop_pct: Eval centre-crop fraction used in training's validation.
+        interpolation: Resize interpolation.
+        epoch: Epochs trained when saved.
+        metrics: Validation metrics at that epoch (``val_top1``, ...).
+        converted_from: Source file of a converted checkpoint, and its layout.
+    """
+
+    model: Optional[str] = None
+    task: str = "classification"
+    num_classes: Optional[int] = None
+    class_names: Optional[List[str]] = None
+    image_resize: Optional[int] = None
+    window_size: Optional[int] = None
+    pretrained_window_sizes: Optional[List[int]] = None
+    crop_pct: Optional[float] = None
+    interpolation: Optional[str] = None
+    epoch: Optional[int] = None
+    metrics: Dict[str, float] = field(default_factory=dict)
+    converted_from: Optional[Dict[str, str]] = None
+
+    # The fields that configure the model and its preprocessing (config keys of the same name).
+    MODEL_KEYS = ("model", "image_resize", "window_size", "pretrained_window_sizes", "crop_pct", "interpolation")
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> CheckpointMetadata:
+        """Build from a stored dict; keys this version does not know are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def model_config(self) -> Dict[str, Any]:
+        """The model fields that are set, as config overrides."""
+        return {key: getattr(self, key) for key in self.MODEL_KEYS if getattr(self, key) is not None}

@@ -1,0 +1,136 @@
+"""Build what a run is made of: the model (with its weights and precision), and for training
+the EMA twin, optimizer, loss scaler, learning-rate schedule and compiled train step.
+
+``train.py``, ``validate.py``, ``infer.py`` and ``export.py`` all get their model from
+:func:`model_from_config`, so geometry, weights and precision are resolved one way.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import mindspore as ms
+from mindspore import Tensor, nn
+
+from ..amp import apply_amp
+from ..checkpoint import LoadReport, load_checkpoint
+from ..config import Config, ConfigError
+from ..data import resolve_data_config
+from ..models import SwinTransformerV2, build_model
+from .optim import AdamW, cosine_schedule, scaled_learning_rates
+from .runtime import Runtime
+from .state import TrainState
+from .train_step import EMA, TrainStep
+
+__all__ = ["model_from_config", "Training", "build_training"]
+
+
+def _reuse_blocks(config: Config) -> bool:
+    """lazy_inline block reuse: the config's choice, else on for Ascend only."""
+    if config.reuse_blocks is None:
+        return config.device_target == "Ascend"
+    return config.reuse_blocks
+
+
+def _architecture(config: Config, num_classes: int, drop_path_rate: float) -> SwinTransformerV2:
+    return build_model(config.model, num_classes=num_classes, img_size=resolve_data_config(config).image_size,
+                        window_size=config.window_size, pretrained_window_sizes=config.pretrained_window_sizes,
+                        drop_path_rate=drop_path_rate, recompute=config.recompute,
+                        reuse_blocks=_reuse_blocks(config))
+
+
+def model_from_config(config: Config, num_classes: int, *, training: bool,
+                      strict_head: bool = False) -> Tuple[SwinTransformerV2, Optional[LoadReport]]:
+    """The model of ``config`` with ``ckpt_path``/``pretrained`` loaded and ``amp_level`` applied.
+
+    Args:
+        config: Resolved configuration.
+        num_classes: Classifier width.
+        training: Use ``drop_path_rate`` (evaluation builds without stochastic depth).
+        strict_head: Make a head of another class count an error instead of a
+            re-initialisation (evaluation must never score a random head).
+
+    Returns:
+        The model and the load report (None when no weights were given).
+    """
+    model = _architecture(config, num_classes, config.drop_path_rate if training else 0.0)
+    weights = config.ckpt_path or config.pretrained
+    report = None
+    if weights:
+        report = load_checkpoint(model, weights, class_map=config.class_map or None, strict_head=strict_head)
+    apply_amp(model, config.amp_level, config.amp_dtype)
+    return model, report
+
+
+@dataclass
+class Training:
+    """The compiled pieces of a training run.
+
+    Attributes:
+        model: The trained model (training mode).
+        ema_model: Its EMA twin, or None without ``ema``.
+        step: The compiled train step (forward, backward, all-reduce, update, EMA).
+        state: Every tensor a resume needs, under stable names.
+        batches_per_epoch: Micro-batches per rank and epoch.
+        steps_per_epoch: Optimizer steps per epoch.
+        peak_lr: Learning rate after warmup, scaled to the global batch.
+        global_batch: Images per optimizer step over all ranks.
+    """
+
+    model: SwinTransformerV2
+    ema_model: Optional[SwinTransformerV2]
+    step: TrainStep
+    state: TrainState
+    batches_per_epoch: int
+    steps_per_epoch: int
+    peak_lr: float
+    global_batch: int
+
+    @property
+    def eval_model(self) -> SwinTransformerV2:
+        """What is validated and saved as weights: the EMA twin when there is one."""
+        return self.ema_model if self.ema_model is not None else self.model
+
+
+def build_training(config: Config, runtime: Runtime, model: SwinTransformerV2, loss_network: nn.Cell,
+                   num_samples: int) -> Training:
+    """Optimizer, loss scaler, schedule, EMA twin and train step around ``model``.
+
+    Args:
+        config: Resolved configuration.
+        runtime: Rank and group size.
+        model: From :func:`model_from_config` (``training=True``).
+        loss_network: The task's cell mapping a batch to its loss (holds ``model``).
+        num_samples: Training samples in the whole split (sharded over the ranks).
+    """
+    accumulation = config.gradient_accumulation_steps
+    batches_per_epoch = math.ceil(num_samples / runtime.group_size) // config.batch_size
+    steps_per_epoch = batches_per_epoch // accumulation
+    if steps_per_epoch < 1:
+        raise ConfigError(f"{num_samples} training images give no full optimizer step at batch_size "
+                          f"{config.batch_size} x {runtime.group_size} device(s) x {accumulation} accumulation")
+    global_batch = config.batch_size * runtime.group_size * accumulation
+    peak, floor, warm = scaled_learning_rates(config.lr, config.min_lr, config.warmup_lr, global_batch,
+                                              config.lr_base_batch, config.scale_lr)
+    lr_table = cosine_schedule(peak, floor, warm, config.epoch_size * steps_per_epoch,
+                               int(round(config.warmup_epochs * steps_per_epoch)), config.lr_scheduler)
+
+    optimizer = AdamW(model.trainable_params(), config.weight_decay, model.no_weight_decay(), config.betas, config.eps)
+    if config.amp_level == "O2" and config.loss_scale_type == "dynamic":
+        scaler = ms.amp.DynamicLossScaler(config.loss_scale, int(config.loss_scale_factor), config.scale_window)
+    else:
+        scaler = ms.amp.StaticLossScaler(config.loss_scale if config.amp_level == "O2" else 1.0)
+    ema_model = ema = None
+    if config.ema:
+        ema_model = _architecture(config, model.num_classes, 0.0)
+        apply_amp(ema_model, config.amp_level, config.amp_dtype)
+        ema = EMA(model, ema_model, config.ema_decay)
+    model.set_train(True)
+    step = TrainStep(model, optimizer, Tensor(lr_table), scaler, loss_network=loss_network,
+                     clip_value=config.clip_value if config.clip_grad else None, accumulation=accumulation,
+                     ema=ema, distributed=runtime.distributed)
+    step.set_train(True)
+    return Training(model=model, ema_model=ema_model, step=step, state=TrainState(step.named_state()),
+                    batches_per_epoch=batches_per_epoch, steps_per_epoch=steps_per_epoch, peak_lr=peak,
+                    global_batch=global_batch)
