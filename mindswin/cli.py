@@ -57,6 +57,10 @@ def _checkpoint_metadata(config) -> CheckpointMetadata:
     if not os.path.exists(config.ckpt_path):
         raise CheckpointError(f"checkpoint not found: {config.ckpt_path}; refusing to run random weights")
     metadata = read_metadata(config.ckpt_path)
+    if metadata.task == "simmim":
+        raise CheckpointError(f"{config.ckpt_path} holds SimMIM pre-training weights (task simmim): an encoder with no "
+                              "classifier, so there is nothing to evaluate, predict or export; fine-tune it first: "
+                              f"train.py --config RECIPE --data_dir DIR --ckpt_path {config.ckpt_path}")
     for key, value in metadata.model_config().items():
         if key not in config.explicit:
             config[key] = value

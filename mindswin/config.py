@@ -20,7 +20,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import yaml
 
-__all__ = ["ConfigError", "Config", "DEFAULTS", "Option", "Choices", "Range", "Items", "RegisteredModel",
+__all__ = ["ConfigError", "Config", "DEFAULTS", "Option", "Choices", "Range", "Items", "OddWindow", "RegisteredModel",
            "SCRIPTS", "choices", "load_config", "check_geometry", "parse_cli_value", "add_option",
            "parse_args", "save_config"]
 
@@ -125,6 +125,16 @@ class Items(Rule):
                 and (not self.ascending or value == sorted(value)))
 
 
+class OddWindow(Rule):
+    """0 (off) or an odd window side of at least 3."""
+
+    def describe(self) -> str:
+        return "0 (off) or an odd number >= 3"
+
+    def allows(self, value: Any) -> bool:
+        return value == 0 or (value >= 3 and value % 2 == 1)
+
+
 class RegisteredModel(Rule):
     """A name of :func:`mindswin.list_models` or one of its mindcv aliases."""
 
@@ -187,8 +197,9 @@ _POSITIVE = Range("(0, inf)")
 _PROBABILITY = Range("[0, 1]")
 DEFAULTS: Dict[str, Option] = {
     **_group("model", {
-        "task": Option("classification", str, "what is trained: classification (labelled class folders)",
-                       Choices("classification"), (TRAIN,)),
+        "task": Option("classification", str, "what is trained: classification (labelled class folders) or simmim "
+                       "(masked-image pre-training on any image folder, no labels)",
+                       Choices("classification", "simmim"), (TRAIN,)),
         "model": Option("swinv2_tiny_window8_256", str, "registered model name", RegisteredModel(), _ALL),
         "num_classes": Option(None, int, "classifier width; if unset, the number of class folders (train.py) or "
                               "the checkpoint's", _POSITIVE_INT, _ALL),
@@ -252,7 +263,13 @@ DEFAULTS: Dict[str, Option] = {
         "warmup_lr": Option(5e-7, float, "learning rate at step 0 (scaled like lr)", _NON_NEGATIVE),
         "warmup_epochs": Option(20, _NUM, "linear warmup length in epochs", _NON_NEGATIVE),
         "lr_scheduler": Option("cosine_decay", str, "learning-rate decay after warmup",
-                               Choices("cosine_decay", "constant")),
+                               Choices("cosine_decay", "constant", "multi_step_decay")),
+        "multi_step_decay_milestones": Option([], list, "multi_step_decay: epochs at which the lr is multiplied by "
+                                              "decay_rate", Items(_NON_NEGATIVE, integers=True, ascending=True)),
+        "decay_rate": Option(0.1, float, "multi_step_decay: lr factor at each milestone", Range("(0, 1]")),
+        "layer_decay": Option(1.0, float, "layer-wise lr decay for fine-tuning: block i of n trains at lr x "
+                              "layer_decay^(n + 1 - i), the patch embedding lowest, norm and head at lr (1: off)",
+                              Range("(0, 1]")),
         "weight_decay": Option(0.05, float, "AdamW weight decay (not on biases, norms, cpb_mlp, logit_scale)",
                                _NON_NEGATIVE),
         "betas": Option([0.9, 0.999], list, "AdamW betas", Items(Range("[0, 1)"), 2)),
@@ -266,6 +283,16 @@ DEFAULTS: Dict[str, Option] = {
         "scale_window": Option(1000, int, "finite steps before the dynamic loss scale grows", _POSITIVE_INT),
         "ema": Option(False, bool, "keep an EMA of the weights and validate with it"),
         "ema_decay": Option(0.9998, float, "EMA decay per optimizer step", Range("[0, 1)")),
+    }),
+    **_group("simmim", {
+        "mask_patch_size": Option(32, int, "task simmim: side in pixels of the masked squares (divides the image, "
+                                  "a multiple of the model's patch)", _POSITIVE_INT),
+        "mask_ratio": Option(0.6, float, "task simmim: fraction of the squares masked (rounded up)", Range("(0, 1)")),
+        "norm_target_patch_size": Option(0, int, "task simmim: reconstruct pixels normalised by the mean and variance "
+                                         "of this window around them (official Swin V2 recipe: 47); 0: raw pixels",
+                                         OddWindow()),
+        "recon_grid_images": Option(8, int, "task simmim: validation images shown in recon_e{epoch}.png (input / "
+                                    "masked / reconstruction) at each validation; 0: none", _NON_NEGATIVE),
     }),
     **_group("checkpoints/logging", {
         "ckpt_save_dir": Option("./output", str, "checkpoints, resume state, config, metrics"),
@@ -482,6 +509,10 @@ def _check_combinations(config: Config) -> None:
     if config.hccl_buffsize is not None and config.device_target != "Ascend":
         raise ConfigError("hccl_buffsize is an Ascend (HCCL) setting; remove it on "
                           f"device_target {config.device_target}")
+    if config.lr_scheduler == "multi_step_decay" and config.multi_step_decay_milestones \
+            and min(config.multi_step_decay_milestones) < config.warmup_epochs:
+        raise ConfigError(f"multi_step_decay_milestones {config.multi_step_decay_milestones} starts inside the "
+                          f"{config.warmup_epochs}-epoch warmup; the first milestone must be >= warmup_epochs")
     if config.mixup_mode == "pair" and config.batch_size % 2:
         raise ConfigError(f"mixup_mode 'pair' mixes samples two by two and needs an even batch_size, got "
                           f"{config.batch_size}; change --batch_size or --mixup_mode")
@@ -534,11 +565,25 @@ def check_geometry(config: Config) -> None:
         nearest = [s for s in fitting if s < image][-1:] + [s for s in fitting if s > image][:1]
         raise ConfigError(f"'image_resize' {image} does not fit {what} with {window_text}: {problem}; set "
                           f"--image_resize to e.g. {' or '.join(map(str, nearest))}")
+    if config.task == "simmim":
+        _check_masks(config, image, patch, what)
     pretrained = config.pretrained_window_sizes
     if pretrained is not None and len(pretrained) != stages:
         raise ConfigError(f"'pretrained_window_sizes' {pretrained} has {len(pretrained)} entries but {spec.name} "
                           f"has {stages} stages; give one per stage (0: trained at window_size), e.g. "
                           f"{list(spec.pretrained_window_sizes)}")
+
+
+def _check_masks(config: Config, image: int, patch: int, what: str) -> None:
+    """SimMIM's masked squares must tile the image and cover whole patches (official MaskGenerator asserts)."""
+    size = config.mask_patch_size
+    if image % size == 0 and size % patch == 0:
+        return
+    fitting = [s for s in range(patch, image + 1, patch) if image % s == 0]
+    reason = (f"it does not divide the {image} px image" if image % size else
+              f"it is not a multiple of the patch size {patch} of {what}")
+    raise ConfigError(f"'mask_patch_size' {size} cannot tile the images with masked squares: {reason}; set "
+                      f"--mask_patch_size to one of {', '.join(map(str, fitting))}")
 
 
 def add_option(parser: argparse._ActionsContainer, key: str, *, required: bool = False, hidden: bool = False) -> None:

@@ -11,6 +11,11 @@ onto them here, one function per layout:
 * ``mmpretrain``: ``backbone.stages.{i}`` with ``attn.w_msa``, ``ffn.layers``, downsample
   at the start of stages 1..3 built on ``nn.Unfold`` (channel order differs from the
   official concat, so the merging weights are permuted), final norm ``backbone.norm3``.
+* ``simmim``: SimMIM pre-training (microsoft/SimMIM and microsoft/Swin-Transformer
+  ``main_simmim_pt.py``, and mindswin's own SimMIM ``.ckpt``): the encoder under
+  ``encoder.`` with ``encoder.mask_token``, the decoder under ``decoder.0.`` (older official
+  files name the CPB MLP ``rpe_mlp``). Mapped to the classifier's names plus
+  ``mask_token`` and ``decoder.*``, which the loader drops for a classifier and reports.
 """
 from __future__ import annotations
 
@@ -47,6 +52,8 @@ def unwrap_state_dict(obj: object) -> StateDict:
 def detect_layout(state: StateDict) -> str:
     """Name the layout of ``state`` from its keys."""
     keys = list(state)
+    if any(k.startswith("encoder.patch_embed.") or k == "encoder.mask_token" for k in keys):
+        return "simmim"
     if any(k.startswith(("swinv2.", "embeddings.patch_embeddings", "encoder.layers.")) for k in keys):
         return "hf"
     if any(k.startswith(("backbone.stages.", "stages.")) for k in keys):
@@ -116,6 +123,8 @@ def _from_hf(state: StateDict) -> StateDict:
             k = "norm." + k[len("layernorm."):]
         elif k.startswith("classifier."):
             k = "head." + k[len("classifier."):]
+        elif k == "embeddings.mask_token":
+            k = "mask_token"  # Swinv2ForMaskedImageModeling (its decoder.* keeps its name)
         elif k.startswith("encoder.layers."):
             k = k[len("encoder."):]
             match = re.match(r"^(layers\.\d+\.blocks\.\d+\.)attention\.self\.(query|key|value)\.(weight|bias)$", k)
@@ -189,11 +198,21 @@ def _from_mmpretrain(state: StateDict) -> StateDict:
     return out
 
 
+def _from_simmim(state: StateDict) -> StateDict:
+    out = OrderedDict()
+    for k, v in state.items():
+        if k.startswith("encoder."):
+            k = k[len("encoder."):]
+        out[k.replace(".rpe_mlp.", ".cpb_mlp.")] = v  # the official loader's rename for its released files
+    return out
+
+
 LAYOUTS: Dict[str, Callable[[StateDict], StateDict]] = {
     "official": _from_official,
     "timm": _from_timm,
     "hf": _from_hf,
     "mmpretrain": _from_mmpretrain,
+    "simmim": _from_simmim,
 }
 
 

@@ -5,7 +5,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from mindspore import Tensor, nn
@@ -13,11 +13,17 @@ from mindspore import Tensor, nn
 from .layouts import detect_layout, to_mindswin_names, unwrap_state_dict
 from .readers import CheckpointError, read_tensors
 
-__all__ = ["LoadReport", "load_checkpoint", "load_state_dict", "read_state_dict", "describe_architecture"]
+__all__ = ["LoadReport", "load_checkpoint", "load_simmim_checkpoint", "load_state_dict", "read_state_dict",
+           "describe_architecture", "is_pretraining_only"]
 
 _logger = logging.getLogger(__name__)
 
 HEAD_KEYS = ("head.weight", "head.bias")
+
+
+def is_pretraining_only(key: str) -> bool:
+    """Whether a (mindswin-named) tensor belongs to SimMIM pre-training only: the mask token and the decoder."""
+    return key == "mask_token" or key.startswith("decoder.")
 
 
 @dataclass
@@ -29,16 +35,29 @@ class LoadReport:
     loaded: List[str] = field(default_factory=list)
     dropped: List[str] = field(default_factory=list)
     head_reinitialised: bool = False
+    head_initialised: bool = False
     head_rows_selected: Optional[int] = None
     skipped_for_features_only: List[str] = field(default_factory=list)
+    pretraining_dropped: List[str] = field(default_factory=list)
+    head_dropped: List[str] = field(default_factory=list)
+    initialised: List[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [f"loaded {len(self.loaded)} tensors from {self.path} (layout: {self.layout})",
                  f"dropped {len(self.dropped)} derived buffers/training state"]
+        if self.pretraining_dropped:
+            parts.append(f"dropped the SimMIM mask token and decoder ({len(self.pretraining_dropped)} tensors: "
+                         f"{', '.join(self.pretraining_dropped)}), which only pre-training uses")
+        if self.head_dropped:
+            parts.append(f"dropped the classifier head ({', '.join(self.head_dropped)}): the SimMIM encoder has none")
+        if self.initialised:
+            parts.append(f"kept the initial values of {', '.join(self.initialised)} (not in the checkpoint)")
         if self.head_rows_selected is not None:
             parts.append(f"head reduced to {self.head_rows_selected} classes via the class map")
         if self.head_reinitialised:
             parts.append("classifier head re-initialised (class count differs)")
+        if self.head_initialised:
+            parts.append("classifier head initialised (the checkpoint has none)")
         if self.skipped_for_features_only:
             parts.append(f"skipped {len(self.skipped_for_features_only)} head/norm tensors (features_only)")
         return "; ".join(parts)
@@ -102,8 +121,12 @@ def _only_class_count_differs(state: Dict[str, np.ndarray], params: dict) -> boo
 
 def load_state_dict(model: nn.Cell, state: Dict[str, np.ndarray], *, source: str = "<state dict>",
                     layout: str = "mindswin", class_map: Optional[str] = None,
-                    strict_head: bool = False) -> LoadReport:
+                    strict_head: bool = False, may_lack: Sequence[str] = ()) -> LoadReport:
     """Copy a mindswin-named state dict into ``model`` after checking it fits.
+
+    SimMIM's mask token and decoder are dropped (and reported) when ``model`` has no mask
+    token; a checkpoint without any classifier head (a SimMIM or backbone checkpoint) gets
+    the model's freshly initialised head, unless ``strict_head``.
 
     Args:
         model: Target model.
@@ -112,7 +135,10 @@ def load_state_dict(model: nn.Cell, state: Dict[str, np.ndarray], *, source: str
         layout: Layout name, for the report.
         class_map: File with one source-class index per line; selects head rows (e.g. the
             ImageNet-1k rows of a 21841-class head).
-        strict_head: Raise instead of re-initialising a head whose class count differs.
+        strict_head: Raise instead of re-initialising a head whose class count differs, or
+            initialising one the checkpoint lacks.
+        may_lack: Parameter names the checkpoint may lack; they keep their initial values
+            (reported).
 
     Raises:
         CheckpointError: naming missing/unexpected keys and shape mismatches.
@@ -120,6 +146,11 @@ def load_state_dict(model: nn.Cell, state: Dict[str, np.ndarray], *, source: str
     report = LoadReport(path=source, layout=layout)
     params = dict(model.parameters_and_names())
     state = dict(state)
+
+    if "mask_token" not in params:
+        for key in [k for k in state if is_pretraining_only(k)]:
+            report.pretraining_dropped.append(key)
+            del state[key]
 
     if getattr(model, "features_only", False):
         for key in [k for k in state if k.startswith(("head.", "norm."))]:
@@ -146,8 +177,19 @@ def load_state_dict(model: nn.Cell, state: Dict[str, np.ndarray], *, source: str
     if "head.weight" not in params:
         for key in HEAD_KEYS:
             state.pop(key, None)
+    elif state and not any(key in state for key in HEAD_KEYS):
+        if strict_head:
+            raise CheckpointError(f"{source} has no classifier head (a SimMIM pre-training or backbone checkpoint); "
+                                  "fine-tune it with train.py --ckpt_path first")
+        report.head_initialised = True
+        _logger.warning("%s has no classifier head: the model's %d-class head starts from its initialisation",
+                        source, params["head.weight"].shape[0])
 
-    expected = {k for k in params if not (report.head_reinitialised and k in HEAD_KEYS)}
+    for key in may_lack:
+        if key in params and key not in state:
+            report.initialised.append(key)
+    head_fresh = report.head_reinitialised or report.head_initialised
+    expected = {k for k in params if not (head_fresh and k in HEAD_KEYS) and k not in report.initialised}
     missing = sorted(expected - set(state))
     unexpected = sorted(set(state) - set(params))
     mismatched = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(params[k].shape)}"
@@ -195,5 +237,27 @@ def load_checkpoint(model: nn.Cell, path: str, *, class_map: Optional[str] = Non
     report = load_state_dict(model, state, source=path, layout=layout, class_map=class_map,
                              strict_head=strict_head)
     report.dropped = dropped
+    _logger.info(report.summary())
+    return report
+
+
+def load_simmim_checkpoint(model: nn.Cell, path: str) -> LoadReport:
+    """Load a checkpoint into a :class:`~mindswin.models.simmim.SimMIM` model (pre-training start or continuation).
+
+    A SimMIM checkpoint (official ``.pth`` or mindswin ``.ckpt``) fills encoder, mask token
+    and decoder; a classification checkpoint of any layout fills the encoder, its head is
+    dropped and the mask token and decoder keep their initialisation. Both are reported.
+    """
+    path = os.fspath(path)
+    state, layout, dropped = read_state_dict(path)
+    encoder_state = {k: v for k, v in state.items() if not k.startswith(("decoder.", "head."))}
+    decoder_state = {k[len("decoder."):]: v for k, v in state.items() if k.startswith("decoder.")}
+    report = load_state_dict(model.encoder, encoder_state, source=path, layout=layout, may_lack=("mask_token",))
+    report.dropped = dropped
+    report.head_dropped = sorted(k for k in state if k.startswith("head."))
+    decoder = load_state_dict(model.decoder, decoder_state, source=path, layout=layout,
+                              may_lack=tuple(name for name, _ in model.decoder.parameters_and_names()))
+    report.loaded += [f"decoder.{k}" for k in decoder.loaded]
+    report.initialised += [f"decoder.{k}" for k in decoder.initialised]
     _logger.info(report.summary())
     return report

@@ -2,10 +2,12 @@
 the EMA twin, optimizer, loss scaler, learning-rate schedule and compiled train step.
 
 ``train.py``, ``validate.py``, ``infer.py`` and ``export.py`` all get their model from
-:func:`model_from_config`, so geometry, weights and precision are resolved one way.
+:func:`model_from_config`, so geometry, weights and precision are resolved one way; SimMIM
+pre-training gets its encoder + decoder from :func:`simmim_from_config`, resolved the same way.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -15,15 +17,19 @@ from mindspore import Tensor, nn
 
 from ..amp import apply_amp
 from ..checkpoint import LoadReport, load_checkpoint
+from ..checkpoint.loader import load_simmim_checkpoint
 from ..config import Config, ConfigError
 from ..data import resolve_data_config
 from ..models import SwinTransformerV2, build_model
-from .optim import AdamW, cosine_schedule, scaled_learning_rates
+from ..models.simmim import SimMIM, build_simmim
+from .optim import AdamW, cosine_schedule, layer_decay_scales, scaled_learning_rates
 from .runtime import Runtime
 from .state import TrainState
 from .train_step import EMA, TrainStep
 
-__all__ = ["model_from_config", "Training", "build_training"]
+__all__ = ["model_from_config", "simmim_from_config", "Training", "build_training"]
+
+_logger = logging.getLogger("mindswin.train")
 
 
 def _reuse_blocks(config: Config) -> bool:
@@ -38,6 +44,26 @@ def _architecture(config: Config, num_classes: int, drop_path_rate: float) -> Sw
                         window_size=config.window_size, pretrained_window_sizes=config.pretrained_window_sizes,
                         drop_path_rate=drop_path_rate, recompute=config.recompute,
                         reuse_blocks=_reuse_blocks(config))
+
+
+def _simmim_architecture(config: Config, drop_path_rate: float) -> SimMIM:
+    return build_simmim(config.model, img_size=resolve_data_config(config).image_size, window_size=config.window_size,
+                        pretrained_window_sizes=config.pretrained_window_sizes, drop_path_rate=drop_path_rate,
+                        norm_target_patch_size=config.norm_target_patch_size, recompute=config.recompute,
+                        reuse_blocks=_reuse_blocks(config))
+
+
+def simmim_from_config(config: Config, *, training: bool) -> Tuple[SimMIM, Optional[LoadReport]]:
+    """The SimMIM model (encoder, mask token, decoder) of ``config``, weights loaded and ``amp_level`` applied.
+
+    ``ckpt_path``/``pretrained`` may be a SimMIM checkpoint (everything loads) or a
+    classification one (the encoder loads; mask token and decoder keep their init).
+    """
+    model = _simmim_architecture(config, config.drop_path_rate if training else 0.0)
+    weights = config.ckpt_path or config.pretrained
+    report = load_simmim_checkpoint(model, weights) if weights else None
+    apply_amp(model, config.amp_level, config.amp_dtype)
+    return model, report
 
 
 def model_from_config(config: Config, num_classes: int, *, training: bool,
@@ -114,16 +140,25 @@ def build_training(config: Config, runtime: Runtime, model: SwinTransformerV2, l
     peak, floor, warm = scaled_learning_rates(config.lr, config.min_lr, config.warmup_lr, global_batch,
                                               config.lr_base_batch, config.scale_lr)
     lr_table = cosine_schedule(peak, floor, warm, config.epoch_size * steps_per_epoch,
-                               int(round(config.warmup_epochs * steps_per_epoch)), config.lr_scheduler)
+                               int(round(config.warmup_epochs * steps_per_epoch)), config.lr_scheduler,
+                               milestones=[m * steps_per_epoch for m in config.multi_step_decay_milestones],
+                               decay_rate=config.decay_rate)
 
-    optimizer = AdamW(model.trainable_params(), config.weight_decay, model.no_weight_decay(), config.betas, config.eps)
+    lr_scales = None
+    if config.layer_decay < 1.0:
+        lr_scales = layer_decay_scales(model, config.layer_decay)
+        _logger.info("layer-wise lr decay %g: lr x %.3g (patch embedding) ... x %.3g (final norm, head)",
+                     config.layer_decay, min(lr_scales), max(lr_scales))
+    optimizer = AdamW(model.trainable_params(), config.weight_decay, model.no_weight_decay(), config.betas, config.eps,
+                      lr_scales=lr_scales)
     if config.amp_level == "O2" and config.loss_scale_type == "dynamic":
         scaler = ms.amp.DynamicLossScaler(config.loss_scale, int(config.loss_scale_factor), config.scale_window)
     else:
         scaler = ms.amp.StaticLossScaler(config.loss_scale if config.amp_level == "O2" else 1.0)
     ema_model = ema = None
     if config.ema:
-        ema_model = _architecture(config, model.num_classes, 0.0)
+        ema_model = (_simmim_architecture(config, 0.0) if isinstance(model, SimMIM)
+                     else _architecture(config, model.num_classes, 0.0))
         apply_amp(ema_model, config.amp_level, config.amp_dtype)
         ema = EMA(model, ema_model, config.ema_decay)
     model.set_train(True)

@@ -1,31 +1,37 @@
-"""AdamW with the official no-weight-decay groups, and the warmup + cosine schedule.
+"""AdamW with the official no-weight-decay groups and layer-wise lr decay, and the lr schedules.
 
 MindSpore's ``nn.AdamWeightDecay`` has no bias correction (BERT-style), so mindswin
 carries its own AdamW with PyTorch's semantics (decoupled decay, bias-corrected moments).
 Its update is masked by an ``apply`` flag instead of branching, so a skipped step
 (overflow, or a gradient-accumulation micro-step) is one static graph.
+
+Layer-wise lr decay (SimMIM/BEiT fine-tuning) is a per-parameter lr multiplier, as the
+official optimizer's per-group ``lr_scale``: :func:`swin_layer_id` numbers the parameters
+as microsoft/Swin-Transformer's ``get_swin_layer`` does and :func:`layer_decay_scales`
+turns the numbers into ``decay ** (num_layers + 1 - layer_id)``.
 """
 from __future__ import annotations
 
 import math
-from typing import Iterable, List, Sequence, Set
+from typing import Dict, Iterable, List, Optional, Sequence, Set
 
 import mindspore as ms
 import numpy as np
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
-__all__ = ["AdamW", "cosine_schedule", "scaled_learning_rates"]
+__all__ = ["AdamW", "cosine_schedule", "scaled_learning_rates", "swin_layer_id", "layer_ids", "layer_decay_scales"]
 
 _adamw_update = ops.MultitypeFuncGraph("adamw_update")
 
 
 @_adamw_update.register("Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
-                        "Tensor", "Tensor", "Tensor")
-def _update(lr, beta1, beta2, eps, bias1, bias2, apply, decay, param, m, v, grad):
+                        "Tensor", "Tensor", "Tensor", "Tensor")
+def _update(lr, beta1, beta2, eps, bias1, bias2, apply, decay, lr_scale, param, m, v, grad):
     grad = grad.astype(ms.float32)
     m_new = beta1 * m + (1.0 - beta1) * grad
     v_new = beta2 * v + (1.0 - beta2) * grad * grad
     step = (m_new / bias1) / (ops.sqrt(v_new / bias2) + eps)
+    lr = lr * lr_scale  # the parameter group's lr, as PyTorch's AdamW uses it for the step and the decay
     param_new = param - lr * decay * param - lr * step
     ops.assign(m, ops.select(apply, m_new, m))
     ops.assign(v, ops.select(apply, v_new, v))
@@ -41,15 +47,22 @@ class AdamW(nn.Cell):
         no_decay: Names exempt from weight decay (``model.no_weight_decay()``).
         betas: Adam betas.
         eps: Adam epsilon.
+        lr_scales: Per-parameter lr multiplier, in the order of ``params`` (layer-wise decay,
+            see :func:`layer_decay_scales`); all 1.0 when None.
     """
 
     def __init__(self, params: Iterable[Parameter], weight_decay: float, no_decay: Set[str],
-                 betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+                 betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
+                 lr_scales: Optional[Sequence[float]] = None) -> None:
         super().__init__()
         self.parameters = ParameterTuple(list(params))
         self.exp_avg = self.parameters.clone(prefix="adamw_m", init="zeros")
         self.exp_avg_sq = self.parameters.clone(prefix="adamw_v", init="zeros")
         self.decays = tuple(Tensor(0.0 if p.name in no_decay else weight_decay, ms.float32) for p in self.parameters)
+        lr_scales = [1.0] * len(self.parameters) if lr_scales is None else list(lr_scales)
+        if len(lr_scales) != len(self.parameters):
+            raise ValueError(f"{len(lr_scales)} lr scales for {len(self.parameters)} parameters")
+        self.lr_scales = tuple(Tensor(scale, ms.float32) for scale in lr_scales)
         self.beta1 = Tensor(betas[0], ms.float32)
         self.beta2 = Tensor(betas[1], ms.float32)
         self.eps = Tensor(eps, ms.float32)
@@ -70,7 +83,8 @@ class AdamW(nn.Cell):
         bias1 = ops.maximum(bias1, 1e-12)
         bias2 = ops.maximum(bias2, 1e-12)
         update = ops.partial(_adamw_update, lr, self.beta1, self.beta2, self.eps, bias1, bias2, apply)
-        return self.hyper_map(update, self.decays, self.parameters, self.exp_avg, self.exp_avg_sq, grads)
+        return self.hyper_map(update, self.decays, self.lr_scales, self.parameters, self.exp_avg, self.exp_avg_sq,
+                              grads)
 
 
 def scaled_learning_rates(lr: float, min_lr: float, warmup_lr: float, global_batch: int, base_batch: int,
@@ -81,14 +95,19 @@ def scaled_learning_rates(lr: float, min_lr: float, warmup_lr: float, global_bat
 
 
 def cosine_schedule(peak_lr: float, min_lr: float, warmup_lr: float, total_steps: int, warmup_steps: int,
-                    kind: str = "cosine_decay") -> np.ndarray:
-    """Per-step learning rates: linear warmup from ``warmup_lr``, then cosine to ``min_lr``.
+                    kind: str = "cosine_decay", milestones: Sequence[int] = (), decay_rate: float = 0.1) -> np.ndarray:
+    """Per-step learning rates: linear warmup from ``warmup_lr``, then the decay of ``kind``.
 
-    Matches the official (timm ``CosineLRScheduler``, per-step) schedule.
+    ``cosine_decay``: cosine to ``min_lr`` (the official timm ``CosineLRScheduler``, per
+    step); ``constant``; ``multi_step_decay``: ``peak_lr * decay_rate ** k`` after ``k``
+    of the ``milestones`` (in steps), the official ``MultiStepLRScheduler`` of SimMIM.
     """
     steps = np.arange(total_steps, dtype=np.float64)
     if kind == "constant":
         rates = np.full(total_steps, peak_lr)
+    elif kind == "multi_step_decay":
+        passed = np.searchsorted(np.asarray(sorted(milestones), np.float64), steps, side="right")
+        rates = peak_lr * decay_rate ** passed
     else:
         decay_steps = max(total_steps - warmup_steps, 1)
         progress = (steps - warmup_steps) / decay_steps
@@ -97,3 +116,48 @@ def cosine_schedule(peak_lr: float, min_lr: float, warmup_lr: float, total_steps
         warm = warmup_lr + (peak_lr - warmup_lr) * steps / warmup_steps
         rates = np.where(steps < warmup_steps, warm, rates)
     return rates.astype(np.float32)
+
+
+def swin_layer_id(name: str, depths: Sequence[int]) -> int:
+    """Layer number of a Swin parameter for layer-wise lr decay (official ``get_swin_layer``).
+
+    ``mask_token`` and ``patch_embed.*``: 0; ``layers.i.blocks.j.*``: the block's index over
+    all stages plus 1; ``layers.i.downsample.*``: the last block of stage ``i``; everything
+    else (final norm, head, a SimMIM decoder): ``sum(depths) + 1``. A SimMIM model's
+    ``encoder.`` prefix is ignored.
+    """
+    if name.startswith("encoder."):
+        name = name[len("encoder."):]
+    if name == "mask_token" or name.startswith("patch_embed"):
+        return 0
+    parts = name.split(".")
+    if parts[0] == "layers":
+        stage = int(parts[1])
+        if parts[2] == "downsample":
+            return sum(depths[:stage + 1])
+        return sum(depths[:stage]) + int(parts[3]) + 1
+    return sum(depths) + 1
+
+
+def _depths(model) -> List[int]:
+    encoder = getattr(model, "encoder", model)
+    return [len(layer.blocks) for layer in encoder.layers]
+
+
+def layer_ids(model) -> Dict[str, int]:
+    """:func:`swin_layer_id` of every trainable parameter of a Swin V2 (or SimMIM) model, by structural name."""
+    depths = _depths(model)
+    return {name: swin_layer_id(name, depths) for name, param in model.parameters_and_names() if param.requires_grad}
+
+
+def layer_decay_scales(model, decay: float) -> List[float]:
+    """Per-parameter lr multipliers ``decay ** (num_layers + 1 - layer_id)``, in ``model.trainable_params()`` order.
+
+    ``num_layers`` is the model's total block count: the head and final norm train at the
+    full lr, block ``k`` (1-based, over all stages) at ``decay ** (num_layers + 1 - k)``,
+    the patch embedding at ``decay ** (num_layers + 1)``.
+    """
+    ids = layer_ids(model)
+    top = sum(_depths(model)) + 1
+    by_param = {id(param): ids[name] for name, param in model.parameters_and_names() if param.requires_grad}
+    return [float(decay ** (top - by_param[id(param)])) for param in model.trainable_params()]

@@ -4,27 +4,47 @@ A task owns its data (scanning, training and validation pipelines), the loss net
 maps a batch to a scalar loss, its validation metrics and the metadata saved with its
 weights. :func:`mindswin.engine.trainer.train` only orders the events: build, restore,
 train epochs, validate, save.
+
+Tasks: ``classification`` (labelled class folders) and ``simmim`` (masked-image
+pre-training of the encoder on any folder of images, see docs/simmim.md).
 """
 from __future__ import annotations
 
 import abc
+import logging
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import mindspore.dataset as ds
+import numpy as np
 from mindspore import nn
 
 from ..checkpoint import CheckpointMetadata, LoadReport
+from ..checkpoint.native import read_meta_json
 from ..config import Config, ConfigError
-from ..data import DataInfo, create_eval_dataset, create_train_dataset, resolve_data_config, scan_split
-from ..models import SwinTransformerV2, resolve_model_name
-from .builder import model_from_config
+from ..data import DataInfo, FolderIndex, create_eval_dataset, create_train_dataset, resolve_data_config, scan_split
+from ..data.masking import MaskGenerator
+from ..data.pretrain import create_masked_eval_dataset, create_pretrain_dataset, scan_images
+from ..models import SwinTransformerV2, model_spec, resolve_model_name
+from ..models.simmim import SimMIM
+from .builder import model_from_config, simmim_from_config
+from .checkpoints import find_resume_state
 from .evaluate import EvalStep, evaluate
+from .reconstruction import ReconstructionStep, evaluate_reconstruction, save_reconstruction_grid
 from .runtime import Runtime
 from .state import RunPosition
 from .train_step import NetWithLoss, SoftTargetCrossEntropy
 
-__all__ = ["Task", "ClassificationTask", "create_task"]
+__all__ = ["Task", "ClassificationTask", "SimMIMTask", "create_task"]
+
+_logger = logging.getLogger("mindswin.train")
+
+# A tensor only the resume state of a SimMIM run holds.
+_SIMMIM_STATE_KEY = "model.encoder.mask_token"
+# Keys each task does not read: set explicitly, they are reported as ignored.
+_CLASSIFICATION_ONLY = ("num_classes", "class_map", "auto_augment", "re_prob", "color_jitter", "mixup", "cutmix",
+                        "mixup_prob", "mixup_switch_prob", "mixup_mode", "label_smoothing")
+_SIMMIM_ONLY = ("mask_patch_size", "mask_ratio", "norm_target_patch_size", "recon_grid_images")
 
 
 class Task(abc.ABC):
@@ -32,16 +52,46 @@ class Task(abc.ABC):
 
     Attributes:
         name: Stored in the weights' metadata.
-        monitor: Validation metric (higher is better) that picks ``{model}-best.ckpt``.
+        monitor: Validation metric (higher is better) that picks ``{model}-best.ckpt``; None
+            keeps no best weights (only the periodic ones).
     """
 
     name: str
-    monitor: str
+    monitor: Optional[str]
+    # Config keys this task does not read (reported when set).
+    unused_keys: Sequence[str] = ()
 
     def __init__(self, config: Config, runtime: Runtime) -> None:
         self.config = config
         self.runtime = runtime
         self.preprocessing = resolve_data_config(config)
+        ignored = [key for key in self.unused_keys if key in config.explicit]
+        if ignored:
+            _logger.warning("task %s does not use %s: ignored", self.name, ", ".join(ignored))
+        self.check_resume_state()
+
+    def check_resume_state(self) -> None:
+        """Refuse a ``resume`` file written by another task, or a weights file, before anything is built.
+
+        Raises:
+            ConfigError: naming the file, what wrote it and what to pass instead.
+        """
+        if not self.runtime.is_main:
+            return  # only rank 0 reads the resume state (TrainState.broadcast gives it to the others)
+        path = find_resume_state(self.config.resume, self.config.ckpt_save_dir)
+        if not path:
+            return
+        meta = read_meta_json(path)
+        if "task" in meta:  # weights files carry CheckpointMetadata, resume states a RunPosition
+            raise ConfigError(f"--resume {path} is a weights file ({meta['task']} weights), not a resume state: "
+                              f"--resume continues a run from the resume_state.ckpt in its ckpt_save_dir; to start "
+                              f"from these weights pass --ckpt_path {path}")
+        writer = _resume_state_task(path)
+        if writer is not None and writer != self.name:
+            raise ConfigError(f"{path} is the resume state of a {writer} run and this run's task is {self.name}: "
+                              f"a run resumes only from its own task's state; to start {self.name} from that run's "
+                              "weights pass one of its MODEL-eNNNN.ckpt files as --ckpt_path, with a new "
+                              "--ckpt_save_dir")
 
     @property
     @abc.abstractmethod
@@ -73,11 +123,23 @@ class Task(abc.ABC):
         return f"{self.name} on {self.num_samples} images"
 
 
+def _resume_state_task(path: str) -> Optional[str]:
+    """The task whose run wrote the resume state ``path`` (None when the file cannot be read)."""
+    import mindspore as ms
+
+    try:  # every resume state holds optimizer.step (MindSpore refuses a selection that matches nothing)
+        found = ms.load_checkpoint(path, choice_func=lambda name: name in (_SIMMIM_STATE_KEY, "optimizer.step"))
+    except (RuntimeError, ValueError, TypeError, OSError):
+        return None  # TrainState.load reports the unreadable file
+    return SimMIMTask.name if _SIMMIM_STATE_KEY in found else ClassificationTask.name
+
+
 class ClassificationTask(Task):
     """Supervised classification on an ImageFolder tree (``train/<class>/<image>``)."""
 
     name = "classification"
     monitor = "val_top1"
+    unused_keys = _SIMMIM_ONLY
 
     def __init__(self, config: Config, runtime: Runtime) -> None:
         super().__init__(config, runtime)
@@ -138,7 +200,119 @@ class ClassificationTask(Task):
         return f"classification on {self.num_samples} images ({self.num_classes} classes)"
 
 
-TASKS = {task.name: task for task in (ClassificationTask,)}
+class SimMIMTask(Task):
+    """SimMIM masked-image pre-training of the Swin V2 encoder on any folder of images (no labels).
+
+    Trains :class:`~mindswin.models.simmim.SimMIM` (encoder with mask token, pixel decoder,
+    masked L1 loss) on ``data_dir/train_split`` (every image below it, class folders or
+    not) with the official augmentation and random masks; validates the reconstruction
+    loss on ``data_dir/val_split`` when it exists, with a fixed mask per image, and writes
+    ``recon_e{epoch}.png``. Weights are saved with ``task: simmim`` and no classifier
+    (``num_classes`` 0): ``validate.py`` refuses them, ``train.py --ckpt_path`` fine-tunes them.
+    """
+
+    name = "simmim"
+    monitor = None  # as the official pre-training: periodic weights, no "best" reconstruction
+    unused_keys = _CLASSIFICATION_ONLY
+
+    def __init__(self, config: Config, runtime: Runtime) -> None:
+        super().__init__(config, runtime)
+        if not config.data_dir:
+            raise ConfigError("--data_dir is required: SimMIM reads every image below DATA_DIR/TRAIN_SPLIT "
+                              "(class folders optional) and validates on DATA_DIR/VAL_SPLIT if it exists")
+        pre = self.preprocessing
+        # the geometry was checked with the config; this raises only for direct API misuse
+        self.mask_generator = MaskGenerator(pre.image_size, config.mask_patch_size, model_spec(config.model).patch_size,
+                                            config.mask_ratio)
+        options = dict(verify=config.verify_images, strict=config.strict_data, num_workers=config.num_parallel_workers)
+        self.index = scan_images(os.path.join(config.data_dir, config.train_split), **options)
+        val_dir = os.path.join(config.data_dir, config.val_split)
+        self.val_index: Optional[FolderIndex] = scan_images(val_dir, **options) if os.path.isdir(val_dir) else None
+        if self.val_index is None and config.val_while_train:
+            _logger.info("no %s: the reconstruction grid shows training images and there is no val_loss", val_dir)
+        self._position: Optional[RunPosition] = None
+        self._evaluator: Optional[Tuple[ReconstructionStep, ds.Dataset]] = None
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.index)
+
+    def build_model(self) -> Tuple[SimMIM, Optional[LoadReport]]:
+        return simmim_from_config(self.config, training=True)
+
+    def loss_network(self, model: SimMIM) -> nn.Cell:
+        return model  # SimMIM(images, mask) is the masked reconstruction loss
+
+    def train_data(self, position: RunPosition) -> Tuple[ds.Dataset, DataInfo]:
+        config, runtime, pre = self.config, self.runtime, self.preprocessing
+        # The loop advances this object (epoch, batch): the grid file of each validation is named from it.
+        self._position = position
+        return create_pretrain_dataset(
+            self.index.root, image_size=pre.image_size, batch_size=config.batch_size,
+            mask_generator=self.mask_generator, num_shards=runtime.group_size, shard_id=runtime.rank,
+            seed=config.seed, num_workers=config.num_parallel_workers, start_epoch=position.epoch,
+            skip_batches=position.batch_in_epoch, hflip=config.hflip, scale=config.scale, ratio=config.ratio,
+            interpolation=pre.interpolation, index=self.index, mean=pre.mean, std=pre.std)
+
+    def _grid_index(self) -> FolderIndex:
+        """The split validated: val when there is one, else the first training images (grid only)."""
+        if self.val_index is not None:
+            # a fixed shuffle: the grid's first images come from all over the split, not from one class folder
+            order = np.random.default_rng(0).permutation(len(self.val_index))
+            return FolderIndex(root=self.val_index.root, class_names=[],
+                               samples=[self.val_index.samples[i] for i in order])
+        count = max(self.config.recon_grid_images, 1)
+        return FolderIndex(root=self.index.root, class_names=[], samples=self.index.samples[:count])
+
+    def evaluate(self, model: SimMIM) -> Dict[str, Any]:
+        config, runtime, pre = self.config, self.runtime, self.preprocessing
+        if self.val_index is None and not config.recon_grid_images:
+            return {}
+        if self._evaluator is None:  # built at the first validation: the train graph compiles first
+            index = self._grid_index()
+            batch = config.val_batch_size or config.batch_size
+            if self.val_index is None:
+                batch = len(index)
+            data, _ = create_masked_eval_dataset(
+                index.root, image_size=pre.image_size, batch_size=batch, mask_generator=self.mask_generator,
+                num_shards=runtime.group_size, shard_id=runtime.rank, seed=config.seed,
+                num_workers=config.num_parallel_workers, crop_pct=pre.crop_pct, interpolation=pre.interpolation,
+                index=index, mean=pre.mean, std=pre.std)
+            self._evaluator = ReconstructionStep(model, distributed=runtime.distributed), data
+        step, data = self._evaluator
+        result = evaluate_reconstruction(step, data, in_chans=model.in_chans, progress=runtime.is_main)
+        epoch = self._position.epoch + 1 if self._position is not None else 0
+        if runtime.is_main and config.recon_grid_images and result.images is not None:
+            shown = np.flatnonzero(result.weights > 0)[:config.recon_grid_images]  # no padding copies
+            path = os.path.join(config.ckpt_save_dir, f"recon_e{epoch:04d}.png")
+            split = "val" if self.val_index is not None else "train"
+            save_reconstruction_grid(
+                path, result.images[shown], result.masks[shown], result.reconstructions[shown], mean=pre.mean,
+                std=pre.std, patch_size=model.patch_size, norm_target_patch_size=model.norm_target_patch_size,
+                title=f"SimMIM {model.encoder.model_name}, epoch {epoch}, {split} images, mask ratio "
+                      f"{config.mask_ratio}" + (f", val_loss {result.loss:.4f}" if self.val_index else ""))
+        if self.val_index is None:
+            return {}
+        return dict(val_loss=round(result.loss, 6), val_samples=result.num_samples)
+
+    def metadata(self, epoch: int, metrics: Dict[str, Any]) -> CheckpointMetadata:
+        config, pre = self.config, self.preprocessing
+        return CheckpointMetadata(model=resolve_model_name(config.model), task=self.name, num_classes=0,
+                                  image_resize=pre.image_size, window_size=config.window_size,
+                                  pretrained_window_sizes=config.pretrained_window_sizes, crop_pct=pre.crop_pct,
+                                  interpolation=pre.interpolation, epoch=epoch, metrics=dict(metrics))
+
+    def describe(self) -> str:
+        generator = self.mask_generator
+        target = (f"targets normalised over {self.config.norm_target_patch_size}x"
+                  f"{self.config.norm_target_patch_size} windows" if self.config.norm_target_patch_size
+                  else "raw pixel targets")
+        return (f"SimMIM pre-training on {self.num_samples} unlabelled images of {self.index.root} "
+                f"({generator.mask_count} of {generator.token_count} {generator.mask_patch_size}-px squares masked, "
+                f"{target})")
+
+
+TASKS = {task.name: task for task in (ClassificationTask, SimMIMTask)}
 
 
 def create_task(config: Config, runtime: Runtime) -> Task:
