@@ -32,7 +32,7 @@ from .registry import model_spec
 from .swin_v2 import SwinTransformerV2
 
 __all__ = ["SwinTransformerV2ForSimMIM", "PointwiseConv", "PixelShuffle", "LocalTargetNorm", "SimMIM",
-           "build_simmim", "upsample_mask"]
+           "build_simmim", "masked_l1_loss", "upsample_mask"]
 
 # Added to the masked-pixel count before dividing, as the official loss does.
 MASK_SUM_EPS = 1e-5
@@ -171,6 +171,20 @@ def upsample_mask(mask: Tensor, patch_size: int) -> Tensor:
     return pixels.reshape(b, 1, h * patch_size, w * patch_size)
 
 
+def masked_l1_loss(target: Tensor, reconstruction: Tensor, mask: Tensor, patch_size: int) -> Tensor:
+    """The official SimMIM loss: ``sum(|target - rec| * pixel mask) / (pixel mask sum + 1e-5) / channels``.
+
+    Args:
+        target: ``(B, C, H, W)`` float32.
+        reconstruction: ``(B, C, H, W)`` float32.
+        mask: ``(B, H/p, W/p)`` patch mask, 1 where masked.
+        patch_size: ``p``.
+    """
+    pixel_mask = upsample_mask(mask.astype(ms.float32), patch_size)
+    loss_recon = ops.abs(target - reconstruction)
+    return (loss_recon * pixel_mask).sum() / (pixel_mask.sum() + MASK_SUM_EPS) / target.shape[1]
+
+
 class SimMIM(nn.Cell):
     """Encoder + linear pixel decoder + masked L1 loss.
 
@@ -226,10 +240,7 @@ class SimMIM(nn.Cell):
         return error, pixel_mask.sum(axis=(1, 2, 3)), x_rec
 
     def construct(self, x: Tensor, mask: Tensor) -> Tensor:
-        x_rec = self.reconstruct(x, mask)
-        pixel_mask = upsample_mask(mask.astype(ms.float32), self.patch_size)
-        loss_recon = ops.abs(self.target(x) - x_rec)
-        return (loss_recon * pixel_mask).sum() / (pixel_mask.sum() + MASK_SUM_EPS) / self.in_chans
+        return masked_l1_loss(self.target(x), self.reconstruct(x, mask), mask, self.patch_size)
 
 
 def build_simmim(name: str, *, img_size: Optional[Any] = None, window_size: Optional[Any] = None,
