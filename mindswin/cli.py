@@ -188,23 +188,15 @@ def run_infer(argv: Optional[List[str]] = None) -> int:
         import mindspore as ms
         from mindspore import ops
 
-        from .data import UNREADABLE, build_eval_transforms, decode_rgb, resolve_data_config
+        from .data import load_image, resolve_data_config
 
-        transforms = build_eval_transforms(**resolve_data_config(config).eval_args())
+        preprocessing = resolve_data_config(config)
         batch = min(len(files), 16)
         k = min(config.topk, len(names))
         results = []
         for start in range(0, len(files), batch):
             chunk = files[start:start + batch]
-            arrays = []
-            for path in chunk:
-                try:
-                    array = np.asarray(decode_rgb(path), dtype=np.uint8)
-                except UNREADABLE as exc:
-                    raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
-                for op in transforms:
-                    array = op(array)
-                arrays.append(array)
+            arrays = [load_image(path, preprocessing) for path in chunk]
             arrays += [arrays[0]] * (batch - len(arrays))  # static batch shape: pad the last chunk
             probs = ops.softmax(model(ms.Tensor(np.stack(arrays).astype(np.float32))), axis=-1).asnumpy()
             for path, p in zip(chunk, probs):

@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 .venv/bin/pip install -q --disable-pip-version-check -r requirements-test.txt -e .
 bash tests/reference/setup_torch_reference.sh .venv-torchref
 .venv/bin/ruff check mindswin tests tools bench ./*.py
-MINDSWIN_REQUIRE_REFERENCE=1 GLOG_v=3 .venv/bin/python -m pytest "$@"
+# -v names each test as it starts: the msrun and parity tests take minutes each.
+MINDSWIN_REQUIRE_REFERENCE=1 GLOG_v=3 .venv/bin/python -m pytest -v "$@"

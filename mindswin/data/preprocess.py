@@ -7,11 +7,18 @@ interpolation; everything that feeds the model asks :func:`resolve_data_config`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Tuple
+from functools import cached_property
+from typing import Any, Callable, Dict, Mapping, Tuple, Union
+
+import numpy as np
 
 from ..models import model_spec
+from .folder import UNREADABLE, DataError, decode_rgb
+from .transforms import build_eval_transforms
 
-__all__ = ["Preprocessing", "resolve_data_config"]
+__all__ = ["Preprocessing", "resolve_data_config", "load_image"]
+
+_KEYS = ("model", "image_resize", "crop_pct", "interpolation")
 
 
 @dataclass(frozen=True)
@@ -40,11 +47,44 @@ class Preprocessing:
         """Keyword arguments of ``create_eval_dataset`` / ``build_eval_transforms``."""
         return dict(self.train_args(), crop_pct=self.crop_pct)
 
+    @cached_property
+    def eval_transform(self) -> Callable[[np.ndarray], np.ndarray]:
+        """HWC uint8 RGB array -> the model's CHW float32 input (resize, crop, normalise); built once."""
+        ops = build_eval_transforms(**self.eval_args())
 
-def resolve_data_config(config: Any) -> Preprocessing:
-    """Preprocessing of ``config.model``, with ``image_resize``/``crop_pct``/``interpolation`` overrides."""
-    spec = model_spec(config.model)
-    return Preprocessing(image_size=config.image_resize or spec.img_size,
-                         crop_pct=config.crop_pct if config.crop_pct is not None else spec.crop_pct,
-                         interpolation=config.interpolation or spec.interpolation,
+        def apply(image: np.ndarray) -> np.ndarray:
+            for op in ops:
+                image = op(image)
+            return image
+
+        return apply
+
+
+def resolve_data_config(source: Union[str, Mapping[str, Any]], **overrides: Any) -> Preprocessing:
+    """The preprocessing of a model, with the config's (or the keywords') overrides.
+
+    Args:
+        source: A model name, or a config whose ``model``, ``image_resize``, ``crop_pct`` and
+            ``interpolation`` keys are used (None: the model's own value).
+        **overrides: The same keys, taking precedence over ``source``.
+    """
+    values = {"model": source} if isinstance(source, str) else {k: source.get(k) for k in _KEYS}
+    values.update(overrides)
+    spec = model_spec(values["model"])
+    return Preprocessing(image_size=values.get("image_resize") or spec.img_size,
+                         crop_pct=values["crop_pct"] if values.get("crop_pct") is not None else spec.crop_pct,
+                         interpolation=values.get("interpolation") or spec.interpolation,
                          mean=tuple(255.0 * m for m in spec.mean), std=tuple(255.0 * s for s in spec.std))
+
+
+def load_image(path: str, preprocessing: Preprocessing) -> np.ndarray:
+    """One image file as the model's (3, S, S) float32 input, preprocessed for evaluation.
+
+    Raises:
+        DataError: The file cannot be decoded.
+    """
+    try:
+        image = np.asarray(decode_rgb(path), dtype=np.uint8)
+    except UNREADABLE as exc:
+        raise DataError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
+    return preprocessing.eval_transform(image)
