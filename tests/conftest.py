@@ -3,6 +3,7 @@ running the entry scripts (also under msrun)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -17,6 +18,9 @@ import pytest  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mindspore import ops  # noqa: E402
+
+import mindswin  # noqa: E402
 from mindswin.engine.runtime import quiet_framework  # noqa: E402
 
 quiet_framework()
@@ -27,6 +31,14 @@ ms.set_context(mode=ms.GRAPH_MODE, jit_syntax_level=ms.STRICT)
 MICRO = dict(img_size=32, patch_size=2, embed_dim=24, depths=[1, 2, 1], num_heads=[2, 4, 8], window_size=4,
              num_classes=5)
 MICRO_MS = dict(MICRO, pretrained_window_sizes=[0, 0, 0])
+
+# The official Swin V2 variants (the public contract); list_models() adds CPU variants.
+OFFICIAL_VARIANTS = (
+    "swinv2_tiny_window8_256", "swinv2_tiny_window16_256", "swinv2_small_window8_256",
+    "swinv2_small_window16_256", "swinv2_base_window8_256", "swinv2_base_window16_256",
+    "swinv2_base_window12_192", "swinv2_base_window12to16_192to256", "swinv2_base_window12to24_192to384",
+    "swinv2_large_window12_192", "swinv2_large_window12to16_192to256", "swinv2_large_window12to24_192to384",
+)
 
 REFERENCE_CASES = [
     {"name": "micro", "model": "swinv2_tiny_window8_256", "kwargs": MICRO, "batch": 3,
@@ -55,13 +67,40 @@ def reference_dir(tmp_path_factory) -> Path:
         pytest.skip(message)
     out = tmp_path_factory.mktemp("reference")
     subprocess.run([str(python), str(ROOT / "tests" / "reference" / "torch_reference.py"), "--out", str(out),
-                    "--cases", json.dumps(REFERENCE_CASES)], check=True)
+                    "--cases", json.dumps(REFERENCE_CASES), "--variants", json.dumps(OFFICIAL_VARIANTS)], check=True)
     return out
 
 
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def randomize(model, seed=0):
+    """Non-trivial weights: nonzero post-norms, logit scales on both sides of the clamp."""
+    rng = np.random.default_rng(seed)
+    for p in model.get_parameters():
+        if "logit_scale" in p.name:
+            value = rng.uniform(math.log(10) - 1, math.log(100) + 1, p.shape)
+        elif p.name.endswith("norm1.weight") or p.name.endswith("norm2.weight") or "norm.weight" in p.name:
+            value = 1 + 0.2 * rng.standard_normal(p.shape)
+        else:
+            value = 0.05 * rng.standard_normal(p.shape)
+        p.set_data(ms.Tensor(value.astype(np.float32)))
+    return model
+
+
+def micro(**kwargs):
+    """The test micro model (shifted windows, patch merging, a clipped last-stage window)."""
+    return mindswin.create_model("swinv2_tiny_window8_256", **{**MICRO_MS, **kwargs})
+
+
+def loss_and_grads(model, x, y):
+    """Cross-entropy of ``model(x)`` and its gradients w.r.t. the trainable parameters."""
+    def loss_fn(inputs, labels):
+        return ops.cross_entropy(model(inputs), labels)
+
+    return ms.value_and_grad(loss_fn, None, model.trainable_params())(x, y)
 
 
 PYTHON = sys.executable

@@ -336,9 +336,9 @@ def test_convert_weights_takes_lists_as_train_py_does(tmp_path):
     tool = [sys.executable, str(ROOT / "tools" / "convert_weights.py"), "--src", str(tmp_path / "missing.pth"),
             "--model", "swinv2_tiny_window8_256", "--out", str(tmp_path / "out.ckpt"), "--pretrained_window_sizes"]
     parsed = subprocess.run([*tool, "[8,8,8,8]"], capture_output=True, text=True, timeout=120)
-    assert parsed.returncode == 2 and "checkpoint not found" in parsed.stdout  # the list passed every check
+    assert parsed.returncode == 2 and "checkpoint not found" in parsed.stderr  # the list passed every check
     checked = subprocess.run([*tool, "[8,8,8]"], capture_output=True, text=True, timeout=120)
-    assert checked.returncode == 2 and "'pretrained_window_sizes' [8, 8, 8] has 3 entries" in checked.stdout
+    assert checked.returncode == 2 and "'pretrained_window_sizes' [8, 8, 8] has 3 entries" in checked.stderr
     spaced = subprocess.run([*tool, "8", "8", "8", "8"], capture_output=True, text=True, timeout=120)
     assert spaced.returncode == 2 and "unrecognized arguments: 8 8 8" in spaced.stderr
     assert not (tmp_path / "out.ckpt").exists()

@@ -20,8 +20,7 @@ from mindswin.engine.train_step import TrainStep
 from mindswin.models import kernels
 from mindswin.models.swin_v2 import MAX_LOGIT_SCALE, l2_normalize, relative_coords_table, relative_position_index
 
-from conftest import MICRO_MS
-from test_model import _grads, micro, randomize
+from conftest import MICRO_MS, loss_and_grads, micro, randomize
 
 WINDOWS, HEADS, TOKENS, HEAD_DIM = 6, 2, 4, 8
 WIDTH = HEADS * HEAD_DIM
@@ -132,7 +131,7 @@ def test_model_with_cpu_kernels_matches_native_ops():
         model.set_train(False)
         logits = model(x).asnumpy()
         model.set_train(True)
-        loss, grads = _grads(model, x, y)
+        loss, grads = loss_and_grads(model, x, y)
         results.append((logits, loss.asnumpy(), [g.asnumpy() for g in grads]))
     (logits_a, loss_a, grads_a), (logits_b, loss_b, grads_b) = results
     # Attention amplifies rounding most: its logits are tau * cos(q, k), tau <= 100 (the

@@ -8,28 +8,10 @@ from mindspore import nn, ops
 
 import mindswin
 from mindswin.amp import apply_amp
-from mindswin.models import count_flops
+from mindswin.models import count_flops, model_spec
 from mindswin.models.swin_v2 import relative_coords_table, shifted_window_mask
 
-from conftest import MICRO_MS
-
-
-def randomize(model, seed=0):
-    """Non-trivial weights: nonzero post-norms, logit scales on both sides of the clamp."""
-    rng = np.random.default_rng(seed)
-    for p in model.get_parameters():
-        if "logit_scale" in p.name:
-            value = rng.uniform(math.log(10) - 1, math.log(100) + 1, p.shape)
-        elif p.name.endswith("norm1.weight") or p.name.endswith("norm2.weight") or "norm.weight" in p.name:
-            value = 1 + 0.2 * rng.standard_normal(p.shape)
-        else:
-            value = 0.05 * rng.standard_normal(p.shape)
-        p.set_data(ms.Tensor(value.astype(np.float32)))
-    return model
-
-
-def micro(**kwargs):
-    return mindswin.create_model("swinv2_tiny_window8_256", **{**MICRO_MS, **kwargs})
+from conftest import OFFICIAL_VARIANTS, loss_and_grads, micro, randomize
 
 
 def test_tiny_parameter_count_and_names():
@@ -52,7 +34,8 @@ def test_mindcv_alias_and_unknown_name():
 
 
 def test_variant_defaults():
-    assert len([n for n in mindswin.list_models() if not n.startswith(("swinv2_micro", "swinv2_nano"))]) == 12
+    cpu_variants = {n for n in mindswin.list_models() if model_spec(n).description.startswith("CPU variant")}
+    assert set(mindswin.list_models()) - cpu_variants == set(OFFICIAL_VARIANTS)
     big = mindswin.create_model("swinv2_base_window12to24_192to384", num_classes=0)
     assert big.img_size == (384, 384)
     assert big.layers[0].blocks[0].attn.pretrained_window_size == (12, 12)
@@ -141,20 +124,13 @@ def test_non_square_classifier_runs():
     assert out.shape == (1, 5) and np.isfinite(out).all()
 
 
-def _grads(model, x, y):
-    def loss_fn(inputs, labels):
-        return ops.cross_entropy(model(inputs), labels)
-
-    return ms.value_and_grad(loss_fn, None, model.trainable_params())(x, y)
-
-
 def test_recompute_gives_same_gradients():
     x = ms.Tensor(np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32))
     y = ms.Tensor(np.array([1, 3], np.int32))
     plain = randomize(micro())
     recomputed = randomize(micro(recompute=True))
-    loss_a, grads_a = _grads(plain, x, y)
-    loss_b, grads_b = _grads(recomputed, x, y)
+    loss_a, grads_a = loss_and_grads(plain, x, y)
+    loss_b, grads_b = loss_and_grads(recomputed, x, y)
     assert np.isclose(loss_a.asnumpy(), loss_b.asnumpy(), atol=1e-6)
     assert max(np.abs(a.asnumpy() - b.asnumpy()).max() for a, b in zip(grads_a, grads_b)) <= 1e-5
 

@@ -40,7 +40,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                     window_size=config.window_size,
                                     pretrained_window_sizes=config.pretrained_window_sizes)
     except (CheckpointError, ValueError) as exc:  # ConfigError is a ValueError
-        print(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     print(report.summary())
     if report.dropped:

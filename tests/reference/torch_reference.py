@@ -11,9 +11,9 @@ file), never inside the MindSpore one. For each case it writes, under ``--out``:
 * ``<case>.hf/``: an independently initialised transformers ``Swinv2ForImageClassification``
   saved with ``save_pretrained`` (its own logits, not timm's);
 * ``<case>.npz``: the input batch and the logits of timm (``timm``) and HF (``hf``);
-* ``param_counts.json``: timm's parameter count of every official variant.
+* ``param_counts.json``: timm's parameter count of every variant given with ``--variants``.
 
-Usage: python torch_reference.py --out DIR --cases JSON
+Usage: python torch_reference.py --out DIR --cases JSON --variants JSON
 where JSON is a list of {"name", "model", "kwargs", "batch", "seed", "layouts", "weights_from"}.
 """
 import argparse
@@ -28,13 +28,6 @@ import torchvision
 torchvision.__version__ = "0.0.0"  # the stub's version string trips transformers' version parser
 
 import timm  # noqa: E402
-
-OFFICIAL_VARIANTS = [
-    "swinv2_tiny_window8_256", "swinv2_tiny_window16_256", "swinv2_small_window8_256",
-    "swinv2_small_window16_256", "swinv2_base_window8_256", "swinv2_base_window16_256",
-    "swinv2_base_window12_192", "swinv2_base_window12to16_192to256", "swinv2_base_window12to24_192to384",
-    "swinv2_large_window12_192", "swinv2_large_window12to16_192to256", "swinv2_large_window12to24_192to384",
-]
 
 
 def randomize(model: torch.nn.Module, seed: int) -> None:
@@ -120,6 +113,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--cases", required=True)
+    parser.add_argument("--variants", required=True, help="JSON list of timm model names to count parameters of")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -170,7 +164,7 @@ def main() -> None:
         print(f"{name}: wrote {sorted(layouts)}", flush=True)
 
     counts = {}
-    for variant in OFFICIAL_VARIANTS:
+    for variant in json.loads(args.variants):
         with torch.device("meta"):
             counts[variant] = sum(p.numel() for p in timm.create_model(variant, pretrained=False).parameters())
     with open(os.path.join(args.out, "param_counts.json"), "w") as f:
