@@ -23,8 +23,7 @@ from mindswin.engine.reconstruction import local_mean_std
 from mindswin.models import build_model
 from mindswin.models.simmim import LocalTargetNorm, build_simmim, masked_l1_loss
 
-from conftest import NOISE, ROOT, msrun, read_metrics, run, torch_python
-from test_model import randomize
+from conftest import NOISE, ROOT, msrun, randomize, read_metrics, run, torch_python
 
 MICRO = "swinv2_micro_window4_32"  # 32 px, patch 2, depths 2-2-2, encoder stride 8
 # train.py arguments of a small SimMIM pre-training of the micro model (8-px squares: 10 of 16 masked)
