@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 from mindspore import Tensor
 
-from mindswin.checkpoint import CheckpointMetadata, load_checkpoint, read_metadata, read_tensors, save_checkpoint
+from mindswin.checkpoint import (
+    CheckpointError,
+    CheckpointMetadata,
+    load_checkpoint,
+    read_metadata,
+    read_tensors,
+    save_checkpoint,
+)
 from mindswin.checkpoint.loader import load_simmim_checkpoint
 from mindswin.checkpoint.native import save_tensors
 from mindswin.data.masking import MaskGenerator, mask_geometry_problem
@@ -253,7 +260,9 @@ def official_simmim(tmp_path_factory):
 
 def _finetune_report(path, state):
     model = build_model(MICRO, num_classes=4, img_size=64, window_size=8, pretrained_window_sizes=[4, 4, 4])
-    report = load_checkpoint(model, path)
+    with pytest.raises(CheckpointError, match="has no classifier head .* fine-tune it with train.py --ckpt_path"):
+        load_checkpoint(model, path)  # only fine-tuning asks for a fresh head
+    report = load_checkpoint(model, path, init_missing_head=True)
     assert report.layout == "simmim"
     assert sorted(report.pretraining_dropped) == ["decoder.0.bias", "decoder.0.weight", "mask_token"]
     assert report.head_initialised and "dropped the SimMIM mask token and decoder" in report.summary()

@@ -121,12 +121,12 @@ def _only_class_count_differs(state: Dict[str, np.ndarray], params: dict) -> boo
 
 def load_state_dict(model: nn.Cell, state: Dict[str, np.ndarray], *, source: str = "<state dict>",
                     layout: str = "mindswin", class_map: Optional[str] = None,
-                    strict_head: bool = False, may_lack: Sequence[str] = ()) -> LoadReport:
+                    strict_head: bool = False, init_missing_head: bool = False,
+                    may_lack: Sequence[str] = ()) -> LoadReport:
     """Copy a mindswin-named state dict into ``model`` after checking it fits.
 
     SimMIM's mask token and decoder are dropped (and reported) when ``model`` has no mask
-    token; a checkpoint without any classifier head (a SimMIM or backbone checkpoint) gets
-    the model's freshly initialised head, unless ``strict_head``.
+    token.
 
     Args:
         model: Target model.
@@ -135,8 +135,10 @@ def load_state_dict(model: nn.Cell, state: Dict[str, np.ndarray], *, source: str
         layout: Layout name, for the report.
         class_map: File with one source-class index per line; selects head rows (e.g. the
             ImageNet-1k rows of a 21841-class head).
-        strict_head: Raise instead of re-initialising a head whose class count differs, or
-            initialising one the checkpoint lacks.
+        strict_head: Raise instead of re-initialising a head whose class count differs.
+        init_missing_head: Give a classifier the freshly initialised head when the checkpoint
+            has none (a SimMIM or backbone checkpoint being fine-tuned; reported); otherwise
+            such a checkpoint is an error.
         may_lack: Parameter names the checkpoint may lack; they keep their initial values
             (reported).
 
@@ -178,9 +180,9 @@ def load_state_dict(model: nn.Cell, state: Dict[str, np.ndarray], *, source: str
         for key in HEAD_KEYS:
             state.pop(key, None)
     elif state and not any(key in state for key in HEAD_KEYS):
-        if strict_head:
-            raise CheckpointError(f"{source} has no classifier head (a SimMIM pre-training or backbone checkpoint); "
-                                  "fine-tune it with train.py --ckpt_path first")
+        if strict_head or not init_missing_head:
+            raise CheckpointError(f"{source} has no classifier head (a SimMIM pre-training or backbone checkpoint): "
+                                  "fine-tune it with train.py --ckpt_path, or build the model with num_classes=0")
         report.head_initialised = True
         _logger.warning("%s has no classifier head: the model's %d-class head starts from its initialisation",
                         source, params["head.weight"].shape[0])
@@ -215,7 +217,7 @@ def load_state_dict(model: nn.Cell, state: Dict[str, np.ndarray], *, source: str
 
 
 def load_checkpoint(model: nn.Cell, path: str, *, class_map: Optional[str] = None,
-                    strict_head: bool = False) -> LoadReport:
+                    strict_head: bool = False, init_missing_head: bool = False) -> LoadReport:
     """Load a checkpoint of any supported layout into ``model``.
 
     Supports mindswin ``.ckpt``, official ``.pth``, timm ``.pth``/``.safetensors``, Hugging
@@ -228,6 +230,8 @@ def load_checkpoint(model: nn.Cell, path: str, *, class_map: Optional[str] = Non
         path: Checkpoint file or Hugging Face model directory.
         class_map: Optional file of source-class indices to keep from the head.
         strict_head: Raise rather than re-initialise a mismatching head.
+        init_missing_head: Initialise the head when the checkpoint has none (fine-tuning a
+            SimMIM or backbone checkpoint) instead of raising.
 
     Returns:
         A :class:`LoadReport`.
@@ -235,7 +239,7 @@ def load_checkpoint(model: nn.Cell, path: str, *, class_map: Optional[str] = Non
     path = os.fspath(path)
     state, layout, dropped = read_state_dict(path)
     report = load_state_dict(model, state, source=path, layout=layout, class_map=class_map,
-                             strict_head=strict_head)
+                             strict_head=strict_head, init_missing_head=init_missing_head)
     report.dropped = dropped
     _logger.info(report.summary())
     return report

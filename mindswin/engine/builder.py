@@ -84,7 +84,9 @@ def model_from_config(config: Config, num_classes: int, *, training: bool,
     weights = config.ckpt_path or config.pretrained
     report = None
     if weights:
-        report = load_checkpoint(model, weights, class_map=config.class_map or None, strict_head=strict_head)
+        # training fine-tunes headless (SimMIM, backbone) weights with a fresh head; evaluation never does
+        report = load_checkpoint(model, weights, class_map=config.class_map or None, strict_head=strict_head,
+                                 init_missing_head=training and not strict_head)
     apply_amp(model, config.amp_level, config.amp_dtype)
     return model, report
 
