@@ -179,7 +179,7 @@ def load_state_dict(model: nn.Cell, state: Dict[str, np.ndarray], *, source: str
     if "head.weight" not in params:
         for key in HEAD_KEYS:
             state.pop(key, None)
-    elif state and not any(key in state for key in HEAD_KEYS):
+    elif state and not report.head_reinitialised and not any(key in state for key in HEAD_KEYS):
         if strict_head or not init_missing_head:
             raise CheckpointError(f"{source} has no classifier head (a SimMIM pre-training or backbone checkpoint): "
                                   "fine-tune it with train.py --ckpt_path, or build the model with num_classes=0")
