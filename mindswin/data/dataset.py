@@ -88,8 +88,18 @@ class EpochShardSampler:
     """Seeded per-epoch permutation, split across shards like ``DistributedSampler``.
 
     Each shard gets ``ceil(n / num_shards)`` indices (the permutation wraps around to
-    even them out). Each ``iter()`` is the next epoch; ``start_epoch`` and ``skip``
+    even them out). Each iteration started is the next epoch; ``start_epoch`` and ``skip``
     resume a run in the middle of an epoch with the same order it would have had.
+
+    ``GeneratorDataset`` calls ``iter(sampler)`` while it is built (to check that it is
+    iterable), deep-copies the sampler for every iterator and wants ``len(sampler)`` samples
+    per pass. So ``iter()`` returns a generator that moves to the next epoch only when
+    iteration starts, copies are the sampler itself, and a resumed epoch yields its
+    remaining samples first and the ``skip`` already-trained ones after them (never
+    reached: the loop takes only the remaining batches).
+
+    Attributes:
+        current_epoch: The epoch being drawn (per-sample randomness, e.g. SimMIM masks, reads it).
     """
 
     def __init__(self, num_samples: int, num_shards: int = 1, shard_id: int = 0, seed: int = 0,
@@ -102,6 +112,7 @@ class EpochShardSampler:
         self.seed = seed
         self.shuffle = shuffle
         self.epoch = start_epoch
+        self.current_epoch = start_epoch
         self.skip = skip
         self.per_shard = math.ceil(num_samples / num_shards)
 
@@ -113,10 +124,18 @@ class EpochShardSampler:
         return order[self.shard_id::self.num_shards]
 
     def __iter__(self) -> Iterator[int]:
-        indices = self.indices(self.epoch)[self.skip:]
+        return self._next_epoch()
+
+    def _next_epoch(self) -> Iterator[int]:
+        self.current_epoch = self.epoch
+        indices = self.indices(self.epoch)
+        indices = np.concatenate([indices[self.skip:], indices[:self.skip]])
         self.epoch += 1
         self.skip = 0
-        return iter(indices.tolist())
+        yield from indices.tolist()
+
+    def __deepcopy__(self, memo) -> EpochShardSampler:
+        return self
 
     def __len__(self) -> int:
         return self.per_shard

@@ -19,14 +19,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional, Sequence, Tuple
 
 import mindspore.dataset as ds
-import numpy as np
 
 from .dataset import DataInfo, EpochShardSampler, ImageSource, eval_shard_indices
 from .folder import FULL_VERIFY_LIMIT, IMAGE_EXTENSIONS, DataError, FolderIndex, _check
 from .masking import MaskGenerator, train_mask_rng, val_mask_rng
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transforms, build_train_transforms
 
-__all__ = ["scan_images", "ResumableShardSampler", "create_pretrain_dataset", "create_masked_eval_dataset"]
+__all__ = ["scan_images", "create_pretrain_dataset", "create_masked_eval_dataset"]
 
 _logger = logging.getLogger(__name__)
 
@@ -76,43 +75,10 @@ def scan_images(folder: str, *, verify: str = "auto", strict: bool = False, num_
     return FolderIndex(root=folder, class_names=[], samples=samples, bad_files=bad)
 
 
-class ResumableShardSampler(EpochShardSampler):
-    """:class:`EpochShardSampler` that keeps its epoch and resume point through MindSpore's pipeline.
-
-    ``GeneratorDataset`` calls ``iter(sampler)`` twice while it is built (to check that it
-    is iterable), deep-copies the sampler for every iterator and wants ``len(sampler)``
-    samples per pass. Here ``iter()`` returns a generator that moves to the next epoch only
-    when iteration starts, copies are the sampler itself, and a resumed epoch yields its
-    remaining samples first and the ``skip`` already-trained ones after them (never
-    reached: the loop takes only the remaining batches).
-
-    Attributes:
-        current_epoch: The epoch being drawn (the mask source reads it).
-    """
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.current_epoch = self.epoch
-
-    def __iter__(self):
-        return self._next_epoch()
-
-    def _next_epoch(self):
-        self.current_epoch = self.epoch
-        indices = self.indices(self.epoch)
-        indices = np.concatenate([indices[self.skip:], indices[:self.skip]])
-        self.epoch += 1
-        self.skip = 0
-        yield from indices.tolist()
-
-    def __deepcopy__(self, memo):
-        return self
-
-
 class _MaskedTrainSource:
     """``(image, mask)`` of sample ``index``; the mask comes from ``(seed, rank, epoch, index)``."""
 
-    def __init__(self, images: ImageSource, sampler: ResumableShardSampler, mask_generator: MaskGenerator,
+    def __init__(self, images: ImageSource, sampler: EpochShardSampler, mask_generator: MaskGenerator,
                  seed: int, rank: int) -> None:
         self.images = images
         self.sampler = sampler
@@ -146,7 +112,7 @@ def create_pretrain_dataset(folder: str, *, image_size: int, batch_size: int, ma
     if mask_generator.input_size != image_size:
         raise ValueError(f"the mask generator is for {mask_generator.input_size} px images, the dataset makes "
                          f"{image_size} px ones")
-    sampler = ResumableShardSampler(len(index), num_shards, shard_id, seed, shuffle=True, start_epoch=start_epoch,
+    sampler = EpochShardSampler(len(index), num_shards, shard_id, seed, shuffle=True, start_epoch=start_epoch,
                                     skip=skip_batches * batch_size)
     if sampler.per_shard < batch_size:
         raise DataError(f"{index.root}: {sampler.per_shard} images per shard is fewer than batch_size {batch_size}")
