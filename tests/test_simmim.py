@@ -420,8 +420,9 @@ def test_a_simmim_resume_state_is_refused_by_classification(pretrained, data_dir
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_msrun_simmim_ranks_end_equal_and_draw_their_own_masks(data_dir, tmp_path):
+    # with AMP O2 (float16 matmuls, dynamic loss scale) and recompute, as a real run would use them
     args = [*PRETRAIN, "--batch_size", "8", "--epoch_size", "2", "--data_dir", data_dir, "--ckpt_save_dir",
-            tmp_path / "out", "--distribute", "True", "--seed", "11"]
+            tmp_path / "out", "--distribute", "True", "--seed", "11", "--amp_level", "O2", "--recompute", "True"]
     result, logs = msrun(ROOT / "tests" / "msrun_scripts" / "simmim_ranks.py", *args, logs=tmp_path / "logs")
     assert result.returncode == 0, logs[-4000:]
     digests = sorted(line.split(" weights sha1 ")[1] for line in logs.splitlines() if " weights sha1 " in line)
