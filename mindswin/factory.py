@@ -15,20 +15,15 @@ def create_model(name: str, *, num_classes: Optional[int] = None, img_size: Opti
                  **kwargs: Any) -> SwinTransformerV2:
     """Build a registered Swin V2 variant, optionally loading weights.
 
+    The architecture arguments are those of :func:`mindswin.models.build_model` (official/timm
+    name or mindcv alias; class count, input size, window, pretrained windows and drop-path
+    rate default to the variant's; further ``SwinTransformerV2`` keywords such as
+    ``features_only`` or ``recompute``).
+
     Args:
-        name: Official/timm name (see :func:`mindswin.list_models`) or a mindcv alias.
-        num_classes: Classifier width; defaults to the variant's (1000, or 21841 for the
-            ImageNet-22k models).
-        img_size: Input side or (height, width); defaults to the variant's.
-        window_size: Attention window; defaults to the variant's.
-        pretrained_window_sizes: Per-stage windows of the weights to be loaded, for the
-            CPB rescaling; defaults to the variant's.
-        drop_path_rate: Stochastic depth rate.
         checkpoint_path: Weights to load: a mindswin ``.ckpt``, an official or timm
             ``.pth``/``.safetensors``, a Hugging Face checkpoint (file or folder) or an
             mmpretrain ``.pth``.
-        **kwargs: Further :class:`~mindswin.models.SwinTransformerV2` arguments
-            (``features_only``, ``out_indices``, ``recompute``, ``embed_dim``, ...).
 
     Returns:
         The model, with training mode off (``set_train(False)``).
