@@ -44,7 +44,7 @@ def run_mindspore(impl: str, shape: str, args) -> dict:
     from mindspore import nn, ops
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from mindswin.engine.runtime import set_cpu_threads
+    from mindswin.models.threads import set_cpu_threads
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")

@@ -11,8 +11,9 @@ from typing import Optional
 import numpy as np
 
 from ..config import ConfigError
+from ..models.threads import set_cpu_threads
 
-__all__ = ["Runtime", "setup_runtime", "setup_logging", "quiet_framework", "set_cpu_threads"]
+__all__ = ["Runtime", "setup_runtime", "setup_logging", "quiet_framework"]
 
 
 @dataclass
@@ -52,29 +53,32 @@ def quiet_framework() -> None:
     nn.Cell.__del__ = quiet_del
 
 
-def set_cpu_threads(processes: int = 1) -> int:
-    """Size MindSpore's CPU kernel thread pool (and the fused mindswin kernels') for this machine.
+def jit_config(config):
+    """The ``mindspore.JitConfig`` of ``config.jit_level`` on Ascend; None on other backends.
 
-    MindSpore defaults to 25 intra-op threads whatever the machine. Its runtime already runs
-    independent kernels of a graph concurrently (the forward of one branch beside the
-    backward of another), so half the cores per process for intra-op parallelism is the
-    better split: measured on 2 cores (1 thread vs 2 vs the default 25), the 32-px benchmark
-    model trains at 212-236 vs 155-195 vs 146-173 img/s, and Swin-T at 256 px is the same
-    with 1 or 2 threads (3.7-4.0 img/s).
-
-    Args:
-        processes: Processes sharing this machine (msrun workers).
-
-    Returns:
-        The thread count set.
+    ``set_context(jit_config=...)`` is deprecated in MindSpore 2.10 and jit_level O2 (the GE
+    graph-sink engine) since 2.9; a compiled cell takes its level from
+    ``Cell.set_jit_config(JitConfig(...))`` instead. O0 and O1 both run kernel by kernel
+    (O1 adds MindSpore's automatic operator fusion); the CPU and GPU backends have one
+    level and get nothing, so no warning is printed there.
     """
-    from mindspore.device_context.cpu import op_tuning
+    if config.device_target != "Ascend":
+        return None
+    import mindspore as ms
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // (2 * max(1, processes)))
-    op_tuning.threads_num(threads)
-    os.environ["MINDSWIN_CPU_THREADS"] = str(threads)
-    return threads
+    return ms.JitConfig(jit_level=config.jit_level)
+
+
+def apply_jit_config(cell, config):
+    """Attach :func:`jit_config` to ``cell`` (a cell compiled as a whole: train step, model, EMA twin).
+
+    A no-op off Ascend, and for a cell that already has a JitConfig (MindSpore ignores a
+    second one with a warning). Returns ``cell``.
+    """
+    chosen = jit_config(config)
+    if chosen is not None and not cell.jit_config_dict:
+        cell.set_jit_config(chosen)
+    return cell
 
 
 def setup_logging(runtime: Optional[Runtime] = None) -> None:
@@ -97,10 +101,11 @@ def setup_runtime(config) -> Runtime:
         raise ConfigError(f"device_target {config.device_target} is not available here "
                           f"({str(exc).strip().splitlines()[0]}); use --device_target CPU or a MindSpore build "
                           f"for {config.device_target}") from exc
-    if config.device_target == "Ascend":
-        ms.set_context(jit_config={"jit_level": config.jit_level})
     if config.device_target == "CPU":
-        set_cpu_threads(int(os.environ.get("MS_WORKER_NUM", "1")) if config.distribute else 1)
+        try:
+            set_cpu_threads(int(os.environ.get("MS_WORKER_NUM", "1")) if config.distribute else 1)
+        except RuntimeError:  # this process sized MindSpore's pool already (it can be set once)
+            pass
     runtime = Runtime()
     if config.distribute:
         from mindspore.communication import get_group_size, get_rank, init

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 from .swin_v2 import SwinTransformerV2
+from .threads import default_cpu_threads
 
 __all__ = ["ModelSpec", "register_model", "list_models", "model_spec", "resolve_model_name", "build_model"]
 
@@ -133,6 +134,7 @@ def build_model(name: str, *, num_classes: Optional[int] = None, img_size: Optio
         The model, with training mode off (``set_train(False)``).
     """
     spec = model_spec(name)
+    default_cpu_threads()  # before the first graph: MindSpore sizes its pool once
     args = spec.model_kwargs()
     overrides = dict(num_classes=num_classes, img_size=img_size, window_size=window_size,
                      pretrained_window_sizes=pretrained_window_sizes)
