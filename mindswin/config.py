@@ -210,7 +210,8 @@ DEFAULTS: Dict[str, Option] = {
                                           Items(_NON_NEGATIVE, integers=True), _ALL),
         "drop_path_rate": Option(0.1, float, "stochastic depth rate", Range("[0, 1)")),
         "recompute": Option(False, bool, "recompute block activations in backward"),
-        "reuse_blocks": Option(None, bool, "compile each block once (lazy_inline), Ascend only; on for Ascend "
+        "reuse_blocks": Option(None, bool, "compile one graph per block shape (lazy_inline) and reuse it, Ascend "
+                               "only (Swin V2-T: 7 block graphs instead of 12, see docs/ascend.md); on for Ascend "
                                "if unset", scripts=_ALL),
         "ckpt_path": Option("", str, "weights to start from (any supported layout) / to evaluate", scripts=_ALL),
         "pretrained": Option("", str, "alias of ckpt_path for fine-tuning recipes"),
@@ -310,7 +311,11 @@ DEFAULTS: Dict[str, Option] = {
         "amp_level": Option("O2", str, "O0: float32; O2: float16 matmuls, float32 islands (validate/infer/export: "
                             "O0 unless set)", Choices("O0", "O2"), _ALL),
         "amp_dtype": Option("float16", str, "matmul dtype under O2", Choices("float16", "bfloat16"), _ALL),
-        "jit_level": Option("O2", str, "graph-compile level on Ascend", Choices("O0", "O1", "O2"), _ALL),
+        # O2 (GE graph sink) is deprecated since MindSpore 2.9; O0/O1 run kernel by kernel (docs/ascend.md).
+        "jit_level": Option("O0", str, "graph-compile level on Ascend (Cell.set_jit_config): O0 kernel by kernel, "
+                            "O1 adds automatic operator fusion; ignored on CPU/GPU",
+                            Choices("O0", "O1", unsupported={"O2": "MindSpore deprecated jit_level O2 (the GE graph "
+                                                             "engine) in 2.9; use O0 or O1"}), _ALL),
         "distribute": Option(False, bool, "data parallel under msrun", scripts=_WITH_DATA),
         "enable_parallel_optimizer": Option(False, bool, "ZeRO-1 optimizer-state sharding (Ascend only)"),
         "hccl_buffsize": Option(None, int, "HCCL buffer size in MB (Ascend only); HCCL's if unset", _POSITIVE_INT,

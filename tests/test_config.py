@@ -119,7 +119,7 @@ INVALID = {
     "log_interval": 0,
     "seed": -1,
     "device_target": "TPU",
-    "jit_level": "O3",
+    "jit_level": "O2",  # deprecated by MindSpore 2.9 (GE)
     "enable_parallel_optimizer": True,  # refused off Ascend
     "hccl_buffsize": 0,
     "topk": 0,

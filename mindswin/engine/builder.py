@@ -23,7 +23,7 @@ from ..data import resolve_data_config
 from ..models import SwinTransformerV2, build_model
 from ..models.simmim import SimMIM, build_simmim
 from .optim import AdamW, cosine_schedule, layer_decay_scales, scaled_learning_rates
-from .runtime import Runtime
+from .runtime import Runtime, apply_jit_config
 from .state import TrainState
 from .train_step import EMA, TrainStep
 
@@ -63,7 +63,7 @@ def simmim_from_config(config: Config, *, training: bool) -> Tuple[SimMIM, Optio
     weights = config.ckpt_path or config.pretrained
     report = load_simmim_checkpoint(model, weights) if weights else None
     apply_amp(model, config.amp_level, config.amp_dtype)
-    return model, report
+    return apply_jit_config(model, config), report
 
 
 def model_from_config(config: Config, num_classes: int, *, training: bool,
@@ -88,7 +88,7 @@ def model_from_config(config: Config, num_classes: int, *, training: bool,
         report = load_checkpoint(model, weights, class_map=config.class_map or None, strict_head=strict_head,
                                  init_missing_head=training and not strict_head)
     apply_amp(model, config.amp_level, config.amp_dtype)
-    return model, report
+    return apply_jit_config(model, config), report
 
 
 @dataclass
@@ -162,12 +162,14 @@ def build_training(config: Config, runtime: Runtime, model: SwinTransformerV2, l
         ema_model = (_simmim_architecture(config, 0.0) if isinstance(model, SimMIM)
                      else _architecture(config, model.num_classes, 0.0))
         apply_amp(ema_model, config.amp_level, config.amp_dtype)
+        apply_jit_config(ema_model, config)
         ema = EMA(model, ema_model, config.ema_decay)
     model.set_train(True)
     step = TrainStep(model, optimizer, Tensor(lr_table), scaler, loss_network=loss_network,
                      clip_value=config.clip_value if config.clip_grad else None, accumulation=accumulation,
                      ema=ema, distributed=runtime.distributed)
     step.set_train(True)
+    apply_jit_config(step, config)
     return Training(model=model, ema_model=ema_model, step=step, state=TrainState(step.named_state()),
                     batches_per_epoch=batches_per_epoch, steps_per_epoch=steps_per_epoch, peak_lr=peak,
                     global_batch=global_batch)

@@ -13,7 +13,7 @@ import numpy as np
 from ..config import ConfigError
 from ..models.threads import set_cpu_threads
 
-__all__ = ["Runtime", "setup_runtime", "setup_logging", "quiet_framework"]
+__all__ = ["Runtime", "setup_runtime", "setup_logging", "quiet_framework", "jit_config", "apply_jit_config"]
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import Optional
 import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
+from mindspore.ops.auto_generate.gen_ops_prim import GeluExt
 
 from .kernels import BiasAddKernel, GeluKernel, LayerNormKernel, use_cpu_kernels
 
@@ -26,6 +27,7 @@ __all__ = [
     "LayerNorm",
     "Mlp",
     "DropPath",
+    "InputRateDropPath",
     "PatchProjection",
     "set_compute_dtype",
     "trunc_normal",
@@ -138,6 +140,19 @@ class LayerNorm(nn.Cell):
         return f"dim={self.dim}"
 
 
+def single_kernel_gelu() -> bool:
+    """Whether exact GELU should be one ``GeluExt`` kernel: on Ascend (aclnnGelu), not elsewhere.
+
+    ``ops.gelu(x, approximate="none")`` is composed in Python from 6 ops (sqrt, div, erf,
+    add, mul, mul) on every backend (``mindspore/ops/function/nn_func.py``), which uses the
+    classic ``GeLU`` primitive only for ``approximate="tanh"``. ``GeluExt`` (what
+    ``mint.nn.functional.gelu`` calls) computes the exact erf GELU in one kernel on Ascend;
+    MindSpore 2.10's CPU graph backend does not run it, so CPU keeps the fused mindswin
+    kernel or the composed native ops.
+    """
+    return ms.get_context("device_target") == "Ascend"
+
+
 class Mlp(nn.Cell):
     """fc1 -> exact (erf) GELU -> fc2, as in the official Swin V2.
 
@@ -151,8 +166,11 @@ class Mlp(nn.Cell):
         self.fc1 = Linear(dim, hidden_dim)
         self.fc2 = Linear(hidden_dim, dim)
         self.gelu = GeluKernel() if use_cpu_kernels() else None
+        self.gelu_ext = GeluExt() if self.gelu is None and single_kernel_gelu() else None
 
     def construct(self, x: Tensor) -> Tensor:
+        if self.gelu_ext is not None:
+            return self.fc2(self.gelu_ext(self.fc1(x), "none"))
         if self.gelu is None:
             return self.fc2(ops.gelu(self.fc1(x), approximate="none"))
         hidden = self.fc1.without_bias(x)
@@ -178,6 +196,29 @@ class DropPath(nn.Cell):
 
     def extend_repr(self) -> str:
         return f"drop_prob={self.drop_prob}"
+
+
+class InputRateDropPath(nn.Cell):
+    """Stochastic depth whose keep probability is a ``construct`` input, not a constant.
+
+    Used by the lazy-inlined (reused) block: blocks of one shape share one compiled graph,
+    so a per-block rate cannot be a constant of that graph; each block's caller passes it
+    as a float32 scalar tensor instead. Same distribution as :class:`DropPath`: a sample's
+    branch is kept with probability ``keep_prob`` and rescaled by ``1 / keep_prob``;
+    identity in evaluation.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.uniform = ops.UniformReal()
+
+    def construct(self, x: Tensor, keep_prob: Tensor) -> Tensor:
+        if not self.training:
+            return x
+        mask_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        # floor(keep + U[0, 1)) is 1 with probability keep, else 0
+        mask = ops.floor(keep_prob + self.uniform(mask_shape)) / keep_prob
+        return x * mask.astype(x.dtype)
 
 
 class PatchProjection(nn.Cell):

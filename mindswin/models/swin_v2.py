@@ -25,11 +25,15 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
 from .kernels import BiasSoftmaxKernel, PositionBiasKernel, QkvHeadsKernel, use_cpu_kernels
-from .layers import DropPath, LayerNorm, Linear, Mlp, PatchProjection
+from .layers import DropPath, InputRateDropPath, LayerNorm, Linear, Mlp, PatchProjection
 
 __all__ = [
     "SwinTransformerV2",
     "SwinTransformerV2Block",
+    "SharedGraphBlock",
+    "ReusedSwinTransformerV2Block",
+    "block_reuse_key",
+    "reuse_keys",
     "WindowAttention",
     "PatchMerging",
     "PatchEmbed",
@@ -361,9 +365,7 @@ class SwinTransformerV2Block(nn.Cell):
     def _calc_window_shift(self, window_size: Tuple[int, int],
                            shift_size: Tuple[int, int]) -> Tuple[Tuple[int, int], Tuple[int, int]]:
         """Clip the window to the feature map; no shift along an axis the window covers."""
-        window = tuple(r if r <= w else w for r, w in zip(self.input_resolution, window_size))
-        shift = tuple(0 if r <= w else s for r, w, s in zip(self.input_resolution, window, shift_size))
-        return window, shift
+        return clip_window_shift(self.input_resolution, window_size, shift_size)
 
     def get_attn_mask(self) -> Optional[np.ndarray]:
         """Mask for this block's shifted windows (None for unshifted blocks)."""
@@ -387,15 +389,76 @@ class SwinTransformerV2Block(nn.Cell):
                 f"window_size={self.window_size}, shift_size={self.shift_size}")
 
 
-class ReusedSwinTransformerV2Block(SwinTransformerV2Block):
-    """A block whose graph is compiled once and reused by every block (``mindspore.lazy_inline``).
+def clip_window_shift(resolution: Tuple[int, int], window_size: Tuple[int, int],
+                      shift_size: Tuple[int, int]) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    """Clip the window to the feature map; no shift along an axis the window covers."""
+    window = tuple(r if r <= w else w for r, w in zip(resolution, window_size))
+    shift = tuple(0 if r <= w else s for r, w, s in zip(resolution, window, shift_size))
+    return window, shift
 
-    Cuts graph-compile time of deep models on Ascend. MindSpore 2.10's CPU backend cannot
-    run lazy-inlined cells ("Input[0] must be a Primitive ValueNode"), so models only use
-    this class when built with ``reuse_blocks=True``, which is refused off Ascend.
+
+def block_reuse_key(dim: int, input_resolution: Tuple[int, int], num_heads: int, window_size: Tuple[int, int],
+                    shift_size: Tuple[int, int], mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                    drop_path: float = 0.0, pretrained_window_size: Tuple[int, int] = (0, 0),
+                    attn_drop: float = 0.0, proj_drop: float = 0.0) -> tuple:
+    """What makes two blocks' graphs identical: the key :class:`ReusedSwinTransformerV2Block` reuses on.
+
+    Everything that shapes the graph or its constants (widths, heads, the clipped window and
+    shift, which fix the shifted-window mask, token order and CPB tables; the pre-trained
+    window; dropout rates, which are constants of ``nn.Dropout``) and whether the block has
+    stochastic depth at all, but not its rate: that is a ``construct`` input of the reused
+    block. Takes the block's ``__init__`` arguments.
+    """
+    window, shift = clip_window_shift(tuple(input_resolution), tuple(window_size), tuple(shift_size))
+    return (int(dim), tuple(int(r) for r in input_resolution), int(num_heads), window, shift,
+            int(dim * mlp_ratio), bool(qkv_bias), tuple(int(w) for w in pretrained_window_size),
+            float(attn_drop), float(proj_drop), drop_path > 0)
+
+
+class SharedGraphBlock(SwinTransformerV2Block):
+    """A block whose stochastic-depth rate is a ``construct`` input (``block(x, keep_prob)``).
+
+    The graph of such a block depends on :func:`block_reuse_key` only, so one graph can serve
+    every block of the same shape. :class:`BasicLayer` passes each block's keep probability
+    (``1 - drop_path``) as a float32 scalar tensor. Runs on any backend; the lazy-inlined
+    subclass is the one that actually shares the graph.
     """
 
-    @ms.lazy_inline
+    def __init__(self, dim: int, input_resolution: Tuple[int, int], num_heads: int,
+                 window_size: Tuple[int, int], shift_size: Tuple[int, int], mlp_ratio: float = 4.0,
+                 qkv_bias: bool = True, drop_path: float = 0.0,
+                 pretrained_window_size: Tuple[int, int] = (0, 0), attn_drop: float = 0.0,
+                 proj_drop: float = 0.0) -> None:
+        super().__init__(dim, input_resolution, num_heads, window_size, shift_size, mlp_ratio=mlp_ratio,
+                         qkv_bias=qkv_bias, drop_path=0.0, pretrained_window_size=pretrained_window_size,
+                         attn_drop=attn_drop, proj_drop=proj_drop)
+        self.drop_path_rate = float(drop_path)  # plain float: not read by construct, not in the key
+        self.drop_path = InputRateDropPath() if drop_path > 0 else None
+        self.reuse_key = block_reuse_key(dim, input_resolution, num_heads, window_size, shift_size, mlp_ratio,
+                                         qkv_bias, drop_path, pretrained_window_size, attn_drop, proj_drop)
+
+    def _residual_at(self, branch: Tensor, keep_prob: Tensor) -> Tensor:
+        return branch if self.drop_path is None else self.drop_path(branch, keep_prob)
+
+    def construct(self, x: Tensor, keep_prob: Tensor) -> Tensor:
+        x = x + self._residual_at(self.norm1(self._attn(x)), keep_prob)
+        return x + self._residual_at(self.norm2(self.mlp(x)), keep_prob)
+
+
+class ReusedSwinTransformerV2Block(SharedGraphBlock):
+    """A block whose graph is compiled once per :func:`block_reuse_key` and reused (``mindspore.lazy_inline``).
+
+    Cuts graph-compile time of deep models on Ascend. ``lazy_inline`` keys reuse on
+    ``cell_init_args``: without ``attrs`` that is the string of every ``__init__`` argument,
+    so the per-block drop-path rate would give every block its own key. With
+    ``attrs="reuse_key"`` it is ``"lazy_inline_ReusedSwinTransformerV2Block" + str(reuse_key)``,
+    and the rate travels as a ``construct`` input (see :class:`SharedGraphBlock`).
+    MindSpore 2.10's CPU backend cannot run lazy-inlined cells ("Input[0] must be a
+    Primitive ValueNode"), so models only use this class when built with
+    ``reuse_blocks=True``, which is refused off Ascend.
+    """
+
+    @ms.lazy_inline(attrs="reuse_key")
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
 
@@ -455,18 +518,25 @@ class BasicLayer(nn.Cell):
         block_class = ReusedSwinTransformerV2Block if reuse_blocks else SwinTransformerV2Block
         self.blocks = nn.CellList([
             block_class(dim, input_resolution, num_heads, window_size,
-                                   (0, 0) if i % 2 == 0 else shift, mlp_ratio=mlp_ratio,
-                                   qkv_bias=qkv_bias, drop_path=drop_path[i],
-                                   pretrained_window_size=pretrained_window_size,
-                                   attn_drop=attn_drop, proj_drop=proj_drop)
+                        (0, 0) if i % 2 == 0 else shift, mlp_ratio=mlp_ratio,
+                        qkv_bias=qkv_bias, drop_path=drop_path[i],
+                        pretrained_window_size=pretrained_window_size,
+                        attn_drop=attn_drop, proj_drop=proj_drop)
             for i in range(depth)
         ])
+        # Reused blocks take their stochastic-depth keep probability as an input (one scalar each).
+        self.keep_probs = (tuple(Tensor(1.0 - float(rate), ms.float32) for rate in drop_path[:depth])
+                           if issubclass(block_class, SharedGraphBlock) else None)
         if downsample and (input_resolution[0] % 2 or input_resolution[1] % 2):
             raise ValueError(f"patch merging needs an even feature map, got {input_resolution}; "
                              "use an img_size divisible by patch_size * 2**(num_stages - 1)")
         self.downsample = PatchMerging(dim) if downsample else None
 
     def construct(self, x: Tensor) -> Tensor:
+        if self.keep_probs is not None:
+            for i in range(len(self.blocks)):
+                x = self.blocks[i](x, self.keep_probs[i])
+            return x
         for block in self.blocks:
             x = block(x)
         return x
@@ -641,3 +711,32 @@ class SwinTransformerV2(nn.Cell):
     def stage_resolutions(self) -> List[Tuple[int, int]]:
         """Feature-map (height, width) of each stage."""
         return [layer.input_resolution for layer in self.layers]
+
+
+def reuse_keys(img_size: IntOrPair = 256, patch_size: int = 4, embed_dim: int = 96,
+               depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
+               window_size: IntOrPair = 8, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+               drop_path_rate: float = 0.1, pretrained_window_sizes: Optional[Sequence[IntOrPair]] = None,
+               attn_drop_rate: float = 0.0, proj_drop_rate: float = 0.0, **_ignored) -> List[tuple]:
+    """:func:`block_reuse_key` of every block of a :class:`SwinTransformerV2`, in model order, without building it.
+
+    Takes :class:`SwinTransformerV2`'s arguments (others, e.g. ``num_classes``, are ignored)
+    and follows its stage geometry and drop-path schedule. ``len(set(reuse_keys(...)))`` is
+    the number of distinct block graphs ``reuse_blocks=True`` compiles.
+    """
+    num_stages = len(depths)
+    pretrained = pretrained_window_sizes or (0,) * num_stages
+    window = to_pair(window_size)
+    rates = np.linspace(0.0, drop_path_rate, sum(depths)).tolist()
+    image = to_pair(img_size)
+    resolution = (image[0] // patch_size, image[1] // patch_size)
+    keys = []
+    for i, depth in enumerate(depths):
+        dim = int(embed_dim * 2 ** i)
+        shift = (window[0] // 2, window[1] // 2)
+        for j in range(depth):
+            keys.append(block_reuse_key(dim, resolution, num_heads[i], window, (0, 0) if j % 2 == 0 else shift,
+                                        mlp_ratio, qkv_bias, rates[sum(depths[:i]) + j],
+                                        to_pair(pretrained[i]), attn_drop_rate, proj_drop_rate))
+        resolution = (resolution[0] // 2, resolution[1] // 2)
+    return keys

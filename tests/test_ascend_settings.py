@@ -1,0 +1,144 @@
+"""Ascend settings checked on CPU: block-reuse keys, the JitConfig a run attaches, the GELU kernel choice.
+
+Lazy-inlined cells cannot compile on MindSpore 2.10's CPU backend, so block reuse is tested
+through the key ``mindspore.lazy_inline`` forms at construction (``cell_init_args``) and
+through :class:`SharedGraphBlock`, the same block without the decorator.
+"""
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import Tensor
+
+import mindswin
+from mindswin.config import ConfigError, load_config
+from mindswin.engine import runtime
+from mindswin.engine.builder import model_from_config
+from mindswin.models import layers, list_models, model_spec, swin_v2
+from mindswin.models.kernels import cpu_kernels
+from mindswin.models.swin_v2 import (
+    BasicLayer,
+    ReusedSwinTransformerV2Block,
+    SharedGraphBlock,
+    block_reuse_key,
+    reuse_keys,
+)
+
+from conftest import MICRO_MS, randomize
+
+_PREFIX = "lazy_inline_ReusedSwinTransformerV2Block"
+
+
+@pytest.fixture
+def ascend_context(monkeypatch):
+    """``ms.get_context('device_target')`` answers Ascend (construction only: nothing is compiled)."""
+    original = ms.get_context
+    monkeypatch.setattr(ms, "get_context", lambda key: "Ascend" if key == "device_target" else original(key))
+
+
+def _block(drop_path, shift=(0, 0), dim=96):
+    return ReusedSwinTransformerV2Block(dim, (16, 16), 3, (8, 8), shift, drop_path=drop_path)
+
+
+def test_blocks_of_one_shape_share_the_lazy_inline_key():
+    first, second = _block(0.01), _block(0.09)
+    assert first.cell_init_args == second.cell_init_args
+    assert first.cell_init_args == _PREFIX + str(block_reuse_key(96, (16, 16), 3, (8, 8), (0, 0), drop_path=0.01))
+    assert (first.drop_path_rate, second.drop_path_rate) == (0.01, 0.09)
+    # what shapes the graph still separates keys
+    assert _block(0.01, shift=(4, 4)).cell_init_args != first.cell_init_args
+    assert _block(0.01, dim=192).cell_init_args != first.cell_init_args
+    assert _block(0.0).cell_init_args != first.cell_init_args  # no stochastic depth at all: another graph
+
+
+def test_reuse_keys_are_the_keys_of_the_built_blocks(ascend_context):
+    geometry = dict(MICRO_MS, depths=[1, 3, 1])  # stage 1: blocks 0 and 2 have one shape
+    model = mindswin.create_model("swinv2_tiny_window8_256", **geometry, drop_path_rate=0.2, reuse_blocks=True)
+    built = [block.cell_init_args for layer in model.layers for block in layer.blocks]
+    planned = reuse_keys(**{**model_spec("swinv2_tiny_window8_256").model_kwargs(), **geometry},
+                         drop_path_rate=0.2)
+    assert built == [_PREFIX + str(key) for key in planned]
+    rates = [block.drop_path_rate for layer in model.layers for block in layer.blocks]
+    assert rates == pytest.approx(np.linspace(0, 0.2, len(rates)).tolist())
+    assert (len(built), len(set(built))) == (5, 4)
+
+
+def test_swin_t_compiles_7_block_graphs_not_12():
+    keys = reuse_keys(**model_spec("swinv2_tiny_window8_256").model_kwargs(), drop_path_rate=0.2)
+    assert (len(keys), len(set(keys))) == (12, 7)
+
+
+def test_every_variant_reuses_blocks():
+    for name in list_models():
+        kwargs = model_spec(name).model_kwargs()
+        trained, evaluated = reuse_keys(**kwargs, drop_path_rate=0.2), reuse_keys(**kwargs, drop_path_rate=0.0)
+        assert len(set(trained)) == len(set(evaluated)) <= 7, name
+        assert len(set(trained)) < len(trained), name
+
+
+def _layers(drop_path, monkeypatch):
+    """A plain stage and the same stage of shared-graph blocks (rate as an input), equal weights."""
+    args = (32, (8, 8), 2, 4, (4, 4), drop_path, False)  # dim, resolution, depth, heads, window
+    plain = BasicLayer(*args)
+    monkeypatch.setattr(swin_v2, "ReusedSwinTransformerV2Block", SharedGraphBlock)
+    shared = BasicLayer(*args, reuse_blocks=True)
+    randomize(plain)
+    ms.load_param_into_net(shared, {p.name: p for p in plain.get_parameters()}, strict_load=True)
+    return plain, shared
+
+
+def test_shared_graph_blocks_equal_plain_blocks_in_eval(monkeypatch):
+    plain, shared = _layers([0.1, 0.3], monkeypatch)
+    assert [float(k.asnumpy()) for k in shared.keep_probs] == pytest.approx([0.9, 0.7])
+    x = Tensor(np.random.default_rng(0).standard_normal((2, 8, 8, 32)).astype(np.float32))
+    np.testing.assert_allclose(shared(x).asnumpy(), plain(x).asnumpy(), rtol=1e-5, atol=1e-5)
+    shared.set_train(True)
+    assert shared(x).shape == (2, 8, 8, 32)  # the train graph (keep probabilities as inputs) compiles and runs
+
+
+def test_input_rate_drop_path_keeps_with_the_given_probability():
+    drop = layers.InputRateDropPath()
+    drop.set_train(True)
+    out = drop(Tensor(np.ones((4000, 1, 1), np.float32)), Tensor(0.7, ms.float32)).asnumpy()
+    kept = out != 0
+    assert abs(kept.mean() - 0.7) < 0.04
+    np.testing.assert_allclose(out[kept], 1 / 0.7, rtol=1e-6)
+    drop.set_train(False)
+    assert (drop(Tensor(np.ones((8, 1, 1), np.float32)), Tensor(0.5, ms.float32)).asnumpy() == 1).all()
+
+
+@pytest.mark.parametrize("level", ["O0", "O1"])
+def test_ascend_cells_get_the_jit_config(level):
+    config = load_config(overrides={"device_target": "Ascend", "jit_level": level, "reuse_blocks": False,
+                                    "model": "swinv2_micro_window4_32"})
+    model, _ = model_from_config(config, 10, training=False)
+    assert model.jit_config_dict["jit_level"] == level
+    assert model.jit_config_dict["backend"] == "ms_backend"  # kernel by kernel, not GE
+    step = ms.nn.Cell()
+    assert runtime.apply_jit_config(step, config) is step and step.jit_config_dict["jit_level"] == level
+
+
+def test_jit_config_is_a_no_op_on_cpu(caplog):
+    config = load_config(overrides={"model": "swinv2_micro_window4_32"})
+    assert config.jit_level == "O0" and runtime.jit_config(config) is None
+    model, _ = model_from_config(config, 10, training=False)
+    assert not model.jit_config_dict
+    assert not [r for r in caplog.records if "jit" in r.getMessage().lower()]
+
+
+def test_deprecated_jit_level_o2_is_refused():
+    with pytest.raises(ConfigError, match="deprecated jit_level O2"):
+        load_config(overrides={"device_target": "Ascend", "jit_level": "O2"})
+
+
+def test_gelu_is_one_kernel_on_ascend_only(ascend_context):
+    with cpu_kernels(False):
+        mlp = layers.Mlp(8, 16)
+    assert isinstance(mlp.gelu_ext, layers.GeluExt)
+
+
+def test_gelu_on_cpu_keeps_its_paths():
+    with cpu_kernels(False):
+        assert layers.Mlp(8, 16).gelu_ext is None
+    with cpu_kernels(True):
+        mlp = layers.Mlp(8, 16)
+    assert mlp.gelu_ext is None and mlp.gelu is not None
