@@ -100,6 +100,7 @@ def run_validate(argv: Optional[List[str]] = None) -> int:
         setup_logging(runtime)
         from .data import create_eval_dataset, resolve_data_config
         from .engine.evaluate import EvalStep, evaluate
+        from .engine.runtime import apply_jit_config
 
         dataset, info = create_eval_dataset(
             config.data_dir, batch_size=config.val_batch_size or config.batch_size, split=config.val_split,
@@ -107,7 +108,8 @@ def run_validate(argv: Optional[List[str]] = None) -> int:
             num_workers=config.num_parallel_workers, verify=config.verify_images, strict=config.strict_data,
             **resolve_data_config(config).eval_args())
         model = _eval_model(config, config.num_classes or metadata.num_classes or info.num_classes)
-        result = evaluate(EvalStep(model, distributed=runtime.distributed), dataset, info.batches_per_epoch,
+        step = apply_jit_config(EvalStep(model, distributed=runtime.distributed), config)
+        result = evaluate(step, dataset, info.batches_per_epoch,
                           progress=runtime.is_main)
     except _USER_ERRORS as exc:
         return _fail(exc)

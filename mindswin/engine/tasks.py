@@ -31,7 +31,7 @@ from .builder import model_from_config, simmim_from_config
 from .checkpoints import find_resume_state
 from .evaluate import EvalStep, evaluate
 from .reconstruction import ReconstructionStep, evaluate_reconstruction, save_reconstruction_grid
-from .runtime import Runtime
+from .runtime import Runtime, apply_jit_config
 from .state import RunPosition
 from .train_step import NetWithLoss, SoftTargetCrossEntropy
 
@@ -182,7 +182,8 @@ class ClassificationTask(Task):
                 class_names=self.index.class_names, num_shards=runtime.group_size, shard_id=runtime.rank,
                 verify=config.verify_images, strict=config.strict_data, num_workers=config.num_parallel_workers,
                 **self.preprocessing.eval_args())
-            self._evaluator = EvalStep(model, distributed=runtime.distributed), data, info
+            step = apply_jit_config(EvalStep(model, distributed=runtime.distributed), config)
+            self._evaluator = step, data, info
         step, data, info = self._evaluator
         result = evaluate(step, data, info.batches_per_epoch, progress=self.runtime.is_main)
         return dict(val_top1=round(result.top1, 4), val_top5=round(result.top5, 4), val_loss=round(result.loss, 6),
@@ -278,7 +279,8 @@ class SimMIMTask(Task):
                 num_shards=runtime.group_size, shard_id=runtime.rank, seed=config.seed,
                 num_workers=config.num_parallel_workers, crop_pct=pre.crop_pct, interpolation=pre.interpolation,
                 index=index, mean=pre.mean, std=pre.std)
-            self._evaluator = ReconstructionStep(model, distributed=runtime.distributed), data
+            step = apply_jit_config(ReconstructionStep(model, distributed=runtime.distributed), config)
+            self._evaluator = step, data
         step, data = self._evaluator
         result = evaluate_reconstruction(step, data, in_chans=model.in_chans, progress=runtime.is_main)
         epoch = self._position.epoch + 1 if self._position is not None else 0
