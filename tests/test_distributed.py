@@ -40,8 +40,8 @@ def test_msrun_two_workers_match_a_single_process(data_dir, tmp_path):
     assert summary["top1"] == pytest.approx(dist[-1]["val_top1"], abs=1e-9)
 
 
-def _rank_checks(data_dir, logs, seed=7):
-    result, text = msrun(ROOT / "tests" / "msrun_scripts" / "rank_checks.py", data_dir, seed, logs=logs)
+def _rank_checks(data_dir, logs, seed=7, kernels="on"):
+    result, text = msrun(ROOT / "tests" / "msrun_scripts" / "rank_checks.py", data_dir, seed, kernels, logs=logs)
     assert result.returncode == 0, text[-4000:]
     reports = [json.loads(line.split("RANK_CHECKS ", 1)[1]) for line in text.splitlines() if "RANK_CHECKS " in line]
     return sorted(reports, key=lambda r: r["rank"])
@@ -79,6 +79,15 @@ def _two_nodes(data_dir, tmp_path, name, *args):
     # node 1's msrun also tries to bind the scheduler port and exits 1 after its worker ends
     assert nodes[0].returncode == 0, outputs[0][-3000:] + worker_logs(tmp_path / f"{name}0")[-3000:]
     return [worker_logs(tmp_path / f"{name}{rank}") for rank in (0, 1)]
+
+
+def test_native_ops_path_agrees_across_ranks_too(data_dir, tmp_path):
+    # the fused CPU kernels off: MindSpore's own ops, as on Ascend/GPU and in exported graphs
+    first, second = _rank_checks(data_dir, tmp_path / "native", kernels="off")
+    assert first["init_synced"] == second["init_synced"] and first["drop_path"] != second["drop_path"]
+    assert first["finite"] == second["finite"] == [True, False, True]
+    assert first["loss_scale"] == second["loss_scale"] == [1024.0, 512.0, 512.0]
+    assert first["final_state"] == second["final_state"]
 
 
 def _wait_for_port(port: int, timeout: float) -> bool:

@@ -8,7 +8,7 @@ Prints one line per rank: ``RANK_CHECKS {json}`` with
   device-local overflow status would report): each step's finite flag and loss scale,
   and a digest of the whole train state after them.
 
-Usage: msrun ... rank_checks.py DATA_DIR SEED
+Usage: msrun ... rank_checks.py DATA_DIR SEED [on|off]   (the fused CPU kernels; default on)
 """
 import hashlib
 import json
@@ -25,6 +25,7 @@ from mindswin.engine.optim import AdamW
 from mindswin.engine.runtime import setup_runtime
 from mindswin.engine.state import RunPosition, TrainState
 from mindswin.engine.train_step import TrainStep
+from mindswin.models.kernels import cpu_kernels
 
 
 class StepWithFaultyRank(TrainStep):
@@ -46,10 +47,11 @@ def digest(arrays) -> str:
     return sha.hexdigest()[:16]
 
 
-def main(data_dir: str, seed: int) -> None:
+def main(data_dir: str, seed: int, kernels: bool) -> None:
     config = load_config(overrides=dict(distribute=True, seed=seed))
     runtime = setup_runtime(config)
-    model = create_model("swinv2_micro_window4_32", num_classes=4, drop_path_rate=0.5)
+    with cpu_kernels(kernels):
+        model = create_model("swinv2_micro_window4_32", num_classes=4, drop_path_rate=0.5)
     optimizer = AdamW(model.trainable_params(), 0.05, model.no_weight_decay())
     scaler = ms.amp.DynamicLossScaler(2.0 ** 10, 2, 1000)
     step = StepWithFaultyRank(model, optimizer, Tensor(np.full(10, 1e-3, np.float32)), scaler, clip_value=5.0,
@@ -87,4 +89,4 @@ def main(data_dir: str, seed: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], int(sys.argv[2]), kernels=sys.argv[3:] != ["off"])
