@@ -185,15 +185,38 @@ KERNELS = ["LayerNormForward", "LayerNormBackward", "GeluForward", "GeluBackward
 PARALLEL = [name for name in KERNELS if not name.startswith("Cpb")]  # the position-bias kernels run on one thread
 
 
-@pytest.fixture(scope="module")
-def threaded_library() -> ctypes.CDLL:
+def _cpu_flags() -> List[str]:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
+    return next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+
+
+# The library as built for this CPU, and as built for an AVX2-only x86-64 (MINDSWIN_KERNEL_MARCH):
+# a machine with AVX-512 runs both codegens; vector widths and the remainder loops differ.
+ISAS = ["native", "x86-64-v3"]
+
+
+@pytest.fixture(scope="module", params=ISAS)
+def threaded_library(request, tmp_path_factory) -> ctypes.CDLL:
     """The kernel library as a process started with ``MINDSWIN_CPU_THREADS=3`` runs it.
 
     The library reads the variable once, at its first call large enough to split, so a
     private copy (a separate dlopen instance from the one MindSpore loaded) is made to read
     it now. The copy sits beside the original, a directory shared libraries load from.
     """
-    original = Path(kernels.compiled_library())
+    if request.param == "native":
+        original = Path(kernels.compiled_library())
+    else:
+        if platform.machine() != "x86_64" or not {"avx2", "fma", "f16c", "bmi1", "bmi2", "movbe", "abm", "xsave"} <= set(_cpu_flags()):
+            pytest.skip(f"this CPU cannot run {request.param} code")
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv(kernels.MARCH_ENV, request.param)
+            patch.setenv("MINDSWIN_CACHE_DIR", str(tmp_path_factory.mktemp(request.param)))
+            built = kernels.compiled_library.__wrapped__()
+        assert built is not None, f"the kernels do not build for {request.param}"
+        original = Path(built)
     copy = original.with_name(f"threads-{os.getpid()}-{original.name}")
     shutil.copyfile(original, copy)
     try:
@@ -605,7 +628,7 @@ def test_kernel_cache_is_keyed_by_instruction_set(tmp_path, monkeypatch):
     built = {}
     avx512, avx2 = "-march=znver4 -mavx2 -mavx512f", "-march=znver2 -mavx2 -mno-avx512f"
     for isa in (avx512, avx2, avx512):
-        monkeypatch.setattr(kernels, "_isa_fingerprint", lambda compiler, isa=isa: isa)
+        monkeypatch.setattr(kernels, "_isa_fingerprint", lambda compiler, march=None, isa=isa: isa)
         path = kernels.compiled_library.__wrapped__()
         if isa in built:  # back on the first machine type: its own library, untouched by the other's build
             assert path == built[isa][0] and os.stat(path).st_mtime_ns == built[isa][1]
@@ -626,3 +649,21 @@ def test_isa_fingerprint_is_what_march_native_resolves_to():
         for feature in ("avx2", "avx512f"):
             assert (f"-m{feature}" in fingerprint) == (feature in cpu_flags.split()), feature
     assert kernels._isa_fingerprint("false") == cpu_flags  # no compiler answer: the CPU's own flags
+
+
+def test_kernel_march_override_is_keyed_into_the_cache(monkeypatch):
+    """MINDSWIN_KERNEL_MARCH (benchmarks, tests) swaps -march=native for its target, and its own library."""
+    monkeypatch.delenv(kernels.MARCH_ENV, raising=False)
+    assert "-march=native" in kernels.compile_flags()
+    compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        pytest.skip("no C compiler")
+    native_key = kernels._machine_key(compiler)
+    monkeypatch.setenv(kernels.MARCH_ENV, "native -mno-avx512f")
+    flags = kernels.compile_flags()
+    assert flags[flags.index("-march=native") + 1] == "-mno-avx512f"
+    assert kernels._machine_key(compiler) != native_key
+    for bad in ("-march=znver3", "znver3 -O0", "znver3 -march=native"):
+        monkeypatch.setenv(kernels.MARCH_ENV, bad)
+        with pytest.raises(ValueError, match=kernels.MARCH_ENV):
+            kernels.compile_flags()

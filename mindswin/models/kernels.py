@@ -61,6 +61,12 @@ SOURCE = Path(__file__).resolve().parent / "csrc" / "cpu_kernels.c"
 COMPILE_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros",
                  "-fassociative-math", "-fopenmp-simd", "-shared", "-fPIC")
 LINK_FLAGS = ("-lpthread", "-lm")
+# Benchmarking and testing only: build for another instruction set than this CPU's, e.g.
+# ``MINDSWIN_KERNEL_MARCH=znver3`` (an AVX2 AMD EPYC), ``x86-64-v3`` (any AVX2 x86-64) or
+# ``"native -mno-avx512f"``: the first word replaces ``native`` in ``-march=native``, the rest
+# (``-m`` flags only) follow it. Keyed into the cache like any other flag. A target the CPU
+# cannot run crashes the process with an illegal instruction: users leave this unset.
+MARCH_ENV = "MINDSWIN_KERNEL_MARCH"
 
 _forced: Optional[bool] = None
 
@@ -93,8 +99,26 @@ def _cache_dir() -> Path:
     return Path(root)
 
 
-def _isa_fingerprint(compiler: str) -> str:
-    """The instruction set ``-march=native`` stands for on this machine, as the compiler resolves it.
+def _march_flags() -> tuple:
+    """``-march=native``, or the target ``$MINDSWIN_KERNEL_MARCH`` names (see :data:`MARCH_ENV`)."""
+    override = os.environ.get(MARCH_ENV, "").strip()
+    if not override:
+        return ("-march=native",)
+    first, *rest = shlex.split(override)
+    if first.startswith("-") or not all(flag.startswith("-m") and not flag.startswith("-march") for flag in rest):
+        raise ValueError(f"{MARCH_ENV}={override!r}: expected an -march value followed by -m flags, "
+                         "e.g. 'znver3' or 'native -mno-avx512f'")
+    return (f"-march={first}", *rest)
+
+
+def compile_flags() -> tuple:
+    """:data:`COMPILE_FLAGS` with the target of :func:`_march_flags`."""
+    march = _march_flags()
+    return tuple(flag for part in COMPILE_FLAGS for flag in (march if part == "-march=native" else (part,)))
+
+
+def _isa_fingerprint(compiler: str, march: tuple = ("-march=native",)) -> str:
+    """The instruction set ``march`` (``-march=native``) stands for on this machine, as the compiler resolves it.
 
     A cache directory shared by machines of different types (an AVX-512 and an AVX2 one on
     a network home) must not hand one a library built for the other, which would crash
@@ -104,7 +128,7 @@ def _isa_fingerprint(compiler: str) -> str:
     list. If that fails, the CPU's feature flags from ``/proc/cpuinfo`` stand in.
     """
     try:
-        result = subprocess.run([compiler, "-march=native", "-###", "-E", "-"], stdin=subprocess.DEVNULL,
+        result = subprocess.run([compiler, *march, "-###", "-E", "-"], stdin=subprocess.DEVNULL,
                                 capture_output=True, text=True, timeout=60, check=False)
         driver = result.stderr if result.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
@@ -132,7 +156,8 @@ def _machine_key(compiler: str) -> str:
     """Source, flags, compiler and instruction set: anything that changes the binary."""
     digest = hashlib.sha256(SOURCE.read_bytes())
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
-    for part in (" ".join(COMPILE_FLAGS + LINK_FLAGS), version, platform.machine(), _isa_fingerprint(compiler)):
+    isa = _isa_fingerprint(compiler, _march_flags())
+    for part in (" ".join(compile_flags() + LINK_FLAGS), version, platform.machine(), isa):
         digest.update(part.encode() + b"\0")  # separated, so no two lists of parts hash alike
     return digest.hexdigest()[:16]
 
@@ -161,7 +186,7 @@ def compiled_library() -> Optional[str]:
         return str(target)
 
     def build(path: str) -> None:
-        result = subprocess.run([compiler, *COMPILE_FLAGS, "-o", path, str(SOURCE), *LINK_FLAGS],
+        result = subprocess.run([compiler, *compile_flags(), "-o", path, str(SOURCE), *LINK_FLAGS],
                                 capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise _BuildError(result.stderr[-2000:])
