@@ -1,11 +1,28 @@
 """ImageFolder datasets on ``mindspore.dataset`` for training and evaluation.
 
-* Images are decoded with Pillow in the source (any mode -> RGB, so CMYK/palette/RGBA/
-  grayscale files work); files that turn out unreadable only at decode time are replaced
-  by the next readable sample and reported by name.
+Pipeline (training; evaluation is the same without the Python stage):
+
+1. source (threads of the main process): reads a file's bytes; ordinary JPEG/PNG files go on
+   as they are, any other file (CMYK, palette, alpha, 16-bit, odd) is decoded with Pillow and
+   handed on as BMP. A file that cannot be read is replaced by the next readable sample and
+   reported by name, in the main process (``DataInfo.all_bad_files``, a warning).
+2. ``vision.Decode`` (MindSpore's C++ decoder, its own threads, no GIL).
+3. the Python transform (:class:`~mindswin.data.transforms.TrainAugment`: RandomResizedCrop,
+   flip, RandAugment, the erasing rectangle) in worker processes (``python_multiprocessing``),
+   so it scales with cores. Every random number of a sample comes from ``(seed, key)``, the
+   key being ``epoch * num_samples + index`` as the sampler yields it: workers never share a
+   generator, and a run repeats exactly from its seed whatever the number of workers (and a
+   resumed run draws what the uninterrupted one drew).
+4. batch (main process): mixup/CutMix parameters drawn from ``(seed, the batch's keys)`` and
+   the soft targets (label smoothing folded in).
+
+With ``device_augment=True`` the batch is ``(image (B, S, S, 3) uint8, erase (B, 4) int32,
+cutbox (B, 4) int32, blend (B, 2) float32, label (B, K) float32)`` and
+:class:`~mindswin.data.device.DeviceAugment` normalises, erases and mixes in the graph;
+otherwise the host does it and the batch is ``(image (B, 3, S, S) float32, label)`` as before.
+
 * Training: a seeded per-epoch permutation, sharded like ``DistributedSampler`` (every
-  rank the same number of samples), batched with ``drop_remainder`` and mixed per batch
-  (mixup/CutMix/label smoothing) into ``(image, soft_target)`` with fixed shapes.
+  rank the same number of samples), batched with ``drop_remainder``.
 * Evaluation: samples ``i, i + num_shards, ...`` per shard, padded with zero-weight copies
   to whole batches of the same count on every shard, so every sample is counted exactly
   once and every batch has the same static shape: ``(image, label, weight)``.
@@ -21,13 +38,14 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import mindspore.dataset as ds
 import numpy as np
+from mindspore.dataset import vision
 
-from .folder import UNREADABLE, DataError, FolderIndex, decode_rgb, scan_split
+from .folder import UNREADABLE, DataError, FolderIndex, decode_rgb, encoded_for_native_decoder, scan_split
 from .mixup import Mixup
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transforms, build_train_transforms
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, TrainAugment, build_eval_transforms
 
-__all__ = ["DataInfo", "EpochShardSampler", "ImageSource", "create_train_dataset", "create_eval_dataset",
-           "eval_shard_indices"]
+__all__ = ["DataInfo", "EpochShardSampler", "ImageSource", "EncodedImageSource", "create_train_dataset",
+           "create_eval_dataset", "eval_shard_indices"]
 
 _logger = logging.getLogger(__name__)
 
@@ -70,17 +88,55 @@ class ImageSource:
         return len(self.samples)
 
     def __getitem__(self, index: int):
+        index = int(index) % len(self.samples)
         for offset in range(len(self.samples)):
             path, label = self.samples[(index + offset) % len(self.samples)]
             try:
                 image = np.asarray(decode_rgb(path), dtype=np.uint8)
             except UNREADABLE as exc:
-                with self._lock:
-                    if all(p != path for p, _ in self.bad_files):
-                        self.bad_files.append((path, f"{type(exc).__name__}: {exc}"))
-                        _logger.warning("unreadable image %s (%s): replaced by the next sample", path, exc)
+                self._report(path, exc)
                 continue
             return image, np.int32(label), self.weights[index]
+        raise DataError("no readable image left in the dataset")
+
+    def _report(self, path: str, exc: BaseException) -> None:
+        with self._lock:
+            if all(p != path for p, _ in self.bad_files):
+                self.bad_files.append((path, f"{type(exc).__name__}: {exc}"))
+                _logger.warning("unreadable image %s (%s): replaced by the next sample", path, exc)
+
+
+class EncodedImageSource(ImageSource):
+    """Random-access source of ``(encoded bytes, label, key, weight)`` for ``vision.Decode``.
+
+    ``key`` is what the sampler yields (``epoch * len(samples) + index`` in training, the
+    position in evaluation); the sample read is ``key % len(samples)``. Files that are not
+    ordinary JPEG/PNG come as Pillow-decoded BMP (see
+    :func:`~mindswin.data.folder.encoded_for_native_decoder`); unreadable ones are replaced by
+    the next readable sample and reported (this object lives in the main process).
+
+    Attributes:
+        pillow_files: How many files went through Pillow (the rest: the C++ decoder alone).
+    """
+
+    def __init__(self, samples: Sequence[Tuple[str, int]], weights: Optional[Sequence[float]] = None) -> None:
+        super().__init__(samples, weights)
+        self.pillow_files = 0
+
+    def __getitem__(self, key: int):
+        count = len(self.samples)
+        index = int(key) % count
+        for offset in range(count):
+            path, label = self.samples[(index + offset) % count]
+            try:
+                data, native = encoded_for_native_decoder(path)
+            except UNREADABLE as exc:
+                self._report(path, exc)
+                continue
+            if not native:
+                with self._lock:
+                    self.pillow_files += 1
+            return data, np.int32(label), np.int64(key), self.weights[index]
         raise DataError("no readable image left in the dataset")
 
 
@@ -98,8 +154,12 @@ class EpochShardSampler:
     remaining samples first and the ``skip`` already-trained ones after them (never
     reached: the loop takes only the remaining batches).
 
+    It yields sample *keys*, ``epoch * num_samples + index`` (:meth:`split_key` takes one
+    apart): the epoch travels with every sample, so per-sample randomness drawn in worker
+    processes (which never see this object's later state) knows its epoch.
+
     Attributes:
-        current_epoch: The epoch being drawn (per-sample randomness, e.g. SimMIM masks, reads it).
+        current_epoch: The epoch being drawn.
     """
 
     def __init__(self, num_samples: int, num_shards: int = 1, shard_id: int = 0, seed: int = 0,
@@ -130,9 +190,14 @@ class EpochShardSampler:
         self.current_epoch = self.epoch
         indices = self.indices(self.epoch)
         indices = np.concatenate([indices[self.skip:], indices[:self.skip]])
+        base = self.epoch * self.num_samples
         self.epoch += 1
         self.skip = 0
-        yield from indices.tolist()
+        yield from (indices + base).tolist()
+
+    def split_key(self, key: int) -> Tuple[int, int]:
+        """``(epoch, index)`` of a key this sampler yielded."""
+        return divmod(int(key), self.num_samples)
 
     def __deepcopy__(self, memo) -> EpochShardSampler:
         return self
@@ -163,6 +228,14 @@ def _scan(data_dir: str, split: str, class_names: Optional[Sequence[str]], verif
                       num_workers=num_workers)
 
 
+def _python_workers(num_workers: int) -> int:
+    return max(1, num_workers)
+
+
+def _collect_keys(keys) -> List[int]:
+    return [int(k) for k in np.asarray(keys).reshape(-1)]
+
+
 def create_train_dataset(data_dir: str, *, image_size: int, batch_size: int, split: str = "train",
                          num_shards: int = 1, shard_id: int = 0, seed: int = 0, num_workers: int = 2,
                          start_epoch: int = 0, skip_batches: int = 0, auto_augment: Optional[str] = None,
@@ -172,34 +245,54 @@ def create_train_dataset(data_dir: str, *, image_size: int, batch_size: int, spl
                          mixup_prob: float = 1.0, mixup_switch_prob: float = 0.5, mixup_mode: str = "batch",
                          label_smoothing: float = 0.0, verify: str = "auto", strict: bool = False,
                          index: Optional[FolderIndex] = None, mean: Sequence[float] = IMAGENET_MEAN,
-                         std: Sequence[float] = IMAGENET_STD) -> Tuple[ds.Dataset, DataInfo]:
-    """Training dataset yielding ``image`` (B, 3, S, S) float32 and ``label`` (B, K) soft targets.
+                         std: Sequence[float] = IMAGENET_STD, device_augment: bool = False,
+                         multiprocessing: bool = True) -> Tuple[ds.Dataset, DataInfo]:
+    """Training dataset of soft-target batches (columns: see the module docstring).
 
-    ``start_epoch``/``skip_batches`` resume the sample order of an interrupted run.
+    ``start_epoch``/``skip_batches`` resume the sample order of an interrupted run (and,
+    since every draw depends on the sample's key, its augmentation too).
+    ``device_augment`` leaves normalise/erase/mix to :class:`~mindswin.data.device.DeviceAugment`.
+    ``multiprocessing=False`` runs the Python transform in threads (for debugging).
     """
     index = index or _scan(data_dir, split, None, verify, strict, num_workers)
     sampler = EpochShardSampler(len(index), num_shards, shard_id, seed, shuffle=True, start_epoch=start_epoch,
                                 skip=skip_batches * batch_size)
     if sampler.per_shard < batch_size:
         raise DataError(f"{index.root}: {sampler.per_shard} samples per shard is fewer than batch_size {batch_size}")
-    source = ImageSource(index.samples)
-    dataset = ds.GeneratorDataset(source, column_names=["image", "label", "weight"], sampler=sampler,
-                                  num_parallel_workers=num_workers, python_multiprocessing=False)
-    dataset = dataset.project(["image", "label"])
-    transforms = build_train_transforms(image_size, scale=scale, ratio=ratio, hflip=hflip, auto_augment=auto_augment,
-                                        interpolation=interpolation, re_prob=re_prob, color_jitter=color_jitter,
-                                        seed=seed + 1000 * shard_id + 17 * start_epoch, mean=mean, std=std)
-    dataset = dataset.map(transforms, input_columns="image", num_parallel_workers=num_workers,
-                          python_multiprocessing=False)
+    workers = _python_workers(num_workers)
+    source = EncodedImageSource(index.samples)
+    dataset = ds.GeneratorDataset(source, column_names=["image", "label", "key", "weight"], sampler=sampler,
+                                  num_parallel_workers=workers, python_multiprocessing=False)
+    dataset = dataset.project(["image", "label", "key"])
+    dataset = dataset.map(vision.Decode(), input_columns="image", num_parallel_workers=workers)
+    augment = TrainAugment(image_size, scale=scale, ratio=ratio, hflip=hflip, auto_augment=auto_augment,
+                           interpolation=interpolation, re_prob=re_prob, color_jitter=color_jitter, seed=seed,
+                           mean=mean, std=std, device=device_augment)
+    dataset = dataset.map(augment, input_columns=["image", "key"], output_columns=["image", "erase", "key"],
+                          num_parallel_workers=workers, python_multiprocessing=multiprocessing)
     mixer = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=mixup_prob, switch_prob=mixup_switch_prob,
-                  mode=mixup_mode, label_smoothing=label_smoothing, num_classes=len(index.class_names),
-                  seed=seed + 7919 * shard_id + 31 * start_epoch)
+                  mode=mixup_mode, label_smoothing=label_smoothing, num_classes=len(index.class_names))
 
-    def mix(images, labels, _batch_info):
-        return mixer(np.stack(images), np.asarray(labels))
+    def batch_rng(keys) -> np.random.Generator:
+        return np.random.default_rng([seed, 0x313C, *_collect_keys(keys)])
 
-    dataset = dataset.batch(batch_size, drop_remainder=True, per_batch_map=mix,
-                            input_columns=["image", "label"], output_columns=["image", "label"])
+    if device_augment:
+        def draw(labels, keys, _batch_info):
+            params = mixer.draw(len(labels), image_size, image_size, batch_rng(keys))
+            return mixer.targets(np.asarray(labels), params.lam), params.cutbox, params.blend
+
+        dataset = dataset.batch(batch_size, drop_remainder=True, per_batch_map=draw, input_columns=["label", "key"],
+                                output_columns=["label", "cutbox", "blend"])
+        dataset = dataset.project(["image", "erase", "cutbox", "blend", "label"])
+    else:
+        def mix(images, labels, keys, _batch_info):
+            images = np.stack(images)
+            params = mixer.draw(len(labels), image_size, image_size, batch_rng(keys))
+            return Mixup.apply(images, params), mixer.targets(np.asarray(labels), params.lam)
+
+        dataset = dataset.batch(batch_size, drop_remainder=True, per_batch_map=mix,
+                                input_columns=["image", "label", "key"], output_columns=["image", "label"])
+        dataset = dataset.project(["image", "label"])
     info = DataInfo(class_names=index.class_names, num_samples=len(index), batch_size=batch_size,
                     batches_per_epoch=sampler.per_shard // batch_size, bad_files=list(index.bad_files),
                     source=source)
@@ -210,16 +303,24 @@ def create_eval_dataset(data_dir: str, *, image_size: int, batch_size: int, spli
                         class_names: Optional[Sequence[str]] = None, num_shards: int = 1, shard_id: int = 0,
                         num_workers: int = 2, crop_pct: float = 0.9, interpolation: str = "bicubic",
                         verify: str = "auto", strict: bool = False, mean: Sequence[float] = IMAGENET_MEAN,
-                        std: Sequence[float] = IMAGENET_STD) -> Tuple[ds.Dataset, DataInfo]:
-    """Evaluation dataset yielding ``image``, ``label`` (B,) int32 and ``weight`` (B,) float32."""
-    index = _scan(data_dir, split, class_names, verify, strict, num_workers)
+                        std: Sequence[float] = IMAGENET_STD, device_augment: bool = False,
+                        index: Optional[FolderIndex] = None) -> Tuple[ds.Dataset, DataInfo]:
+    """Evaluation dataset yielding ``image``, ``label`` (B,) int32 and ``weight`` (B,) float32.
+
+    ``image`` is (B, 3, S, S) float32, or with ``device_augment`` (B, S, S, 3) uint8 for
+    :class:`~mindswin.data.device.DeviceNormalize`. Decoding, resizing and cropping run in
+    MindSpore's C++ threads.
+    """
+    index = index or _scan(data_dir, split, class_names, verify, strict, num_workers)
     positions, weights = eval_shard_indices(len(index), num_shards, shard_id, batch_size)
-    source = ImageSource([index.samples[i] for i in positions], weights)
-    dataset = ds.GeneratorDataset(source, column_names=["image", "label", "weight"], shuffle=False,
-                                  num_parallel_workers=num_workers, python_multiprocessing=False)
-    dataset = dataset.map(build_eval_transforms(image_size, crop_pct=crop_pct, interpolation=interpolation, mean=mean,
-                                                std=std),
-                          input_columns="image", num_parallel_workers=num_workers, python_multiprocessing=False)
+    source = EncodedImageSource([index.samples[i] for i in positions], weights)
+    workers = _python_workers(num_workers)
+    dataset = ds.GeneratorDataset(source, column_names=["image", "label", "key", "weight"], shuffle=False,
+                                  num_parallel_workers=workers, python_multiprocessing=False)
+    dataset = dataset.project(["image", "label", "weight"])
+    ops = [vision.Decode()] + build_eval_transforms(image_size, crop_pct=crop_pct, interpolation=interpolation,
+                                                    mean=mean, std=std, normalize=not device_augment)
+    dataset = dataset.map(ops, input_columns="image", num_parallel_workers=workers)
     dataset = dataset.batch(batch_size, drop_remainder=True)
     info = DataInfo(class_names=index.class_names, num_samples=len(index), batch_size=batch_size,
                     batches_per_epoch=len(positions) // batch_size, bad_files=list(index.bad_files),

@@ -5,17 +5,22 @@ modes use ``np.bool``, removed in numpy 1.24), so this is mindswin's own impleme
 the same (timm) semantics: mixup 0.8 / cutmix 1.0 / switch prob 0.5, one lambda per batch
 (``batch``), per pair of samples (``pair``) or per sample (``elem``), each sample mixed with
 the batch flipped end to end.
+
+A draw is separate from its application (:meth:`Mixup.draw` -> :class:`MixParams`): the
+datasets draw on the host, where the soft targets are made, and either mix there
+(:meth:`Mixup.apply`) or hand the parameters to the graph (:mod:`mindswin.data.device`).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import numpy as np
 
 from ..config import choices
 
-__all__ = ["smooth_one_hot", "Mixup"]
+__all__ = ["smooth_one_hot", "Mixup", "MixParams"]
 
 
 def smooth_one_hot(labels: np.ndarray, num_classes: int, smoothing: float = 0.0) -> np.ndarray:
@@ -24,6 +29,22 @@ def smooth_one_hot(labels: np.ndarray, num_classes: int, smoothing: float = 0.0)
     targets = np.full((len(labels), num_classes), off, dtype=np.float32)
     targets[np.arange(len(labels)), labels.astype(np.int64)] = 1.0 - smoothing + off
     return targets
+
+
+@dataclass
+class MixParams:
+    """How each sample of a batch is mixed with the flipped batch.
+
+    Attributes:
+        cutbox: (B, 4) int32 ``(top, bottom, left, right)`` pasted from the partner (empty: none).
+        blend: (B, 2) float32 weights of the sample and its partner outside the box
+            (``(1, 0)``: unchanged; mixup: ``(lam, 1 - lam)``).
+        lam: (B,) float32 share of the sample's own label.
+    """
+
+    cutbox: np.ndarray
+    blend: np.ndarray
+    lam: np.ndarray
 
 
 class Mixup:
@@ -75,34 +96,60 @@ class Mixup:
         kept = 1.0 - (bottom - top) * (right - left) / float(height * width)
         return int(top), int(bottom), int(left), int(right), kept
 
-    def __call__(self, images: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """Mix ``images`` (B, C, H, W) with their flipped batch; return (images, soft targets)."""
-        batch = len(images)
+    def draw(self, batch: int, height: int, width: int, rng: Optional[np.random.Generator] = None) -> MixParams:
+        """The parameters of one batch (from ``rng``, default this mixer's own generator)."""
         if batch % 2 and self.mode == "pair":
             raise ValueError("mixup mode 'pair' needs an even batch size")
+        saved = self.rng
+        if rng is not None:
+            self.rng = rng
+        try:
+            cutbox = np.zeros((batch, 4), np.int32)
+            blend = np.tile(np.array([1.0, 0.0], np.float32), (batch, 1))
+            lam = np.ones(batch, dtype=np.float32)
+            if self.mode == "batch":
+                group = np.zeros(batch, dtype=np.int64)
+            elif self.mode == "pair":
+                group = np.minimum(np.arange(batch), batch - 1 - np.arange(batch))
+            else:
+                group = np.arange(batch)
+            for g in np.unique(group):
+                value, use_cutmix = self._draw()
+                if value >= 1.0:
+                    continue
+                members = np.nonzero(group == g)[0]
+                if use_cutmix:
+                    top, bottom, left, right, kept = self._cut_box(height, width, value)
+                    cutbox[members] = (top, bottom, left, right)
+                    lam[members] = kept
+                else:
+                    blend[members] = (np.float32(value), np.float32(1.0 - value))
+                    lam[members] = value
+            return MixParams(cutbox=cutbox, blend=blend, lam=lam)
+        finally:
+            self.rng = saved
+
+    @staticmethod
+    def apply(images: np.ndarray, params: MixParams) -> np.ndarray:
+        """``images`` (B, C, H, W) mixed with their flipped batch as ``params`` say (float32)."""
         source = images[::-1]
         mixed = images.astype(np.float32, copy=True)
-        lam = np.ones(batch, dtype=np.float32)
-        height, width = images.shape[-2:]
-        if self.mode == "batch":
-            group = np.zeros(batch, dtype=np.int64)
-        elif self.mode == "pair":
-            group = np.minimum(np.arange(batch), batch - 1 - np.arange(batch))
-        else:
-            group = np.arange(batch)
-        for g in np.unique(group):
-            value, use_cutmix = self._draw()
-            if value >= 1.0:
-                continue
-            members = np.nonzero(group == g)[0]
-            if use_cutmix:
-                top, bottom, left, right, kept = self._cut_box(height, width, value)
-                mixed[members, :, top:bottom, left:right] = source[members, :, top:bottom, left:right]
-                lam[members] = kept
-            else:
-                mixed[members] = images[members] * value + source[members] * (1.0 - value)
-                lam[members] = value
+        for i in range(len(images)):
+            top, bottom, left, right = (int(v) for v in params.cutbox[i])
+            w_self, w_other = params.blend[i]
+            if w_other != 0.0:
+                mixed[i] = images[i] * w_self + source[i] * w_other
+            if bottom > top and right > left:
+                mixed[i, :, top:bottom, left:right] = source[i, :, top:bottom, left:right]
+        return mixed
+
+    def targets(self, labels: np.ndarray, lam: np.ndarray) -> np.ndarray:
+        """Soft targets: the smoothed one-hot labels mixed with the flipped batch's by ``lam``."""
         targets = smooth_one_hot(labels, self.num_classes, self.label_smoothing)
         targets = targets * lam[:, None] + targets[::-1] * (1.0 - lam[:, None])
-        return mixed, targets.astype(np.float32)
+        return targets.astype(np.float32)
 
+    def __call__(self, images: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Mix ``images`` (B, C, H, W) with their flipped batch; return (images, soft targets)."""
+        params = self.draw(len(images), *images.shape[-2:])
+        return self.apply(images, params), self.targets(labels, params.lam)

@@ -76,7 +76,7 @@ def scan_images(folder: str, *, verify: str = "auto", strict: bool = False, num_
 
 
 class _MaskedTrainSource:
-    """``(image, mask)`` of sample ``index``; the mask comes from ``(seed, rank, epoch, index)``."""
+    """``(image, mask)`` of a sampler key; the mask comes from ``(seed, rank, epoch, index)``."""
 
     def __init__(self, images: ImageSource, sampler: EpochShardSampler, mask_generator: MaskGenerator,
                  seed: int, rank: int) -> None:
@@ -89,9 +89,10 @@ class _MaskedTrainSource:
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: int):
+        epoch, index = self.sampler.split_key(key)
         image, _, _ = self.images[index]
-        rng = train_mask_rng(self.seed, self.rank, self.sampler.current_epoch, int(index))
+        rng = train_mask_rng(self.seed, self.rank, epoch, index)
         return image, self.mask_generator(rng)
 
 
