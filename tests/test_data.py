@@ -11,6 +11,7 @@ from mindswin.config import ConfigError
 from mindswin.data import (
     DataError,
     ImageSource,
+    decode_rgb,
     Mixup,
     create_eval_dataset,
     create_train_dataset,
@@ -19,6 +20,7 @@ from mindswin.data import (
     scan_split,
     smooth_one_hot,
 )
+from mindswin.data.folder import encoded_for_native_decoder, native_decodable
 from mindswin.data.transforms import RandomErasing, auto_augment_transform
 
 
@@ -206,3 +208,239 @@ def test_mindcv_auto_augment_policies_run_on_this_mindspore():
         assert out.dtype == (np.float64 if policy.startswith("augmix") else np.uint8)
     with pytest.raises(ConfigError, match="unknown auto_augment policy"):
         auto_augment_transform("randomaug", 32, "bicubic")
+
+
+# --- decoding: MindSpore's C++ decoder for ordinary files, Pillow for the rest -------------------
+
+def _encode(img, fmt, **kwargs):
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def test_native_decoder_split_by_content():
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 255, (24, 30, 3), dtype=np.uint8))
+    gray = rgb.convert("L")
+    jpeg = _encode(rgb, "JPEG")
+    native = {"jpeg": jpeg, "jpeg grey": _encode(gray, "JPEG"), "progressive": _encode(rgb, "JPEG", progressive=True),
+              "png": _encode(rgb, "PNG"), "png grey": _encode(gray, "PNG")}
+    pillow = {"cmyk": _encode(rgb.convert("CMYK"), "JPEG"), "palette": _encode(gray.convert("P"), "PNG"),
+              "rgba": _encode(rgb.convert("RGBA"), "PNG"), "16-bit": _encode(gray.convert("I;16"), "PNG"),
+              "truncated": jpeg[: len(jpeg) // 2], "bmp": _encode(rgb, "BMP"), "text": b"not an image", "empty": b""}
+    assert all(native_decodable(data) for data in native.values())
+    assert not any(native_decodable(data) for data in pillow.values())
+
+
+def test_both_decoders_give_pillows_pixels(tmp_path):
+    from mindspore.dataset import vision
+
+    root = _write_bad_folder(tmp_path)
+    deep = (np.random.default_rng(1).integers(0, 255, (20, 20)) * 200).astype(np.int32)
+    Image.fromarray(deep).convert("I;16").save(root / "val" / "odd" / "deep.png")
+    decode = vision.Decode()
+    routes = {}
+    for path in sorted((root / "val").glob("*/*.*")):
+        if path.suffix == ".txt" or path.name in ("truncated.jpg", "zero.jpg", "text.jpg"):
+            continue
+        data, native = encoded_for_native_decoder(str(path))
+        routes[path.name] = native
+        assert np.array_equal(decode(data), np.asarray(decode_rgb(str(path)))), path.name
+    assert routes == {"0.jpg": True, "1.jpg": True, "2.jpg": True, "cmyk.jpg": False, "deep.png": False,
+                      "gray.png": True, "palette.png": False, "rgba.png": False}
+
+
+def test_files_bad_at_decode_time_are_reported_from_the_pipeline(tmp_path, caplog):
+    root = _write_bad_folder(tmp_path)
+    index = scan_split(str(root / "val"), verify="header")  # truncated.jpg passes a header check
+    assert "truncated.jpg" in {p.rsplit("/", 1)[-1] for p, _ in index.samples}
+    with caplog.at_level(logging.WARNING):
+        dataset, info = create_eval_dataset(str(root), image_size=16, batch_size=2, index=index, num_workers=2,
+                                            device_augment=True)
+        batches = _batches(dataset)
+    assert len(batches) == info.batches_per_epoch and batches[0][0].dtype == np.uint8
+    late = [p.rsplit("/", 1)[-1] for p, _ in info.source.bad_files]
+    assert late == ["truncated.jpg"] and "truncated.jpg" in caplog.text
+    assert sorted(p.rsplit("/", 1)[-1] for p, _ in info.all_bad_files()) == ["text.jpg", "truncated.jpg", "zero.jpg"]
+    assert info.source.pillow_files >= 3  # cmyk, palette, rgba went through Pillow
+
+
+def test_train_files_bad_at_decode_time_are_reported_with_worker_processes(tmp_path):
+    split = tmp_path / "train"
+    for name in ("a", "b"):
+        (split / name).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (24, 20), (40 * i, 90, 200 if name == "a" else 10)).save(split / name / f"{i}.jpg")
+    good = (split / "a" / "0.jpg").read_bytes()
+    (split / "b" / "broken.jpg").write_bytes(good[: len(good) // 2])
+    index = scan_split(str(split), verify="header")
+    dataset, info = create_train_dataset(str(tmp_path), image_size=16, batch_size=4, index=index, num_workers=2,
+                                         auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.5, mixup=0.8, cutmix=1.0,
+                                         device_augment=True)
+    assert len(_batches(dataset)) == info.batches_per_epoch
+    assert [p.rsplit("/", 1)[-1] for p, _ in info.all_bad_files()] == ["broken.jpg"]
+
+
+# --- worker processes: per-sample randomness, reproducible from the seed -------------------------
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory):
+    """16 copies of one image: any difference between samples is augmentation."""
+    root = tmp_path_factory.mktemp("twins")
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    for name in ("a", "b"):
+        (root / "train" / name).mkdir(parents=True)
+        for i in range(8):
+            image.save(root / "train" / name / f"{i}.png")
+    return str(root)
+
+
+def _augmented(root, seed, workers, device=True):
+    dataset, _ = create_train_dataset(root, image_size=24, batch_size=8, seed=seed, num_workers=workers,
+                                      auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.9, mixup=0.8, cutmix=1.0,
+                                      label_smoothing=0.1, device_augment=device)
+    return [np.concatenate(column) for column in zip(*_batches(dataset))]
+
+
+def test_worker_processes_draw_different_randomness_and_repeat_per_seed(twins):
+    first = _augmented(twins, seed=5, workers=2)
+    images, erase = first[0], first[1]
+    assert images.dtype == np.uint8 and images.shape == (16, 24, 24, 3)
+    # two workers each took half of the samples: no two samples share crops, policy draws or erasing boxes
+    flat = images.reshape(len(images), -1)
+    assert len({row.tobytes() for row in flat}) == len(flat)
+    assert len({tuple(box) for box in erase if box[2] > 0}) == int((erase[:, 2] > 0).sum()) > 4
+    again = _augmented(twins, seed=5, workers=2)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    one_worker = _augmented(twins, seed=5, workers=1)
+    assert all(np.array_equal(a, b) for a, b in zip(first, one_worker))
+    other = _augmented(twins, seed=6, workers=2)
+    assert not np.array_equal(first[0], other[0])
+
+
+def test_host_path_repeats_per_seed_too(twins):
+    first = _augmented(twins, seed=2, workers=2, device=False)
+    assert first[0].dtype == np.float32 and first[0].shape == (16, 3, 24, 24)
+    assert all(np.array_equal(a, b) for a, b in zip(first, _augmented(twins, seed=2, workers=2, device=False)))
+
+
+# --- device-side normalise -> erase -> mix equals the host reference ----------------------------
+
+def _host_reference(images, erase, params, noise, mean, std):
+    from mindswin.data.transforms import normalize_chw
+
+    normalised = np.stack([RandomErasing.apply(normalize_chw(img, mean, std), box, n)
+                           for img, box, n in zip(images, erase, noise)])
+    return Mixup.apply(normalised, params)
+
+
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+def test_device_normalise_erase_mix_matches_the_host_reference(mode):
+    import mindspore as ms
+    from mindspore import Tensor, nn
+
+    from mindswin.data.device import DeviceAugment, DeviceNormalize, normalize_erase_mix
+    from mindswin.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_chw
+
+    class Given(nn.Cell):  # the device arithmetic with the noise given
+        def __init__(self):
+            super().__init__()
+            self.mean = Tensor(np.asarray(IMAGENET_MEAN, np.float32).reshape(1, 3, 1, 1))
+            self.std = Tensor(np.asarray(IMAGENET_STD, np.float32).reshape(1, 3, 1, 1))
+
+        def construct(self, images, erase, cutbox, blend, noise):
+            return normalize_erase_mix(images, erase, cutbox, blend, noise, self.mean, self.std)
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    rng = np.random.default_rng(0)
+    batch, size = 8, 20
+    given = Given()
+    for trial in range(4):
+        images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+        erase = np.array([RandomErasing(prob=0.6).draw(rng, size, size) for _ in range(batch)], np.int32)
+        params = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, mode=mode, num_classes=3).draw(batch, size, size, rng)
+        noise = rng.standard_normal((batch, 3, size, size)).astype(np.float32)
+        expected = _host_reference(images, erase, params, noise, IMAGENET_MEAN, IMAGENET_STD)
+        got = given(Tensor(images), Tensor(erase), Tensor(params.cutbox), Tensor(params.blend),
+                    Tensor(noise)).asnumpy()
+        # float32: (x - mean) / std is two roundings, the blend three more, each at most
+        # half an ulp of values below |8|; a different evaluation order moves a result by
+        # a few ulps of the largest operand
+        tolerance = 8 * np.finfo(np.float32).eps * np.maximum(1.0, np.abs(expected))
+        assert np.all(np.abs(got - expected) <= tolerance), (trial, np.abs(got - expected).max())
+    # the cells: DeviceNormalize is the eval transform's normalisation; DeviceAugment without
+    # erasing is the reference with nothing erased
+    normalised = DeviceNormalize()(Tensor(images)).asnumpy()
+    reference = np.stack([normalize_chw(img, IMAGENET_MEAN, IMAGENET_STD) for img in images])
+    assert np.allclose(normalised, reference, rtol=0, atol=8 * np.finfo(np.float32).eps * 4)
+    nothing = np.zeros_like(erase)
+    plain = DeviceAugment(erasing=False)(Tensor(images), Tensor(erase), Tensor(params.cutbox),
+                                         Tensor(params.blend)).asnumpy()
+    expected = _host_reference(images, nothing, params, noise, IMAGENET_MEAN, IMAGENET_STD)
+    assert np.all(np.abs(plain - expected) <= 8 * np.finfo(np.float32).eps * np.maximum(1.0, np.abs(expected)))
+    # with erasing: the rectangles hold standard normal noise, the rest is the reference
+    no_mix = np.tile(np.array([1.0, 0.0], np.float32), (batch, 1))
+    boxes = np.tile(np.array([2, 3, 10, 12], np.int32), (batch, 1))
+    erased = DeviceAugment(erasing=True, seed=1)(Tensor(images), Tensor(boxes), Tensor(np.zeros_like(boxes)),
+                                                 Tensor(no_mix)).asnumpy()
+    inside = erased[:, :, 2:12, 3:15]
+    assert abs(inside.mean()) < 0.1 and 0.9 < inside.std() < 1.1
+    outside = erased.copy()
+    outside[:, :, 2:12, 3:15] = reference[:, :, 2:12, 3:15]
+    assert np.allclose(outside, reference, rtol=0, atol=1e-5)
+
+
+def test_device_batches_have_the_documented_columns(demo):
+    dataset, info = create_train_dataset(demo, image_size=32, batch_size=8, auto_augment="rand-m9-mstd0.5-inc1",
+                                         re_prob=0.25, mixup=0.8, cutmix=1.0, label_smoothing=0.1,
+                                         device_augment=True)
+    images, erase, cutbox, blend, targets = _batches(dataset)[0]
+    assert images.shape == (8, 32, 32, 3) and images.dtype == np.uint8
+    assert erase.shape == cutbox.shape == (8, 4) and erase.dtype == cutbox.dtype == np.int32
+    assert blend.shape == (8, 2) and blend.dtype == np.float32 and targets.shape == (8, 4)
+    assert np.allclose(targets.sum(axis=1), 1.0, atol=1e-5)
+
+
+# --- scanning once per job -----------------------------------------------------------------------
+
+def test_scan_happens_once_per_job_and_other_ranks_get_the_index(tmp_path, monkeypatch):
+    import mindswin.data.folder as folder
+
+    root = _write_bad_folder(tmp_path)
+    sent = []
+
+    def rank0(make):
+        sent.append(make())
+        return sent[-1]
+
+    def other_rank(make):  # never calls make: it only receives what rank 0 sent
+        return sent[-1]
+
+    expected = scan_split(str(root / "val"))
+    assert scan_split(str(root / "val"), share=rank0) == expected
+    walks = []
+    monkeypatch.setattr(folder.os, "walk", lambda *a, **k: walks.append(a) or iter(()))
+    monkeypatch.setattr(folder, "_check", lambda *a: walks.append(a))
+    received = scan_split(str(root / "val"), share=other_rank)
+    assert walks == [] and received == expected
+    assert [p.rsplit("/", 1)[-1] for p, _ in received.bad_files] == ["text.jpg", "truncated.jpg", "zero.jpg"]
+    # an error on rank 0 reaches every rank as the same DataError
+    with pytest.raises(DataError, match="data split not found"):
+        scan_split(str(root / "nope"), share=rank0)
+    with pytest.raises(DataError, match="data split not found"):
+        scan_split(str(root / "nope"), share=other_rank)
+
+
+def test_large_splits_are_checked_by_header_by_default(tmp_path, monkeypatch):
+    import mindswin.data.folder as folder
+
+    root = _write_bad_folder(tmp_path)
+    modes = []
+    real = folder._check
+    monkeypatch.setattr(folder, "_check", lambda path, full: modes.append(full) or real(path, full))
+    monkeypatch.setattr(folder, "FULL_VERIFY_LIMIT", 5)
+    scan_split(str(root / "val"))
+    assert set(modes) == {False}
+    modes.clear()
+    scan_split(str(root / "val"), verify="full")
+    assert set(modes) == {True}

@@ -2,23 +2,29 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import struct
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from PIL import Image
 
 __all__ = ["DataError", "IMAGE_EXTENSIONS", "UNREADABLE", "FolderIndex", "scan_split", "decode_rgb",
-           "native_decodable", "encoded_for_native_decoder"]
+           "native_decodable", "encoded_for_native_decoder", "ShareFn", "shared_scan"]
 
 _logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp", ".gif")
-# Above this many files a split is checked by header only; full decoding happens lazily.
-FULL_VERIFY_LIMIT = 50_000
+# Above this many files verify="auto" checks a split by header only (full decoding of ImageNet's
+# 50,000 val images took minutes per rank); files that fail later are replaced and reported.
+FULL_VERIFY_LIMIT = 10_000
+# How a data-parallel job scans once: ``share(make)`` runs ``make()`` on rank 0 only and
+# returns its bytes on every rank (the engine supplies it; see mindswin.engine.tasks).
+ShareFn = Callable[[Callable[[], bytes]], bytes]
 # What opening or decoding a bad file raises: unknown format / truncated data (OSError,
 # including UnidentifiedImageError), broken headers (SyntaxError, ValueError), and images
 # larger than Image.MAX_IMAGE_PIXELS allows (DecompressionBombError, an Exception of its own).
@@ -40,6 +46,43 @@ class FolderIndex:
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def to_bytes(self) -> bytes:
+        """Compact form (paths relative to ``root``, zlib-compressed JSON) for sending to other ranks."""
+        prefix = os.path.join(self.root, "")
+        rel = [p[len(prefix):] if p.startswith(prefix) else p for p, _ in self.samples]
+        bad = [[p[len(prefix):] if p.startswith(prefix) else p, why] for p, why in self.bad_files]
+        body = dict(class_names=self.class_names, files=rel, labels=[label for _, label in self.samples], bad=bad)
+        return zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 6)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, root: str) -> "FolderIndex":
+        """The index :meth:`to_bytes` wrote, with paths under this node's ``root`` (same layout)."""
+        body = json.loads(zlib.decompress(data).decode())
+        samples = [(os.path.join(root, f), int(label)) for f, label in zip(body["files"], body["labels"])]
+        return cls(root=root, class_names=list(body["class_names"]), samples=samples,
+                   bad_files=[(os.path.join(root, p), why) for p, why in body["bad"]])
+
+
+def shared_scan(root: str, scan: Callable[[], FolderIndex], share: Optional[ShareFn]) -> FolderIndex:
+    """``scan()`` on this process, or once per job when ``share`` is given (rank 0 scans, all get it).
+
+    Errors (missing folder, no classes, strict mode) are raised on rank 0, which then
+    sends an error record so the other ranks raise the same :class:`DataError` instead of waiting.
+    """
+    if share is None:
+        return scan()
+
+    def make() -> bytes:
+        try:
+            return b"I" + scan().to_bytes()
+        except DataError as exc:
+            return b"E" + str(exc).encode()
+
+    payload = share(make)
+    if payload[:1] == b"E":
+        raise DataError(payload[1:].decode())
+    return FolderIndex.from_bytes(payload[1:], root)
 
 
 def decode_rgb(path: str):
@@ -146,7 +189,7 @@ def _check(path: str, full: bool) -> Optional[str]:
 
 
 def scan_split(split_dir: str, *, class_names: Optional[Sequence[str]] = None, verify: str = "auto",
-               strict: bool = False, num_workers: int = 4) -> FolderIndex:
+               strict: bool = False, num_workers: int = 4, share: Optional[ShareFn] = None) -> FolderIndex:
     """Index ``split_dir/<class>/<image>``.
 
     Args:
@@ -154,14 +197,20 @@ def scan_split(split_dir: str, *, class_names: Optional[Sequence[str]] = None, v
         class_names: Expected classes (e.g. the train split's, for val); default: the
             sorted sub-directories.
         verify: ``"full"`` decodes every image, ``"header"`` only reads headers, ``"auto"``
-            decodes fully up to 50,000 files.
+            decodes fully up to 10,000 files (``FULL_VERIFY_LIMIT``), header only above.
         strict: Raise on the first unusable file instead of skipping it.
         num_workers: Threads used for verification.
+        share: Scan once per job: rank 0 scans and every rank gets its index (see :data:`ShareFn`).
 
     Raises:
         DataError: missing/empty directory, no classes, a class without images, or (strict)
             an unusable file.
     """
+    return shared_scan(split_dir, lambda: _scan_split(split_dir, class_names, verify, strict, num_workers), share)
+
+
+def _scan_split(split_dir: str, class_names: Optional[Sequence[str]], verify: str, strict: bool,
+                num_workers: int) -> FolderIndex:
     if not os.path.isdir(split_dir):
         raise DataError(f"data split not found: {split_dir} (expected DATA_DIR/train/<class>/<image> and "
                         "DATA_DIR/val/<class>/<image>; set --data_dir to the folder holding train/ and val/)")

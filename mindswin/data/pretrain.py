@@ -21,7 +21,7 @@ from typing import List, Optional, Sequence, Tuple
 import mindspore.dataset as ds
 
 from .dataset import DataInfo, EpochShardSampler, ImageSource, eval_shard_indices
-from .folder import FULL_VERIFY_LIMIT, IMAGE_EXTENSIONS, DataError, FolderIndex, _check
+from .folder import FULL_VERIFY_LIMIT, IMAGE_EXTENSIONS, DataError, FolderIndex, ShareFn, _check, shared_scan
 from .masking import MaskGenerator, train_mask_rng, val_mask_rng
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transforms, build_train_transforms
 
@@ -31,20 +31,25 @@ _logger = logging.getLogger(__name__)
 
 
 def scan_images(folder: str, *, verify: str = "auto", strict: bool = False, num_workers: int = 4,
-                what: str = "SimMIM") -> FolderIndex:
+                what: str = "SimMIM", share: Optional[ShareFn] = None) -> FolderIndex:
     """Every image below ``folder`` (any depth, sorted), as unlabelled samples.
 
     Args:
         folder: A folder of images, with or without class sub-folders.
         verify: ``"full"`` decodes every image, ``"header"`` reads headers, ``"auto"`` decodes
-            up to 50,000 files.
+            up to 10,000 files.
         strict: Raise on the first unusable file instead of skipping it.
         num_workers: Verification threads.
         what: Who reads the folder, for messages.
+        share: Scan once per job (rank 0 scans, every rank gets the index; see ``ShareFn``).
 
     Raises:
         DataError: the folder is missing or holds no readable image.
     """
+    return shared_scan(folder, lambda: _scan_images(folder, verify, strict, num_workers, what), share)
+
+
+def _scan_images(folder: str, verify: str, strict: bool, num_workers: int, what: str) -> FolderIndex:
     if not os.path.isdir(folder):
         raise DataError(f"image folder not found: {folder} ({what} reads every image below DATA_DIR/SPLIT, with or "
                         "without class sub-folders; set --data_dir and --train_split)")

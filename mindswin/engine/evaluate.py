@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Dict
+from typing import Dict, Optional
 
 import mindspore as ms
 import numpy as np
@@ -17,15 +17,19 @@ class EvalStep(nn.Cell):
     """Weighted sums of top-1 hits, top-5 hits and cross-entropy for one batch.
 
     Padding samples carry weight 0. Under data parallel the sums are all-reduced, so every
-    rank returns the totals of the whole batch group.
+    rank returns the totals of the whole batch group. ``preprocess`` (e.g.
+    :class:`~mindswin.data.device.DeviceNormalize` for uint8 batches) runs in front of the model.
     """
 
-    def __init__(self, model: nn.Cell, distributed: bool = False) -> None:
+    def __init__(self, model: nn.Cell, distributed: bool = False, preprocess: Optional[nn.Cell] = None) -> None:
         super().__init__(auto_prefix=False)
         self.model = model
+        self.preprocess = preprocess
         self.all_reduce = ops.AllReduce() if distributed else None
 
     def construct(self, images: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
+        if self.preprocess is not None:
+            images = self.preprocess(images)
         logits = self.model(images).astype(ms.float32)
         k = min(5, logits.shape[-1])
         _, top = ops.topk(logits, k)

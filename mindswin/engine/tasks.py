@@ -13,16 +13,17 @@ from __future__ import annotations
 import abc
 import logging
 import os
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import mindspore.dataset as ds
 import numpy as np
-from mindspore import nn
+from mindspore import Tensor, nn, ops
 
 from ..checkpoint import CheckpointMetadata, LoadReport
 from ..checkpoint.native import read_meta_json
 from ..config import Config, ConfigError
 from ..data import DataInfo, FolderIndex, create_eval_dataset, create_train_dataset, resolve_data_config, scan_split
+from ..data.device import DeviceAugment, DeviceNormalize
 from ..data.masking import MaskGenerator
 from ..data.pretrain import create_masked_eval_dataset, create_pretrain_dataset, scan_images
 from ..models import SwinTransformerV2, model_spec, resolve_model_name
@@ -33,7 +34,7 @@ from .evaluate import EvalStep, evaluate
 from .reconstruction import ReconstructionStep, evaluate_reconstruction, save_reconstruction_grid
 from .runtime import Runtime, apply_jit_config
 from .state import RunPosition
-from .train_step import NetWithLoss, SoftTargetCrossEntropy
+from .train_step import SoftTargetCrossEntropy
 
 __all__ = ["Task", "ClassificationTask", "SimMIMTask", "create_task"]
 
@@ -134,8 +135,68 @@ def _resume_state_task(path: str) -> Optional[str]:
     return SimMIMTask.name if _SIMMIM_STATE_KEY in found else ClassificationTask.name
 
 
+class _SumOverRanks(nn.Cell):
+    def __init__(self) -> None:
+        super().__init__()
+        self.all_reduce = ops.AllReduce()
+
+    def construct(self, x: Tensor) -> Tensor:
+        return self.all_reduce(x)
+
+
+def share_from_rank0(runtime: Runtime) -> Optional[Callable[[Callable[[], bytes]], bytes]]:
+    """The data layer's ``share``: rank 0 runs ``make()`` and every rank gets its bytes (None: one process).
+
+    Nodes need no shared storage, only the same dataset paths: the bytes (a scanned index)
+    travel through the collective backend, three bytes per float32 element (exact below 2**24)
+    as an all-reduce of rank 0's values and everyone else's zeros.
+    """
+    if not runtime.distributed:
+        return None
+
+    def share(make: Callable[[], bytes]) -> bytes:
+        reduce = _SumOverRanks()
+        data = make() if runtime.is_main else b""
+        size = len(data) if runtime.is_main else 0
+        length = reduce(Tensor(np.array([size >> 24, size & 0xFFFFFF], np.float32))).asnumpy()
+        count = int(round(float(length[0]))) << 24 | int(round(float(length[1])))
+        padded = -(-count // 3) * 3
+        if runtime.is_main:
+            raw = np.frombuffer(data + b"\0" * (padded - count), np.uint8).reshape(-1, 3).astype(np.int64)
+            packed = (raw[:, 0] << 16 | raw[:, 1] << 8 | raw[:, 2]).astype(np.float32)
+        else:
+            packed = np.zeros(padded // 3, np.float32)
+        summed = reduce(Tensor(packed)).asnumpy().astype(np.int64)
+        out = np.stack([summed >> 16 & 255, summed >> 8 & 255, summed & 255], axis=1).astype(np.uint8)
+        return out.tobytes()[:count]
+
+    return share
+
+
+class AugmentedLoss(nn.Cell):
+    """The classification loss network: device-side normalise/erase/mix, model, soft-target loss.
+
+    Takes the training batch as the dataset delivers it with ``device_augment``: uint8 images,
+    the erasing rectangles, the CutMix boxes, the blend weights and the soft targets.
+    """
+
+    def __init__(self, augment: nn.Cell, model: nn.Cell, loss_fn: nn.Cell) -> None:
+        super().__init__(auto_prefix=False)
+        self.augment = augment
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def construct(self, images: Tensor, erase: Tensor, cutbox: Tensor, blend: Tensor, targets: Tensor) -> Tensor:
+        return self.loss_fn(self.model(self.augment(images, erase, cutbox, blend)), targets)
+
+
 class ClassificationTask(Task):
-    """Supervised classification on an ImageFolder tree (``train/<class>/<image>``)."""
+    """Supervised classification on an ImageFolder tree (``train/<class>/<image>``).
+
+    The host sends uint8 images; normalising, random erasing and mixup/CutMix happen in the
+    graph (:class:`AugmentedLoss`, and :class:`~mindswin.data.device.DeviceNormalize` in the
+    evaluation step), with parameters drawn on the host next to the soft targets.
+    """
 
     name = "classification"
     monitor = "val_top1"
@@ -145,8 +206,10 @@ class ClassificationTask(Task):
         super().__init__(config, runtime)
         if not config.data_dir:
             raise ConfigError("--data_dir is required: a folder with train/<class>/<image> and val/<class>/<image>")
+        # scanned once per job: rank 0 walks (and checks) the tree, the other ranks receive its index
         self.index = scan_split(os.path.join(config.data_dir, config.train_split), verify=config.verify_images,
-                                strict=config.strict_data, num_workers=config.num_parallel_workers)
+                                strict=config.strict_data, num_workers=config.num_parallel_workers,
+                                share=share_from_rank0(runtime))
         self.num_classes = config.num_classes or len(self.index.class_names)
         if self.num_classes != len(self.index.class_names):
             raise ConfigError(f"num_classes is {self.num_classes} but {self.index.root} has "
@@ -161,7 +224,11 @@ class ClassificationTask(Task):
         return model_from_config(self.config, self.num_classes, training=True)
 
     def loss_network(self, model: SwinTransformerV2) -> nn.Cell:
-        return NetWithLoss(model, SoftTargetCrossEntropy())
+        pre = self.preprocessing
+        # each rank its own erasing noise (its samples and rectangles differ anyway)
+        augment = DeviceAugment(pre.mean, pre.std, erasing=self.config.re_prob > 0,
+                                seed=self.config.seed * 1009 + self.runtime.rank)
+        return AugmentedLoss(augment, model, SoftTargetCrossEntropy())
 
     def train_data(self, position: RunPosition) -> Tuple[ds.Dataset, DataInfo]:
         config, runtime = self.config, self.runtime
@@ -172,17 +239,22 @@ class ClassificationTask(Task):
             hflip=config.hflip, scale=config.scale, ratio=config.ratio, mixup=config.mixup, cutmix=config.cutmix,
             mixup_prob=config.mixup_prob, mixup_switch_prob=config.mixup_switch_prob, mixup_mode=config.mixup_mode,
             label_smoothing=config.label_smoothing, index=self.index, split=config.train_split,
-            num_workers=config.num_parallel_workers, **self.preprocessing.train_args())
+            num_workers=config.num_parallel_workers, device_augment=True, **self.preprocessing.train_args())
 
     def evaluate(self, model: SwinTransformerV2) -> Dict[str, Any]:
         if self._evaluator is None:  # built at the first validation: the train graph compiles first
             config, runtime = self.config, self.runtime
+            index = scan_split(os.path.join(config.data_dir, config.val_split), class_names=self.index.class_names,
+                               verify=config.verify_images, strict=config.strict_data,
+                               num_workers=config.num_parallel_workers, share=share_from_rank0(runtime))
             data, info = create_eval_dataset(
                 config.data_dir, batch_size=config.val_batch_size or config.batch_size, split=config.val_split,
                 class_names=self.index.class_names, num_shards=runtime.group_size, shard_id=runtime.rank,
-                verify=config.verify_images, strict=config.strict_data, num_workers=config.num_parallel_workers,
+                num_workers=config.num_parallel_workers, device_augment=True, index=index,
                 **self.preprocessing.eval_args())
-            step = apply_jit_config(EvalStep(model, distributed=runtime.distributed), config)
+            pre = self.preprocessing
+            step = apply_jit_config(EvalStep(model, distributed=runtime.distributed,
+                                             preprocess=DeviceNormalize(pre.mean, pre.std)), config)
             self._evaluator = step, data, info
         step, data, info = self._evaluator
         result = evaluate(step, data, info.batches_per_epoch, progress=self.runtime.is_main)
@@ -225,7 +297,8 @@ class SimMIMTask(Task):
         # the geometry was checked with the config; this raises only for direct API misuse
         self.mask_generator = MaskGenerator(pre.image_size, config.mask_patch_size, model_spec(config.model).patch_size,
                                             config.mask_ratio)
-        options = dict(verify=config.verify_images, strict=config.strict_data, num_workers=config.num_parallel_workers)
+        options = dict(verify=config.verify_images, strict=config.strict_data, num_workers=config.num_parallel_workers,
+                       share=share_from_rank0(runtime))
         self.index = scan_images(os.path.join(config.data_dir, config.train_split), **options)
         val_dir = os.path.join(config.data_dir, config.val_split)
         self.val_index: Optional[FolderIndex] = scan_images(val_dir, **options) if os.path.isdir(val_dir) else None
