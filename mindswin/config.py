@@ -228,7 +228,7 @@ DEFAULTS: Dict[str, Option] = {
         "num_parallel_workers": Option(2, int, "data-pipeline worker threads", _POSITIVE_INT, _WITH_DATA),
         "strict_data": Option(False, bool, "error on unreadable images instead of skipping them",
                               scripts=_WITH_DATA),
-        "verify_images": Option("auto", str, "how images are checked when scanned (auto: full up to 50,000 "
+        "verify_images": Option("auto", str, "how images are checked when scanned (auto: full up to 10,000 "
                                 "files)", Choices("auto", "full", "header"), _WITH_DATA),
         "interpolation": Option(None, str, "resize interpolation; the model's if unset",
                                 Choices("bicubic", "bilinear", "nearest", "area"), _PREPROCESSING),
