@@ -33,8 +33,14 @@ SHAPES = {
 
 
 def build(march: str) -> str:
-    """Path of the kernel library built for ``march`` (through kernels.py's cache)."""
+    """Path of the kernel library built for ``march`` (through kernels.py's cache); a ``.so`` path as is.
+
+    A path compares another build (an older source, other flags) with the current one.
+    """
     from mindswin.models import kernels
+
+    if march.endswith(".so"):
+        return march
 
     previous = os.environ.get(kernels.MARCH_ENV)
     os.environ[kernels.MARCH_ENV] = "" if march == "native" else march

@@ -94,6 +94,22 @@ static void parallel_for(range_fn fn, void *ctx, int64_t rows, int64_t width) {
   }
 }
 
+/* Row lengths that Swin uses (head_dim 16 and 32, window areas 16, 49, 64, 144): a call with
+ * the length as a constant lets the compiler unroll the row's loops into whole vectors and a
+ * fixed reduction tree, where a run-time length costs a vector loop, a remainder loop and the
+ * checks between them per row (rows are short: 16-64 elements). Other lengths take the general
+ * path. `body(n)` is an always-inlined function call. */
+#define WITH_ROW_LENGTH(n, body)        \
+  switch (n) {                          \
+    case 16: body(16); break;           \
+    case 32: body(32); break;           \
+    case 49: body(49); break;           \
+    case 64: body(64); break;           \
+    case 144: body(144); break;         \
+    default: body(n); break;            \
+  }
+#define INLINE static inline __attribute__((always_inline))
+
 static int64_t leading(int ndim, const int64_t *shape) {
   int64_t n = 1;
   for (int i = 0; i < ndim - 1; ++i) n *= shape[i];
@@ -317,7 +333,7 @@ static inline float larger(float a, float b) { return a > b ? a : b; }
  * +inf (exp(inf - inf)), like the native softmax. The running maxima are kept in MAX_LANES
  * independent lanes: GCC vectorises a max reduction only under -ffinite-math-only, but an
  * element-wise max over lanes always (`omp simd`: else it unrolls them into scalar code). */
-static float max_of_sum(const float *x, const float *bias, int64_t n) {
+INLINE float max_of_sum(const float *x, const float *bias, int64_t n) {
   float lanes[MAX_LANES];
   for (int j = 0; j < MAX_LANES; ++j) lanes[j] = -INFINITY;
   int64_t i = 0;
@@ -330,22 +346,29 @@ static float max_of_sum(const float *x, const float *bias, int64_t n) {
   return top;
 }
 
+INLINE void bias_softmax_forward_row(const float *x, const float *bias, float *y, int64_t n) {
+  const float top = max_of_sum(x, bias, n);
+  float sum = 0.f;
+  /* omp simd: with n a constant GCC would otherwise unroll the loop completely first, into
+   * n calls of the scalar expf */
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) {
+    y[i] = expf(x[i] + bias[i] - top);
+    sum += y[i];
+  }
+  const float inverse = 1.f / sum;
+  for (int64_t i = 0; i < n; ++i) y[i] *= inverse;
+}
+
 static void bias_softmax_forward_rows(void *arg, int64_t begin, int64_t end, int part) {
   softmax_ctx *c = (softmax_ctx *)arg;
   const int64_t n = c->cols;
   (void)part;
-  for (int64_t r = begin; r < end; ++r) {
-    const float *x = c->x + r * n, *bias = c->bias + (r % c->bias_rows) * n;
-    float *y = c->out + r * n;
-    const float top = max_of_sum(x, bias, n);
-    float sum = 0.f;
-    for (int64_t i = 0; i < n; ++i) {
-      y[i] = expf(x[i] + bias[i] - top);
-      sum += y[i];
-    }
-    const float inverse = 1.f / sum;
-    for (int64_t i = 0; i < n; ++i) y[i] *= inverse;
-  }
+#define ROWS(width)                                                                                   \
+  for (int64_t r = begin; r < end; ++r)                                                               \
+    bias_softmax_forward_row(c->x + r * (width), c->bias + (r % c->bias_rows) * (width), c->out + r * (width), (width))
+  WITH_ROW_LENGTH(n, ROWS)
+#undef ROWS
 }
 
 /* inputs logits (B, ..., N), bias (S); output softmax(logits + bias) */
@@ -358,20 +381,27 @@ AOT_KERNEL(BiasSoftmaxForward) {
   return 0;
 }
 
+INLINE void bias_softmax_backward_row(const float *dy, const float *y, float *dx, float *db, int64_t n) {
+  float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+  for (int64_t i = 0; i < n; ++i) dot += dy[i] * y[i];
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    dx[i] = y[i] * (dy[i] - dot);
+    db[i] += dx[i];
+  }
+}
+
 static void bias_softmax_backward_rows(void *arg, int64_t begin, int64_t end, int part) {
   softmax_ctx *c = (softmax_ctx *)arg;
   const int64_t n = c->cols;
   float *d_bias = c->partial + (int64_t)part * c->bias_rows * n;
-  for (int64_t r = begin; r < end; ++r) {
-    const float *dy = c->dy + r * n, *y = c->y + r * n;
-    float *dx = c->out + r * n, *db = d_bias + (r % c->bias_rows) * n;
-    float dot = 0.f;
-    for (int64_t i = 0; i < n; ++i) dot += dy[i] * y[i];
-    for (int64_t i = 0; i < n; ++i) {
-      dx[i] = y[i] * (dy[i] - dot);
-      db[i] += dx[i];
-    }
-  }
+#define ROWS(width)                                                                                  \
+  for (int64_t r = begin; r < end; ++r)                                                              \
+    bias_softmax_backward_row(c->dy + r * (width), c->y + r * (width), c->out + r * (width),           \
+                              d_bias + (r % c->bias_rows) * (width), (width))
+  WITH_ROW_LENGTH(n, ROWS)
+#undef ROWS
 }
 
 /* inputs dy, y (the softmax output), bias (S); outputs d_logits, d_bias (S) */
@@ -411,12 +441,17 @@ typedef struct {
   int64_t tokens, heads, head_dim;
 } qkv_ctx;
 
-static float squared_norm(const float *x, const float *bias, int64_t n) {
+INLINE float squared_norm(const float *x, int64_t n) {
   float squared = 0.f;
-  for (int64_t i = 0; i < n; ++i) {
-    const float value = x[i] + (bias ? bias[i] : 0.f);
-    squared += value * value;
-  }
+#pragma omp simd reduction(+ : squared)
+  for (int64_t i = 0; i < n; ++i) squared += x[i] * x[i];
+  return squared;
+}
+
+INLINE float squared_norm_biased(const float *x, const float *bias, int64_t n) {
+  float squared = 0.f;
+#pragma omp simd reduction(+ : squared)
+  for (int64_t i = 0; i < n; ++i) squared += (x[i] + bias[i]) * (x[i] + bias[i]);
   return squared;
 }
 
@@ -425,30 +460,38 @@ static float inverse_norm(float squared) {
   return 1.f / sqrtf(squared < L2_EPS_SQUARED ? L2_EPS_SQUARED : squared);
 }
 
-static void qkv_heads_forward_windows(void *arg, int64_t begin, int64_t end, int part) {
-  qkv_ctx *c = (qkv_ctx *)arg;
-  const int64_t n = c->tokens, h_count = c->heads, d = c->head_dim, width = h_count * d;
-  (void)part;
-  for (int64_t b = begin; b < end; ++b) {
-    for (int64_t t = 0; t < n; ++t) {
-      const float *row = c->qkv + (b * n + t) * 3 * width;
-      for (int64_t h = 0; h < h_count; ++h) {
-        const int64_t out = ((b * h_count + h) * n + t);
-        const float *q = row + h * d, *k = row + width + h * d, *v = row + 2 * width + h * d;
-        const float *q_bias = c->q_bias + h * d, *v_bias = c->v_bias + h * d;
-        const float inverse_q = inverse_norm(squared_norm(q, q_bias, d));
-        const float inverse_k = inverse_norm(squared_norm(k, NULL, d));
-        const float factor = inverse_q * c->scale[h];
-        for (int64_t i = 0; i < d; ++i) {
-          c->q_out[out * d + i] = (q[i] + q_bias[i]) * factor;
-          c->k_out[out * d + i] = k[i] * inverse_k;
-          c->v_out[out * d + i] = v[i] + v_bias[i];
-        }
-        c->inverse_q_out[out] = inverse_q;
-        c->inverse_k_out[out] = inverse_k;
+/* One window: rows (t, h) of its qkv to the (h, t) rows of q, k, v. */
+INLINE void qkv_heads_forward_window(const qkv_ctx *c, int64_t b, int64_t d) {
+  const int64_t n = c->tokens, h_count = c->heads, width = h_count * d;
+  for (int64_t t = 0; t < n; ++t) {
+    const float *row = c->qkv + (b * n + t) * 3 * width;
+    for (int64_t h = 0; h < h_count; ++h) {
+      const float *q_bias = c->q_bias + h * d, *v_bias = c->v_bias + h * d;
+      const float scale = c->scale[h];
+      const int64_t out = ((b * h_count + h) * n + t);
+      const float *q = row + h * d, *k = row + width + h * d, *v = row + 2 * width + h * d;
+      const float inverse_q = inverse_norm(squared_norm_biased(q, q_bias, d));
+      const float inverse_k = inverse_norm(squared_norm(k, d));
+      const float factor = inverse_q * scale;
+      float *q_out = c->q_out + out * d, *k_out = c->k_out + out * d, *v_out = c->v_out + out * d;
+      for (int64_t i = 0; i < d; ++i) {
+        q_out[i] = (q[i] + q_bias[i]) * factor;
+        k_out[i] = k[i] * inverse_k;
+        v_out[i] = v[i] + v_bias[i];
       }
+      c->inverse_q_out[out] = inverse_q;
+      c->inverse_k_out[out] = inverse_k;
     }
   }
+}
+
+static void qkv_heads_forward_windows(void *arg, int64_t begin, int64_t end, int part) {
+  const qkv_ctx *c = (const qkv_ctx *)arg;
+  (void)part;
+#define WINDOWS(dim) \
+  for (int64_t b = begin; b < end; ++b) qkv_heads_forward_window(c, b, (dim))
+  WITH_ROW_LENGTH(c->head_dim, WINDOWS)
+#undef WINDOWS
 }
 
 /* inputs qkv (B, N, 3C), q_bias (C), v_bias (C), scale (H, 1, 1);
@@ -466,8 +509,9 @@ AOT_KERNEL(QkvHeadsForward) {
 }
 
 /* Gradient of y = s * x * r (r = 1 / max(||x||, eps)) given dy and y; returns sum(dy * y). */
-static float unit_backward(const float *dy, const float *y, float s, float inverse, float *dx, int64_t n) {
+INLINE float unit_backward(const float *dy, const float *y, float s, float inverse, float *dx, int64_t n) {
   float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
   for (int64_t i = 0; i < n; ++i) dot += dy[i] * y[i];
   /* The clamp makes the norm a constant: only the projection term disappears (not for a NaN
    * norm, whose gradient stays NaN). */
@@ -477,28 +521,39 @@ static float unit_backward(const float *dy, const float *y, float s, float inver
   return dot;
 }
 
-static void qkv_heads_backward_windows(void *arg, int64_t begin, int64_t end, int part) {
-  qkv_ctx *c = (qkv_ctx *)arg;
-  const int64_t n = c->tokens, h_count = c->heads, d = c->head_dim, width = h_count * d;
-  float *d_q_bias = c->partial + (int64_t)part * (2 * width + h_count);
-  float *d_v_bias = d_q_bias + width, *d_scale = d_v_bias + width;
-  for (int64_t b = begin; b < end; ++b) {
+INLINE void qkv_heads_backward_window(const qkv_ctx *c, int64_t b, int64_t d, float *d_q_bias, float *d_v_bias,
+                                      float *d_scale) {
+  const int64_t n = c->tokens, h_count = c->heads, width = h_count * d;
+  for (int64_t h = 0; h < h_count; ++h) {
+    const float s = c->scale[h];
+    float dot_sum = 0.f;
     for (int64_t t = 0; t < n; ++t) {
       float *row = c->d_qkv + (b * n + t) * 3 * width;
-      for (int64_t h = 0; h < h_count; ++h) {
-        const int64_t at = ((b * h_count + h) * n + t);
-        const float s = c->scale[h];
-        const float dot = unit_backward(c->dq + at * d, c->q + at * d, s, c->inverse_q[at], row + h * d, d);
-        d_scale[h] += dot / s;
-        unit_backward(c->dk + at * d, c->k + at * d, 1.f, c->inverse_k[at], row + width + h * d, d);
-        for (int64_t i = 0; i < d; ++i) {
-          row[2 * width + h * d + i] = c->dv[at * d + i];
-          d_q_bias[h * d + i] += row[h * d + i];
-          d_v_bias[h * d + i] += c->dv[at * d + i];
-        }
+      const int64_t at = ((b * h_count + h) * n + t);
+      dot_sum += unit_backward(c->dq + at * d, c->q + at * d, s, c->inverse_q[at], row + h * d, d);
+      unit_backward(c->dk + at * d, c->k + at * d, 1.f, c->inverse_k[at], row + width + h * d, d);
+      const float *dv = c->dv + at * d;
+      float *dq_row = row + h * d, *dv_row = row + 2 * width + h * d;
+      float *dqb = d_q_bias + h * d, *dvb = d_v_bias + h * d;
+      for (int64_t i = 0; i < d; ++i) {
+        dv_row[i] = dv[i];
+        dqb[i] += dq_row[i];
+        dvb[i] += dv[i];
       }
     }
+    d_scale[h] += dot_sum / s;
   }
+}
+
+static void qkv_heads_backward_windows(void *arg, int64_t begin, int64_t end, int part) {
+  const qkv_ctx *c = (const qkv_ctx *)arg;
+  const int64_t width = c->heads * c->head_dim;
+  float *d_q_bias = c->partial + (int64_t)part * (2 * width + c->heads);
+  float *d_v_bias = d_q_bias + width, *d_scale = d_v_bias + width;
+#define WINDOWS(dim) \
+  for (int64_t b = begin; b < end; ++b) qkv_heads_backward_window(c, b, (dim), d_q_bias, d_v_bias, d_scale)
+  WITH_ROW_LENGTH(c->head_dim, WINDOWS)
+#undef WINDOWS
 }
 
 /* inputs dq, dk, dv (B, H, N, D), q, k (outputs of the forward), inverse_q, inverse_k, scale (H, 1, 1);
