@@ -225,7 +225,8 @@ DEFAULTS: Dict[str, Option] = {
         "batch_size": Option(128, int, "images per device per step (export.py: the exported input's batch, 1 if "
                              "unset)", _POSITIVE_INT, (TRAIN, VALIDATE, EXPORT)),
         "val_batch_size": Option(None, int, "eval batch size; batch_size if unset", _POSITIVE_INT, _WITH_DATA),
-        "num_parallel_workers": Option(2, int, "data-pipeline worker threads", _POSITIVE_INT, _WITH_DATA),
+        "num_parallel_workers": Option(2, int, "data-pipeline workers (decoding threads, transform processes)",
+                                       _POSITIVE_INT, _WITH_DATA),
         "strict_data": Option(False, bool, "error on unreadable images instead of skipping them",
                               scripts=_WITH_DATA),
         "verify_images": Option("auto", str, "how images are checked when scanned (auto: full up to 10,000 "
