@@ -23,7 +23,9 @@ CutMix 1.0 with label smoothing 0.1, batch 128, drop remainder.
   erases with a constant, not per-pixel noise, and normalises and mixes on the host.
 
 Each run times ``--batches`` batches from the creation of the iterator (start-up
-included: see :func:`measure`). Prints one JSON line per measurement (``--json``) with img_per_s,
+included: see :func:`measure`). ``img_per_cpu_s`` divides the images by the CPU time
+(user + system) that the process and its worker processes spent meanwhile: the throughput
+of one fully used core, whatever the number of workers, and the figure to size hosts by. Prints one JSON line per measurement (``--json``) with img_per_s,
 img_per_s_per_core (divided by min(workers, cores): the cores the workers can use).
 """
 import argparse
@@ -87,6 +89,21 @@ def mindcv_pipeline(data_dir: str, workers: int, batch: int, seed: int, multipro
                          num_parallel_workers=workers, python_multiprocessing=multiprocessing)
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its live descendants (the pipeline's workers)."""
+    import psutil
+
+    total = 0.0
+    me = psutil.Process()
+    for proc in [me] + me.children(recursive=True):
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
 def measure(dataset, batch: int, warmup: int, batches: int) -> dict:
     """Images per second over ``batches`` batches, clock started when the iterator is created.
 
@@ -95,6 +112,7 @@ def measure(dataset, batch: int, warmup: int, batches: int) -> dict:
     batch credits it with images made before the clock started. ``steady_img_per_s`` is the
     rate after ``warmup`` batches, for reference only.
     """
+    cpu_start = cpu_seconds()
     start = time.perf_counter()
     iterator = dataset.create_tuple_iterator(num_epochs=1, output_numpy=True)
     count, first, steady_start = 0, None, None
@@ -106,9 +124,11 @@ def measure(dataset, batch: int, warmup: int, batches: int) -> dict:
         if i + 1 == warmup:
             steady_start = time.perf_counter()
     end = time.perf_counter()
+    cpu = cpu_seconds() - cpu_start
     del iterator
     steady = (count - warmup * batch) / (end - steady_start) if steady_start and batches > warmup else None
     return dict(img_per_s=round(count / (end - start), 1), images=count, seconds=round(end - start, 2),
+                cpu_seconds=round(cpu, 2), img_per_cpu_s=round(count / cpu, 1),
                 first_batch_seconds=round(first, 2), steady_img_per_s=round(steady, 1) if steady else None)
 
 
@@ -147,10 +167,11 @@ def write_markdown(path: str, rows, args) -> None:
              "RandomResizedCrop 256 bicubic, flip, rand-m9-mstd0.5-inc1, random erasing 0.25, mixup 0.8 / "
              f"CutMix 1.0, label smoothing 0.1, batch {args.batch}; {args.batches} batches timed from the "
              "creation of the iterator (start-up included).", "",
-             "| pipeline | workers | img/s | img/s per core | load avg at end |", "|---|---|---|---|---|"]
+             "| pipeline | workers | img/s | img per CPU-second | CPU s | load avg at end |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['pipeline']} | {r['workers']} | {r['img_per_s']} | {r['img_per_s_per_core']} | "
-                     f"{r['loadavg']} |")
+        lines.append(f"| {r['pipeline']} | {r['workers']} | {r['img_per_s']} | {r['img_per_cpu_s']} | "
+                     f"{r['cpu_seconds']} | {r['loadavg']} |")
     by = {(r["pipeline"], r["workers"]): r["img_per_s"] for r in rows}
     notes = []
     for w in args.workers:

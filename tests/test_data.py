@@ -444,3 +444,18 @@ def test_large_splits_are_checked_by_header_by_default(tmp_path, monkeypatch):
     modes.clear()
     scan_split(str(root / "val"), verify="full")
     assert set(modes) == {True}
+
+
+def test_scan_once_under_msrun(tmp_path):
+    import re
+
+    from conftest import msrun
+
+    root = _write_bad_folder(tmp_path / "data")
+    result, logs = msrun("tests/msrun_scripts/scan_once.py", root / "val", logs=tmp_path / "logs")
+    assert result.returncode == 0, logs[-3000:]
+    lines = sorted(re.findall(r"rank (\d) samples (\d+) scans (\d+) bad (\S+) sha1 (\w+)", logs))
+    assert [(r, scans) for r, _, scans, _, _ in lines] == [("0", "1"), ("1", "0")]  # rank 1 never scanned
+    assert len({(n, bad, sha) for _, n, _, bad, sha in lines}) == 1 and lines[0][1] == "7"
+    assert lines[0][3] == "text.jpg,truncated.jpg,zero.jpg"
+    assert len(re.findall(r"rank \d error data split not found", logs)) == 2
