@@ -318,7 +318,8 @@ DEFAULTS: Dict[str, Option] = {
                             Choices("O0", "O1", unsupported={"O2": "MindSpore deprecated jit_level O2 (the GE graph "
                                                              "engine) in 2.9; use O0 or O1"}), _ALL),
         "distribute": Option(False, bool, "data parallel under msrun", scripts=_WITH_DATA),
-        "enable_parallel_optimizer": Option(False, bool, "ZeRO-1 optimizer-state sharding (Ascend only)"),
+        "enable_parallel_optimizer": Option(False, bool, "ZeRO-1: shard the AdamW moments across the data-parallel "
+                                                         "ranks (with distribute; any backend)"),
         "hccl_buffsize": Option(None, int, "HCCL buffer size in MB (Ascend only); HCCL's if unset", _POSITIVE_INT,
                                 _WITH_DATA),
         # numpy's legacy global seed (set with MindSpore's) takes 32 bits.
@@ -508,10 +509,9 @@ def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] 
 
 def _check_combinations(config: Config) -> None:
     """Keys that are each valid but not together."""
-    for key in ("enable_parallel_optimizer", "reuse_blocks"):
-        if config[key] and config.device_target != "Ascend":
-            raise ConfigError(f"'{key}' is supported by MindSpore on Ascend only; device_target is "
-                              f"{config.device_target}. Set {key}: False on this backend")
+    if config.reuse_blocks and config.device_target != "Ascend":
+        raise ConfigError("'reuse_blocks' is supported by MindSpore on Ascend only; device_target is "
+                          f"{config.device_target}. Set reuse_blocks: False on this backend")
     if config.hccl_buffsize is not None and config.device_target != "Ascend":
         raise ConfigError("hccl_buffsize is an Ascend (HCCL) setting; remove it on "
                           f"device_target {config.device_target}")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("GLOG_v", "3")
@@ -164,6 +166,38 @@ def msrun(script, *args, logs, workers=2, local_workers=None, node_rank=None, po
                                 env=env)
     result = subprocess.run(command, capture_output=True, text=True, cwd=str(ROOT), env=env, timeout=600)
     return result, worker_logs(logs)
+
+
+def wait_for(predicate, timeout: float) -> bool:
+    """Poll ``predicate`` every 50 ms until it holds (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def kill_processes_mentioning(text: str) -> int:
+    """SIGKILL every process whose command line contains ``text``; returns how many.
+
+    msrun's workers do not stay in the launcher's process group, so a crashed job is
+    emulated by killing each process that names the job's own output directory.
+    """
+    killed = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+    return killed
 
 
 def worker_logs(logs) -> str:

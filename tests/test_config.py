@@ -34,7 +34,6 @@ def test_cli_overrides_parse_lists_booleans_and_numbers(tmp_path):
     (["--batch_size", "eight"], "'batch_size' must be an integer"),
     (["--ema", "3"], "'ema' must be true/false"),
     (["--amp_level", "O3"], "'amp_level' must be one of O0, O2"),
-    (["--enable_parallel_optimizer", "True"], "Ascend only"),
     (["--topk", "3"], r"^--topk is an option of infer.py; train.py does not use it$"),
     (["--file_format", "MINDIR"], r"^--file_format is an option of export.py; train.py does not use it$"),
 ])
@@ -120,7 +119,6 @@ INVALID = {
     "seed": -1,
     "device_target": "TPU",
     "jit_level": "O2",  # deprecated by MindSpore 2.9 (GE)
-    "enable_parallel_optimizer": True,  # refused off Ascend
     "hccl_buffsize": 0,
     "topk": 0,
     "file_format": "PDF",
@@ -134,6 +132,7 @@ UNCONSTRAINED = {
     "ema": "true/false, both valid",
     "val_while_train": "true/false, both valid",
     "distribute": "true/false; whether msrun started the process is only known at runtime",
+    "enable_parallel_optimizer": "true/false; on one device it warns that there is nothing to shard",
     "ckpt_path": "a path: read (and reported if missing or unreadable) when the weights are loaded",
     "pretrained": "a path, like ckpt_path",
     "class_map": "a path, read when the head is loaded",

@@ -1,11 +1,18 @@
 """Data parallel under msrun on 127.0.0.1: 2 workers, and two single-worker "nodes"."""
 import json
+import re
 import socket
 import time
 
+import mindspore as ms
+import numpy as np
 import pytest
 
-from conftest import BASE_ARGS, DETERMINISTIC_DATA, ROOT, free_port, msrun, read_metrics, run, worker_logs
+from mindswin.checkpoint.native import META_KEY
+from mindswin.engine.state import read_position
+
+from conftest import (BASE_ARGS, DETERMINISTIC_DATA, ROOT, free_port, kill_processes_mentioning, msrun, read_metrics,
+                      run, wait_for, worker_logs)
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -15,15 +22,34 @@ def _digest_lines(logs: str):
     return sorted(line.split(" weights sha1 ")[1] for line in logs.splitlines() if " weights sha1 " in line)
 
 
-def test_msrun_two_workers_match_a_single_process(data_dir, tmp_path):
-    common = [*BASE_ARGS, *DETERMINISTIC_DATA, "--epoch_size", "2", "--data_dir", data_dir]
-    run("train.py", *common, "--batch_size", "16", "--ckpt_save_dir", tmp_path / "single")
-    result, logs = msrun("train.py", *common, "--batch_size", "8", "--ckpt_save_dir", tmp_path / "dist",
-                         "--distribute", "True", logs=tmp_path / "logs")
-    assert result.returncode == 0, logs[-4000:]
+# 2 epochs of 6 optimizer steps, global batch 16 (8 per rank); gradient norms here exceed 0.5, so
+# clipping acts (and ZeRO-1's sharded global norm is exercised)
+CLIPPED = ["--clip_value", "0.5"]
+TWO_WORKERS = [*BASE_ARGS, *DETERMINISTIC_DATA, *CLIPPED, "--epoch_size", "2", "--batch_size", "8", "--distribute",
+               "True"]
+ZERO_1 = ["--enable_parallel_optimizer", "True"]
+
+
+@pytest.fixture(scope="module")
+def two_worker_runs(data_dir, tmp_path_factory):
+    """train.py on 2 msrun workers, unsharded and with ZeRO-1: {name: (ckpt_save_dir, worker logs)}."""
+    root = tmp_path_factory.mktemp("two_workers")
+    runs = {}
+    for name, extra in (("plain", []), ("zero1", ZERO_1)):
+        result, logs = msrun("train.py", *TWO_WORKERS, *extra, "--data_dir", data_dir, "--ckpt_save_dir",
+                             root / name, logs=root / f"{name}_logs")
+        assert result.returncode == 0, logs[-4000:]
+        runs[name] = (root / name, logs)
+    return runs
+
+
+def test_msrun_two_workers_match_a_single_process(data_dir, tmp_path, two_worker_runs):
+    run("train.py", *BASE_ARGS, *DETERMINISTIC_DATA, *CLIPPED, "--epoch_size", "2", "--data_dir", data_dir,
+        "--batch_size", "16", "--ckpt_save_dir", tmp_path / "single")
+    dist_dir, logs = two_worker_runs["plain"]
     digests = _digest_lines(logs)
     assert len(digests) == 2 and digests[0] == digests[1]  # ranks end with identical weights and state
-    single, dist = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "dist")
+    single, dist = read_metrics(tmp_path / "single"), read_metrics(dist_dir)
     assert [r["val_samples"] for r in dist] == [36, 36]  # the whole val set, 18 per rank, all-reduced
     assert [r["optimizer_step"] for r in dist] == [r["optimizer_step"] for r in single]
     for a, b in zip(single, dist):
@@ -31,7 +57,7 @@ def test_msrun_two_workers_match_a_single_process(data_dir, tmp_path):
         assert abs(a["val_top1"] - b["val_top1"]) <= 100 / 36 + 1e-9  # at most one sample flips
 
     # validate.py under msrun: sharded (18 + 18), all-reduced, same top-1 as training reported
-    ckpt = tmp_path / "dist" / "swinv2_micro_window4_32-e0002.ckpt"
+    ckpt = dist_dir / "swinv2_micro_window4_32-e0002.ckpt"
     result, logs = msrun("validate.py", "--data_dir", data_dir, "--ckpt_path", ckpt, "--batch_size", "8",
                          "--output", tmp_path / "val.json", "--distribute", "True", logs=tmp_path / "val_logs")
     assert result.returncode == 0, logs[-4000:]
@@ -111,3 +137,68 @@ def test_two_nodes_without_shared_storage_resume_from_rank_0_state(data_dir, tmp
     digests = _digest_lines("".join(logs))
     assert len(digests) == 2 and digests[0] == digests[1]
     assert [r["epoch"] for r in read_metrics(tmp_path / "node0")] == [1, 2]
+
+
+def _state(directory):
+    return {name: value.asnumpy() for name, value in ms.load_checkpoint(str(directory / "resume_state.ckpt")).items()
+            if name != META_KEY}
+
+
+def test_zero1_matches_unsharded_training_with_half_the_optimizer_state(two_worker_runs):
+    (plain_dir, plain_logs), (zero_dir, zero_logs) = two_worker_runs["plain"], two_worker_runs["zero1"]
+    # rank 0 holds half of the AdamW moments (each tensor's chunk is rounded up: at most 1 element each)
+    held, full = map(int, re.search(r"ZeRO-1: .* (\d+) bytes on this rank \(unsharded: (\d+)", zero_logs).groups())
+    plain, zero = _state(plain_dir), _state(zero_dir)
+    moments = [name for name in plain if name.startswith("optimizer.exp_avg.")]
+    assert full == 2 * sum(plain[name].nbytes for name in moments)
+    assert full / 2 <= held <= full / 2 + 2 * 4 * len(moments)
+    assert "ZeRO-1" not in plain_logs
+    # the replicas agree, and the saved state has the unsharded layout: same names, full shapes
+    digests = _digest_lines(zero_logs)
+    assert len(digests) == 2 and digests[0] == digests[1]
+    assert {name: v.shape for name, v in zero.items()} == {name: v.shape for name, v in plain.items()}
+    # Gradients are summed in the same order (the same 2-term all-reduce) and AdamW is elementwise,
+    # so only clipping differs: the norm is summed as partial sums per rank, then all-reduced, and
+    # the factor is applied as g * (c / n) where MindSpore's clip_by_global_norm rounds g * c / n.
+    # Both change the clipped gradient by a few float32 roundings (relative ~1e-7); AdamW's step is
+    # scale-invariant to first order, so 12 steps at lr <= 2e-3 move a weight by less than
+    # 12 * 2e-3 * 1e-4: the bound allows a relative clipped-gradient difference of 1e-4.
+    bound = 12 * 2e-3 * 1e-4
+    for name, value in plain.items():
+        if name.startswith(("model.", "ema.")):
+            np.testing.assert_allclose(zero[name], value, rtol=0, atol=bound, err_msg=name)
+        elif name.startswith("optimizer.exp_avg"):
+            # moments are built from the same gradients times the clip factor: relative 1e-4 of their scale
+            np.testing.assert_allclose(zero[name], value, rtol=1e-4, atol=1e-4 * np.abs(value).max(), err_msg=name)
+        else:
+            assert np.array_equal(zero[name], value), name  # step, loss scale
+    assert [r["optimizer_step"] for r in read_metrics(zero_dir)] == [6, 12]
+    for a, b in zip(read_metrics(plain_dir), read_metrics(zero_dir)):
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-4 and a["val_top1"] == b["val_top1"]
+
+
+def test_zero1_run_killed_after_an_epoch_resumes_to_the_uninterrupted_result(data_dir, tmp_path, two_worker_runs):
+    zero_dir, _ = two_worker_runs["zero1"]
+    out = tmp_path / "killed"
+    args = [*TWO_WORKERS, *ZERO_1, "--data_dir", data_dir, "--ckpt_save_dir", out]
+    launcher = msrun("train.py", *args, logs=tmp_path / "logs", wait=False)
+    state, metrics = out / "resume_state.ckpt", out / "metrics.jsonl"
+    try:
+        # the epoch's line follows its resume state; polling a small file leaves the ~3 s of epoch 2 to kill in
+        assert wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") == 1, 300)
+        assert kill_processes_mentioning(str(out)) >= 3  # msrun and both workers, in epoch 2
+    finally:
+        launcher.kill()
+        launcher.wait(timeout=60)
+    assert read_position(str(state)).epoch == 1
+    result, logs = msrun("train.py", *args, "--resume", "auto", logs=tmp_path / "resumed_logs")
+    assert result.returncode == 0, logs[-4000:]
+    for rank in (0, 1):
+        assert f"rank {rank} starts at epoch 1 batch 0 optimizer step 6" in logs
+    # each rank got its own chunk of rank 0's full moments back: the run ends bit for bit as if never killed
+    uninterrupted, resumed = _state(zero_dir), _state(out)
+    for name, value in uninterrupted.items():
+        assert np.array_equal(value, resumed[name]), name
+    fields = ("epoch", "optimizer_step", "train_loss", "val_loss", "val_top1")
+    assert [[r[k] for k in fields] for r in read_metrics(out)] == [[r[k] for k in fields]
+                                                                   for r in read_metrics(zero_dir)]

@@ -18,7 +18,8 @@ from mindswin.engine.optim import AdamW
 from mindswin.engine.state import RunPosition, read_position
 from mindswin.engine.train_step import TrainStep
 
-from conftest import BASE_ARGS, DETERMINISTIC_DATA, MICRO_MS, NOISE, PYTHON, ROOT, randomize, read_metrics, run
+from conftest import (BASE_ARGS, DETERMINISTIC_DATA, MICRO_MS, NOISE, PYTHON, ROOT, randomize, read_metrics, run,
+                      wait_for)
 
 
 @pytest.fixture(scope="module")
@@ -112,15 +113,6 @@ def test_config_errors_before_any_compile(argv, message, tmp_path):
     assert time.perf_counter() - start < 30
 
 
-def _wait_for(predicate, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_auto_matches_uninterrupted(trained, data_dir, tmp_path):
     reference = read_metrics(trained[0])[-1]
@@ -137,7 +129,7 @@ def test_sigkill_mid_epoch_then_resume_auto_matches_uninterrupted(trained, data_
         return position.epoch == 1 and position.batch_in_epoch > 0
 
     try:
-        assert _wait_for(mid_epoch_two, 240), "run never reached the middle of epoch 2"
+        assert wait_for(mid_epoch_two, 240), "run never reached the middle of epoch 2"
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
@@ -164,7 +156,7 @@ def test_ema_run_killed_between_epochs_resumes_to_the_uninterrupted_result(data_
                             cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = out / "resume_state.ckpt"
     try:
-        assert _wait_for(lambda: state.exists() and read_position(str(state)).epoch == 2, 240)
+        assert wait_for(lambda: state.exists() and read_position(str(state)).epoch == 2, 240)
         proc.send_signal(signal.SIGKILL)  # epoch 3 takes seconds, this poll 50 ms: the state stays epoch 2's
     finally:
         proc.wait()

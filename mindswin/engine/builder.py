@@ -26,6 +26,7 @@ from .optim import AdamW, cosine_schedule, layer_decay_scales, scaled_learning_r
 from .runtime import Runtime, apply_jit_config
 from .state import TrainState
 from .train_step import EMA, TrainStep
+from .zero import Sharding
 
 __all__ = ["model_from_config", "simmim_from_config", "Training", "build_training"]
 
@@ -121,6 +122,17 @@ class Training:
         return self.ema_model if self.ema_model is not None else self.model
 
 
+def _optimizer_sharding(config: Config, runtime: Runtime) -> Optional[Sharding]:
+    """ZeRO-1 sharding of the optimizer state, when asked for and there is a group to share it."""
+    if not config.enable_parallel_optimizer:
+        return None
+    if runtime.group_size < 2:
+        _logger.warning("enable_parallel_optimizer shards the optimizer state over data-parallel ranks; with %d "
+                        "device(s) there is nothing to shard, so it has no effect", runtime.group_size)
+        return None
+    return Sharding(runtime.rank, runtime.group_size)
+
+
 def build_training(config: Config, runtime: Runtime, model: SwinTransformerV2, loss_network: nn.Cell,
                    num_samples: int) -> Training:
     """Optimizer, loss scaler, schedule, EMA twin and train step around ``model``.
@@ -152,7 +164,11 @@ def build_training(config: Config, runtime: Runtime, model: SwinTransformerV2, l
         _logger.info("layer-wise lr decay %g: lr x %.3g (patch embedding) ... x %.3g (final norm, head)",
                      config.layer_decay, min(lr_scales), max(lr_scales))
     optimizer = AdamW(model.trainable_params(), config.weight_decay, model.no_weight_decay(), config.betas, config.eps,
-                      lr_scales=lr_scales)
+                      lr_scales=lr_scales, sharding=_optimizer_sharding(config, runtime))
+    if optimizer.sharding is not None:
+        full = 2 * 4 * sum(int(p.size) for p in optimizer.parameters)
+        _logger.info("ZeRO-1: AdamW moments sharded over %d ranks: %d bytes on this rank (unsharded: %d, %.3fx)",
+                     runtime.group_size, optimizer.state_bytes(), full, optimizer.state_bytes() / full)
     if config.amp_level == "O2" and config.loss_scale_type == "dynamic":
         scaler = ms.amp.DynamicLossScaler(config.loss_scale, int(config.loss_scale_factor), config.scale_window)
     else:
@@ -170,6 +186,7 @@ def build_training(config: Config, runtime: Runtime, model: SwinTransformerV2, l
                      ema=ema, distributed=runtime.distributed)
     step.set_train(True)
     apply_jit_config(step, config)
-    return Training(model=model, ema_model=ema_model, step=step, state=TrainState(step.named_state()),
+    state = TrainState(step.named_state(), step.sharded_shapes(), optimizer.sharding)
+    return Training(model=model, ema_model=ema_model, step=step, state=state,
                     batches_per_epoch=batches_per_epoch, steps_per_epoch=steps_per_epoch, peak_lr=peak,
                     global_batch=global_batch)

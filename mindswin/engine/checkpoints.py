@@ -99,9 +99,11 @@ class CheckpointManager:
             save_checkpoint(model, self.best_path, metadata)
 
     def save_resume(self, state: TrainState, position: RunPosition) -> None:
-        """Save every tensor of the run's state plus ``position`` (epoch, batch, best top-1)."""
-        if self.is_main:
-            state.save(self.resume_path, position)
+        """Save every tensor of the run's state plus ``position`` (epoch, batch, best top-1).
+
+        Called on every rank: a sharded (ZeRO-1) state is gathered first; rank 0 writes.
+        """
+        state.save(self.resume_path, position, write=self.is_main)
 
     def append_metrics(self, record: Dict[str, Any]) -> None:
         if self.is_main:

@@ -19,6 +19,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
+from .zero import ShardedLayout, ShardedParameterGather, Sharding
+
 __all__ = ["AdamW", "cosine_schedule", "scaled_learning_rates", "swin_layer_id", "layer_ids", "layer_decay_scales"]
 
 _adamw_update = ops.MultitypeFuncGraph("adamw_update")
@@ -27,6 +29,7 @@ _adamw_update = ops.MultitypeFuncGraph("adamw_update")
 @_adamw_update.register("Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
                         "Tensor", "Tensor", "Tensor", "Tensor")
 def _update(lr, beta1, beta2, eps, bias1, bias2, apply, decay, lr_scale, param, m, v, grad):
+    """Moments updated in place (when ``apply``); returns the updated ``param`` value."""
     grad = grad.astype(ms.float32)
     m_new = beta1 * m + (1.0 - beta1) * grad
     v_new = beta2 * v + (1.0 - beta2) * grad * grad
@@ -35,7 +38,15 @@ def _update(lr, beta1, beta2, eps, bias1, bias2, apply, decay, lr_scale, param, 
     param_new = param - lr * decay * param - lr * step
     ops.assign(m, ops.select(apply, m_new, m))
     ops.assign(v, ops.select(apply, v_new, v))
-    return ops.assign(param, ops.select(apply, param_new, param))
+    return param_new
+
+
+_assign_if = ops.MultitypeFuncGraph("assign_if")
+
+
+@_assign_if.register("Tensor", "Tensor", "Tensor")
+def _assign_when(apply, param, value):
+    return ops.assign(param, ops.select(apply, value, param))
 
 
 class AdamW(nn.Cell):
@@ -49,15 +60,24 @@ class AdamW(nn.Cell):
         eps: Adam epsilon.
         lr_scales: Per-parameter lr multiplier, in the order of ``params`` (layer-wise decay,
             see :func:`layer_decay_scales`); all 1.0 when None.
+        sharding: Shard the moments across the data-parallel ranks (ZeRO-1, see
+            :mod:`mindswin.engine.zero`); ``construct`` then takes this rank's gradient chunks.
     """
 
     def __init__(self, params: Iterable[Parameter], weight_decay: float, no_decay: Set[str],
                  betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
-                 lr_scales: Optional[Sequence[float]] = None) -> None:
+                 lr_scales: Optional[Sequence[float]] = None, sharding: Optional[Sharding] = None) -> None:
         super().__init__()
         self.parameters = ParameterTuple(list(params))
-        self.exp_avg = self.parameters.clone(prefix="adamw_m", init="zeros")
-        self.exp_avg_sq = self.parameters.clone(prefix="adamw_v", init="zeros")
+        self.sharding = sharding
+        if sharding is None:
+            self.exp_avg = self.parameters.clone(prefix="adamw_m", init="zeros")
+            self.exp_avg_sq = self.parameters.clone(prefix="adamw_v", init="zeros")
+        else:
+            self.layout = ShardedLayout([p.shape for p in self.parameters], sharding)
+            self.gather = ShardedParameterGather(self.layout)
+            self.exp_avg = self._moment_chunks("adamw_m")
+            self.exp_avg_sq = self._moment_chunks("adamw_v")
         self.decays = tuple(Tensor(0.0 if p.name in no_decay else weight_decay, ms.float32) for p in self.parameters)
         lr_scales = [1.0] * len(self.parameters) if lr_scales is None else list(lr_scales)
         if len(lr_scales) != len(self.parameters):
@@ -70,8 +90,17 @@ class AdamW(nn.Cell):
         self.step = Parameter(Tensor(0, ms.int32), name="adamw_step", requires_grad=False)
         self.hyper_map = ops.HyperMap()
 
+    def _moment_chunks(self, prefix: str) -> ParameterTuple:
+        return ParameterTuple([Parameter(Tensor(np.zeros(chunk, np.float32)), name=f"{prefix}.{p.name}",
+                                         requires_grad=False)
+                               for p, chunk in zip(self.parameters, self.layout.chunks)])
+
     def decayed_names(self) -> List[str]:
         return [p.name for p, d in zip(self.parameters, self.decays) if float(d.asnumpy()) > 0]
+
+    def state_bytes(self) -> int:
+        """Bytes of AdamW moments this rank holds."""
+        return int(sum(m.data.nbytes for m in (*self.exp_avg, *self.exp_avg_sq)))
 
     def construct(self, grads, lr: Tensor, apply: Tensor):
         step = self.step + apply.astype(ms.int32)
@@ -83,8 +112,15 @@ class AdamW(nn.Cell):
         bias1 = ops.maximum(bias1, 1e-12)
         bias2 = ops.maximum(bias2, 1e-12)
         update = ops.partial(_adamw_update, lr, self.beta1, self.beta2, self.eps, bias1, bias2, apply)
-        return self.hyper_map(update, self.decays, self.lr_scales, self.parameters, self.exp_avg, self.exp_avg_sq,
-                              grads)
+        if self.sharding is None:
+            updated = self.hyper_map(update, self.decays, self.lr_scales, self.parameters, self.exp_avg,
+                                     self.exp_avg_sq, grads)
+        else:
+            # each rank steps its own chunk of every parameter; the chunks are then gathered everywhere
+            own = self.layout.own_chunks(self.parameters)
+            updated = self.gather(self.hyper_map(update, self.decays, self.lr_scales, own, self.exp_avg,
+                                                 self.exp_avg_sq, grads), self.parameters)
+        return self.hyper_map(ops.partial(_assign_if, apply), self.parameters, updated)
 
 
 def scaled_learning_rates(lr: float, min_lr: float, warmup_lr: float, global_batch: int, base_batch: int,

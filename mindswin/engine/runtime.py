@@ -117,11 +117,10 @@ def setup_runtime(config) -> Runtime:
             os.environ.setdefault("HCCL_BUFFSIZE", str(config.hccl_buffsize))
         init()
         runtime = Runtime(rank=get_rank(), group_size=get_group_size(), distributed=True)
-        parallel = dict(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
-                        device_num=runtime.group_size)
-        if config.enable_parallel_optimizer:
-            parallel["enable_parallel_optimizer"] = True
-        ms.set_auto_parallel_context(**parallel)
+        # MindSpore's own enable_parallel_optimizer shards only its built-in optimizers; mindswin's
+        # AdamW shards itself (engine/zero.py), so the context flag stays off.
+        ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
+                                     device_num=runtime.group_size)
     # Each rank draws its own DropPath masks and augmentations, as the official trainer
     # (seed + rank) does; replicas still start equal, from rank 0's weights (TrainState.broadcast).
     seed = config.seed + runtime.rank

@@ -10,6 +10,9 @@ Under data parallel only rank 0 reads the file: :meth:`TrainState.broadcast` the
 rank 0's tensors and position to every rank. Nodes need no shared storage, and a fresh
 run starts every replica from rank 0's initial weights although each rank is seeded
 differently (``seed + rank``, for its own DropPath masks and augmentations).
+
+Under ZeRO-1 (:mod:`mindswin.engine.zero`) each rank holds one chunk of the moments; the
+file still holds them at full shape: saving gathers them, loading hands each rank its chunk.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
-from typing import List, Sequence, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import mindspore as ms
 import numpy as np
@@ -25,6 +28,7 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from ..checkpoint import CheckpointError
 from ..checkpoint.native import META_KEY, read_meta_json, save_tensors
+from .zero import Sharding
 
 __all__ = ["RunPosition", "TrainState", "read_position"]
 
@@ -73,21 +77,49 @@ class TrainState:
 
     Args:
         named: ``(name, Parameter)`` pairs; names must be unique.
+        sharded: Full shapes of the entries of which this rank holds one chunk (ZeRO-1).
+        sharding: The group those entries are sharded over (needed with ``sharded``).
     """
 
-    def __init__(self, named: Sequence[Tuple[str, Parameter]]) -> None:
+    def __init__(self, named: Sequence[Tuple[str, Parameter]], sharded: Optional[Mapping[str, Tuple[int, ...]]] = None,
+                 sharding: Optional[Sharding] = None) -> None:
         names = [name for name, _ in named]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"train state names are not unique: {', '.join(duplicates[:5])}")
+        if sharded and sharding is None:
+            raise ValueError("sharded train state entries need the sharding they are split by")
         self.named: List[Tuple[str, Parameter]] = list(named)
+        self.sharded: Dict[str, Tuple[int, ...]] = dict(sharded or {})
+        self.sharding = sharding
+        # rank 0's full values of the sharded entries, from load() until broadcast()
+        self._loaded_full: Dict[str, np.ndarray] = {}
 
     def names(self) -> List[str]:
         return [name for name, _ in self.named]
 
-    def save(self, path: str, position: RunPosition) -> None:
-        """Write every tensor plus ``position`` (JSON) to ``path`` atomically."""
-        save_tensors(path, self.named, asdict(position))
+    def arrays(self, prefix: str = "") -> Iterator[Tuple[str, np.ndarray]]:
+        """The tensors whose names start with ``prefix``, at full shape.
+
+        Sharded entries are gathered: with any under ``prefix``, all ranks call it together.
+        """
+        for name, param in self.named:
+            if not name.startswith(prefix):
+                continue
+            if name in self.sharded:
+                yield name, self.sharding.gather(param, self.sharded[name])
+            else:
+                yield name, param.asnumpy()
+
+    def save(self, path: str, position: RunPosition, write: bool = True) -> None:
+        """Write every tensor (full shapes) plus ``position`` (JSON) to ``path`` atomically.
+
+        With sharded entries every rank must call it (they are gathered); ``write`` is then
+        True on the one rank that writes the file.
+        """
+        named = [(name, Tensor(array)) for name, array in self.arrays()] if self.sharded else self.named
+        if write:
+            save_tensors(path, named, asdict(position))
 
     def load(self, path: str) -> RunPosition:
         """Restore every tensor from ``path``; returns the saved position.
@@ -107,22 +139,39 @@ class TrainState:
                                   f"{' ...' if len(missing) > 5 else ''} ({len(missing)} in all); {hint}")
         for name, param in self.named:
             value = saved[name]
-            if tuple(value.shape) != tuple(param.shape):
+            expected = self.sharded.get(name, tuple(param.shape))
+            if tuple(value.shape) != tuple(expected):
                 raise CheckpointError(f"{path}: {name} has shape {tuple(value.shape)}, this run expects "
-                                      f"{tuple(param.shape)}; {hint}")
-            param.set_data(Tensor(value.asnumpy(), dtype=param.dtype))
+                                      f"{tuple(expected)}; {hint}")
+            array = value.asnumpy()
+            if name in self.sharded:
+                self._loaded_full[name] = array
+                array = self.sharding.own_chunk(array)
+            param.set_data(Tensor(array, dtype=param.dtype))
         if not isinstance(saved.get(META_KEY), str):
             raise CheckpointError(f"{path} is not a mindswin resume state (no run position in it)")
         return RunPosition(**json.loads(saved[META_KEY]))
 
     def broadcast(self, position: RunPosition, rank: int) -> RunPosition:
-        """Give every rank rank 0's tensors and position (call on all ranks together)."""
-        carrier = Parameter(Tensor(np.array([position.epoch, position.batch_in_epoch], np.float32)),
+        """Give every rank rank 0's tensors and position (call on all ranks together).
+
+        Sharded entries travel one tensor at a time, and only after a load: fresh moments
+        and buffers are zeros on every rank already.
+        """
+        loaded = float(bool(self._loaded_full))
+        carrier = Parameter(Tensor(np.array([position.epoch, position.batch_in_epoch, loaded], np.float32)),
                             name="run_position", requires_grad=False)
-        _BroadcastFromRoot([param for _, param in self.named] + [carrier], rank)()
+        _BroadcastFromRoot([param for name, param in self.named if name not in self.sharded] + [carrier], rank)()
+        epoch, batch, loaded = carrier.asnumpy().tolist()
+        if loaded:
+            for name, param in self.named:
+                if name in self.sharded:
+                    chunk = self.sharding.chunk_from_root(self._loaded_full.get(name), self.sharded[name],
+                                                          ms.dtype_to_nptype(param.dtype))
+                    param.set_data(Tensor(chunk, dtype=param.dtype))
+        self._loaded_full.clear()
         if rank == 0:
             return position
-        epoch, batch = carrier.asnumpy().tolist()
         # the best metric only matters where checkpoints are written: on rank 0
         return RunPosition(epoch=int(epoch), batch_in_epoch=int(batch))
 
@@ -130,10 +179,12 @@ class TrainState:
         return int(dict(self.named)["optimizer.step"].asnumpy())
 
     def digest(self, prefix: str = "") -> str:
-        """SHA-1 over the tensors whose names start with ``prefix`` (replicas in sync agree)."""
+        """SHA-1 over the tensors (full shapes) whose names start with ``prefix`` (replicas in sync agree).
+
+        With sharded entries under ``prefix`` it is a collective: all ranks call it together.
+        """
         sha = hashlib.sha1()
-        for name, param in self.named:
-            if name.startswith(prefix):
-                sha.update(name.encode())
-                sha.update(param.asnumpy().tobytes())
+        for name, array in self.arrays(prefix):
+            sha.update(name.encode())
+            sha.update(array.tobytes())
         return sha.hexdigest()

@@ -1,19 +1,21 @@
 """One compiled training step that runs on CPU, GPU and Ascend.
 
 forward (AMP per the model's compute dtype) -> soft-target cross-entropy -> backward of
-the loss times the loss scale -> all-reduce (data parallel, mean) -> unscale -> finite
-check agreed by all ranks -> gradient accumulation -> global-norm clipping -> AdamW -> EMA,
+the loss times the loss scale -> all-reduce (data parallel, mean; a reduce-scatter to this
+rank's chunks under ZeRO-1) -> unscale -> finite check agreed by all ranks -> gradient
+accumulation -> global-norm clipping -> AdamW (-> all-gather of the updated chunks) -> EMA,
 with the update masked off (not branched) on overflow or between accumulation boundaries.
 Everything is one graph; the host only feeds batches and reads the returned scalars.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from .optim import AdamW
+from .zero import ShardedGradientMean, sharded_clip_by_global_norm
 
 __all__ = ["SoftTargetCrossEntropy", "NetWithLoss", "EMA", "TrainStep"]
 
@@ -92,7 +94,8 @@ class TrainStep(nn.Cell):
 
     Args:
         model: The model (its compute dtype set by ``apply_amp``).
-        optimizer: :class:`AdamW` over the model's trainable parameters.
+        optimizer: :class:`AdamW` over the model's trainable parameters; when it shards its
+            moments (ZeRO-1), gradients are reduce-scattered and accumulated as chunks too.
         lr_table: Per-step learning rates (indexed by the optimizer's applied-step count).
         loss_scaler: ``ms.amp.DynamicLossScaler`` or ``StaticLossScaler``.
         clip_value: Max global gradient norm, or None.
@@ -117,14 +120,25 @@ class TrainStep(nn.Cell):
         self.clip_value = clip_value
         self.accumulation = accumulation
         self.ema = ema
-        self.reducer = nn.DistributedGradReducer(self.weights, mean=True) if distributed else None
+        self.distributed = distributed
+        self.sharded = optimizer.sharding is not None
+        if self.sharded and not distributed:
+            raise ValueError("a sharded optimizer needs distributed=True")
+        self.reducer = None
+        if self.sharded:
+            self.grad_mean = ShardedGradientMean(optimizer.layout)
+        elif distributed:
+            self.reducer = nn.DistributedGradReducer(self.weights, mean=True)
         if distributed:
             from mindspore.communication import get_group_size
 
             self.all_reduce_sum = ops.AllReduce()
             self.group_size = float(get_group_size())
         if accumulation > 1:
-            self.accumulated = self.weights.clone(prefix="accum", init="zeros")
+            self.accumulated = (ms.ParameterTuple([Parameter(ops.zeros_like(m), name=f"accum.{p.name}",
+                                                             requires_grad=False)
+                                                   for p, m in zip(self.weights, optimizer.exp_avg)])
+                                if self.sharded else self.weights.clone(prefix="accum", init="zeros"))
             self.micro_step = Parameter(Tensor(0, ms.int32), name="accum_micro_step", requires_grad=False)
             self.overflow_seen = Parameter(Tensor(False, ms.bool_), name="accum_overflow", requires_grad=False)
         self.hyper_map = ops.HyperMap()
@@ -146,7 +160,7 @@ class TrainStep(nn.Cell):
         if self.accumulation > 1:
             grads, apply = self._accumulate(grads, finite)
         if self.clip_value is not None:
-            grads = ops.clip_by_global_norm(grads, self.clip_value)
+            grads = self._clip(grads)
         lr = self.current_lr()
         updated = self.optimizer(grads, lr, apply)
         if self.ema is not None:
@@ -154,13 +168,20 @@ class TrainStep(nn.Cell):
         scale_before = scale
         self.loss_scaler.adjust(finite)
         loss = scaled_loss / scale_before
-        if self.reducer is not None:
+        if self.distributed:
             # the reported loss is the global batch's, as a single process would see it
             loss = self.all_reduce_sum(loss) / self.group_size
         return ops.depend(loss, updated), finite, scale_before, lr
 
     def _reduce_gradients(self, grads):
+        if self.sharded:
+            return self.grad_mean(grads)
         return self.reducer(grads) if self.reducer is not None else grads
+
+    def _clip(self, grads):
+        if self.sharded:
+            return sharded_clip_by_global_norm(grads, self.clip_value, self.all_reduce_sum, self.hyper_map)
+        return ops.clip_by_global_norm(grads, self.clip_value)
 
     def _finite_on_every_rank(self, grads) -> Tensor:
         """One skip decision for the whole data-parallel group.
@@ -172,7 +193,7 @@ class TrainStep(nn.Cell):
         loss-scale cell does.
         """
         finite = ms.amp.all_finite(grads)
-        if self.reducer is None:
+        if not self.distributed:
             return finite
         overflowed_ranks = self.all_reduce_sum(ops.logical_not(finite).astype(ms.float32))
         return overflowed_ranks == 0
@@ -198,6 +219,16 @@ class TrainStep(nn.Cell):
             state += [(f"accumulation.grad.{name}", g) for name, g in zip(trainable, self.accumulated)]
             state += [("accumulation.micro_step", self.micro_step), ("accumulation.overflow", self.overflow_seen)]
         return state
+
+    def sharded_shapes(self) -> Dict[str, Tuple[int, ...]]:
+        """Full shapes of the :meth:`named_state` entries this rank holds one chunk of (ZeRO-1)."""
+        if not self.sharded:
+            return {}
+        shapes = {name: tuple(param.shape) for name, param in self.model.parameters_and_names()
+                  if param.requires_grad}
+        prefixes = ["optimizer.exp_avg.", "optimizer.exp_avg_sq."] + (["accumulation.grad."]
+                                                                      if self.accumulation > 1 else [])
+        return {prefix + name: shape for prefix in prefixes for name, shape in shapes.items()}
 
     def _accumulate(self, grads, finite: Tensor):
         micro = self.micro_step + 1
