@@ -22,10 +22,12 @@ def _digest_lines(logs: str):
     return sorted(line.split(" weights sha1 ")[1] for line in logs.splitlines() if " weights sha1 " in line)
 
 
-# 2 epochs of 6 optimizer steps, global batch 16 (8 per rank); gradient norms here exceed 0.5, so
-# clipping acts (and ZeRO-1's sharded global norm is exercised)
-CLIPPED = ["--clip_value", "0.5"]
-TWO_WORKERS = [*BASE_ARGS, *DETERMINISTIC_DATA, *CLIPPED, "--epoch_size", "2", "--batch_size", "8", "--distribute",
+# 2 epochs of 6 optimizer steps, global batch 16 (8 per rank). No clipping: a sharded norm is
+# summed in another order, and Adam's first steps are ~lr * sign(g), so a rounding apart in
+# the clip factor could flip the update of a near-zero gradient; ZeRO-1's clipping is
+# checked on its own (rank_checks.py).
+UNCLIPPED = ["--clip_grad", "False"]
+TWO_WORKERS = [*BASE_ARGS, *DETERMINISTIC_DATA, *UNCLIPPED, "--epoch_size", "2", "--batch_size", "8", "--distribute",
                "True"]
 ZERO_1 = ["--enable_parallel_optimizer", "True"]
 
@@ -44,7 +46,7 @@ def two_worker_runs(data_dir, tmp_path_factory):
 
 
 def test_msrun_two_workers_match_a_single_process(data_dir, tmp_path, two_worker_runs):
-    run("train.py", *BASE_ARGS, *DETERMINISTIC_DATA, *CLIPPED, "--epoch_size", "2", "--data_dir", data_dir,
+    run("train.py", *BASE_ARGS, *DETERMINISTIC_DATA, *UNCLIPPED, "--epoch_size", "2", "--data_dir", data_dir,
         "--batch_size", "16", "--ckpt_save_dir", tmp_path / "single")
     dist_dir, logs = two_worker_runs["plain"]
     digests = _digest_lines(logs)
@@ -86,6 +88,9 @@ def test_ranks_draw_their_own_randomness_from_one_start_and_skip_overflow_togeth
     assert first["loss_scale"] == second["loss_scale"] == [1024.0, 512.0, 512.0]
     assert first["optimizer_step"] == second["optimizer_step"] == 2
     assert first["final_state"] == second["final_state"]
+    # ZeRO-1 clips chunks held by different ranks by the norm of them all: float32 sums of 40
+    # squares and a sqrt, relative error below (40 + 3) * 2**-24
+    assert max(first["sharded_clip_error"], second["sharded_clip_error"]) <= 43 * 2.0 ** -24
     # and the whole run is reproducible from the seed
     assert _rank_checks(data_dir, tmp_path / "b") == [first, second]
 
@@ -157,24 +162,14 @@ def test_zero1_matches_unsharded_training_with_half_the_optimizer_state(two_work
     digests = _digest_lines(zero_logs)
     assert len(digests) == 2 and digests[0] == digests[1]
     assert {name: v.shape for name, v in zero.items()} == {name: v.shape for name, v in plain.items()}
-    # Gradients are summed in the same order (the same 2-term all-reduce) and AdamW is elementwise,
-    # so only clipping differs: the norm is summed as partial sums per rank, then all-reduced, and
-    # the factor is applied as g * (c / n) where MindSpore's clip_by_global_norm rounds g * c / n.
-    # Both change the clipped gradient by a few float32 roundings (relative ~1e-7); AdamW's step is
-    # scale-invariant to first order, so 12 steps at lr <= 2e-3 move a weight by less than
-    # 12 * 2e-3 * 1e-4: the bound allows a relative clipped-gradient difference of 1e-4.
-    bound = 12 * 2e-3 * 1e-4
+    # Each gradient element is the same 2-term all-reduce, divided by 2 (exact), and AdamW and the
+    # EMA are elementwise: sharding changes which rank computes an element, not its value.
     for name, value in plain.items():
-        if name.startswith(("model.", "ema.")):
-            np.testing.assert_allclose(zero[name], value, rtol=0, atol=bound, err_msg=name)
-        elif name.startswith("optimizer.exp_avg"):
-            # moments are built from the same gradients times the clip factor: relative 1e-4 of their scale
-            np.testing.assert_allclose(zero[name], value, rtol=1e-4, atol=1e-4 * np.abs(value).max(), err_msg=name)
-        else:
-            assert np.array_equal(zero[name], value), name  # step, loss scale
+        assert np.array_equal(zero[name], value), name
     assert [r["optimizer_step"] for r in read_metrics(zero_dir)] == [6, 12]
-    for a, b in zip(read_metrics(plain_dir), read_metrics(zero_dir)):
-        assert abs(a["train_loss"] - b["train_loss"]) < 1e-4 and a["val_top1"] == b["val_top1"]
+    fields = ("train_loss", "val_loss", "val_top1")
+    assert [[r[k] for k in fields] for r in read_metrics(zero_dir)] == [[r[k] for k in fields]
+                                                                       for r in read_metrics(plain_dir)]
 
 
 def test_zero1_run_killed_after_an_epoch_resumes_to_the_uninterrupted_result(data_dir, tmp_path, two_worker_runs):

@@ -6,7 +6,9 @@ Prints one line per rank: ``RANK_CHECKS {json}`` with
 * a digest of the first augmented batch drawn from the same files in the same order;
 * for three train steps, where rank 1 alone gets a non-finite gradient in step 2 (as a
   device-local overflow status would report): each step's finite flag and loss scale,
-  and a digest of the whole train state after them.
+  and a digest of the whole train state after them;
+* ZeRO-1's clipping of gradient chunks held by different ranks: the largest relative
+  error against the float64 global-norm clip of all ranks' chunks together.
 
 Usage: msrun ... rank_checks.py DATA_DIR SEED [on|off]   (the fused CPU kernels; default on)
 """
@@ -16,7 +18,7 @@ import sys
 
 import mindspore as ms
 import numpy as np
-from mindspore import Parameter, Tensor
+from mindspore import Parameter, Tensor, nn, ops
 
 from mindswin import create_model
 from mindswin.config import load_config
@@ -25,6 +27,7 @@ from mindswin.engine.optim import AdamW
 from mindswin.engine.runtime import setup_runtime
 from mindswin.engine.state import RunPosition, TrainState
 from mindswin.engine.train_step import TrainStep
+from mindswin.engine.zero import sharded_clip_by_global_norm
 from mindswin.models.kernels import cpu_kernels
 
 
@@ -38,6 +41,28 @@ class StepWithFaultyRank(TrainStep):
     def _reduce_gradients(self, grads):
         grads = self.reducer(grads)
         return (grads[0] * self.poison,) + grads[1:]
+
+
+class ShardedClip(nn.Cell):
+    def __init__(self, clip: float) -> None:
+        super().__init__()
+        self.clip = clip
+        self.all_reduce_sum = ops.AllReduce()
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self, chunks):
+        return sharded_clip_by_global_norm(chunks, self.clip, self.all_reduce_sum, self.hyper_map)
+
+
+def sharded_clip_error(rank: int, group_size: int) -> float:
+    """Largest relative error of the sharded clip (float32, all-reduced norm) against float64."""
+    shared = np.random.default_rng(123)
+    all_chunks = [[shared.standard_normal(n).astype(np.float32) for n in (7, 3, 10)] for _ in range(group_size)]
+    norm = np.sqrt(sum(float((c.astype(np.float64) ** 2).sum()) for chunks in all_chunks for c in chunks))
+    clip = norm / 4  # clipping acts: every gradient is scaled by 1/4
+    clipped = ShardedClip(clip)(tuple(Tensor(c) for c in all_chunks[rank]))
+    return max(float(np.max(np.abs(out.asnumpy() - c * (clip / norm)) / np.abs(c * (clip / norm))))
+               for out, c in zip(clipped, all_chunks[rank]))
 
 
 def digest(arrays) -> str:
@@ -85,6 +110,7 @@ def main(data_dir: str, seed: int, kernels: bool) -> None:
         report["loss_scale"].append(float(scaler.scale_value.asnumpy()))
     report["optimizer_step"] = state.optimizer_step()
     report["final_state"] = state.digest()
+    report["sharded_clip_error"] = sharded_clip_error(runtime.rank, runtime.group_size)
     print("RANK_CHECKS " + json.dumps(report), flush=True)
 
 
