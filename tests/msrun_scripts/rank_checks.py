@@ -3,7 +3,8 @@
 Prints one line per rank: ``RANK_CHECKS {json}`` with
 * digests of the initial weights before and after the start-of-run broadcast;
 * a digest of one training-mode forward (DropPath masks) on an input shared by all ranks;
-* a digest of the first augmented batch drawn from the same files in the same order;
+* a digest of the first augmented batch drawn from the same files in the same order (keyed
+  on seed, epoch and sample, so equal on every rank);
 * for three train steps, where rank 1 alone gets a non-finite gradient in step 2 (as a
   device-local overflow status would report): each step's finite flag and loss scale,
   and a digest of the whole train state after them;
