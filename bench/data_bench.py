@@ -25,7 +25,8 @@ CutMix 1.0 with label smoothing 0.1, batch 128, drop remainder.
 Each run times ``--batches`` batches from the creation of the iterator (start-up
 included: see :func:`measure`). ``img_per_cpu_s`` divides the images by the CPU time
 (user + system) that the process and its worker processes spent meanwhile: the throughput
-of one fully used core, whatever the number of workers, and the figure to size hosts by. Prints one JSON line per measurement (``--json``) with img_per_s,
+of one fully used core, whatever the number of workers, and the figure to size hosts by.
+Prints one JSON line per measurement (``--json``) with img_per_s,
 img_per_s_per_core (divided by min(workers, cores): the cores the workers can use).
 """
 import argparse

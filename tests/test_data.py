@@ -11,10 +11,10 @@ from mindswin.config import ConfigError
 from mindswin.data import (
     DataError,
     ImageSource,
-    decode_rgb,
     Mixup,
     create_eval_dataset,
     create_train_dataset,
+    decode_rgb,
     eval_shard_indices,
     make_demo_dataset,
     scan_split,

@@ -11,8 +11,18 @@ import pytest
 from mindswin.checkpoint.native import META_KEY
 from mindswin.engine.state import read_position
 
-from conftest import (BASE_ARGS, DETERMINISTIC_DATA, ROOT, free_port, kill_processes_mentioning, msrun, read_metrics,
-                      run, wait_for, worker_logs)
+from conftest import (
+    BASE_ARGS,
+    DETERMINISTIC_DATA,
+    ROOT,
+    free_port,
+    kill_processes_mentioning,
+    msrun,
+    read_metrics,
+    run,
+    wait_for,
+    worker_logs,
+)
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 

@@ -18,8 +18,18 @@ from mindswin.engine.optim import AdamW
 from mindswin.engine.state import RunPosition, read_position
 from mindswin.engine.train_step import TrainStep
 
-from conftest import (BASE_ARGS, DETERMINISTIC_DATA, MICRO_MS, NOISE, PYTHON, ROOT, randomize, read_metrics, run,
-                      wait_for)
+from conftest import (
+    BASE_ARGS,
+    DETERMINISTIC_DATA,
+    MICRO_MS,
+    NOISE,
+    PYTHON,
+    ROOT,
+    randomize,
+    read_metrics,
+    run,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,7 @@ class FolderIndex:
         return zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 6)
 
     @classmethod
-    def from_bytes(cls, data: bytes, root: str) -> "FolderIndex":
+    def from_bytes(cls, data: bytes, root: str) -> FolderIndex:
         """The index :meth:`to_bytes` wrote, with paths under this node's ``root`` (same layout)."""
         body = json.loads(zlib.decompress(data).decode())
         samples = [(os.path.join(root, f), int(label)) for f, label in zip(body["files"], body["labels"])]
