@@ -94,7 +94,8 @@ def markdown(results, matmul, flops, args) -> str:
                   "`ATEN_CPU_CAPABILITY=avx2` and MKL at `MKL_ENABLE_INSTRUCTIONS=AVX2`. Not capped: MindSpore's "
                   "nnacl kernels (elementwise, Transpose, AdamWeightDecay; they pick AVX-512 by cpuid and have no "
                   "override), and the machine's caches, clock and memory bandwidth."]
-    lines += ["", "| shape | ISA | impl | train img/s | infer img/s | train compile s | infer compile s | peak RSS MB |",
+    lines += ["",
+              "| shape | ISA | impl | train img/s | infer img/s | train compile s | infer compile s | peak RSS MB |",
               "|---|---|---|---|---|---|---|---|"]
     for r in results:
         isa = r.get("isa", "native")
@@ -112,7 +113,8 @@ def markdown(results, matmul, flops, args) -> str:
 
     head = " | ".join(f"train {isa}" for isa in isas) + " | " + " | ".join(f"inference {isa}" for isa in isas)
     lines += ["", "Ratios (mindswin / peer), the instruction sets side by side:", "",
-              f"| shape | peer | {head} | train compile (peer / mindswin) |", "|---|---|" + "---|" * (2 * len(isas) + 1)]
+              f"| shape | peer | {head} | train compile (peer / mindswin) |",
+              "|---|---|" + "---|" * (2 * len(isas) + 1)]
     for shape in args.shapes:
         for peer in ("timm", "mindcv"):
             if not any((shape, peer, isa) in by_key for isa in isas):
@@ -127,7 +129,8 @@ def markdown(results, matmul, flops, args) -> str:
     if matmul:
         rates = ", ".join(f"{isa} {matmul[isa]:.1f}" for isa in isas if matmul.get(isa))
         lines += ["", f"Machine fp32 matmul rate (MindSpore, 2048^2), GFLOP/s: {rates}.", "",
-                  "| shape | ISA | forward GFLOP/image (2 x MACs) | mindswin inference GFLOP/s | fraction of matmul rate |",
+                  "| shape | ISA | forward GFLOP/image (2 x MACs) | mindswin inference GFLOP/s "
+                  "| fraction of matmul rate |",
                   "|---|---|---|---|---|"]
         for shape in args.shapes:
             for isa in isas:

@@ -33,7 +33,8 @@ def test_create_model_sizes_an_unsized_cpu_pool_only(case, tmp_path):
     script.write_text(SCRIPT)
     env = {k: v for k, v in os.environ.items() if k != "MINDSWIN_CPU_THREADS"}
     user_threads = 3 if os.cpu_count() != 3 else 4  # not MindSpore's default, min(cores, 30)
-    result = subprocess.run([sys.executable, str(script), case, str(user_threads)], capture_output=True, text=True, cwd=str(ROOT),
+    result = subprocess.run([sys.executable, str(script), case, str(user_threads)], capture_output=True, text=True,
+                            cwd=str(ROOT),
                             env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     cores = len(os.sched_getaffinity(0))
