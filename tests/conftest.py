@@ -116,10 +116,10 @@ DETERMINISTIC_DATA = ["--scale", "[1.0,1.0]", "--ratio", "[1.0,1.0]", "--hflip",
 NOISE = ("Traceback", "Exception ignored", "[WARNING]", "DeprecationWarning", "FutureWarning")
 
 
-def run(script, *args, check=True, env=None, **popen):
-    """Run one of the entry scripts (``train.py``...) in a fresh process."""
+def run(script, *args, check=True, env=None, cwd=ROOT, **popen):
+    """Run one of the entry scripts (``train.py``...) in a fresh process (in ``cwd``)."""
     result = subprocess.run([PYTHON, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
-                            cwd=str(ROOT), env=env, **popen)
+                            cwd=str(cwd), env=env, **popen)
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result

@@ -2,18 +2,18 @@
 
 Pipeline (training; evaluation is the same without the Python stage):
 
-1. source (threads of the main process): reads a file's bytes; ordinary JPEG/PNG files go on
-   as they are, any other file (CMYK, palette, alpha, 16-bit, odd) is decoded with Pillow and
-   handed on as BMP. A file that cannot be read is replaced by the next readable sample and
-   reported by name, in the main process (``DataInfo.all_bad_files``, a warning).
-2. ``vision.Decode`` (MindSpore's C++ decoder, its own threads, no GIL).
-3. the Python transform (:class:`~mindswin.data.transforms.TrainAugment`: RandomResizedCrop,
+1. source (threads of the main process): reads and decodes each file with Pillow (any mode to
+   RGB; the decoder releases the GIL) where a damaged file raises an exception that can be
+   caught: it is replaced by the next readable sample and reported by name, in the main
+   process (``DataInfo.all_bad_files``, a warning). MindSpore's C++ ``vision.Decode`` is not
+   used: some damaged JPEGs kill it with a signal (see :class:`ImageSource`).
+2. the Python transform (:class:`~mindswin.data.transforms.TrainAugment`: RandomResizedCrop,
    flip, RandAugment, the erasing rectangle) in worker processes (``python_multiprocessing``),
    so it scales with cores. Every random number of a sample comes from ``(seed, key)``, the
    key being ``epoch * num_samples + index`` as the sampler yields it: workers never share a
    generator, and a run repeats exactly from its seed whatever the number of workers (and a
    resumed run draws what the uninterrupted one drew).
-4. batch (main process): mixup/CutMix parameters drawn from ``(seed, the batch's keys)`` and
+3. batch (main process): mixup/CutMix parameters drawn from ``(seed, the batch's keys)`` and
    the soft targets (label smoothing folded in).
 
 With ``device_augment=True`` the batch is ``(image (B, S, S, 3) uint8, erase (B, 4) int32,
@@ -38,13 +38,12 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import mindspore.dataset as ds
 import numpy as np
-from mindspore.dataset import vision
 
-from .folder import UNREADABLE, DataError, FolderIndex, decode_rgb, encoded_for_native_decoder, scan_split
+from .folder import UNREADABLE, DataError, FolderIndex, decode_rgb, scan_split
 from .mixup import Mixup
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, TrainAugment, build_eval_transforms
 
-__all__ = ["DataInfo", "EpochShardSampler", "ImageSource", "EncodedImageSource", "create_train_dataset",
+__all__ = ["DataInfo", "EpochShardSampler", "ImageSource", "KeyedImageSource", "create_train_dataset",
            "create_eval_dataset", "eval_shard_indices"]
 
 _logger = logging.getLogger(__name__)
@@ -71,7 +70,13 @@ class DataInfo:
 
 
 class ImageSource:
-    """Random-access source of ``(HWC uint8 RGB, label, weight)``.
+    """Random-access source of ``(HWC uint8 RGB, label, weight)``, decoded with Pillow.
+
+    Decoding happens here, in the pipeline's source threads (Pillow's decoder runs without the
+    GIL), because this is where a damaged file can be caught: MindSpore's C++ ``vision.Decode``
+    kills the process (SIGSEGV/SIGFPE) on some JPEGs with damaged header tables and ends the
+    run with an exception on others. A file that cannot be decoded is replaced by the next
+    readable sample and reported by name (``bad_files``, a warning).
 
     Args:
         samples: ``(path, label)`` pairs.
@@ -89,14 +94,18 @@ class ImageSource:
 
     def __getitem__(self, index: int):
         index = int(index) % len(self.samples)
-        for offset in range(len(self.samples)):
-            path, label = self.samples[(index + offset) % len(self.samples)]
+        image, label = self.load(index)
+        return image, label, self.weights[index]
+
+    def load(self, index: int) -> Tuple[np.ndarray, np.int32]:
+        """Pixels and label of sample ``index``, or of the next readable one after it."""
+        count = len(self.samples)
+        for offset in range(count):
+            path, label = self.samples[(index + offset) % count]
             try:
-                image = np.asarray(decode_rgb(path), dtype=np.uint8)
+                return np.asarray(decode_rgb(path), dtype=np.uint8), np.int32(label)
             except UNREADABLE as exc:
                 self._report(path, exc)
-                continue
-            return image, np.int32(label), self.weights[index]
         raise DataError("no readable image left in the dataset")
 
     def _report(self, path: str, exc: BaseException) -> None:
@@ -106,38 +115,18 @@ class ImageSource:
                 _logger.warning("unreadable image %s (%s): replaced by the next sample", path, exc)
 
 
-class EncodedImageSource(ImageSource):
-    """Random-access source of ``(encoded bytes, label, key, weight)`` for ``vision.Decode``.
+class KeyedImageSource(ImageSource):
+    """Random-access source of ``(HWC uint8 RGB, label, key, weight)``.
 
     ``key`` is what the sampler yields (``epoch * len(samples) + index`` in training, the
-    position in evaluation); the sample read is ``key % len(samples)``. Files that are not
-    ordinary JPEG/PNG come as Pillow-decoded BMP (see
-    :func:`~mindswin.data.folder.encoded_for_native_decoder`); unreadable ones are replaced by
-    the next readable sample and reported (this object lives in the main process).
-
-    Attributes:
-        pillow_files: How many files went through Pillow (the rest: the C++ decoder alone).
+    position in evaluation); the sample read is ``key % len(samples)``. The key travels with
+    the image so that the worker processes draw its augmentation from ``(seed, key)``.
     """
 
-    def __init__(self, samples: Sequence[Tuple[str, int]], weights: Optional[Sequence[float]] = None) -> None:
-        super().__init__(samples, weights)
-        self.pillow_files = 0
-
     def __getitem__(self, key: int):
-        count = len(self.samples)
-        index = int(key) % count
-        for offset in range(count):
-            path, label = self.samples[(index + offset) % count]
-            try:
-                data, native = encoded_for_native_decoder(path)
-            except UNREADABLE as exc:
-                self._report(path, exc)
-                continue
-            if not native:
-                with self._lock:
-                    self.pillow_files += 1
-            return data, np.int32(label), np.int64(key), self.weights[index]
-        raise DataError("no readable image left in the dataset")
+        index = int(key) % len(self.samples)
+        image, label = self.load(index)
+        return image, label, np.int64(key), self.weights[index]
 
 
 class EpochShardSampler:
@@ -260,11 +249,10 @@ def create_train_dataset(data_dir: str, *, image_size: int, batch_size: int, spl
     if sampler.per_shard < batch_size:
         raise DataError(f"{index.root}: {sampler.per_shard} samples per shard is fewer than batch_size {batch_size}")
     workers = _python_workers(num_workers)
-    source = EncodedImageSource(index.samples)
+    source = KeyedImageSource(index.samples)
     dataset = ds.GeneratorDataset(source, column_names=["image", "label", "key", "weight"], sampler=sampler,
                                   num_parallel_workers=workers, python_multiprocessing=False)
     dataset = dataset.project(["image", "label", "key"])
-    dataset = dataset.map(vision.Decode(), input_columns="image", num_parallel_workers=workers)
     augment = TrainAugment(image_size, scale=scale, ratio=ratio, hflip=hflip, auto_augment=auto_augment,
                            interpolation=interpolation, re_prob=re_prob, color_jitter=color_jitter, seed=seed,
                            mean=mean, std=std, device=device_augment)
@@ -308,18 +296,18 @@ def create_eval_dataset(data_dir: str, *, image_size: int, batch_size: int, spli
     """Evaluation dataset yielding ``image``, ``label`` (B,) int32 and ``weight`` (B,) float32.
 
     ``image`` is (B, 3, S, S) float32, or with ``device_augment`` (B, S, S, 3) uint8 for
-    :class:`~mindswin.data.device.DeviceNormalize`. Decoding, resizing and cropping run in
-    MindSpore's C++ threads.
+    :class:`~mindswin.data.device.DeviceNormalize`. Decoding runs in the source threads (Pillow),
+    resizing and cropping in MindSpore's C++ threads.
     """
     index = index or _scan(data_dir, split, class_names, verify, strict, num_workers)
     positions, weights = eval_shard_indices(len(index), num_shards, shard_id, batch_size)
-    source = EncodedImageSource([index.samples[i] for i in positions], weights)
+    source = KeyedImageSource([index.samples[i] for i in positions], weights)
     workers = _python_workers(num_workers)
     dataset = ds.GeneratorDataset(source, column_names=["image", "label", "key", "weight"], shuffle=False,
                                   num_parallel_workers=workers, python_multiprocessing=False)
     dataset = dataset.project(["image", "label", "weight"])
-    ops = [vision.Decode()] + build_eval_transforms(image_size, crop_pct=crop_pct, interpolation=interpolation,
-                                                    mean=mean, std=std, normalize=not device_augment)
+    ops = build_eval_transforms(image_size, crop_pct=crop_pct, interpolation=interpolation, mean=mean, std=std,
+                                normalize=not device_augment)
     dataset = dataset.map(ops, input_columns="image", num_parallel_workers=workers)
     dataset = dataset.batch(batch_size, drop_remainder=True)
     info = DataInfo(class_names=index.class_names, num_samples=len(index), batch_size=batch_size,

@@ -1,11 +1,9 @@
 """ImageFolder scanning: classes, samples, and the files that cannot be used."""
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
-import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -13,8 +11,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from PIL import Image
 
-__all__ = ["DataError", "IMAGE_EXTENSIONS", "UNREADABLE", "FolderIndex", "scan_split", "decode_rgb",
-           "native_decodable", "encoded_for_native_decoder", "ShareFn", "shared_scan"]
+__all__ = ["DataError", "IMAGE_EXTENSIONS", "UNREADABLE", "FolderIndex", "scan_split", "decode_rgb", "ShareFn",
+           "shared_scan"]
 
 _logger = logging.getLogger(__name__)
 
@@ -92,85 +90,6 @@ def decode_rgb(path: str):
         if img.mode != "RGB":
             img = img.convert("RGB")
         return img
-
-
-_JPEG_SOF = {0xC0, 0xC1, 0xC2}  # baseline, extended and progressive Huffman, 8 or 12 bit (precision checked)
-
-
-def _jpeg_native(data: bytes) -> bool:
-    """8-bit JPEG with 1 (grey) or 3 (YCbCr) components, complete up to its end-of-image marker."""
-    if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
-        return False  # truncated (or trailing data): MindSpore's decoder treats libjpeg's warnings as errors
-    pos, end = 2, len(data)
-    while pos + 4 <= end:
-        if data[pos] != 0xFF:
-            return False
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            pos += 2
-            continue
-        length = struct.unpack(">H", data[pos + 2:pos + 4])[0]
-        if marker == 0xEE and data[pos + 4:pos + 9] == b"Adobe":
-            return False  # Adobe marker: CMYK/YCCK or unusual transforms, Pillow handles them
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if marker not in _JPEG_SOF or pos + 10 > end:
-                return False  # arithmetic coding, lossless, hierarchical: Pillow
-            precision, components = data[pos + 4], data[pos + 9]
-            return precision == 8 and components in (1, 3)
-        pos += 2 + length
-    return False
-
-
-def _png_native(data: bytes) -> bool:
-    """8-bit grey or RGB PNG (no palette, no alpha, no 16-bit) ending with its IEND chunk."""
-    if len(data) < 33 or data[12:16] != b"IHDR" or not data.endswith(b"IEND\xaeB`\x82"):
-        return False
-    bit_depth, colour_type = data[24], data[25]
-    return bit_depth == 8 and colour_type in (0, 2)
-
-
-def native_decodable(data: bytes) -> bool:
-    """Whether MindSpore's C++ ``vision.Decode`` gives the same RGB pixels as :func:`decode_rgb`.
-
-    Ordinary files: complete 8-bit JPEG (grey or YCbCr) and 8-bit grey/RGB PNG, recognised by
-    their bytes, not their names. Everything else (CMYK/Adobe JPEG, palette, alpha, 16-bit,
-    truncated or odd files, other formats) goes through Pillow.
-    """
-    if data[:3] == b"\xff\xd8\xff":
-        return _jpeg_native(data)
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return _png_native(data)
-    return False
-
-
-def encoded_for_native_decoder(path: str):
-    """``path`` as bytes (uint8 array) that ``vision.Decode`` decodes to its RGB pixels.
-
-    Ordinary JPEG/PNG files are returned as read; any other file is decoded with Pillow
-    (any mode to RGB) and handed on as an uncompressed BMP.
-
-    Returns:
-        ``(data, native)``: the bytes and whether they are the file's own.
-
-    Raises:
-        One of :data:`UNREADABLE` when Pillow cannot decode the file either.
-    """
-    import numpy as np
-
-    with open(path, "rb") as f:
-        data = f.read()
-    if native_decodable(data):
-        return np.frombuffer(data, np.uint8), True
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        if img.mode != "RGB":
-            img = img.convert("RGB")
-        out = io.BytesIO()
-        img.save(out, format="BMP")
-    return np.frombuffer(out.getvalue(), np.uint8), False
 
 
 def _check(path: str, full: bool) -> Optional[str]:
