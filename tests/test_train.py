@@ -135,6 +135,46 @@ def test_damaged_jpegs_in_both_splits_do_not_end_the_run(data_dir, tmp_path):
     assert os.listdir(work) == ["out"]  # nothing (no abnormal_image.jpg) outside ckpt_save_dir
 
 
+def _val_flat(val):
+    for path in list(val.glob("*/*")):
+        path.rename(val / f"{path.parent.name}_{path.name}")
+    for folder in val.iterdir():
+        if folder.is_dir():
+            folder.rmdir()
+
+
+def _val_extra_class(val):
+    shutil.copytree(val / "checkerboard", val / "spirals")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_val_flat, "holds 36 images directly, not in class folders"),
+    (_val_extra_class, "has 1 class folder(s) the training split lacks: spirals"),
+])
+def test_bad_val_layout_is_one_error_before_anything_compiles(data_dir, tmp_path, damage, message):
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    damage(data / "val")
+    result = run("train.py", *BASE_ARGS, "--data_dir", data, "--ckpt_save_dir", tmp_path / "out", check=False)
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.stderr
+    assert "compiled" not in result.stdout + result.stderr  # stopped before the first step, not after an epoch
+
+
+def test_data_without_val_split_trains_and_says_once_it_will_not_validate(data_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(os.path.join(data_dir, "train"), data / "train")
+    out = tmp_path / "out"
+    result = run("train.py", *BASE_ARGS, "--epoch_size", "2", "--val_while_train", "True", "--data_dir", data,
+                 "--ckpt_save_dir", out)
+    log = result.stdout + result.stderr
+    assert log.count("training without validation") == 1
+    records = read_metrics(out)
+    assert [r["epoch"] for r in records] == [1, 2] and not any(k.startswith("val_") for r in records for k in r)
+    assert os.path.exists(out / "swinv2_micro_window4_32-e0002.ckpt")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--modle", "x"], "Did you mean 'model'"),
     (["--batch_size", "many"], "'batch_size' must be an integer"),

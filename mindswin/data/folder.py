@@ -133,16 +133,24 @@ def _scan_split(split_dir: str, class_names: Optional[Sequence[str]], verify: st
     if not os.path.isdir(split_dir):
         raise DataError(f"data split not found: {split_dir} (expected DATA_DIR/train/<class>/<image> and "
                         "DATA_DIR/val/<class>/<image>; set --data_dir to the folder holding train/ and val/)")
-    found = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d))
-                   and not d.startswith("."))
+    entries = os.listdir(split_dir)
+    found = sorted(d for d in entries if os.path.isdir(os.path.join(split_dir, d)) and not d.startswith("."))
     if not found:
+        loose = [f for f in entries if f.lower().endswith(IMAGE_EXTENSIONS)]
+        if loose:
+            raise DataError(f"{split_dir} holds {len(loose)} images directly, not in class folders (ImageNet's val "
+                            f"split is distributed flat like this): move each image into {split_dir}/<class>/ "
+                            "using the labels that come with the data (the class folder names of the train split)")
         raise DataError(f"{split_dir} has no class folders (expected {split_dir}/<class>/<image>)")
     if class_names is None:
         class_names = found
     else:
         extra = sorted(set(found) - set(class_names))
         if extra:
-            raise DataError(f"{split_dir} has classes the training split lacks: {', '.join(extra[:5])}")
+            raise DataError(f"{split_dir} has {len(extra)} class folder(s) the training split lacks: "
+                            f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''} (labels are positions in the "
+                            "training split's sorted class list, so every class folder name must be one of the "
+                            "training split's: rename or remove these)")
     candidates: List[Tuple[str, int]] = []
     empty: List[str] = []
     for label, name in enumerate(class_names):

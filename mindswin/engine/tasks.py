@@ -214,7 +214,27 @@ class ClassificationTask(Task):
         if self.num_classes != len(self.index.class_names):
             raise ConfigError(f"num_classes is {self.num_classes} but {self.index.root} has "
                               f"{len(self.index.class_names)} class folders")
+        self.val_index = self._scan_val_split()
         self._evaluator: Optional[Tuple[EvalStep, ds.Dataset, DataInfo]] = None
+
+    def _scan_val_split(self) -> Optional[FolderIndex]:
+        """The val split's index, scanned with the train split so that a bad layout stops the run before compiling.
+
+        None when the run does not validate, or when the data has no val split (an ImageNet-22k
+        tree, for example): the run then trains without validating and says so once.
+        """
+        config = self.config
+        if not config.val_while_train:
+            return None
+        val_dir = os.path.join(config.data_dir, config.val_split)
+        if not os.path.isdir(val_dir):
+            _logger.warning("no %s: training without validation (no val_* metrics, no best checkpoint); "
+                            "add DATA_DIR/%s/<class>/<image> to validate, or set val_while_train: False to "
+                            "silence this", val_dir, config.val_split)
+            return None
+        return scan_split(val_dir, class_names=self.index.class_names, verify=config.verify_images,
+                          strict=config.strict_data, num_workers=config.num_parallel_workers,
+                          share=share_from_rank0(self.runtime))
 
     @property
     def num_samples(self) -> int:
@@ -242,15 +262,14 @@ class ClassificationTask(Task):
             num_workers=config.num_parallel_workers, device_augment=True, **self.preprocessing.train_args())
 
     def evaluate(self, model: SwinTransformerV2) -> Dict[str, Any]:
+        if self.val_index is None:
+            return {}
         if self._evaluator is None:  # built at the first validation: the train graph compiles first
             config, runtime = self.config, self.runtime
-            index = scan_split(os.path.join(config.data_dir, config.val_split), class_names=self.index.class_names,
-                               verify=config.verify_images, strict=config.strict_data,
-                               num_workers=config.num_parallel_workers, share=share_from_rank0(runtime))
             data, info = create_eval_dataset(
                 config.data_dir, batch_size=config.val_batch_size or config.batch_size, split=config.val_split,
                 class_names=self.index.class_names, num_shards=runtime.group_size, shard_id=runtime.rank,
-                num_workers=config.num_parallel_workers, device_augment=True, index=index,
+                num_workers=config.num_parallel_workers, device_augment=True, index=self.val_index,
                 **self.preprocessing.eval_args())
             pre = self.preprocessing
             step = apply_jit_config(EvalStep(model, distributed=runtime.distributed,
