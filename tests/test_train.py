@@ -5,6 +5,7 @@ import shutil
 import signal
 import subprocess
 import time
+from dataclasses import asdict
 
 import mindspore as ms
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import mindswin
 from mindswin.amp import apply_amp
 from mindswin.checkpoint import read_metadata
-from mindswin.checkpoint.native import META_KEY
+from mindswin.checkpoint.native import META_KEY, save_tensors
 from mindswin.data import UNREADABLE, decode_rgb, make_demo_dataset
 from mindswin.engine.optim import AdamW
 from mindswin.engine.state import RunPosition, read_position
@@ -252,6 +253,19 @@ def test_ema_run_killed_between_epochs_resumes_to_the_uninterrupted_result(data_
             assert np.array_equal(value.asnumpy(), final_resumed[name].asnumpy()), name
     # the epoch-2 state held distinct live and EMA weights: both had to be restored
     assert not np.array_equal(saved["model.head.weight"].asnumpy(), saved["ema.head.weight"].asnumpy())
+
+
+def test_resume_state_past_the_end_of_a_smaller_epoch_is_one_error(trained, data_dir, tmp_path):
+    # a mid-epoch state (batch 4 of 6 at batch size 16), resumed at batch size 32: 3 batches per epoch
+    out = tmp_path / "out"
+    out.mkdir()
+    tensors = {k: v for k, v in ms.load_checkpoint(os.path.join(trained[0], "resume_state.ckpt")).items()
+               if k != META_KEY}
+    save_tensors(str(out / "resume_state.ckpt"), tensors.items(), asdict(RunPosition(epoch=1, batch_in_epoch=4)))
+    result = run("train.py", *BASE_ARGS, "--batch_size", "32", "--data_dir", data_dir, "--ckpt_save_dir", out,
+                 "--resume", "auto", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "stopped after batch 4 of epoch 2, but this run's data gives only 3 batches per epoch" in result.stderr
 
 
 def test_train_state_has_stable_names_that_survive_compile_and_reload(tmp_path):

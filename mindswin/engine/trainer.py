@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ..config import Config, save_config
+from ..config import Config, ConfigError, save_config
 from ..data import DataInfo
 from .builder import Training, build_training
 from .checkpoints import CheckpointManager, find_resume_state
@@ -107,6 +107,12 @@ def restore(config: Config, runtime: Runtime, training: Training, files: Checkpo
         # every rank prints it: a rank that started from anything else would show at once
         print(f"rank {runtime.rank} starts at epoch {position.epoch} batch {position.batch_in_epoch} "
               f"optimizer step {state.optimizer_step()}", flush=True)
+    if position.batch_in_epoch >= training.batches_per_epoch:  # every rank sees rank 0's position
+        raise ConfigError(f"the resume state in {config.ckpt_save_dir} stopped after batch {position.batch_in_epoch} "
+                          f"of epoch {position.epoch + 1}, but this run's data gives only "
+                          f"{training.batches_per_epoch} batches per epoch: the dataset, batch_size or number of "
+                          "devices changed since it was saved. Resume with the same data and batch size, or start "
+                          "a new run from its weights: --ckpt_path MODEL-eNNNN.ckpt --ckpt_save_dir NEW_DIR")
     return position
 
 
