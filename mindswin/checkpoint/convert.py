@@ -25,6 +25,7 @@ def convert_checkpoint(src: str, model_name: str, out: str, *, class_map: Option
                                   image_resize=model_kwargs.get("img_size"),
                                   window_size=model_kwargs.get("window_size"),
                                   pretrained_window_sizes=model_kwargs.get("pretrained_window_sizes"),
-                                  converted_from={"file": os.path.basename(src), "layout": report.layout})
+                                  converted_from={"file": os.path.basename(src), "layout": report.layout},
+                                  numerics=model.numerics)
     save_checkpoint(model, out, metadata)
     return report

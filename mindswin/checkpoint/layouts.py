@@ -11,6 +11,13 @@ onto them here, one function per layout:
 * ``mmpretrain``: ``backbone.stages.{i}`` with ``attn.w_msa``, ``ffn.layers``, downsample
   at the start of stages 1..3 built on ``nn.Unfold`` (channel order differs from the
   official concat, so the merging weights are permuted), final norm ``backbone.norm3``.
+* ``mindcv``: mindcv's ``swinv2_*`` (MindSpore): separate ``attn.q/k/v`` Dense layers (k
+  without bias), the CPB MLP as ``attn.relative_position_bias.cpb_mlp0/cpb_mlp2``,
+  LayerNorm ``gamma``/``beta``; stages named ``layers.{i}`` in a trained file and bare
+  (``0.`` for stage 0, ``0.blocks.{i}.`` for stage i) in one saved from a freshly built
+  model; optimizer moments (``adam_m.``, ``adam_v.``, ``beta1_power`` ...) and EMA weights
+  (``ema.``) may sit beside them. mindcv
+  computes with other epsilons and GELU: the loader switches the model to mindcv's numerics.
 * ``simmim``: SimMIM pre-training (microsoft/SimMIM and microsoft/Swin-Transformer
   ``main_simmim_pt.py``, and mindswin's own SimMIM ``.ckpt``): the encoder under
   ``encoder.`` with ``encoder.mask_token``, the decoder under ``decoder.0.`` (older official
@@ -32,8 +39,11 @@ StateDict = Dict[str, np.ndarray]
 # Tensors that depend only on geometry: dropped on load and rebuilt by the model.
 DERIVED_BUFFERS = ("relative_coords_table", "relative_position_index", "attn_mask", "k_bias")
 # MindSpore training state that can sit next to the weights in a .ckpt.
-_TRAINING_STATE = re.compile(r"^(adam_m|adam_v|moments|moment1|moment2|accum|ema\.|global_step|learning_rate|"
-                             r"scale_sense|loss_scale|current_iterator_step|epoch_num|step_num)")
+_TRAINING_STATE = re.compile(r"^(adam_m|adam_v|moments|moment1|moment2|accum|ema\.|swap\.|global_step|"
+                             r"learning_rate|beta1_power|beta2_power|updates$|scale_sense|loss_scale|"
+                             r"current_iterator_step|epoch_num|step_num)")
+# Names only mindcv's Swin V2 has.
+_MINDCV_KEY = re.compile(r"(^|\.)blocks\.\d+\.attn\.(q\.weight|relative_position_bias\.cpb_mlp0\.weight)$")
 
 
 def unwrap_state_dict(obj: object) -> StateDict:
@@ -58,6 +68,8 @@ def detect_layout(state: StateDict) -> str:
         return "hf"
     if any(k.startswith(("backbone.stages.", "stages.")) for k in keys):
         return "mmpretrain"
+    if any(_MINDCV_KEY.search(k) for k in keys):
+        return "mindcv"
     if "head.fc.weight" in state:
         return "timm"
     has_first_downsample = any(k.startswith("layers.0.downsample.") for k in keys)
@@ -198,6 +210,36 @@ def _from_mmpretrain(state: StateDict) -> StateDict:
     return out
 
 
+_MINDCV_BLOCK_RENAMES = (
+    ("attn.relative_position_bias.cpb_mlp0.", "attn.cpb_mlp.0."),
+    ("attn.relative_position_bias.cpb_mlp2.", "attn.cpb_mlp.2."),
+    ("attn.q.bias", "attn.q_bias"),
+    ("attn.v.bias", "attn.v_bias"),
+)
+
+
+def _from_mindcv(state: StateDict) -> StateDict:
+    out = OrderedDict()
+    qkv_parts: Dict[str, Dict[str, np.ndarray]] = {}
+    for k, v in state.items():
+        # A freshly built model's names (MindSpore 2.10): stage 0 is "0.", stage k > 0 is "0.blocks.k."
+        k = re.sub(r"^0\.blocks\.(\d+)\.(blocks|downsample)\.", r"layers.\1.\2.", k)
+        k = re.sub(r"^(\d+)\.", r"layers.\1.", k)
+        k = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", k))
+        match = re.match(r"^(layers\.\d+\.blocks\.\d+\.attn\.)(q|k|v)\.weight$", k)
+        if match:
+            qkv_parts.setdefault(match.group(1), {})[match.group(2)] = v
+            continue
+        for old, new in _MINDCV_BLOCK_RENAMES:
+            k = k.replace(old, new)
+        out[k] = v
+    for attn, parts in qkv_parts.items():
+        if set(parts) != {"q", "k", "v"}:
+            raise ValueError(f"{attn}q/k/v: only {', '.join(sorted(parts))} present")
+        out[attn + "qkv.weight"] = np.concatenate([parts["q"], parts["k"], parts["v"]], axis=0)
+    return out
+
+
 def _from_simmim(state: StateDict) -> StateDict:
     out = OrderedDict()
     for k, v in state.items():
@@ -212,6 +254,7 @@ LAYOUTS: Dict[str, Callable[[StateDict], StateDict]] = {
     "timm": _from_timm,
     "hf": _from_hf,
     "mmpretrain": _from_mmpretrain,
+    "mindcv": _from_mindcv,
     "simmim": _from_simmim,
 }
 

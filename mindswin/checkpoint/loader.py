@@ -11,6 +11,7 @@ import numpy as np
 from mindspore import Tensor, nn
 
 from .layouts import detect_layout, to_mindswin_names, unwrap_state_dict
+from .native import read_metadata
 from .readers import CheckpointError, read_tensors
 
 __all__ = ["LoadReport", "load_checkpoint", "load_simmim_checkpoint", "load_state_dict", "read_state_dict",
@@ -41,10 +42,14 @@ class LoadReport:
     pretraining_dropped: List[str] = field(default_factory=list)
     head_dropped: List[str] = field(default_factory=list)
     initialised: List[str] = field(default_factory=list)
+    numerics: str = "official"
 
     def summary(self) -> str:
         parts = [f"loaded {len(self.loaded)} tensors from {self.path} (layout: {self.layout})",
                  f"dropped {len(self.dropped)} derived buffers/training state"]
+        if self.numerics != "official":
+            parts.append(f"the model computes with {self.numerics}'s numerics, as these weights were trained "
+                         "(LayerNorm epsilon 1e-6, tanh GELU)")
         if self.pretraining_dropped:
             parts.append(f"dropped the SimMIM mask token and decoder ({len(self.pretraining_dropped)} tensors: "
                          f"{', '.join(self.pretraining_dropped)}), which only pre-training uses")
@@ -61,6 +66,25 @@ class LoadReport:
         if self.skipped_for_features_only:
             parts.append(f"skipped {len(self.skipped_for_features_only)} head/norm tensors (features_only)")
         return "; ".join(parts)
+
+
+def weights_numerics(path: str, layout: str) -> str:
+    """How a model must compute to reproduce what these weights were trained with.
+
+    mindcv files: mindcv's numerics; mindswin files: what their metadata records (a converted
+    or fine-tuned mindcv model keeps them); every other layout: the official ones.
+    """
+    if layout == "mindcv":
+        return "mindcv"
+    if layout == "mindswin":
+        return read_metadata(path).numerics
+    return "official"
+
+
+def _apply_numerics(model: nn.Cell, path: str, report: LoadReport) -> None:
+    report.numerics = weights_numerics(path, report.layout)
+    if report.numerics != getattr(model, "numerics", report.numerics):
+        model.set_numerics(report.numerics)
 
 
 def read_state_dict(path: str) -> Tuple[Dict[str, np.ndarray], str, List[str]]:
@@ -221,9 +245,11 @@ def load_checkpoint(model: nn.Cell, path: str, *, class_map: Optional[str] = Non
     """Load a checkpoint of any supported layout into ``model``.
 
     Supports mindswin ``.ckpt``, official ``.pth``, timm ``.pth``/``.safetensors``, Hugging
-    Face ``pytorch_model.bin``/``model.safetensors`` (file or directory) and mmpretrain
-    ``.pth``. Derived buffers are dropped (the model built its own for its resolution and
-    window); a head whose class count differs is re-initialised with a warning.
+    Face ``pytorch_model.bin``/``model.safetensors`` (file or directory), mmpretrain
+    ``.pth`` and mindcv ``.ckpt``. Derived buffers are dropped (the model built its own for
+    its resolution and window); a head whose class count differs is re-initialised with a
+    warning. The model is switched to the numerics the weights were trained with (mindcv's
+    for mindcv weights, see :func:`weights_numerics`): call this before the first compile.
 
     Args:
         model: A :class:`~mindswin.models.SwinTransformerV2`.
@@ -241,6 +267,7 @@ def load_checkpoint(model: nn.Cell, path: str, *, class_map: Optional[str] = Non
     report = load_state_dict(model, state, source=path, layout=layout, class_map=class_map,
                              strict_head=strict_head, init_missing_head=init_missing_head)
     report.dropped = dropped
+    _apply_numerics(model, path, report)
     _logger.info(report.summary())
     return report
 
@@ -263,5 +290,6 @@ def load_simmim_checkpoint(model: nn.Cell, path: str) -> LoadReport:
                               may_lack=tuple(name for name, _ in model.decoder.parameters_and_names()))
     report.loaded += [f"decoder.{k}" for k in decoder.loaded]
     report.initialised += [f"decoder.{k}" for k in decoder.initialised]
+    _apply_numerics(model.encoder, path, report)
     _logger.info(report.summary())
     return report

@@ -28,6 +28,9 @@ class CheckpointMetadata:
         epoch: Epochs trained when saved.
         metrics: Validation metrics at that epoch (``val_top1``, ...).
         converted_from: Source file of a converted checkpoint, and its layout.
+        numerics: How the model computes with these weights (``official``, or ``mindcv`` for
+            weights trained with mindcv's Swin V2; see ``mindswin.models.swin_v2.NUMERICS``).
+            The loader applies it, so it survives conversion, fine-tuning, resume and export.
     """
 
     model: Optional[str] = None
@@ -42,6 +45,7 @@ class CheckpointMetadata:
     epoch: Optional[int] = None
     metrics: Dict[str, float] = field(default_factory=dict)
     converted_from: Optional[Dict[str, str]] = None
+    numerics: str = "official"
 
     # The fields that configure the model and its preprocessing (config keys of the same name).
     MODEL_KEYS = ("model", "image_resize", "window_size", "pretrained_window_sizes", "crop_pct", "interpolation")

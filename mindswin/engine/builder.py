@@ -47,6 +47,11 @@ def _architecture(config: Config, num_classes: int, drop_path_rate: float) -> Sw
                         reuse_blocks=_reuse_blocks(config))
 
 
+def _swin(model: nn.Cell) -> SwinTransformerV2:
+    """The Swin V2 of a classifier (itself) or of a SimMIM model (its encoder)."""
+    return model.encoder if isinstance(model, SimMIM) else model
+
+
 def _simmim_architecture(config: Config, drop_path_rate: float) -> SimMIM:
     return build_simmim(config.model, img_size=resolve_data_config(config).image_size, window_size=config.window_size,
                         pretrained_window_sizes=config.pretrained_window_sizes, drop_path_rate=drop_path_rate,
@@ -177,6 +182,7 @@ def build_training(config: Config, runtime: Runtime, model: SwinTransformerV2, l
     if config.ema:
         ema_model = (_simmim_architecture(config, 0.0) if isinstance(model, SimMIM)
                      else _architecture(config, model.num_classes, 0.0))
+        _swin(ema_model).set_numerics(_swin(model).numerics)  # as the loaded weights asked
         apply_amp(ema_model, config.amp_level, config.amp_dtype)
         apply_jit_config(ema_model, config)
         ema = EMA(model, ema_model, config.ema_decay)

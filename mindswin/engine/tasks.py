@@ -241,7 +241,9 @@ class ClassificationTask(Task):
         return len(self.index)
 
     def build_model(self) -> Tuple[SwinTransformerV2, Optional[LoadReport]]:
-        return model_from_config(self.config, self.num_classes, training=True)
+        model, report = model_from_config(self.config, self.num_classes, training=True)
+        self.numerics = model.numerics  # the weights' (mindcv weights keep mindcv's), recorded with every save
+        return model, report
 
     def loss_network(self, model: SwinTransformerV2) -> nn.Cell:
         pre = self.preprocessing
@@ -286,7 +288,8 @@ class ClassificationTask(Task):
                                   class_names=list(self.index.class_names), image_resize=pre.image_size,
                                   window_size=config.window_size,
                                   pretrained_window_sizes=config.pretrained_window_sizes, crop_pct=pre.crop_pct,
-                                  interpolation=pre.interpolation, epoch=epoch, metrics=dict(metrics))
+                                  interpolation=pre.interpolation, epoch=epoch, metrics=dict(metrics),
+                                  numerics=self.numerics)
 
     def describe(self) -> str:
         return f"classification on {self.num_samples} images ({self.num_classes} classes)"
@@ -331,7 +334,9 @@ class SimMIMTask(Task):
         return len(self.index)
 
     def build_model(self) -> Tuple[SimMIM, Optional[LoadReport]]:
-        return simmim_from_config(self.config, training=True)
+        model, report = simmim_from_config(self.config, training=True)
+        self.numerics = model.encoder.numerics
+        return model, report
 
     def loss_network(self, model: SimMIM) -> nn.Cell:
         return model  # SimMIM(images, mask) is the masked reconstruction loss
@@ -394,7 +399,8 @@ class SimMIMTask(Task):
         return CheckpointMetadata(model=resolve_model_name(config.model), task=self.name, num_classes=0,
                                   image_resize=pre.image_size, window_size=config.window_size,
                                   pretrained_window_sizes=config.pretrained_window_sizes, crop_pct=pre.crop_pct,
-                                  interpolation=pre.interpolation, epoch=epoch, metrics=dict(metrics))
+                                  interpolation=pre.interpolation, epoch=epoch, metrics=dict(metrics),
+                                  numerics=self.numerics)
 
     def describe(self) -> str:
         generator = self.mask_generator

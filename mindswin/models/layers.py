@@ -127,6 +127,11 @@ class LayerNorm(nn.Cell):
         self.dim = dim
         self.weight = Parameter(Tensor(np.ones(dim, np.float32)), name="weight")
         self.bias = Parameter(Tensor(np.zeros(dim, np.float32)), name="bias")
+        self.set_eps(eps)
+
+    def set_eps(self, eps: float) -> None:
+        """Use variance epsilon ``eps`` (before the first compile: it is a constant of the graph)."""
+        self.eps = eps
         if use_cpu_kernels():
             self.layer_norm = LayerNormKernel(eps)
         else:
@@ -137,7 +142,7 @@ class LayerNorm(nn.Cell):
         return y.reshape(x.shape)
 
     def extend_repr(self) -> str:
-        return f"dim={self.dim}"
+        return f"dim={self.dim}, eps={self.eps}"
 
 
 def single_kernel_gelu() -> bool:
@@ -154,21 +159,32 @@ def single_kernel_gelu() -> bool:
 
 
 class Mlp(nn.Cell):
-    """fc1 -> exact (erf) GELU -> fc2, as in the official Swin V2.
+    """fc1 -> GELU -> fc2: exact (erf) GELU as in the official Swin V2, or the tanh approximation.
 
     Args:
         dim: Input and output width.
         hidden_dim: Hidden width.
+        gelu_approximate: ``"none"`` (exact, official) or ``"tanh"`` (MindSpore's ``nn.GELU``
+            default, which mindcv's Swin V2 uses).
     """
 
-    def __init__(self, dim: int, hidden_dim: int) -> None:
+    def __init__(self, dim: int, hidden_dim: int, gelu_approximate: str = "none") -> None:
         super().__init__()
         self.fc1 = Linear(dim, hidden_dim)
         self.fc2 = Linear(hidden_dim, dim)
         self.gelu = GeluKernel() if use_cpu_kernels() else None
         self.gelu_ext = GeluExt() if self.gelu is None and single_kernel_gelu() else None
+        self.set_gelu_approximate(gelu_approximate)
+
+    def set_gelu_approximate(self, approximate: str) -> None:
+        """Exact (``"none"``) or tanh-approximated GELU (before the first compile)."""
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"gelu_approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.gelu_approximate = approximate
 
     def construct(self, x: Tensor) -> Tensor:
+        if self.gelu_approximate == "tanh":  # the fused kernels compute the exact GELU only
+            return self.fc2(ops.gelu(self.fc1(x), approximate="tanh"))
         if self.gelu_ext is not None:
             return self.fc2(self.gelu_ext(self.fc1(x), "none"))
         if self.gelu is None:

@@ -41,6 +41,7 @@ __all__ = [
     "relative_position_index",
     "shifted_window_mask",
     "window_token_order",
+    "NUMERICS",
 ]
 
 IntOrPair = Union[int, Sequence[int]]
@@ -52,6 +53,14 @@ MAX_LOGIT_SCALE = math.log(1.0 / 0.01)
 MASK_VALUE = -100.0
 # F.normalize's epsilon, squared because the squared norm is clamped.
 L2_EPS_SQUARED = 1e-24
+# How a model computes apart from its weights. "official": Microsoft's code (and timm's).
+# "mindcv": mindcv's Swin V2, whose trained weights keep their accuracy only with its
+# choices: LayerNorm epsilon 1e-6 in the blocks, the patch embedding and the final norm
+# (patch merging keeps 1e-5) and MindSpore nn.GELU's tanh approximation.
+NUMERICS: Dict[str, Dict[str, object]] = {
+    "official": dict(norm_eps=1e-5, gelu_approximate="none"),
+    "mindcv": dict(norm_eps=1e-6, gelu_approximate="tanh"),
+}
 
 
 def to_pair(value: IntOrPair) -> Tuple[int, int]:
@@ -574,6 +583,7 @@ class SwinTransformerV2(nn.Cell):
         recompute: Recompute each block's activations in the backward pass.
         reuse_blocks: Compile one graph per block shape and reuse it (``lazy_inline``);
             Ascend only.
+        numerics: ``"official"`` or ``"mindcv"`` (see :data:`NUMERICS` and :meth:`set_numerics`).
     """
 
     def __init__(self, img_size: IntOrPair = 256, patch_size: int = 4, in_chans: int = 3,
@@ -583,7 +593,7 @@ class SwinTransformerV2(nn.Cell):
                  proj_drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1,
                  pretrained_window_sizes: Optional[Sequence[IntOrPair]] = None,
                  features_only: bool = False, out_indices: Sequence[int] = (0, 1, 2, 3),
-                 recompute: bool = False, reuse_blocks: bool = False) -> None:
+                 recompute: bool = False, reuse_blocks: bool = False, numerics: str = "official") -> None:
         super().__init__()
         if reuse_blocks and ms.get_context("device_target") != "Ascend":
             raise ValueError("reuse_blocks (mindspore.lazy_inline) runs on Ascend only; MindSpore's "
@@ -633,8 +643,30 @@ class SwinTransformerV2(nn.Cell):
             self.head = Linear(self.num_features, num_classes) if num_classes > 0 else None
         for layer in self.layers:
             layer.init_respostnorm()
+        self.set_numerics(numerics)
         if recompute:
             self.enable_recompute()
+
+    def set_numerics(self, numerics: str) -> None:
+        """Compute as the official model (``"official"``) or as mindcv's (``"mindcv"``).
+
+        Changes graph constants only (LayerNorm epsilons, the GELU formula), never parameters:
+        call it before the first compile. The checkpoint loader calls it for mindcv weights.
+        """
+        if numerics not in NUMERICS:
+            raise ValueError(f"numerics must be one of {', '.join(NUMERICS)}, got {numerics!r}")
+        if getattr(self, "compile_cache", None) and numerics != self.numerics:
+            raise RuntimeError(f"the model already compiled with {self.numerics} numerics: a compiled graph keeps its "
+                               "constants, so set numerics (or load the weights) before the first call")
+        self.numerics = numerics
+        choice = NUMERICS[numerics]
+        norms = [self.patch_embed.norm] + ([self.norm] if self.norm is not None else [])
+        for layer in self.layers:
+            for block in layer.blocks:
+                norms += [block.norm1, block.norm2]
+                block.mlp.set_gelu_approximate(choice["gelu_approximate"])
+        for norm in norms:
+            norm.set_eps(choice["norm_eps"])
 
     def enable_recompute(self) -> None:
         """Recompute block activations in backward (saves memory, costs one forward).

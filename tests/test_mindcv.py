@@ -1,0 +1,114 @@
+"""mindcv's own Swin V2 weights load into mindswin and compute what mindcv's model computes."""
+import math
+import os
+
+import mindspore as ms
+import numpy as np
+import pytest
+from mindcv.models.swintransformerv2 import SwinTransformerV2 as MindcvSwinV2
+from mindcv.optim import create_optimizer
+from mindspore import nn
+
+import mindswin
+from mindswin.checkpoint import load_checkpoint, read_metadata
+
+from conftest import BASE_ARGS, run
+
+# swinv2_micro_window4_32: 32 px, patch 2, dim 48, depths 2-2-2, heads 3-6-12, window 4
+MICRO = dict(image_size=32, patch_size=2, embed_dim=48, depths=[2, 2, 2], num_heads=[3, 6, 12], window_size=4,
+             num_classes=4, pretrained_window_sizes=[0, 0, 0], drop_path_rate=0.0)
+# Float32 round-off bound for these logits. Both sides are float32 MindSpore on one CPU and differ
+# only in operation order (fused q/k/v vs three Dense, rsqrt vs L2Normalize, fused softmax/bias
+# kernels): each of the 6 blocks' ~10 reductions (length <= 4 * 192) can move a value by a few
+# ulps relative to its magnitude, sharpened by softmaxes with logit scales up to 100. The
+# project's timm parity bound (tests/test_parity.py) is the same 1e-4 on logits of this size;
+# measured here: ~1e-6 (AVX-512). The check below also requires the difference to sit far under
+# what the numerics change (official epsilon and erf GELU on the same weights), or it proves nothing.
+TOLERANCE = 1e-4
+
+
+def _mindcv_model(seed: int = 0) -> nn.Cell:
+    """mindcv 0.3.0's own model with non-trivial weights (scales away from init, post-norms away from 1)."""
+    model = MindcvSwinV2(**MICRO)
+    rng = np.random.default_rng(seed)
+    for p in model.trainable_params():
+        if "logit_scale" in p.name:
+            value = rng.uniform(math.log(10) - 1, math.log(100) + 1, p.shape)
+        elif p.name.endswith(".gamma"):
+            value = 1 + 0.3 * rng.standard_normal(p.shape)
+        else:
+            value = 0.05 * rng.standard_normal(p.shape)
+        p.set_data(ms.Tensor(value.astype(np.float32)))
+    model.set_train(False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def mindcv_files(tmp_path_factory):
+    """mindcv's logits on one batch, and its weights saved both ways mindcv files come."""
+    out = tmp_path_factory.mktemp("mindcv")
+    model = _mindcv_model()
+    x = np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    logits = model(ms.Tensor(x)).asnumpy()
+    # 1. saved from the built model: MindSpore's bare names ("0.blocks.0...", "0.blocks.1.blocks.0...")
+    ms.save_checkpoint(model, str(out / "fresh.ckpt"))
+    # 2. as a trained run leaves it: "layers.i..." names (the cell paths), mindcv's AdamW moments
+    #    and power terms, and EMA copies named as mindcv's TrainStep clones them ("ema.")
+    optimizer = create_optimizer(model.trainable_params(), opt="adamw", lr=1e-3)
+    entries = [{"name": name, "data": p} for name, p in model.parameters_and_names()]
+    entries += [{"name": p.name, "data": p} for p in optimizer.get_parameters() if not p.name.startswith(
+        tuple(name for name, _ in model.parameters_and_names()))]
+    entries += [{"name": f"ema.{name}", "data": ms.Tensor(p.asnumpy() * 0.5)}
+                for name, p in model.parameters_and_names()]
+    ms.save_checkpoint(entries, str(out / "trained.ckpt"))
+    return out, x, logits
+
+
+def test_saved_names_are_the_two_mindcv_variants(mindcv_files):
+    out = mindcv_files[0]
+    fresh, trained = ms.load_checkpoint(str(out / "fresh.ckpt")), ms.load_checkpoint(str(out / "trained.ckpt"))
+    assert "0.blocks.1.blocks.0.attn.q.weight" in fresh and "layers.1.blocks.0.attn.q.weight" in trained
+    assert any(k.startswith("adam_m.") for k in trained) and "beta1_power" in trained
+    assert any(k.startswith("ema.") for k in trained)
+
+
+@pytest.mark.parametrize("filename", ["fresh.ckpt", "trained.ckpt"])
+def test_mindcv_checkpoint_gives_mindcvs_logits(mindcv_files, filename):
+    out, x, expected = mindcv_files
+    model = mindswin.create_model("swinv2_micro_window4_32", num_classes=4)
+    report = load_checkpoint(model, str(out / filename))
+    assert report.layout == "mindcv" and report.numerics == "mindcv" and model.numerics == "mindcv"
+    assert len(report.loaded) == len(model.state_shapes())
+    assert any(k.endswith("attn_mask") for k in report.dropped) and \
+        any(k.endswith("relative_position_index") for k in report.dropped)
+    got = model(ms.Tensor(x)).asnumpy()
+    control = mindswin.create_model("swinv2_micro_window4_32", num_classes=4, checkpoint_path=str(out / filename))
+    control.set_numerics("official")  # same weights, official epsilons and GELU: what the choice changes
+    official = control(ms.Tensor(x)).asnumpy()
+    diff, numerics_effect = np.abs(got - expected).max(), np.abs(official - expected).max()
+    print(f"{filename}: max |mindswin - mindcv| {diff:.2e}; official numerics would differ by {numerics_effect:.2e} "
+          f"(logits up to {np.abs(expected).max():.2f})")
+    assert diff <= TOLERANCE
+    assert numerics_effect > 100 * diff
+
+
+def test_mindcv_numerics_survive_conversion_fine_tuning_and_inference(mindcv_files, data_dir, tmp_path):
+    out, x, expected = mindcv_files
+    converted = tmp_path / "converted.ckpt"
+    result = run("tools/convert_weights.py", "--src", out / "trained.ckpt", "--model", "swinv2_micro_window4_32",
+                 "--num_classes", "4", "--out", converted)
+    assert "layout: mindcv" in result.stdout and "mindcv's numerics" in result.stdout
+    assert read_metadata(str(converted)).numerics == "mindcv"
+    model = mindswin.create_model("swinv2_micro_window4_32", num_classes=4, checkpoint_path=str(converted))
+    assert np.abs(model(ms.Tensor(x)).asnumpy() - expected).max() <= TOLERANCE
+
+    run_dir = tmp_path / "ft"
+    run("train.py", *BASE_ARGS, "--epoch_size", "1", "--data_dir", data_dir, "--ckpt_path", out / "fresh.ckpt",
+        "--ckpt_save_dir", run_dir)
+    tuned = run_dir / "swinv2_micro_window4_32-e0001.ckpt"
+    assert read_metadata(str(tuned)).numerics == "mindcv"
+    image = os.path.join(data_dir, "val", "checkerboard", sorted(os.listdir(os.path.join(data_dir, "val",
+                                                                                          "checkerboard")))[0])
+    result = run("infer.py", "--ckpt_path", out / "fresh.ckpt", "--model", "swinv2_micro_window4_32",
+                 "--num_classes", "4", "--image_resize", "32", image)
+    assert "layout: mindcv" in result.stdout + result.stderr
