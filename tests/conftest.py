@@ -111,9 +111,26 @@ BASE_ARGS = ["--model", "swinv2_micro_window4_32", "--batch_size", "16", "--epoc
              "--lr", "2e-3", "--lr_base_batch", "16", "--amp_level", "O0", "--auto_augment", "", "--mixup", "0",
              "--cutmix", "0", "--re_prob", "0", "--crop_pct", "1.0", "--log_interval", "2", "--keep_checkpoint_max",
              "2", "--drop_path_rate", "0.0", "--num_parallel_workers", "1", "--ema", "True", "--ema_decay", "0.9"]
+# The official recipe's training randomness on top of BASE_ARGS (which has EMA): RandAugment, random
+# erasing 0.25 (noise), mixup 0.8 / CutMix 1.0 with label smoothing, stochastic depth.
+OFFICIAL_AUGMENTATION = ["--auto_augment", "rand-m9-mstd0.5-inc1", "--re_prob", "0.25", "--mixup", "0.8",
+                         "--cutmix", "1.0", "--label_smoothing", "0.1", "--drop_path_rate", "0.2"]
 # Whole-image crops and no flips: every run sees the same pixels in the same order.
 DETERMINISTIC_DATA = ["--scale", "[1.0,1.0]", "--ratio", "[1.0,1.0]", "--hflip", "0"]
 NOISE = ("Traceback", "Exception ignored", "[WARNING]", "DeprecationWarning", "FutureWarning")
+
+
+def mid_epoch(state: Path, epoch: int):
+    """Predicate: ``state`` (a resume state) is saved in the middle of 0-based ``epoch``."""
+    from mindswin.engine.state import read_position
+
+    def holds() -> bool:
+        if not state.exists():
+            return False
+        position = read_position(str(state))
+        return position.epoch == epoch and position.batch_in_epoch > 0
+
+    return holds
 
 
 def run(script, *args, check=True, env=None, cwd=ROOT, **popen):

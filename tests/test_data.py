@@ -378,8 +378,8 @@ def test_device_normalise_erase_mix_matches_the_host_reference(mode):
     import mindspore as ms
     from mindspore import Tensor, nn
 
-    from mindswin.data.device import DeviceAugment, DeviceNormalize, normalize_erase_mix
-    from mindswin.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_chw
+    from mindswin.data.device import DeviceAugment, DeviceNormalize, erase_noise, noise_bank, normalize_erase_mix
+    from mindswin.data.transforms import IMAGENET_MEAN, IMAGENET_STD, NOISE_FIELDS, normalize_chw
 
     class Given(nn.Cell):  # the device arithmetic with the noise given
         def __init__(self):
@@ -419,11 +419,17 @@ def test_device_normalise_erase_mix_matches_the_host_reference(mode):
     assert np.all(np.abs(plain - expected) <= 8 * np.finfo(np.float32).eps * np.maximum(1.0, np.abs(expected)))
     # with erasing: the rectangles hold standard normal noise, the rest is the reference
     no_mix = np.tile(np.array([1.0, 0.0], np.float32), (batch, 1))
-    boxes = np.tile(np.array([2, 3, 10, 12], np.int32), (batch, 1))
-    erased = DeviceAugment(erasing=True, seed=1)(Tensor(images), Tensor(boxes), Tensor(np.zeros_like(boxes)),
-                                                 Tensor(no_mix)).asnumpy()
+    shifts = np.stack([rng.integers(0, NOISE_FIELDS, batch), rng.integers(0, size, batch),
+                       rng.integers(0, size, batch)], axis=1)
+    boxes = np.concatenate([np.tile(np.array([2, 3, 10, 12]), (batch, 1)), shifts], axis=1).astype(np.int32)
+    erased = DeviceAugment(erasing=True, seed=1, image_size=size)(
+        Tensor(images), Tensor(boxes), Tensor(np.zeros((batch, 4), np.int32)), Tensor(no_mix)).asnumpy()
     inside = erased[:, :, 2:12, 3:15]
     assert abs(inside.mean()) < 0.1 and 0.9 < inside.std() < 1.1
+    # the noise is the bank's field at the sample's shift, bit for bit: a function of the numbers alone
+    bank = noise_bank(1, size)
+    for b in range(batch):
+        assert np.array_equal(inside[b], erase_noise(boxes[b], bank)[:, 2:12, 3:15]), b
     outside = erased.copy()
     outside[:, :, 2:12, 3:15] = reference[:, :, 2:12, 3:15]
     assert np.allclose(outside, reference, rtol=0, atol=1e-5)
@@ -435,7 +441,7 @@ def test_device_batches_have_the_documented_columns(demo):
                                          device_augment=True)
     images, erase, cutbox, blend, targets = _batches(dataset)[0]
     assert images.shape == (8, 32, 32, 3) and images.dtype == np.uint8
-    assert erase.shape == cutbox.shape == (8, 4) and erase.dtype == cutbox.dtype == np.int32
+    assert erase.shape == (8, 7) and cutbox.shape == (8, 4) and erase.dtype == cutbox.dtype == np.int32
     assert blend.shape == (8, 2) and blend.dtype == np.float32 and targets.shape == (8, 4)
     assert np.allclose(targets.sum(axis=1), 1.0, atol=1e-5)
 
@@ -498,3 +504,15 @@ def test_scan_once_under_msrun(tmp_path):
     assert len({(n, bad, sha) for _, n, _, bad, sha in lines}) == 1 and lines[0][1] == "7"
     assert lines[0][3] == "text.jpg,truncated.jpg,zero.jpg"
     assert len(re.findall(r"rank \d error data split not found", logs)) == 2
+
+
+def test_color_jitter_draws_from_the_sample_key_alone():
+    from mindswin.data.transforms import TrainAugment
+
+    image = np.random.default_rng(5).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    options = dict(scale=(1.0, 1.0), ratio=(1.2, 1.2), hflip=0.0, color_jitter=0.4, seed=3, device=True)
+    plain = TrainAugment(24, **{**options, "color_jitter": None})(image, 7)[0]
+    first = [TrainAugment(24, **options)(image, key)[0] for key in (7, 8)]
+    again = [TrainAugment(24, **options)(image, key)[0] for key in (7, 8)]  # a fresh transform: a resumed run
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not np.array_equal(first[0], first[1]) and not np.array_equal(first[0], plain)

@@ -14,9 +14,11 @@ from mindswin.engine.state import read_position
 from conftest import (
     BASE_ARGS,
     DETERMINISTIC_DATA,
+    OFFICIAL_AUGMENTATION,
     ROOT,
     free_port,
     kill_processes_mentioning,
+    mid_epoch,
     msrun,
     read_metrics,
     run,
@@ -198,6 +200,31 @@ def test_zero1_matches_unsharded_training_on_native_ops_too(data_dir, tmp_path, 
     # the kernels really were off: other float ordering than the kernels-on run
     kernels_on = _state(two_worker_runs["plain"][0])
     assert not np.array_equal(kernels_on["model.head.weight"], states["plain"]["model.head.weight"])
+
+
+def test_official_augmentation_two_workers_killed_mid_epoch_resume_bitwise(data_dir, tmp_path):
+    # RandAugment, erasing noise, mixup/CutMix, drop path and EMA on two ranks, killed with SIGKILL
+    # in the middle of epoch 2: each rank must redraw exactly what it drew in the uninterrupted run
+    args = [*BASE_ARGS, *OFFICIAL_AUGMENTATION, "--epoch_size", "2", "--batch_size", "8", "--distribute", "True",
+            "--resume_save_steps", "2", "--data_dir", data_dir]
+    result, logs = msrun("train.py", *args, "--ckpt_save_dir", tmp_path / "straight", logs=tmp_path / "logs")
+    assert result.returncode == 0, logs[-4000:]
+    out = tmp_path / "killed"
+    launcher = msrun("train.py", *args, "--ckpt_save_dir", out, logs=tmp_path / "killed_logs", wait=False)
+    try:
+        assert wait_for(mid_epoch(out / "resume_state.ckpt", 1), 300), "run never reached the middle of epoch 2"
+        assert kill_processes_mentioning(str(out)) >= 3  # msrun and both workers
+    finally:
+        launcher.kill()
+        launcher.wait(timeout=60)
+    position = read_position(str(out / "resume_state.ckpt"))
+    result, logs = msrun("train.py", *args, "--ckpt_save_dir", out, "--resume", "auto", logs=tmp_path / "resumed_logs")
+    assert result.returncode == 0, logs[-4000:]
+    for rank in (0, 1):
+        assert f"rank {rank} starts at epoch 1 batch {position.batch_in_epoch} " in logs
+    straight, resumed = _state(tmp_path / "straight"), _state(out)
+    for name, value in straight.items():
+        assert np.array_equal(value, resumed[name]), name
 
 
 def test_zero1_run_killed_after_an_epoch_resumes_to_the_uninterrupted_result(data_dir, tmp_path, two_worker_runs):

@@ -1,6 +1,7 @@
 """train.py / validate.py / infer.py end to end, resume after SIGKILL, AMP overflow, accumulation."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,8 +26,10 @@ from conftest import (
     DETERMINISTIC_DATA,
     MICRO_MS,
     NOISE,
+    OFFICIAL_AUGMENTATION,
     PYTHON,
     ROOT,
+    mid_epoch,
     randomize,
     read_metrics,
     run,
@@ -253,6 +256,34 @@ def test_ema_run_killed_between_epochs_resumes_to_the_uninterrupted_result(data_
             assert np.array_equal(value.asnumpy(), final_resumed[name].asnumpy()), name
     # the epoch-2 state held distinct live and EMA weights: both had to be restored
     assert not np.array_equal(saved["model.head.weight"].asnumpy(), saved["ema.head.weight"].asnumpy())
+
+
+@pytest.mark.slow
+def test_official_augmentation_run_killed_mid_epoch_resumes_bitwise(data_dir, tmp_path):
+    # every draw (crop, flip, RandAugment, erasing box and noise, mixup/CutMix, drop path) comes from
+    # (seed, epoch, sample): the resumed run must draw exactly what the uninterrupted one drew
+    args = [*BASE_ARGS, *OFFICIAL_AUGMENTATION, "--epoch_size", "2", "--resume_save_steps", "2",
+            "--data_dir", data_dir]
+    run("train.py", *args, "--ckpt_save_dir", tmp_path / "straight")
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([PYTHON, str(ROOT / "train.py"), *map(str, args), "--ckpt_save_dir", str(out)],
+                            cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(mid_epoch(out / "resume_state.ckpt", 1), 300), "run never reached the middle of epoch 2"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    log = run("train.py", *args, "--resume", "auto", "--ckpt_save_dir", out).stdout
+    assert re.search(r"resumed from .*: epoch 1, batch [1-5],", log), log[-2000:]
+    straight, resumed = ms.load_checkpoint(str(tmp_path / "straight" / "resume_state.ckpt")), \
+        ms.load_checkpoint(str(out / "resume_state.ckpt"))
+    for name, value in straight.items():
+        if name != META_KEY:
+            assert np.array_equal(value.asnumpy(), resumed[name].asnumpy()), name
+    # (the resumed epoch's train_loss averages the batches trained after the restart only)
+    fields = ("val_loss", "val_top1")
+    assert [[r[k] for k in fields] for r in read_metrics(out)] == [[r[k] for k in fields]
+                                                                   for r in read_metrics(tmp_path / "straight")]
 
 
 def test_resume_state_past_the_end_of_a_smaller_epoch_is_one_error(trained, data_dir, tmp_path):

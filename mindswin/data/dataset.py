@@ -16,8 +16,9 @@ Pipeline (training; evaluation is the same without the Python stage):
 3. batch (main process): mixup/CutMix parameters drawn from ``(seed, the batch's keys)`` and
    the soft targets (label smoothing folded in).
 
-With ``device_augment=True`` the batch is ``(image (B, S, S, 3) uint8, erase (B, 4) int32,
-cutbox (B, 4) int32, blend (B, 2) float32, label (B, K) float32)`` and
+With ``device_augment=True`` the batch is ``(image (B, S, S, 3) uint8, erase (B, 7) int32,
+cutbox (B, 4) int32, blend (B, 2) float32, label (B, K) float32[, path_noise (B, blocks, 2)
+float32])`` and
 :class:`~mindswin.data.device.DeviceAugment` normalises, erases and mixes in the graph;
 otherwise the host does it and the batch is ``(image (B, 3, S, S) float32, label)`` as before.
 
@@ -44,7 +45,7 @@ from .mixup import Mixup
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, TrainAugment, build_eval_transforms
 
 __all__ = ["DataInfo", "EpochShardSampler", "ImageSource", "KeyedImageSource", "create_train_dataset",
-           "create_eval_dataset", "eval_shard_indices"]
+           "create_eval_dataset", "eval_shard_indices", "path_noise"]
 
 _logger = logging.getLogger(__name__)
 
@@ -217,6 +218,11 @@ def _scan(data_dir: str, split: str, class_names: Optional[Sequence[str]], verif
                       num_workers=num_workers)
 
 
+def path_noise(seed: int, key: int, blocks: int) -> np.ndarray:
+    """``(blocks, 2)`` float32 uniforms in [0, 1): sample ``key``'s stochastic-depth draws, from ``(seed, key)``."""
+    return np.random.default_rng([int(seed), 0xD7A7, int(key)]).random((blocks, 2), dtype=np.float32)
+
+
 def _python_workers(num_workers: int) -> int:
     return max(1, num_workers)
 
@@ -235,12 +241,15 @@ def create_train_dataset(data_dir: str, *, image_size: int, batch_size: int, spl
                          label_smoothing: float = 0.0, verify: str = "auto", strict: bool = False,
                          index: Optional[FolderIndex] = None, mean: Sequence[float] = IMAGENET_MEAN,
                          std: Sequence[float] = IMAGENET_STD, device_augment: bool = False,
-                         multiprocessing: bool = True) -> Tuple[ds.Dataset, DataInfo]:
+                         path_noise_blocks: int = 0, multiprocessing: bool = True) -> Tuple[ds.Dataset, DataInfo]:
     """Training dataset of soft-target batches (columns: see the module docstring).
 
     ``start_epoch``/``skip_batches`` resume the sample order of an interrupted run (and,
     since every draw depends on the sample's key, its augmentation too).
-    ``device_augment`` leaves normalise/erase/mix to :class:`~mindswin.data.device.DeviceAugment`.
+    ``device_augment`` leaves normalise/erase/mix to :class:`~mindswin.data.device.DeviceAugment`;
+    with ``path_noise_blocks`` (the model's block count, when it trains with stochastic depth)
+    each batch also carries ``path_noise`` ``(B, blocks, 2)``: the model's stochastic-depth
+    uniforms, drawn from each sample's key (``SwinTransformerV2.forward_stages``).
     ``multiprocessing=False`` runs the Python transform in threads (for debugging).
     """
     index = index or _scan(data_dir, split, None, verify, strict, num_workers)
@@ -267,11 +276,15 @@ def create_train_dataset(data_dir: str, *, image_size: int, batch_size: int, spl
     if device_augment:
         def draw(labels, keys, _batch_info):
             params = mixer.draw(len(labels), image_size, image_size, batch_rng(keys))
-            return mixer.targets(np.asarray(labels), params.lam), params.cutbox, params.blend
+            drawn = (mixer.targets(np.asarray(labels), params.lam), params.cutbox, params.blend)
+            if not path_noise_blocks:
+                return drawn
+            return (*drawn, np.stack([path_noise(seed, key, path_noise_blocks) for key in _collect_keys(keys)]))
 
+        extra = ["path_noise"] if path_noise_blocks else []
         dataset = dataset.batch(batch_size, drop_remainder=True, per_batch_map=draw, input_columns=["label", "key"],
-                                output_columns=["label", "cutbox", "blend"])
-        dataset = dataset.project(["image", "erase", "cutbox", "blend", "label"])
+                                output_columns=["label", "cutbox", "blend", *extra])
+        dataset = dataset.project(["image", "erase", "cutbox", "blend", "label", *extra])
     else:
         def mix(images, labels, keys, _batch_info):
             images = np.stack(images)

@@ -6,9 +6,14 @@ sample; these cells finish the official order on the device: normalise -> random
 flipped end to end. The soft targets are made on the host with the same draws.
 
 * :class:`DeviceNormalize`: ``(B, H, W, 3) uint8 -> (B, 3, H, W) float32``, for evaluation.
-* :class:`DeviceAugment`: normalise, erase the ``erase`` rectangles (``(top, left, h, w)``,
-  ``h == 0``: none), then mix: outside ``cutbox`` (``(top, bottom, left, right)``) a pixel
-  is ``blend[0] * x + blend[1] * x_flipped``, inside it the flipped batch's pixel.
+* :class:`DeviceAugment`: normalise, erase the ``erase`` rectangles (``(top, left, h, w,
+  field, dy, dx)``, ``h == 0``: none), then mix: outside ``cutbox`` (``(top, bottom, left,
+  right)``) a pixel is ``blend[0] * x + blend[1] * x_flipped``, inside it the flipped batch's
+  pixel. The erasing noise is a window of a fixed bank of standard-normal fields (drawn once
+  from the run's seed), field ``field`` cyclically shifted by ``(dy, dx)``: every pixel is
+  N(0, 1) as in timm's per-pixel mode, and the noise is a pure function of the sample's
+  numbers, which the host draws from ``(seed, sample key)``; a resumed run erases with the
+  noise the uninterrupted run used (a device generator would restart on resume).
 * :func:`normalize_erase_mix`: the same arithmetic with the noise given, for tests.
 
 The model's own input is unchanged (normalised float32 NCHW): inference and export never
@@ -22,9 +27,9 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, NOISE_FIELDS
 
-__all__ = ["DeviceNormalize", "DeviceAugment", "normalize_erase_mix"]
+__all__ = ["DeviceNormalize", "DeviceAugment", "normalize_erase_mix", "noise_bank", "erase_noise"]
 
 
 def _channel_constant(values: Sequence[float]) -> Tensor:
@@ -74,24 +79,50 @@ class DeviceAugment(nn.Cell):
 
     Args:
         mean, std: Per-channel statistics on the 0-255 scale.
-        erasing: Whether erasing can happen (``re_prob > 0``); without it no noise is drawn.
-        seed: Seed of the noise generator (give each data-parallel rank its own).
+        erasing: Whether erasing can happen (``re_prob > 0``); without it no noise is made.
+        seed: The run's seed: it draws the noise bank (the same on every rank; the samples'
+            shifts differ).
+        image_size: Side of the training images (the bank's fields have this size).
     """
 
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 erasing: bool = True, seed: int = 0) -> None:
+                 erasing: bool = True, seed: int = 0, image_size: int = 224) -> None:
         super().__init__()
         self.mean = _channel_constant(mean)
         self.std = _channel_constant(std)
         self.erasing = erasing
-        # a stateful generator: a fresh stream per (seed, seed2), advanced by every call
-        self.normal = ops.StandardNormal(seed=int(seed) % (2 ** 31 - 1) + 1, seed2=7)
+        self.image_size = image_size
+        if erasing:
+            self.noise_bank = Tensor(noise_bank(seed, image_size).reshape(-1))
+
+    def _noise(self, erase: Tensor) -> Tensor:
+        """(B, 3, S, S): field ``erase[:, 4]`` of the bank shifted by ``(erase[:, 5], erase[:, 6])``."""
+        size = self.image_size
+        positions = ops.arange(size, dtype=ms.int32).reshape(1, -1)
+        rows = (positions + erase[:, 5:6]) % size
+        cols = (positions + erase[:, 6:7]) % size
+        channels = (ops.arange(3, dtype=ms.int32) * (size * size)).reshape(1, 3, 1, 1)
+        index = ((erase[:, 4] * (3 * size * size)).reshape(-1, 1, 1, 1) + channels
+                 + (rows * size).reshape(-1, 1, size, 1) + cols.reshape(-1, 1, 1, size))
+        return ops.gather(self.noise_bank, index.reshape(-1), 0).reshape(index.shape)
 
     def construct(self, images: Tensor, erase: Tensor, cutbox: Tensor, blend: Tensor) -> Tensor:
         batch, height, width = images.shape[0], images.shape[1], images.shape[2]
         if self.erasing:
-            noise = self.normal((batch, 3, height, width))
+            noise = self._noise(erase)
         else:
             noise = ops.zeros((batch, 3, height, width), ms.float32)
             erase = ops.zeros_like(erase)
         return normalize_erase_mix(images, erase, cutbox, blend, noise, self.mean, self.std)
+
+
+def noise_bank(seed: int, image_size: int) -> np.ndarray:
+    """``(NOISE_FIELDS, 3, S, S)`` float32 standard-normal fields, a function of the seed alone."""
+    rng = np.random.default_rng([int(seed), 0xE2A5E])
+    return rng.standard_normal((NOISE_FIELDS, 3, image_size, image_size)).astype(np.float32)
+
+
+def erase_noise(erase: np.ndarray, bank: np.ndarray) -> np.ndarray:
+    """Host reference of :meth:`DeviceAugment._noise` for one sample's ``erase`` row."""
+    field, dy, dx = (int(v) for v in erase[4:7])
+    return np.roll(bank[field], shift=(-dy, -dx), axis=(1, 2))

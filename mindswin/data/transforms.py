@@ -30,12 +30,15 @@ from mindspore.dataset.vision import Inter
 
 from ..config import ConfigError, choices
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "RandomErasing", "TrainAugment",
-           "build_train_transforms", "build_eval_transforms", "auto_augment_transform", "random_resized_crop_box",
-           "normalize_chw"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "NOISE_FIELDS", "RandomErasing", "ColorJitter",
+           "TrainAugment", "build_train_transforms", "build_eval_transforms", "auto_augment_transform",
+           "random_resized_crop_box", "normalize_chw"]
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+# Fields in the device's erasing-noise bank (mindswin.data.device): with S x S cyclic shifts
+# each, 4 * S**2 distinct noise images per image size.
+NOISE_FIELDS = 4
 # The allowed interpolation names are MindSpore's Inter members in lower case.
 INTERPOLATIONS = {name: Inter[name.upper()] for name in choices("interpolation")}
 
@@ -101,6 +104,26 @@ class RandomErasing:
         return img
 
 
+class ColorJitter:
+    """Brightness, contrast and saturation jitter whose draws come from the sample's generator.
+
+    As torchvision's ``ColorJitter(s, s, s)`` (what timm builds from one ``color_jitter``
+    float): each factor uniform in [max(0, 1 - s), 1 + s], the three applied in a random
+    order. MindSpore's ``RandomColorAdjust`` would draw from its own generator, which a
+    resumed run cannot replay.
+    """
+
+    ADJUSTMENTS = (vision.AdjustBrightness, vision.AdjustContrast, vision.AdjustSaturation)
+
+    def __init__(self, strength: float) -> None:
+        self.low, self.high = max(0.0, 1.0 - strength), 1.0 + strength
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        for which in rng.permutation(len(self.ADJUSTMENTS)):
+            image = np.asarray(self.ADJUSTMENTS[which](float(rng.uniform(self.low, self.high)))(image))
+        return image
+
+
 def random_resized_crop_box(rng: np.random.Generator, height: int, width: int, scale: Sequence[float],
                             ratio: Sequence[float]) -> Tuple[int, int, int, int]:
     """``(top, left, h, w)`` of a RandomResizedCrop window (torchvision's algorithm: ten tries, then centre)."""
@@ -160,8 +183,7 @@ class TrainAugment:
         self.scale, self.ratio, self.hflip = tuple(scale), tuple(ratio), hflip
         self.resize = vision.Resize((image_size, image_size), interpolation=_interpolation(interpolation))
         self.policy = auto_augment_transform(auto_augment, image_size, interpolation, mean) if auto_augment else None
-        self.jitter = (vision.RandomColorAdjust(brightness=color_jitter, contrast=color_jitter,
-                                                saturation=color_jitter) if color_jitter and not auto_augment else None)
+        self.jitter = ColorJitter(color_jitter) if color_jitter and not auto_augment else None
         self.erasing = RandomErasing(prob=re_prob) if re_prob > 0 else None
         self.seed = seed
         self.mean, self.std = tuple(mean), tuple(std)
@@ -186,11 +208,13 @@ class TrainAugment:
             if image.dtype != np.uint8:  # AugMix blends in float
                 image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
         elif self.jitter is not None:
-            image = np.asarray(self.jitter(image))
+            image = self.jitter(image, rng)
         box = self.erasing.draw(rng, self.image_size, self.image_size) if self.erasing else (0, 0, 0, 0)
-        erase = np.asarray(box, np.int32)
         if self.device:
-            return image, erase, key
+            # the noise of the rectangle: a bank field and its cyclic shift (see mindswin.data.device)
+            field, dy, dx = (int(v) for v in rng.integers(0, [NOISE_FIELDS, self.image_size, self.image_size]))
+            return image, np.asarray((*box, field, dy, dx), np.int32), key
+        erase = np.asarray(box, np.int32)
         out = normalize_chw(image, self.mean, self.std)
         if box[2] > 0:
             noise = np.zeros_like(out)

@@ -177,7 +177,8 @@ class AugmentedLoss(nn.Cell):
     """The classification loss network: device-side normalise/erase/mix, model, soft-target loss.
 
     Takes the training batch as the dataset delivers it with ``device_augment``: uint8 images,
-    the erasing rectangles, the CutMix boxes, the blend weights and the soft targets.
+    the erasing rectangles, the CutMix boxes, the blend weights, the soft targets and, with
+    stochastic depth, the samples' drop-path uniforms.
     """
 
     def __init__(self, augment: nn.Cell, model: nn.Cell, loss_fn: nn.Cell) -> None:
@@ -186,8 +187,9 @@ class AugmentedLoss(nn.Cell):
         self.model = model
         self.loss_fn = loss_fn
 
-    def construct(self, images: Tensor, erase: Tensor, cutbox: Tensor, blend: Tensor, targets: Tensor) -> Tensor:
-        return self.loss_fn(self.model(self.augment(images, erase, cutbox, blend)), targets)
+    def construct(self, images: Tensor, erase: Tensor, cutbox: Tensor, blend: Tensor, targets: Tensor,
+                  path_noise: Optional[Tensor] = None) -> Tensor:
+        return self.loss_fn(self.model(self.augment(images, erase, cutbox, blend), path_noise), targets)
 
 
 class ClassificationTask(Task):
@@ -243,13 +245,15 @@ class ClassificationTask(Task):
     def build_model(self) -> Tuple[SwinTransformerV2, Optional[LoadReport]]:
         model, report = model_from_config(self.config, self.num_classes, training=True)
         self.numerics = model.numerics  # the weights' (mindcv weights keep mindcv's), recorded with every save
+        # stochastic depth draws from the samples' keys (exact resume), when the run uses it
+        self.path_noise_blocks = model.num_blocks if self.config.drop_path_rate > 0 else 0
         return model, report
 
     def loss_network(self, model: SwinTransformerV2) -> nn.Cell:
         pre = self.preprocessing
-        # each rank its own erasing noise (its samples and rectangles differ anyway)
-        augment = DeviceAugment(pre.mean, pre.std, erasing=self.config.re_prob > 0,
-                                seed=self.config.seed * 1009 + self.runtime.rank)
+        # one noise bank for all ranks: each sample's field and shift come from (seed, its key)
+        augment = DeviceAugment(pre.mean, pre.std, erasing=self.config.re_prob > 0, seed=self.config.seed,
+                                image_size=pre.image_size)
         return AugmentedLoss(augment, model, SoftTargetCrossEntropy())
 
     def train_data(self, position: RunPosition) -> Tuple[ds.Dataset, DataInfo]:
@@ -261,7 +265,8 @@ class ClassificationTask(Task):
             hflip=config.hflip, scale=config.scale, ratio=config.ratio, mixup=config.mixup, cutmix=config.cutmix,
             mixup_prob=config.mixup_prob, mixup_switch_prob=config.mixup_switch_prob, mixup_mode=config.mixup_mode,
             label_smoothing=config.label_smoothing, index=self.index, split=config.train_split,
-            num_workers=config.num_parallel_workers, device_augment=True, **self.preprocessing.train_args())
+            num_workers=config.num_parallel_workers, device_augment=True,
+            path_noise_blocks=self.path_noise_blocks, **self.preprocessing.train_args())
 
     def evaluate(self, model: SwinTransformerV2) -> Dict[str, Any]:
         if self.val_index is None:

@@ -28,6 +28,7 @@ __all__ = [
     "Mlp",
     "DropPath",
     "InputRateDropPath",
+    "keep_mask",
     "PatchProjection",
     "set_compute_dtype",
     "trunc_normal",
@@ -193,8 +194,21 @@ class Mlp(nn.Cell):
         return self.fc2(self.gelu(hidden.astype(ms.float32), self.fc1.bias).astype(hidden.dtype))
 
 
+def keep_mask(x: Tensor, keep_prob, uniform: Tensor) -> Tensor:
+    """``x`` with sample ``b`` kept and rescaled by ``1 / keep_prob`` where ``uniform[b] < keep_prob``, else 0.
+
+    ``floor(keep + u)`` is 1 with probability ``keep`` for ``u`` uniform in [0, 1).
+    """
+    mask = ops.floor(keep_prob + uniform) / keep_prob
+    return x * mask.reshape((x.shape[0],) + (1,) * (x.ndim - 1)).astype(x.dtype)
+
+
 class DropPath(nn.Cell):
     """Stochastic depth: zero whole samples of a residual branch with probability ``p``.
+
+    Called with ``uniform`` (``(B,)`` draws in [0, 1) that the input pipeline made from each
+    sample's key), the mask is a pure function of them: a resumed run drops what the
+    uninterrupted run dropped. Without it, MindSpore's stateful generator draws the mask.
 
     Args:
         drop_prob: Probability of dropping a sample's branch.
@@ -206,7 +220,9 @@ class DropPath(nn.Cell):
         # nn.Dropout draws the Bernoulli mask, rescales by 1/keep and is a no-op in eval.
         self.dropout = nn.Dropout(p=drop_prob)
 
-    def construct(self, x: Tensor) -> Tensor:
+    def construct(self, x: Tensor, uniform: Optional[Tensor] = None) -> Tensor:
+        if uniform is not None:
+            return keep_mask(x, 1.0 - self.drop_prob, uniform) if self.training else x
         mask_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
         return x * self.dropout(ops.ones(mask_shape, x.dtype))
 
@@ -228,13 +244,12 @@ class InputRateDropPath(nn.Cell):
         super().__init__()
         self.uniform = ops.UniformReal()
 
-    def construct(self, x: Tensor, keep_prob: Tensor) -> Tensor:
+    def construct(self, x: Tensor, keep_prob: Tensor, uniform: Optional[Tensor] = None) -> Tensor:
         if not self.training:
             return x
-        mask_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        # floor(keep + U[0, 1)) is 1 with probability keep, else 0
-        mask = ops.floor(keep_prob + self.uniform(mask_shape)) / keep_prob
-        return x * mask.astype(x.dtype)
+        if uniform is None:
+            uniform = self.uniform((x.shape[0],))
+        return keep_mask(x, keep_prob, uniform)
 
 
 class PatchProjection(nn.Cell):

@@ -74,12 +74,7 @@ class SwinTransformerV2ForSimMIM(SwinTransformerV2):
 
     def construct(self, x: Tensor, mask: Tensor) -> Tensor:
         """Normalised ``(B, H/s, W/s, num_features)`` map of the masked images (NHWC)."""
-        x = self.embed_masked(x, mask)
-        for layer in self.layers:
-            x = layer(x)
-            if layer.downsample is not None:
-                x = layer.downsample(x)
-        return self.norm(x)
+        return self.norm(self.forward_stages(self.embed_masked(x, mask))[0])
 
 
 class PointwiseConv(Linear):

@@ -386,12 +386,14 @@ class SwinTransformerV2Block(nn.Cell):
         windows = self.attn(windows, self.attn_mask)
         return self.from_windows(windows.reshape(b, h * w, c)).reshape(b, h, w, c)
 
-    def _residual(self, branch: Tensor) -> Tensor:
-        return branch if self.drop_path is None else self.drop_path(branch)
+    def _residual(self, branch: Tensor, uniform: Optional[Tensor]) -> Tensor:
+        return branch if self.drop_path is None else self.drop_path(branch, uniform)
 
-    def construct(self, x: Tensor) -> Tensor:
-        x = x + self._residual(self.norm1(self._attn(x)))
-        return x + self._residual(self.norm2(self.mlp(x)))
+    def construct(self, x: Tensor, path_noise: Optional[Tensor] = None) -> Tensor:
+        """``path_noise``: ``(B, 2)`` uniforms for the two stochastic-depth draws (see :class:`DropPath`)."""
+        attn_draw, mlp_draw = (None, None) if path_noise is None else (path_noise[:, 0], path_noise[:, 1])
+        x = x + self._residual(self.norm1(self._attn(x)), attn_draw)
+        return x + self._residual(self.norm2(self.mlp(x)), mlp_draw)
 
     def extend_repr(self) -> str:
         return (f"dim={self.dim}, input_resolution={self.input_resolution}, "
@@ -446,12 +448,13 @@ class SharedGraphBlock(SwinTransformerV2Block):
         self.reuse_key = block_reuse_key(dim, input_resolution, num_heads, window_size, shift_size, mlp_ratio,
                                          qkv_bias, drop_path, pretrained_window_size, attn_drop, proj_drop)
 
-    def _residual_at(self, branch: Tensor, keep_prob: Tensor) -> Tensor:
-        return branch if self.drop_path is None else self.drop_path(branch, keep_prob)
+    def _residual_at(self, branch: Tensor, keep_prob: Tensor, uniform: Optional[Tensor]) -> Tensor:
+        return branch if self.drop_path is None else self.drop_path(branch, keep_prob, uniform)
 
-    def construct(self, x: Tensor, keep_prob: Tensor) -> Tensor:
-        x = x + self._residual_at(self.norm1(self._attn(x)), keep_prob)
-        return x + self._residual_at(self.norm2(self.mlp(x)), keep_prob)
+    def construct(self, x: Tensor, keep_prob: Tensor, path_noise: Optional[Tensor] = None) -> Tensor:
+        attn_draw, mlp_draw = (None, None) if path_noise is None else (path_noise[:, 0], path_noise[:, 1])
+        x = x + self._residual_at(self.norm1(self._attn(x)), keep_prob, attn_draw)
+        return x + self._residual_at(self.norm2(self.mlp(x)), keep_prob, mlp_draw)
 
 
 class ReusedSwinTransformerV2Block(SharedGraphBlock):
@@ -541,13 +544,14 @@ class BasicLayer(nn.Cell):
                              "use an img_size divisible by patch_size * 2**(num_stages - 1)")
         self.downsample = PatchMerging(dim) if downsample else None
 
-    def construct(self, x: Tensor) -> Tensor:
-        if self.keep_probs is not None:
-            for i in range(len(self.blocks)):
-                x = self.blocks[i](x, self.keep_probs[i])
-            return x
-        for block in self.blocks:
-            x = block(x)
+    def construct(self, x: Tensor, path_noise: Optional[Tensor] = None) -> Tensor:
+        """``path_noise``: ``(B, depth, 2)`` stochastic-depth uniforms of this stage's blocks, or None."""
+        for i in range(len(self.blocks)):
+            noise = None if path_noise is None else path_noise[:, i]
+            if self.keep_probs is not None:
+                x = self.blocks[i](x, self.keep_probs[i], noise)
+            else:
+                x = self.blocks[i](x, noise)
         return x
 
     def init_respostnorm(self) -> None:
@@ -633,6 +637,9 @@ class SwinTransformerV2(nn.Cell):
             if i < num_stages - 1:
                 resolution = (resolution[0] // 2, resolution[1] // 2)
         self.layers = nn.CellList(layers)
+        # block i of stage s draws path_noise[:, stage_blocks[s][0] + i]
+        self.stage_blocks = tuple((sum(depths[:i]), sum(depths[:i + 1])) for i in range(num_stages))
+        self.num_blocks = sum(depths)
 
         if features_only:
             self.norm = None
@@ -697,26 +704,35 @@ class SwinTransformerV2(nn.Cell):
         if self.head is not None:
             self.head.update_parameters_name("head.")
 
-    def forward_intermediates(self, x: Tensor) -> Tuple[Tensor, ...]:
-        """Stage outputs listed in ``out_indices``, NCHW at strides 4, 8, 16, 32."""
-        x = self.patch_embed(x)
+    def forward_stages(self, x: Tensor, path_noise: Optional[Tensor] = None) -> Tuple[Tensor, Tuple[Tensor, ...]]:
+        """The stage loop, the one every forward shares: blocks, then each stage's patch merging.
+
+        Args:
+            x: ``(B, H/p, W/p, embed_dim)`` patch tokens.
+            path_noise: ``(B, num_blocks, 2)`` stochastic-depth uniforms (training; see
+                :class:`~mindswin.models.layers.DropPath`), or None.
+
+        Returns:
+            The last stage's output map, and (``features_only``) the ``out_indices`` stage
+            outputs, NCHW.
+        """
         features = ()
         for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i in self.out_indices:
+            start, stop = self.stage_blocks[i]
+            x = layer(x, None if path_noise is None else path_noise[:, start:stop])
+            if self.features_only and i in self.out_indices:
                 features = features + (x.transpose(0, 3, 1, 2),)
             if layer.downsample is not None:
                 x = layer.downsample(x)
-        return features
+        return x, features
 
-    def forward_features(self, x: Tensor) -> Tensor:
+    def forward_intermediates(self, x: Tensor, path_noise: Optional[Tensor] = None) -> Tuple[Tensor, ...]:
+        """Stage outputs listed in ``out_indices``, NCHW at strides 4, 8, 16, 32."""
+        return self.forward_stages(self.patch_embed(x), path_noise)[1]
+
+    def forward_features(self, x: Tensor, path_noise: Optional[Tensor] = None) -> Tensor:
         """``(B, C, H, W)`` image -> normalised ``(B, H/32, W/32, num_features)`` map."""
-        x = self.patch_embed(x)
-        for layer in self.layers:
-            x = layer(x)
-            if layer.downsample is not None:
-                x = layer.downsample(x)
-        return self.norm(x)
+        return self.norm(self.forward_stages(self.patch_embed(x), path_noise)[0])
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Average-pool the feature map and classify (float32 logits)."""
@@ -727,10 +743,11 @@ class SwinTransformerV2(nn.Cell):
             x = self.head_drop(x)
         return self.head(x).astype(ms.float32)
 
-    def construct(self, x: Tensor) -> Union[Tensor, Tuple[Tensor, ...]]:
+    def construct(self, x: Tensor, path_noise: Optional[Tensor] = None) -> Union[Tensor, Tuple[Tensor, ...]]:
+        """Logits, or the stage maps with ``features_only``; ``path_noise`` as in :meth:`forward_stages`."""
         if self.features_only:
-            return self.forward_intermediates(x)
-        return self.forward_head(self.forward_features(x))
+            return self.forward_intermediates(x, path_noise)
+        return self.forward_head(self.forward_features(x, path_noise))
 
     def param_count(self) -> int:
         """Number of trainable scalars (derived tensors are constants and not counted)."""
