@@ -142,3 +142,28 @@ def test_gelu_on_cpu_keeps_its_paths():
     with cpu_kernels(True):
         mlp = layers.Mlp(8, 16)
     assert mlp.gelu_ext is None and mlp.gelu is not None
+
+
+def test_ascend_keeps_every_operator_dtype_and_refuses_bfloat16_on_910a(monkeypatch):
+    from mindspore.device_context.ascend import op_precision
+
+    calls = {}
+    for name in ("precision_mode", "matmul_allow_hf32", "conv_allow_hf32"):
+        monkeypatch.setattr(op_precision, name, lambda value, name=name: calls.__setitem__(name, value))
+    soc = {"version": "ascend910b"}
+    monkeypatch.setattr(runtime, "config_soc_version", lambda config: soc["version"])
+    for amp in ({"amp_level": "O0"}, {"amp_level": "O2", "amp_dtype": "float16"},
+                {"amp_level": "O2", "amp_dtype": "bfloat16"}):
+        calls.clear()
+        settings = runtime.apply_ascend_precision(load_config(overrides={"device_target": "Ascend", **amp}))
+        # float32 stays float32 (no fp16/HF32 lowering by the device): the explicit casts decide alone
+        assert calls == {"precision_mode": "must_keep_origin_dtype", "matmul_allow_hf32": False,
+                         "conv_allow_hf32": False} == settings.__dict__
+    soc["version"] = "ascend910"
+    with pytest.raises(ConfigError, match="910A has no bfloat16"):
+        runtime.apply_ascend_precision(load_config(overrides={"device_target": "Ascend", "amp_level": "O2",
+                                                              "amp_dtype": "bfloat16"}))
+    assert runtime.apply_ascend_precision(load_config(overrides={"device_target": "Ascend", "amp_level": "O2",
+                                                                 "amp_dtype": "float16"})) is not None
+    calls.clear()
+    assert runtime.apply_ascend_precision(load_config(overrides={"device_target": "CPU"})) is None and not calls

@@ -13,7 +13,8 @@ import numpy as np
 from ..config import ConfigError
 from ..models.threads import set_cpu_threads
 
-__all__ = ["Runtime", "setup_runtime", "setup_logging", "quiet_framework", "jit_config", "apply_jit_config"]
+__all__ = ["Runtime", "setup_runtime", "setup_logging", "quiet_framework", "jit_config", "apply_jit_config",
+           "AscendPrecision", "ascend_precision", "apply_ascend_precision"]
 
 
 @dataclass
@@ -81,6 +82,61 @@ def apply_jit_config(cell, config):
     return cell
 
 
+@dataclass(frozen=True)
+class AscendPrecision:
+    """The operator-precision settings a run gives Ascend (``mindspore.device_context.ascend.op_precision``)."""
+
+    precision_mode: str = "must_keep_origin_dtype"
+    matmul_allow_hf32: bool = False
+    conv_allow_hf32: bool = False
+
+
+# MindSpore's name of the Ascend 910A SoC (MSContext.get_ascend_soc_version; 910B is "ascend910b").
+ASCEND_910A = "ascend910"
+
+
+def ascend_precision(config) -> AscendPrecision:
+    """What ``config`` asks of Ascend's operator precision: every operator keeps its dtype.
+
+    mindswin's mixed precision is explicit: under O2 each matmul cell casts to ``amp_dtype``
+    and LayerNorm, softmax, the position bias and the loss stay float32; under O0 everything
+    is float32. A precision mode that lets the device lower float32 matmuls
+    (``allow_fp32_to_fp16``, ``force_fp16``: defaults of Atlas training cards in older
+    releases) or run them in HF32 would silently change both, so the run sets
+    ``must_keep_origin_dtype`` and turns HF32 off for matmuls and convolutions, whatever
+    the CANN or MindSpore default.
+
+    Raises:
+        ConfigError: ``amp_dtype bfloat16`` under O2 on a 910A, which has no bfloat16.
+    """
+    if config.amp_level == "O2" and config.amp_dtype == "bfloat16" and config_soc_version(config) == ASCEND_910A:
+        raise ConfigError("amp_dtype bfloat16 needs an Ascend 910B or later: the 910A has no bfloat16 units; "
+                          "use --amp_dtype float16 (with dynamic loss scaling) on this card")
+    return AscendPrecision()
+
+
+def config_soc_version(config) -> Optional[str]:
+    """The Ascend SoC this process runs on (``ascend910``, ``ascend910b``, ...), None off Ascend."""
+    if config.device_target != "Ascend":
+        return None
+    from mindspore._c_expression import MSContext
+
+    return MSContext.get_instance().get_ascend_soc_version()
+
+
+def apply_ascend_precision(config) -> Optional[AscendPrecision]:
+    """Give Ascend the settings of :func:`ascend_precision` (before anything compiles); None off Ascend."""
+    if config.device_target != "Ascend":
+        return None
+    from mindspore.device_context.ascend import op_precision
+
+    settings = ascend_precision(config)
+    op_precision.precision_mode(settings.precision_mode)
+    op_precision.matmul_allow_hf32(settings.matmul_allow_hf32)
+    op_precision.conv_allow_hf32(settings.conv_allow_hf32)
+    return settings
+
+
 def setup_logging(runtime: Optional[Runtime] = None) -> None:
     """INFO on the main rank; warnings and errors only, tagged with the rank, on the others."""
     runtime = runtime or Runtime()
@@ -101,6 +157,7 @@ def setup_runtime(config) -> Runtime:
         raise ConfigError(f"device_target {config.device_target} is not available here "
                           f"({str(exc).strip().splitlines()[0]}); use --device_target CPU or a MindSpore build "
                           f"for {config.device_target}") from exc
+    apply_ascend_precision(config)
     if config.device_target == "CPU":
         try:
             set_cpu_threads(int(os.environ.get("MS_WORKER_NUM", "1")) if config.distribute else 1)
