@@ -57,9 +57,8 @@ def torch_python() -> Path:
     return Path(os.environ.get("MINDSWIN_TORCH_PYTHON", ROOT / ".venv-torchref" / "bin" / "python"))
 
 
-@pytest.fixture(scope="session")
-def reference_dir(tmp_path_factory) -> Path:
-    """Directory of reference checkpoints and logits produced by timm / transformers."""
+def require_torch_python() -> Path:
+    """The reference venv's python; without it the test skips, or fails under MINDSWIN_REQUIRE_REFERENCE (CI)."""
     python = torch_python()
     if not python.exists():
         message = (f"torch reference venv not found at {python}; build it with "
@@ -67,6 +66,13 @@ def reference_dir(tmp_path_factory) -> Path:
         if os.environ.get("MINDSWIN_REQUIRE_REFERENCE"):
             pytest.fail(message)
         pytest.skip(message)
+    return python
+
+
+@pytest.fixture(scope="session")
+def reference_dir(tmp_path_factory) -> Path:
+    """Directory of reference checkpoints and logits produced by timm / transformers."""
+    python = require_torch_python()
     out = tmp_path_factory.mktemp("reference")
     subprocess.run([str(python), str(ROOT / "tests" / "reference" / "torch_reference.py"), "--out", str(out),
                     "--cases", json.dumps(REFERENCE_CASES), "--variants", json.dumps(OFFICIAL_VARIANTS)], check=True)

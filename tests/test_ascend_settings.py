@@ -62,7 +62,7 @@ def test_reuse_keys_are_the_keys_of_the_built_blocks(ascend_context):
     assert (len(built), len(set(built))) == (5, 4)
 
 
-def test_swin_t_compiles_7_block_graphs_not_12():
+def test_swin_t_block_reuse_keys_name_7_graphs_for_12_blocks():
     keys = reuse_keys(**model_spec("swinv2_tiny_window8_256").model_kwargs(), drop_path_rate=0.2)
     assert (len(keys), len(set(keys))) == (12, 7)
 

@@ -30,7 +30,7 @@ from mindswin.engine.reconstruction import local_mean_std
 from mindswin.models import build_model
 from mindswin.models.simmim import LocalTargetNorm, build_simmim, masked_l1_loss
 
-from conftest import NOISE, ROOT, msrun, randomize, read_metrics, run, torch_python
+from conftest import NOISE, ROOT, msrun, randomize, read_metrics, require_torch_python, run
 
 MICRO = "swinv2_micro_window4_32"  # 32 px, patch 2, depths 2-2-2, encoder stride 8
 # train.py arguments of a small SimMIM pre-training of the micro model (8-px squares: 10 of 16 masked)
@@ -298,9 +298,7 @@ def test_classification_weights_start_a_simmim_encoder_and_keep_mask_token_and_d
 @pytest.mark.reference
 def test_official_simmim_pth_without_torch(official_simmim, tmp_path, monkeypatch):
     """The same weights as an official ``.pth`` ({'model': state_dict}), written by torch, read without it."""
-    python = torch_python()
-    if not python.exists():
-        pytest.skip(f"torch reference venv not found at {python}")
+    python = require_torch_python()
     path, state = official_simmim
     npz, pth = tmp_path / "w.npz", tmp_path / "simmim.pth"
     np.savez(npz, **read_tensors(path))
