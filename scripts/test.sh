@@ -6,6 +6,6 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -r requirements-test.txt -e .
 bash tests/reference/setup_torch_reference.sh .venv-torchref
-.venv/bin/ruff check mindswin tests tools bench ./*.py
+bash scripts/lint.sh
 # -v names each test as it starts: the msrun and parity tests take minutes each.
 MINDSWIN_REQUIRE_REFERENCE=1 GLOG_v=3 .venv/bin/python -m pytest -v "$@"
