@@ -215,7 +215,9 @@ DEFAULTS: Dict[str, Option] = {
                                "if unset", scripts=_ALL),
         "ckpt_path": Option("", str, "weights to start from (any supported layout) / to evaluate", scripts=_ALL),
         "pretrained": Option("", str, "alias of ckpt_path for fine-tuning recipes"),
-        "class_map": Option("", str, "file of source-class indices to keep from a loaded head (e.g. 22k->1k)",
+        "class_map": Option("", str, "head rows to keep from loaded weights: a file of source-class indices, "
+                            "imagenet22k_to_1k (shipped), or none; if unset, the official rule (a 21841-class head "
+                            "in a 1000-class model keeps the 1k rows; any other class count starts at zero)",
                             scripts=_ALL),
     }),
     **_group("data", {
@@ -231,6 +233,14 @@ DEFAULTS: Dict[str, Option] = {
                               scripts=_WITH_DATA),
         "verify_images": Option("auto", str, "how images are checked when scanned (auto: full up to 10,000 "
                                 "files)", Choices("auto", "full", "header"), _WITH_DATA),
+        "train_map_file": Option("", str, "official map file listing the training images instead of class folders "
+                                 "(ImageNet-22k's ILSVRC2011fall_whole_map_train.txt: JSON [path, label] pairs; or "
+                                 "path<TAB>label lines), relative to data_dir"),
+        "val_map_file": Option("", str, "the same for validation (ILSVRC2011fall_whole_map_val.txt)",
+                               scripts=_WITH_DATA),
+        "scan_index": Option(True, bool, "keep the scanned index of the data (scan_index_dir) and reuse it at the "
+                             "next start while no folder changed"),
+        "scan_index_dir": Option("", str, "where scan indexes are kept; ckpt_save_dir/scan_index if unset"),
         "interpolation": Option(None, str, "resize interpolation; the model's if unset",
                                 Choices("bicubic", "bilinear", "nearest", "area"), _PREPROCESSING),
         "crop_pct": Option(None, float, "eval centre-crop fraction, 1.0 squash-resizes; the model's if unset",

@@ -73,7 +73,9 @@ def test_head_with_other_class_count_is_reinitialised_with_warning(saved, caplog
     with caplog.at_level(logging.WARNING):
         report = load_checkpoint(model, saved[0])
     assert report.head_reinitialised
-    assert "head re-initialised: checkpoint has 5 classes, model has 7" in caplog.text
+    assert "head re-initialised to zero: checkpoint has 5 classes, model has 7" in caplog.text
+    # the official rule: a mismatched head starts at zero (every class at logit 0), not at a random draw
+    assert not model.head.weight.asnumpy().any() and not model.head.bias.asnumpy().any()
     source = read_tensors(saved[0])
     assert np.array_equal(model.layers[0].blocks[0].attn.qkv.weight.asnumpy(),
                           source["layers.0.blocks.0.attn.qkv.weight"])
@@ -89,6 +91,38 @@ def test_class_map_keeps_selected_head_rows(saved, tmp_path):
     assert report.head_rows_selected == 3 and not report.head_reinitialised
     source = read_tensors(saved[0])["head.weight"]
     assert np.array_equal(model.head.weight.asnumpy(), source[[4, 0, 2]])
+
+
+def test_imagenet22k_head_keeps_the_official_1k_rows(tmp_path):
+    """A synthetic 21841-class checkpoint fine-tuned for 1000 classes, as the official loader does it."""
+    from mindswin.checkpoint.loader import CLASS_MAPS
+
+    rows = np.loadtxt(CLASS_MAPS["imagenet22k_to_1k"], dtype=np.int64)
+    # the official map: 1000 distinct 22k rows in ImageNet-1k's class order
+    assert rows.shape == (1000,) and len(set(rows.tolist())) == 1000 and rows.max() < 21841
+    assert rows[:3].tolist() == [359, 368, 460] and rows[-1] == 21817
+    path = str(tmp_path / "in22k.ckpt")
+    save_checkpoint(randomize(micro(num_classes=21841), seed=5), path, CheckpointMetadata())
+    source = read_tensors(path)
+    for class_map in ("", "imagenet22k_to_1k"):  # the official rule applies without being asked
+        model = micro(num_classes=1000)
+        report = load_checkpoint(model, path, class_map=class_map or None)
+        assert report.head_rows_selected == 1000 and not report.head_reinitialised
+        assert np.array_equal(model.head.weight.asnumpy(), source["head.weight"][rows])
+        assert np.array_equal(model.head.bias.asnumpy(), source["head.bias"][rows])
+    model = micro(num_classes=1000)
+    report = load_checkpoint(model, path, class_map="none")
+    assert report.head_reinitialised and not model.head.weight.asnumpy().any()
+    with pytest.raises(CheckpointError, match="class map not found: nowhere.txt"):
+        load_checkpoint(micro(num_classes=1000), path, class_map="nowhere.txt")
+
+
+def test_fine_tuning_recipes_name_the_shipped_map():
+    from mindswin.config import load_config
+
+    for name in ("swinv2_base_window12to16_192to256_22kto1k_ft", "swinv2_large_window12to24_192to384_22kto1k_ft"):
+        config = load_config(os.path.join(ROOT, "configs", "swinv2", f"{name}.yaml"))
+        assert config.class_map == "imagenet22k_to_1k"
 
 
 @pytest.mark.parametrize("content, match", [

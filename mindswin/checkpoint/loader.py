@@ -20,6 +20,13 @@ __all__ = ["LoadReport", "load_checkpoint", "load_simmim_checkpoint", "load_stat
 _logger = logging.getLogger(__name__)
 
 HEAD_KEYS = ("head.weight", "head.bias")
+# The official fine-tuning rule (microsoft/Swin-Transformer utils.load_pretrained): a 21841-class
+# ImageNet-22k head loaded into a 1000-class model keeps the rows of the ImageNet-1k classes,
+# listed in the shipped map (the official data/map22kto1k.txt, one 22k row index per 1k class).
+CLASS_MAPS = {"imagenet22k_to_1k": os.path.join(os.path.dirname(__file__), "class_maps", "imagenet22k_to_1k.txt")}
+_AUTOMATIC_MAPS = {(21841, 1000): "imagenet22k_to_1k"}
+# class_map value that keeps no rows: a mismatched head is zero-initialised even for 22k -> 1k.
+NO_CLASS_MAP = "none"
 
 
 def is_pretraining_only(key: str) -> bool:
@@ -38,6 +45,7 @@ class LoadReport:
     head_reinitialised: bool = False
     head_initialised: bool = False
     head_rows_selected: Optional[int] = None
+    class_map: Optional[str] = None
     skipped_for_features_only: List[str] = field(default_factory=list)
     pretraining_dropped: List[str] = field(default_factory=list)
     head_dropped: List[str] = field(default_factory=list)
@@ -58,9 +66,9 @@ class LoadReport:
         if self.initialised:
             parts.append(f"kept the initial values of {', '.join(self.initialised)} (not in the checkpoint)")
         if self.head_rows_selected is not None:
-            parts.append(f"head reduced to {self.head_rows_selected} classes via the class map")
+            parts.append(f"head reduced to {self.head_rows_selected} classes via the class map {self.class_map}")
         if self.head_reinitialised:
-            parts.append("classifier head re-initialised (class count differs)")
+            parts.append("classifier head re-initialised to zero (class count differs)")
         if self.head_initialised:
             parts.append("classifier head initialised (the checkpoint has none)")
         if self.skipped_for_features_only:
@@ -123,9 +131,27 @@ def describe_architecture(state: Dict[str, np.ndarray]) -> str:
     return f"embed_dim={embed_dim}, depths={tuple(depths)}, num_heads={tuple(heads)}, num_classes={classes}"
 
 
+def resolve_class_map(class_map: Optional[str], source_classes: int, target_classes: int) -> Optional[str]:
+    """The class-map file to apply: ``class_map`` itself, a shipped map by name, or the official automatic one.
+
+    An empty ``class_map`` follows the official rule (the ImageNet-1k rows of a 22k head, see
+    ``CLASS_MAPS``); ``"none"`` applies no map.
+    """
+    if class_map == NO_CLASS_MAP:
+        return None
+    if not class_map:
+        class_map = _AUTOMATIC_MAPS.get((source_classes, target_classes))
+    return CLASS_MAPS.get(class_map, class_map) if class_map else None
+
+
 def _read_class_map(path: str, num_source_classes: int) -> np.ndarray:
+    if not os.path.isfile(path):
+        raise CheckpointError(f"class map not found: {path} (pass a file with one source-class index per line, "
+                              f"a shipped map ({', '.join(CLASS_MAPS)}) or {NO_CLASS_MAP!r})")
     with open(path) as f:
         rows = [line.split()[0] for line in f if line.strip()]
+    if not rows:
+        raise CheckpointError(f"class map {path} is empty: it needs one source-class index per line")
     try:
         index = np.array([int(r) for r in rows], dtype=np.int64)
     except ValueError as exc:
@@ -157,9 +183,10 @@ def load_state_dict(model: nn.Cell, state: Dict[str, np.ndarray], *, source: str
         state: Tensors under mindswin names (see :func:`read_state_dict`).
         source: Name used in messages.
         layout: Layout name, for the report.
-        class_map: File with one source-class index per line; selects head rows (e.g. the
-            ImageNet-1k rows of a 21841-class head).
-        strict_head: Raise instead of re-initialising a head whose class count differs.
+        class_map: File with one source-class index per line, or a shipped map's name
+            (``CLASS_MAPS``); selects head rows. Empty: the official rule, which keeps the
+            ImageNet-1k rows of a 21841-class head in a 1000-class model; ``"none"``: no rows kept.
+        strict_head: Raise instead of zero-initialising a head whose class count differs.
         init_missing_head: Give a classifier the freshly initialised head when the checkpoint
             has none (a SimMIM or backbone checkpoint being fine-tuned; reported); otherwise
             such a checkpoint is an error.
@@ -183,22 +210,26 @@ def load_state_dict(model: nn.Cell, state: Dict[str, np.ndarray], *, source: str
             report.skipped_for_features_only.append(key)
             del state[key]
 
-    if class_map and "head.weight" in state:
+    class_map = (resolve_class_map(class_map, state["head.weight"].shape[0], params["head.weight"].shape[0])
+                 if "head.weight" in state and "head.weight" in params else None)
+    if class_map:
         index = _read_class_map(class_map, state["head.weight"].shape[0])
         for key in HEAD_KEYS:
             if key in state:
                 state[key] = state[key][index]
         report.head_rows_selected = len(index)
+        report.class_map = class_map
 
     if _only_class_count_differs(state, params):
         if strict_head:
             raise CheckpointError(f"{source}: head has {state['head.weight'].shape[0]} classes, model has "
                                   f"{params['head.weight'].shape[0]}")
         source_classes = state["head.weight"].shape[0]
+        # zeros, as the official fine-tuning does: every class starts at logit 0
         for key in HEAD_KEYS:
-            state.pop(key, None)
+            state[key] = np.zeros(params[key].shape, np.float32)
         report.head_reinitialised = True
-        _logger.warning("%s: classifier head re-initialised: checkpoint has %d classes, model has %d",
+        _logger.warning("%s: classifier head re-initialised to zero: checkpoint has %d classes, model has %d",
                         source, source_classes, params["head.weight"].shape[0])
     if "head.weight" not in params:
         for key in HEAD_KEYS:
@@ -214,8 +245,7 @@ def load_state_dict(model: nn.Cell, state: Dict[str, np.ndarray], *, source: str
     for key in may_lack:
         if key in params and key not in state:
             report.initialised.append(key)
-    head_fresh = report.head_reinitialised or report.head_initialised
-    expected = {k for k in params if not (head_fresh and k in HEAD_KEYS) and k not in report.initialised}
+    expected = {k for k in params if not (report.head_initialised and k in HEAD_KEYS) and k not in report.initialised}
     missing = sorted(expected - set(state))
     unexpected = sorted(set(state) - set(params))
     mismatched = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(params[k].shape)}"
