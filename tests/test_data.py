@@ -516,3 +516,97 @@ def test_color_jitter_draws_from_the_sample_key_alone():
     again = [TrainAugment(24, **options)(image, key)[0] for key in (7, 8)]  # a fresh transform: a resumed run
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
     assert not np.array_equal(first[0], first[1]) and not np.array_equal(first[0], plain)
+
+
+def _backdate(root, seconds=3600):
+    """Give every folder and file below ``root`` a modification time ``seconds`` ago (a tree written long ago)."""
+    import time
+
+    past = time.time() - seconds
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            os.utime(os.path.join(dirpath, name), (past, past))
+        os.utime(dirpath, (past, past))
+
+
+def test_scan_index_is_reused_until_a_folder_changes(tmp_path, monkeypatch, caplog):
+    import mindswin.data.folder as folder
+
+    root = _write_bad_folder(tmp_path / "data")
+    _backdate(root)
+    cache = str(tmp_path / "out" / "scan_index")
+    checked = []
+    real = folder._check
+    monkeypatch.setattr(folder, "_check", lambda path, full: checked.append(path) or real(path, full))
+    first = scan_split(str(root / "val"), cache_dir=cache)
+    assert len(checked) == 10 and len(os.listdir(cache)) == 1
+    checked.clear()
+    with caplog.at_level(logging.INFO):
+        again = scan_split(str(root / "val"), cache_dir=cache)
+    # the restart reads the index: no file opened, the same samples and the same named bad files
+    assert checked == [] and again == first
+    assert "reused the scan index" in caplog.text and "3 unreadable image(s) skipped" in caplog.text
+    # another verification or class list is another index
+    scan_split(str(root / "val"), cache_dir=cache, verify="header")
+    assert len(os.listdir(cache)) == 2 and checked
+    # a file added, removed or renamed in any class folder (or a nested one) changes the index
+    Image.new("RGB", (8, 8)).save(root / "val" / "good" / "new.jpg")
+    checked.clear()
+    added = scan_split(str(root / "val"), cache_dir=cache)
+    assert checked and len(added) == len(first) + 1
+    _backdate(root)
+    scan_split(str(root / "val"), cache_dir=cache)
+    (root / "val" / "odd" / "nested").mkdir()
+    _backdate(root)
+    Image.new("RGB", (8, 8)).save(root / "val" / "odd" / "nested" / "deep.jpg")
+    assert len(scan_split(str(root / "val"), cache_dir=cache)) == len(first) + 2
+    os.remove(root / "val" / "good" / "0.jpg")
+    assert len(scan_split(str(root / "val"), cache_dir=cache)) == len(first) + 1
+    # a damaged index file is ignored (scanned again), never an error
+    for name in os.listdir(cache):
+        (tmp_path / "out" / "scan_index" / name).write_bytes(b"garbage")
+    assert scan_split(str(root / "val"), cache_dir=cache) == scan_split(str(root / "val"))
+
+
+def test_a_tree_changed_just_before_the_scan_is_not_trusted(tmp_path, monkeypatch):
+    """A folder changed in the clock tick its scan read it could hide a later file: scanned again once."""
+    import mindswin.data.folder as folder
+
+    root = _write_bad_folder(tmp_path / "data")  # written just now
+    cache = str(tmp_path / "index")
+    scan_split(str(root / "val"), cache_dir=cache)
+    checked = []
+    monkeypatch.setattr(folder, "_check", lambda path, full: checked.append(path))
+    scan_split(str(root / "val"), cache_dir=cache)
+    assert checked
+
+
+def test_official_map_files_list_the_samples(tmp_path):
+    from mindswin.data.folder import scan_map_file
+
+    root = tmp_path / "imagenet22k"
+    classes = ["n00004475", "n00005787", "n00006024"]
+    listed = []
+    for label, name in enumerate(classes):
+        (root / "fall11_whole" / name).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (8, 8), (label * 80, i * 80, 0)).save(root / "fall11_whole" / name / f"{name}_{i}.JPEG")
+            listed.append([f"fall11_whole/{name}/{name}_{i}.JPEG", label])
+    (root / "fall11_whole" / classes[1] / "broken.JPEG").write_text("not an image")
+    listed += [[f"fall11_whole/{classes[1]}/broken.JPEG", 1], ["fall11_whole/n00006024/gone.JPEG", 2]]
+    (root / "ILSVRC2011fall_whole_map_train.txt").write_text(json.dumps(listed))  # the ImageNet-22k layout
+    (root / "train_map.txt").write_text("".join(f"{p}\t{label}\n" for p, label in listed[:6]))  # zip-mode layout
+    index = scan_map_file(str(root / "ILSVRC2011fall_whole_map_train.txt"), str(root), num_classes=5)
+    assert index.class_names == ["0", "1", "2", "3", "4"]
+    assert [(os.path.relpath(p, root), label) for p, label in index.samples] == [tuple(x) for x in listed[:6]]
+    assert sorted((os.path.basename(p), why.split(":")[0]) for p, why in index.bad_files) == \
+        [("broken.JPEG", "UnidentifiedImageError"), ("gone.JPEG", "file not found")]
+    tab = scan_map_file(str(root / "train_map.txt"), str(root))
+    assert tab.samples == index.samples and len(tab.class_names) == 3
+    with pytest.raises(DataError, match="map file not found"):
+        scan_map_file(str(root / "missing.txt"), str(root))
+    with pytest.raises(DataError, match=r"labels outside \[0, 2\)"):
+        scan_map_file(str(root / "train_map.txt"), str(root), num_classes=2)
+    (root / "bad_map.txt").write_text("fall11_whole/a.JPEG\tnot-a-number\n")
+    with pytest.raises(DataError, match="not a map file"):
+        scan_map_file(str(root / "bad_map.txt"), str(root))

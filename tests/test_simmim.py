@@ -23,8 +23,9 @@ from mindswin.checkpoint import (
 )
 from mindswin.checkpoint.loader import load_simmim_checkpoint
 from mindswin.checkpoint.native import save_tensors
+from mindswin.data.folder import scan_images
 from mindswin.data.masking import MaskGenerator, mask_geometry_problem
-from mindswin.data.pretrain import create_pretrain_dataset, scan_images
+from mindswin.data.pretrain import create_pretrain_dataset
 from mindswin.engine.optim import AdamW, layer_decay_scales, layer_ids
 from mindswin.engine.reconstruction import local_mean_std
 from mindswin.models import build_model

@@ -1,5 +1,6 @@
 """train.py / validate.py / infer.py end to end, resume after SIGKILL, AMP overflow, accumulation."""
 import json
+import math
 import os
 import re
 import shutil
@@ -20,7 +21,7 @@ from mindswin.config import load_config
 from mindswin.data import UNREADABLE, decode_rgb, load_image, make_demo_dataset, resolve_data_config
 from mindswin.engine.optim import AdamW
 from mindswin.engine.state import RunPosition, read_position
-from mindswin.engine.train_step import TrainStep
+from mindswin.engine.train_step import SoftTargetCrossEntropy, TrainStep
 
 from conftest import (
     BASE_ARGS,
@@ -64,6 +65,9 @@ def test_run_writes_metrics_curves_config_and_checkpoints(trained):
         ("swinv2_micro_window4_32", "classification", 4, 32, 3)
     assert meta.metrics["val_top1"] == read_metrics(out)[-1]["val_top1"]
     assert "train graph compiled and first step run in" in log
+    # the official trainer's grad_norm: on the log lines and per epoch (mean over the updates)
+    assert re.search(r"step \d+/6 loss [\d.]+ lr \S+ loss_scale \S+ grad_norm \d+\.\d{4} ", log)
+    assert all(r["grad_norm"] > 0 and math.isfinite(r["grad_norm"]) for r in records)
     for noise in NOISE:
         assert noise not in log
 
@@ -188,6 +192,30 @@ def test_data_without_val_split_trains_and_says_once_it_will_not_validate(data_d
     records = read_metrics(out)
     assert [r["epoch"] for r in records] == [1, 2] and not any(k.startswith("val_") for r in records for k in r)
     assert os.path.exists(out / "swinv2_micro_window4_32-e0002.ckpt")
+
+
+def test_official_map_files_train_and_a_restart_reuses_the_scan_index(data_dir, tmp_path):
+    data = tmp_path / "imagenet22k"
+    shutil.copytree(data_dir, data / "images")
+    classes = sorted(os.listdir(data / "images" / "train"))
+    for split in ("train", "val"):
+        listed = [[f"images/{split}/{name}/{f}", label] for label, name in enumerate(classes)
+                  for f in sorted(os.listdir(data / "images" / split / name))]
+        (data / f"ILSVRC2011fall_whole_map_{split}.txt").write_text(json.dumps(listed))
+    past = time.time() - 3600  # a tree written long ago (one changed within the last second is scanned again)
+    for path in [data, *data.rglob("*")]:
+        os.utime(path, (past, past))
+    out = tmp_path / "out"
+    maps = ["--train_map_file", "ILSVRC2011fall_whole_map_train.txt", "--val_map_file",
+            "ILSVRC2011fall_whole_map_val.txt", "--data_dir", data, "--ckpt_save_dir", out]
+    first = run("train.py", *BASE_ARGS, "--epoch_size", "1", *maps)
+    assert "reused the scan index" not in first.stdout + first.stderr
+    assert read_metrics(out)[-1]["val_samples"] == 36 and len(os.listdir(out / "scan_index")) == 2
+    resumed = run("train.py", *BASE_ARGS, "--epoch_size", "2", "--resume", "auto", *maps)
+    log = resumed.stdout + resumed.stderr
+    assert log.count("reused the scan index") == 2  # train and val: no file opened before the first step
+    records = read_metrics(out)
+    assert [r["epoch"] for r in records] == [1, 2] and records[-1]["val_samples"] == 36
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -385,7 +413,7 @@ def test_overflow_skips_the_update_and_lowers_the_scale():
     step = TrainStep(model, optimizer, ms.Tensor(np.full(10, 1e-3, np.float32)), scaler, clip_value=5.0)
     before = {p.name: p.asnumpy().copy() for p in model.trainable_params()}
     images, targets = _fixed_batch()
-    loss, finite, scale, _ = step(images, targets)
+    loss, finite, scale, _, _ = step(images, targets)
     assert not bool(finite.asnumpy()) and float(scale.asnumpy()) == 2.0 ** 120
     assert float(scaler.scale_value.asnumpy()) == 2.0 ** 119
     assert int(optimizer.step.asnumpy()) == 0
@@ -423,6 +451,29 @@ def test_gradient_accumulation_applies_the_big_batch_mean_gradient():
         # margin on any ISA while a wrong mean (x2) or a lost micro-batch (~50%) fails.
         scale = float(np.abs(delta).max())
         assert np.abs(delta - accumulated[name]).max() <= 2e-3 * scale + 1e-6, name
+
+
+def test_grad_norm_is_the_global_norm_before_clipping():
+    images, targets = _fixed_batch(batch=4)
+    reference = randomized_micro()
+    reference.set_train(False)  # no dropout/drop path in MICRO_MS: train and eval forwards agree
+
+    def loss_fn(x, y):
+        return SoftTargetCrossEntropy()(reference(x), y)
+
+    _, grads = ms.value_and_grad(loss_fn, None, reference.trainable_params())(ms.Tensor(images), ms.Tensor(targets))
+    squares = [np.square(g.asnumpy().astype(np.float64)).sum() for g in grads]
+    expected = math.sqrt(sum(squares))
+    model = randomized_micro()
+    optimizer = AdamW(model.trainable_params(), 0.0, model.no_weight_decay())
+    step = TrainStep(model, optimizer, ms.Tensor(np.full(10, 1e-3, np.float32)), ms.amp.StaticLossScaler(1.0),
+                     clip_value=expected / 10)  # clipping on: the norm reported is the one before it
+    grad_norm = float(step(ms.Tensor(images), ms.Tensor(targets))[4].asnumpy())
+    # float32 squares of n gradient elements summed in any order: relative error at most (n + 2) * 2**-24
+    # (the gradients themselves come from the same graph order, bit for bit); against float64 sums
+    n = sum(g.size for g in grads)
+    assert abs(grad_norm - expected) <= (n + 2) * 2.0 ** -24 * expected
+    assert grad_norm > 5 * (expected / 10)
 
 
 def randomized_micro():

@@ -1,9 +1,12 @@
 """ImageFolder scanning: classes, samples, and the files that cannot be used."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import os
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -11,8 +14,10 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from PIL import Image
 
-__all__ = ["DataError", "IMAGE_EXTENSIONS", "UNREADABLE", "FolderIndex", "scan_split", "decode_rgb", "ShareFn",
-           "shared_scan"]
+from ..fileio import atomic_write
+
+__all__ = ["DataError", "IMAGE_EXTENSIONS", "UNREADABLE", "FolderIndex", "scan_split", "scan_map_file", "decode_rgb",
+           "ShareFn", "shared_scan", "IndexCache"]
 
 _logger = logging.getLogger(__name__)
 
@@ -41,16 +46,24 @@ class FolderIndex:
     class_names: List[str]
     samples: List[Tuple[str, int]]
     bad_files: List[Tuple[str, str]] = field(default_factory=list)
+    # What the scan read, with its modification time (ns) taken before reading it: every folder
+    # walked, or the map file and the folders it names. A file added, removed or renamed
+    # changes its folder's time, so an unchanged list means an unchanged index (IndexCache).
+    watched: List[Tuple[str, int]] = field(default_factory=list, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def to_bytes(self) -> bytes:
-        """Compact form (paths relative to ``root``, zlib-compressed JSON) for sending to other ranks."""
-        prefix = os.path.join(self.root, "")
-        rel = [p[len(prefix):] if p.startswith(prefix) else p for p, _ in self.samples]
-        bad = [[p[len(prefix):] if p.startswith(prefix) else p, why] for p, why in self.bad_files]
-        body = dict(class_names=self.class_names, files=rel, labels=[label for _, label in self.samples], bad=bad)
+    def to_bytes(self, watched: bool = False) -> bytes:
+        """Compact form (paths relative to ``root``, zlib-compressed JSON) for sending to other ranks.
+
+        ``watched`` adds the scanned folders' times (what :class:`IndexCache` keeps).
+        """
+        relative = _relative_to(self.root)
+        body = dict(class_names=self.class_names, files=[relative(p) for p, _ in self.samples],
+                    labels=[label for _, label in self.samples], bad=[[relative(p), why] for p, why in self.bad_files])
+        if watched:
+            body["watched"] = [[relative(p), mtime] for p, mtime in self.watched]
         return zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 6)
 
     @classmethod
@@ -59,15 +72,101 @@ class FolderIndex:
         body = json.loads(zlib.decompress(data).decode())
         samples = [(os.path.join(root, f), int(label)) for f, label in zip(body["files"], body["labels"])]
         return cls(root=root, class_names=list(body["class_names"]), samples=samples,
-                   bad_files=[(os.path.join(root, p), why) for p, why in body["bad"]])
+                   bad_files=[(os.path.join(root, p), why) for p, why in body["bad"]],
+                   watched=[(os.path.normpath(os.path.join(root, p)), int(t)) for p, t in body.get("watched", [])])
 
 
-def shared_scan(root: str, scan: Callable[[], FolderIndex], share: Optional[ShareFn]) -> FolderIndex:
+def _relative_to(root: str) -> Callable[[str], str]:
+    prefix = os.path.join(root, "")
+
+    def relative(path: str) -> str:
+        return path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, root)
+
+    return relative
+
+
+class IndexCache:
+    """A scanned index kept in a file, reused while the tree it describes is unchanged.
+
+    Starting a run on ImageNet-22k (14M files) spends minutes walking and checking the tree;
+    a restart re-reads the index instead after one ``stat`` per watched folder (22k folders:
+    a fraction of a second). The check sees every file added, removed or renamed (each changes
+    its folder's modification time); a file rewritten in place under the same name is not seen
+    (a damaged one is still caught when it is decoded, replaced and reported).
+
+    Args:
+        directory: Where index files live (the run's ``ckpt_save_dir/scan_index`` by default).
+        split: The scanned folder (or map file); with ``options``, it names the file.
+        root: The index's root (the folder its paths are relative to).
+        options: Everything else the index depends on (verification, strictness, class list).
+    """
+
+    VERSION = 1
+    RACY_SECONDS = 1.0
+
+    def __init__(self, directory: str, split: str, root: str, options: dict) -> None:
+        self.key = dict(version=self.VERSION, split=os.path.abspath(split), root=os.path.abspath(root), **options)
+        digest = hashlib.sha1(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:16]
+        self.path = os.path.join(directory, f"{os.path.basename(os.path.normpath(split))}-{digest}.idx")
+        self.root = root
+
+    def load(self) -> Optional[FolderIndex]:
+        """The kept index, or None when there is none, it is unreadable or the tree changed."""
+        started = time.perf_counter()
+        try:
+            with open(self.path, "rb") as f:
+                key_line, body = f.read().split(b"\n", 1)
+            if json.loads(key_line) != self.key:
+                return None
+            index = FolderIndex.from_bytes(body, self.root)
+        except (OSError, ValueError, KeyError, zlib.error):
+            return None
+        for path, mtime in index.watched:
+            try:
+                if os.stat(path).st_mtime_ns != mtime:
+                    _logger.info("%s changed since %s was written: scanning again", path, self.path)
+                    return None
+            except OSError:
+                return None
+        _logger.info("reused the scan index %s (%d images; %d folders unchanged, checked in %.2f s)", self.path,
+                     len(index), len(index.watched), time.perf_counter() - started)
+        return index
+
+    def save(self, index: FolderIndex, scan_started: float) -> None:
+        """Keep ``index`` for the next start (a failure to write only costs that start a scan).
+
+        A folder changed less than ``RACY_SECONDS`` before the scan started (``time.time()``) is
+        kept as changed: a file added in the same clock tick after the folder was read would
+        leave its time as the scan saw it (git's "racy" entries).
+        """
+        racy_after = int((scan_started - self.RACY_SECONDS) * 1e9)
+        index = dataclasses.replace(index, watched=[(path, mtime if mtime < racy_after else -1)
+                                                    for path, mtime in index.watched])
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            atomic_write(self.path, lambda tmp: _write_bytes(
+                tmp, json.dumps(self.key, sort_keys=True).encode() + b"\n" + index.to_bytes(watched=True)))
+        except OSError as exc:
+            _logger.warning("could not keep the scan index in %s (%s): the next start scans again", self.path, exc)
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def shared_scan(root: str, scan: Callable[[], FolderIndex], share: Optional[ShareFn],
+                cache: Optional[IndexCache] = None) -> FolderIndex:
     """``scan()`` on this process, or once per job when ``share`` is given (rank 0 scans, all get it).
+
+    With ``cache``, rank 0 first looks for an index of an unchanged tree (see :class:`IndexCache`)
+    and keeps what it scanned for the next start.
 
     Errors (missing folder, no classes, strict mode) are raised on rank 0, which then
     sends an error record so the other ranks raise the same :class:`DataError` instead of waiting.
     """
+    if cache is not None:
+        scan = _cached(scan, cache)
     if share is None:
         return scan()
 
@@ -81,6 +180,22 @@ def shared_scan(root: str, scan: Callable[[], FolderIndex], share: Optional[Shar
     if payload[:1] == b"E":
         raise DataError(payload[1:].decode())
     return FolderIndex.from_bytes(payload[1:], root)
+
+
+def _cached(scan: Callable[[], FolderIndex], cache: IndexCache) -> Callable[[], FolderIndex]:
+    def cached_scan() -> FolderIndex:
+        index = cache.load()
+        if index is None:
+            started = time.time()
+            index = scan()
+            cache.save(index, started)
+        elif index.bad_files:
+            shown = "; ".join(f"{p} ({why})" for p, why in index.bad_files[:10])
+            _logger.warning("%s: %d unreadable image(s) skipped (found by the scan that wrote %s): %s%s", index.root,
+                            len(index.bad_files), cache.path, shown, " ..." if len(index.bad_files) > 10 else "")
+        return index
+
+    return cached_scan
 
 
 def decode_rgb(path: str):
@@ -107,8 +222,56 @@ def _check(path: str, full: bool) -> Optional[str]:
     return None
 
 
+def _walk_images(top: str) -> Tuple[List[str], List[Tuple[str, int]]]:
+    """The image files below ``top`` (sorted, hidden entries skipped) and every folder read, with its time.
+
+    Each folder's modification time is taken before it is listed: a change made while the
+    scan runs shows as a changed time at the next start (:class:`IndexCache`).
+    """
+    files: List[str] = []
+    watched: List[Tuple[str, int]] = []
+    pending = [top]
+    while pending:
+        folder = pending.pop()
+        watched.append((os.path.normpath(folder), os.stat(folder).st_mtime_ns))
+        subfolders = []
+        with os.scandir(folder) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir():
+                    subfolders.append(entry.path)
+                elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                    files.append(entry.path)
+        pending += reversed(subfolders)
+    return files, watched
+
+
+def _verified(candidates: Sequence[Tuple[str, int]], verify: str, strict: bool, num_workers: int,
+              where: str) -> Tuple[List[Tuple[str, int]], List[Tuple[str, str]]]:
+    """The usable ``(path, label)`` samples and the ``(path, reason)`` of the others (logged)."""
+    full = verify == "full" or (verify == "auto" and len(candidates) <= FULL_VERIFY_LIMIT)
+    with ThreadPoolExecutor(max(1, num_workers)) as pool:
+        problems = list(pool.map(lambda s: _check(s[0], full), candidates))
+    samples, bad = [], []
+    for sample, problem in zip(candidates, problems):
+        if problem is None:
+            samples.append(sample)
+        elif strict:
+            raise DataError(f"unreadable image {sample[0]}: {problem} (strict_data is on; remove the file or set "
+                            "strict_data: False to skip it)")
+        else:
+            bad.append((sample[0], problem))
+    if bad:
+        shown = "; ".join(f"{p} ({why})" for p, why in bad[:10])
+        _logger.warning("skipped %d unreadable image(s) in %s: %s%s", len(bad), where, shown,
+                        " ..." if len(bad) > 10 else "")
+    return samples, bad
+
+
 def scan_split(split_dir: str, *, class_names: Optional[Sequence[str]] = None, verify: str = "auto",
-               strict: bool = False, num_workers: int = 4, share: Optional[ShareFn] = None) -> FolderIndex:
+               strict: bool = False, num_workers: int = 4, share: Optional[ShareFn] = None,
+               cache_dir: Optional[str] = None) -> FolderIndex:
     """Index ``split_dir/<class>/<image>``.
 
     Args:
@@ -120,12 +283,16 @@ def scan_split(split_dir: str, *, class_names: Optional[Sequence[str]] = None, v
         strict: Raise on the first unusable file instead of skipping it.
         num_workers: Threads used for verification.
         share: Scan once per job: rank 0 scans and every rank gets its index (see :data:`ShareFn`).
+        cache_dir: Keep the index there and reuse it while the tree is unchanged (:class:`IndexCache`).
 
     Raises:
         DataError: missing/empty directory, no classes, a class without images, or (strict)
             an unusable file.
     """
-    return shared_scan(split_dir, lambda: _scan_split(split_dir, class_names, verify, strict, num_workers), share)
+    cache = None if cache_dir is None else IndexCache(cache_dir, split_dir, split_dir, dict(
+        kind="folders", verify=verify, strict=strict, classes=list(class_names) if class_names else None))
+    return shared_scan(split_dir, lambda: _scan_split(split_dir, class_names, verify, strict, num_workers), share,
+                       cache)
 
 
 def _scan_split(split_dir: str, class_names: Optional[Sequence[str]], verify: str, strict: bool,
@@ -133,6 +300,7 @@ def _scan_split(split_dir: str, class_names: Optional[Sequence[str]], verify: st
     if not os.path.isdir(split_dir):
         raise DataError(f"data split not found: {split_dir} (expected DATA_DIR/train/<class>/<image> and "
                         "DATA_DIR/val/<class>/<image>; set --data_dir to the folder holding train/ and val/)")
+    watched = [(os.path.normpath(split_dir), os.stat(split_dir).st_mtime_ns)]
     entries = os.listdir(split_dir)
     found = sorted(d for d in entries if os.path.isdir(os.path.join(split_dir, d)) and not d.startswith("."))
     if not found:
@@ -155,35 +323,125 @@ def _scan_split(split_dir: str, class_names: Optional[Sequence[str]], verify: st
     empty: List[str] = []
     for label, name in enumerate(class_names):
         class_dir = os.path.join(split_dir, name)
-        files = []
+        files: List[str] = []
         if os.path.isdir(class_dir):
-            for dirpath, _, filenames in sorted(os.walk(class_dir)):
-                files += [os.path.join(dirpath, f) for f in sorted(filenames)
-                          if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
+            files, folders = _walk_images(class_dir)
+            watched += folders
         if not files:
             empty.append(name)
         candidates += [(f, label) for f in files]
     if empty:
         raise DataError(f"{split_dir}: class folder(s) without images: {', '.join(empty[:10])} "
                         f"(supported extensions: {', '.join(IMAGE_EXTENSIONS)})")
-
-    full = verify == "full" or (verify == "auto" and len(candidates) <= FULL_VERIFY_LIMIT)
-    with ThreadPoolExecutor(max(1, num_workers)) as pool:
-        problems = list(pool.map(lambda s: _check(s[0], full), candidates))
-    samples, bad = [], []
-    for sample, problem in zip(candidates, problems):
-        if problem is None:
-            samples.append(sample)
-        elif strict:
-            raise DataError(f"unreadable image {sample[0]}: {problem} (strict_data is on; remove the file or set "
-                            "strict_data: False to skip it)")
-        else:
-            bad.append((sample[0], problem))
-    if bad:
-        shown = "; ".join(f"{p} ({why})" for p, why in bad[:10])
-        _logger.warning("skipped %d unreadable image(s) in %s: %s%s", len(bad), split_dir, shown,
-                        " ..." if len(bad) > 10 else "")
+    samples, bad = _verified(candidates, verify, strict, num_workers, split_dir)
     empty_after = sorted({class_names[label] for _, label in candidates} - {class_names[label] for _, label in samples})
     if empty_after:
         raise DataError(f"{split_dir}: every image of class(es) {', '.join(empty_after)} is unreadable")
-    return FolderIndex(root=split_dir, class_names=list(class_names), samples=samples, bad_files=bad)
+    return FolderIndex(root=split_dir, class_names=list(class_names), samples=samples, bad_files=bad, watched=watched)
+
+
+def scan_images(folder: str, *, verify: str = "auto", strict: bool = False, num_workers: int = 4,
+                what: str = "SimMIM", share: Optional[ShareFn] = None, cache_dir: Optional[str] = None) -> FolderIndex:
+    """Every image below ``folder`` (any depth, sorted), as unlabelled samples (label 0).
+
+    Args:
+        folder: A folder of images, with or without class sub-folders.
+        verify: ``"full"`` decodes every image, ``"header"`` reads headers, ``"auto"`` decodes
+            up to 10,000 files.
+        strict: Raise on the first unusable file instead of skipping it.
+        num_workers: Verification threads.
+        what: Who reads the folder, for messages.
+        share: Scan once per job (rank 0 scans, every rank gets the index; see ``ShareFn``).
+        cache_dir: Keep the index there and reuse it while the tree is unchanged (:class:`IndexCache`).
+
+    Raises:
+        DataError: the folder is missing or holds no readable image.
+    """
+    cache = None if cache_dir is None else IndexCache(cache_dir, folder, folder, dict(kind="images", verify=verify,
+                                                                                      strict=strict))
+    return shared_scan(folder, lambda: _scan_images(folder, verify, strict, num_workers, what), share, cache)
+
+
+def _scan_images(folder: str, verify: str, strict: bool, num_workers: int, what: str) -> FolderIndex:
+    if not os.path.isdir(folder):
+        raise DataError(f"image folder not found: {folder} ({what} reads every image below DATA_DIR/SPLIT, with or "
+                        "without class sub-folders; set --data_dir and --train_split)")
+    files, watched = _walk_images(folder)
+    if not files:
+        raise DataError(f"{folder} holds no images (supported extensions: {', '.join(IMAGE_EXTENSIONS)})")
+    samples, bad = _verified([(path, 0) for path in files], verify, strict, num_workers, folder)
+    if not samples:
+        raise DataError(f"every image in {folder} is unreadable")
+    return FolderIndex(root=folder, class_names=[], samples=samples, bad_files=bad, watched=watched)
+
+
+def scan_map_file(map_file: str, root: str, *, num_classes: Optional[int] = None, verify: str = "auto",
+                  strict: bool = False, num_workers: int = 4, share: Optional[ShareFn] = None,
+                  cache_dir: Optional[str] = None) -> FolderIndex:
+    """Index the samples an official map file lists, instead of walking class folders.
+
+    Two layouts of microsoft/Swin-Transformer are read: the ImageNet-22k one
+    (``ILSVRC2011fall_whole_map_train.txt``, a JSON list of ``[path, label]``) and the zip-mode
+    ``train_map.txt`` (``path<TAB>label`` lines). Paths are relative to ``root``; labels are
+    class indices, so the class names are ``"0" .. str(K - 1)`` with ``K`` = ``num_classes`` or
+    the largest label + 1. Listed files that are missing or unreadable are skipped and named.
+
+    Raises:
+        DataError: the file is missing, unparseable, empty, or has a label outside ``[0, K)``.
+    """
+    cache = None if cache_dir is None else IndexCache(cache_dir, map_file, root, dict(
+        kind="map", classes=num_classes, verify=verify, strict=strict))
+    return shared_scan(root, lambda: _scan_map_file(map_file, root, num_classes, verify, strict, num_workers),
+                       share, cache)
+
+
+def _read_map_file(map_file: str) -> List[Tuple[str, int]]:
+    with open(map_file, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        if text.lstrip().startswith("["):
+            return [(str(path), int(label)) for path, label in json.loads(text)]
+        rows = [line.rstrip("\n").split("\t") for line in text.splitlines() if line.strip()]
+        return [(path, int(label)) for path, label in rows]
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"{map_file} is not a map file ({exc}): expected the official layouts, a JSON list of "
+                        "[path, label] (ImageNet-22k's ILSVRC2011fall_whole_map_*.txt) or path<TAB>label lines "
+                        "(train_map.txt), paths relative to --data_dir") from exc
+
+
+def _scan_map_file(map_file: str, root: str, num_classes: Optional[int], verify: str, strict: bool,
+                   num_workers: int) -> FolderIndex:
+    if not os.path.isfile(map_file):
+        raise DataError(f"map file not found: {map_file} (train_map_file/val_map_file name the official "
+                        "ILSVRC2011fall_whole_map_{train,val}.txt, relative to --data_dir or absolute)")
+    watched = [(os.path.normpath(map_file), os.stat(map_file).st_mtime_ns)]
+    listed = _read_map_file(map_file)
+    if not listed:
+        raise DataError(f"{map_file} lists no images")
+    labels = [label for _, label in listed]
+    classes = num_classes or max(labels) + 1
+    if min(labels) < 0 or max(labels) >= classes:
+        raise DataError(f"{map_file} has labels outside [0, {classes}) (num_classes {classes}): labels are class "
+                        "indices of the training map")
+    candidates, missing = [], []
+    folders = set()
+    for path, label in listed:
+        full_path = os.path.join(root, path)
+        folders.add(os.path.dirname(os.path.normpath(full_path)))
+        (candidates if os.path.isfile(full_path) else missing).append((full_path, label))
+    for folder in sorted(folders):
+        try:
+            watched.append((folder, os.stat(folder).st_mtime_ns))
+        except OSError:
+            watched.append((folder, -1))  # a missing folder: the index is stale once it appears
+    if missing and strict:
+        raise DataError(f"{map_file} lists {len(missing)} missing file(s), e.g. {missing[0][0]} (strict_data is on)")
+    samples, bad = _verified(candidates, verify, strict, num_workers, map_file)
+    bad = [(path, "file not found") for path, _ in missing] + bad
+    if missing:
+        _logger.warning("%s lists %d missing file(s), skipped: %s%s", map_file, len(missing),
+                        "; ".join(p for p, _ in missing[:10]), " ..." if len(missing) > 10 else "")
+    if not samples:
+        raise DataError(f"no readable image among the {len(listed)} that {map_file} lists")
+    return FolderIndex(root=root, class_names=[str(c) for c in range(classes)], samples=samples, bad_files=bad,
+                       watched=watched)

@@ -14,70 +14,18 @@
 from __future__ import annotations
 
 import logging
-import os
-from concurrent.futures import ThreadPoolExecutor
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import mindspore.dataset as ds
 
 from .dataset import DataInfo, EpochShardSampler, ImageSource, eval_shard_indices
-from .folder import FULL_VERIFY_LIMIT, IMAGE_EXTENSIONS, DataError, FolderIndex, ShareFn, _check, shared_scan
+from .folder import DataError, FolderIndex, scan_images
 from .masking import MaskGenerator, train_mask_rng, val_mask_rng
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transforms, build_train_transforms
 
-__all__ = ["scan_images", "create_pretrain_dataset", "create_masked_eval_dataset"]
+__all__ = ["create_pretrain_dataset", "create_masked_eval_dataset"]
 
 _logger = logging.getLogger(__name__)
-
-
-def scan_images(folder: str, *, verify: str = "auto", strict: bool = False, num_workers: int = 4,
-                what: str = "SimMIM", share: Optional[ShareFn] = None) -> FolderIndex:
-    """Every image below ``folder`` (any depth, sorted), as unlabelled samples.
-
-    Args:
-        folder: A folder of images, with or without class sub-folders.
-        verify: ``"full"`` decodes every image, ``"header"`` reads headers, ``"auto"`` decodes
-            up to 10,000 files.
-        strict: Raise on the first unusable file instead of skipping it.
-        num_workers: Verification threads.
-        what: Who reads the folder, for messages.
-        share: Scan once per job (rank 0 scans, every rank gets the index; see ``ShareFn``).
-
-    Raises:
-        DataError: the folder is missing or holds no readable image.
-    """
-    return shared_scan(folder, lambda: _scan_images(folder, verify, strict, num_workers, what), share)
-
-
-def _scan_images(folder: str, verify: str, strict: bool, num_workers: int, what: str) -> FolderIndex:
-    if not os.path.isdir(folder):
-        raise DataError(f"image folder not found: {folder} ({what} reads every image below DATA_DIR/SPLIT, with or "
-                        "without class sub-folders; set --data_dir and --train_split)")
-    files: List[str] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files += [os.path.join(dirpath, f) for f in sorted(filenames)
-                  if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
-    if not files:
-        raise DataError(f"{folder} holds no images (supported extensions: {', '.join(IMAGE_EXTENSIONS)})")
-    full = verify == "full" or (verify == "auto" and len(files) <= FULL_VERIFY_LIMIT)
-    with ThreadPoolExecutor(max(1, num_workers)) as pool:
-        problems = list(pool.map(lambda path: _check(path, full), files))
-    samples, bad = [], []
-    for path, problem in zip(files, problems):
-        if problem is None:
-            samples.append((path, 0))
-        elif strict:
-            raise DataError(f"unreadable image {path}: {problem} (strict_data is on; remove the file or set "
-                            "strict_data: False to skip it)")
-        else:
-            bad.append((path, problem))
-    if bad:
-        _logger.warning("skipped %d unreadable image(s) in %s: %s%s", len(bad), folder,
-                        "; ".join(f"{p} ({why})" for p, why in bad[:10]), " ..." if len(bad) > 10 else "")
-    if not samples:
-        raise DataError(f"every image in {folder} is unreadable")
-    return FolderIndex(root=folder, class_names=[], samples=samples, bad_files=bad)
 
 
 class _MaskedTrainSource:

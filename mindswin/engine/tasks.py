@@ -24,8 +24,9 @@ from ..checkpoint.native import read_meta_json
 from ..config import Config, ConfigError
 from ..data import DataInfo, FolderIndex, create_eval_dataset, create_train_dataset, resolve_data_config, scan_split
 from ..data.device import DeviceAugment, DeviceNormalize
+from ..data.folder import scan_images, scan_map_file
 from ..data.masking import MaskGenerator
-from ..data.pretrain import create_masked_eval_dataset, create_pretrain_dataset, scan_images
+from ..data.pretrain import create_masked_eval_dataset, create_pretrain_dataset
 from ..models import SwinTransformerV2, model_spec, resolve_model_name
 from ..models.simmim import SimMIM
 from .builder import model_from_config, simmim_from_config
@@ -43,8 +44,8 @@ _logger = logging.getLogger("mindswin.train")
 # A tensor only the resume state of a SimMIM run holds.
 _SIMMIM_STATE_KEY = "model.encoder.mask_token"
 # Keys each task does not read: set explicitly, they are reported as ignored.
-_CLASSIFICATION_ONLY = ("num_classes", "class_map", "auto_augment", "re_prob", "color_jitter", "mixup", "cutmix",
-                        "mixup_prob", "mixup_switch_prob", "mixup_mode", "label_smoothing")
+_CLASSIFICATION_ONLY = ("num_classes", "class_map", "val_map_file", "auto_augment", "re_prob", "color_jitter",
+                        "mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "mixup_mode", "label_smoothing")
 _SIMMIM_ONLY = ("mask_patch_size", "mask_ratio", "norm_target_patch_size", "recon_grid_images")
 
 
@@ -70,6 +71,18 @@ class Task(abc.ABC):
         if ignored:
             _logger.warning("task %s does not use %s: ignored", self.name, ", ".join(ignored))
         self.check_resume_state()
+
+    def scan_options(self) -> Dict[str, Any]:
+        """Keyword arguments of every scan: verification, scan once per job, the kept index."""
+        config = self.config
+        cache_dir = (config.scan_index_dir or os.path.join(config.ckpt_save_dir, "scan_index")) if config.scan_index \
+            else None
+        return dict(verify=config.verify_images, strict=config.strict_data, num_workers=config.num_parallel_workers,
+                    share=share_from_rank0(self.runtime), cache_dir=cache_dir)
+
+    def data_path(self, path: str) -> str:
+        """``path`` relative to ``data_dir`` (an absolute one as it is)."""
+        return os.path.join(self.config.data_dir, path)
 
     def check_resume_state(self) -> None:
         """Refuse a ``resume`` file written by another task, or a weights file, before anything is built.
@@ -209,9 +222,11 @@ class ClassificationTask(Task):
         if not config.data_dir:
             raise ConfigError("--data_dir is required: a folder with train/<class>/<image> and val/<class>/<image>")
         # scanned once per job: rank 0 walks (and checks) the tree, the other ranks receive its index
-        self.index = scan_split(os.path.join(config.data_dir, config.train_split), verify=config.verify_images,
-                                strict=config.strict_data, num_workers=config.num_parallel_workers,
-                                share=share_from_rank0(runtime))
+        if config.train_map_file:
+            self.index = scan_map_file(self.data_path(config.train_map_file), config.data_dir,
+                                       num_classes=config.num_classes, **self.scan_options())
+        else:
+            self.index = scan_split(self.data_path(config.train_split), **self.scan_options())
         self.num_classes = config.num_classes or len(self.index.class_names)
         if self.num_classes != len(self.index.class_names):
             raise ConfigError(f"num_classes is {self.num_classes} but {self.index.root} has "
@@ -228,15 +243,21 @@ class ClassificationTask(Task):
         config = self.config
         if not config.val_while_train:
             return None
-        val_dir = os.path.join(config.data_dir, config.val_split)
+        if config.val_map_file:
+            return scan_map_file(self.data_path(config.val_map_file), config.data_dir, num_classes=self.num_classes,
+                                 **self.scan_options())
+        if config.train_map_file:  # labels are the map's indices: class folders cannot be matched to them
+            _logger.warning("train_map_file without val_map_file: training without validation (no val_* metrics, "
+                            "no best checkpoint); set val_map_file to validate, or val_while_train: False to "
+                            "silence this")
+            return None
+        val_dir = self.data_path(config.val_split)
         if not os.path.isdir(val_dir):
             _logger.warning("no %s: training without validation (no val_* metrics, no best checkpoint); "
                             "add DATA_DIR/%s/<class>/<image> to validate, or set val_while_train: False to "
                             "silence this", val_dir, config.val_split)
             return None
-        return scan_split(val_dir, class_names=self.index.class_names, verify=config.verify_images,
-                          strict=config.strict_data, num_workers=config.num_parallel_workers,
-                          share=share_from_rank0(self.runtime))
+        return scan_split(val_dir, class_names=self.index.class_names, **self.scan_options())
 
     @property
     def num_samples(self) -> int:
@@ -324,10 +345,12 @@ class SimMIMTask(Task):
         # the geometry was checked with the config; this raises only for direct API misuse
         self.mask_generator = MaskGenerator(pre.image_size, config.mask_patch_size, model_spec(config.model).patch_size,
                                             config.mask_ratio)
-        options = dict(verify=config.verify_images, strict=config.strict_data, num_workers=config.num_parallel_workers,
-                       share=share_from_rank0(runtime))
-        self.index = scan_images(os.path.join(config.data_dir, config.train_split), **options)
-        val_dir = os.path.join(config.data_dir, config.val_split)
+        options = self.scan_options()
+        if config.train_map_file:
+            self.index = scan_map_file(self.data_path(config.train_map_file), config.data_dir, **options)
+        else:
+            self.index = scan_images(self.data_path(config.train_split), **options)
+        val_dir = self.data_path(config.val_split)
         self.val_index: Optional[FolderIndex] = scan_images(val_dir, **options) if os.path.isdir(val_dir) else None
         if self.val_index is None and config.val_while_train:
             _logger.info("no %s: the reconstruction grid shows training images and there is no val_loss", val_dir)
