@@ -139,6 +139,37 @@ def mid_epoch(state: Path, epoch: int):
     return holds
 
 
+def killed_mid_epoch_and_resumed(args, tmp_path: Path, epoch: int = 1):
+    """train.py ``args`` straight through, and again SIGKILLed in the middle of 0-based ``epoch``
+    (``args`` save ``resume_save_steps``) and continued with ``--resume auto``.
+
+    Returns:
+        ``(straight ckpt_save_dir, resumed ckpt_save_dir, the resumed run's stdout)``.
+    """
+    straight, out = tmp_path / "straight", tmp_path / "killed"
+    run("train.py", *args, "--ckpt_save_dir", straight)
+    proc = subprocess.Popen([PYTHON, str(ROOT / "train.py"), *map(str, args), "--ckpt_save_dir", str(out)],
+                            cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(mid_epoch(out / "resume_state.ckpt", epoch), 300), f"run never reached the middle of " \
+                                                                            f"epoch {epoch + 1}"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    return straight, out, run("train.py", *args, "--resume", "auto", "--ckpt_save_dir", out).stdout
+
+
+def assert_same_state(first: Path, second: Path) -> None:
+    """The resume states in two ckpt_save_dirs hold bitwise equal tensors (weights, EMA, optimizer, scaler)."""
+    from mindswin.checkpoint.native import META_KEY
+
+    a, b = ms.load_checkpoint(str(first / "resume_state.ckpt")), ms.load_checkpoint(str(second / "resume_state.ckpt"))
+    assert set(a) == set(b)
+    for name, value in a.items():
+        if name != META_KEY:
+            assert np.array_equal(value.asnumpy(), b[name].asnumpy()), name
+
+
 def run(script, *args, check=True, env=None, cwd=ROOT, **popen):
     """Run one of the entry scripts (``train.py``...) in a fresh process (in ``cwd``)."""
     result = subprocess.run([PYTHON, str(ROOT / script), *map(str, args)], capture_output=True, text=True,

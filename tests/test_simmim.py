@@ -4,6 +4,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -23,15 +24,26 @@ from mindswin.checkpoint import (
 )
 from mindswin.checkpoint.loader import load_simmim_checkpoint
 from mindswin.checkpoint.native import save_tensors
+from mindswin.data.dataset import EpochShardSampler, path_noise
 from mindswin.data.folder import scan_images
-from mindswin.data.masking import MaskGenerator, mask_geometry_problem
+from mindswin.data.masking import MaskGenerator, mask_geometry_problem, train_mask_rng
 from mindswin.data.pretrain import create_pretrain_dataset
 from mindswin.engine.optim import AdamW, layer_decay_scales, layer_ids
 from mindswin.engine.reconstruction import local_mean_std
 from mindswin.models import build_model
 from mindswin.models.simmim import LocalTargetNorm, build_simmim, masked_l1_loss
 
-from conftest import NOISE, ROOT, msrun, randomize, read_metrics, require_torch_python, run
+from conftest import (
+    NOISE,
+    ROOT,
+    assert_same_state,
+    killed_mid_epoch_and_resumed,
+    msrun,
+    randomize,
+    read_metrics,
+    require_torch_python,
+    run,
+)
 
 MICRO = "swinv2_micro_window4_32"  # 32 px, patch 2, depths 2-2-2, encoder stride 8
 # train.py arguments of a small SimMIM pre-training of the micro model (8-px squares: 10 of 16 masked)
@@ -347,6 +359,32 @@ def test_pretraining_resumes_where_it_stopped(pretrained, data_dir, tmp_path):
               "--resume", "auto").stdout
     assert "resumed from" in log and "epoch 3, batch 0, optimizer step 18" in log
     assert [r["epoch"] for r in read_metrics(out)] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_pretraining_killed_mid_epoch_resumes_bitwise_with_drop_path_and_ema(data_dir, tmp_path):
+    # crop, flip, mask and stochastic depth of every image come from (seed, epoch, sample) in the
+    # worker processes, and the graph normalises: the resumed run draws what the straight one drew
+    args = [*PRETRAIN, "--epoch_size", "2", "--drop_path_rate", "0.2", "--ema", "True", "--ema_decay", "0.9",
+            "--resume_save_steps", "2", "--data_dir", data_dir]
+    straight, out, log = killed_mid_epoch_and_resumed(args, tmp_path)
+    assert re.search(r"resumed from .*: epoch 1, batch [1-5],", log), log[-2000:]
+    assert_same_state(straight, out)
+    assert [r["val_loss"] for r in read_metrics(out)] == [r["val_loss"] for r in read_metrics(straight)]
+
+
+def test_pretraining_batches_are_uint8_with_per_sample_masks_and_path_noise(data_dir):
+    dataset, info = create_pretrain_dataset(os.path.join(data_dir, "train"), image_size=32, batch_size=8,
+                                            mask_generator=MaskGenerator(32, 8, 2, 0.6), seed=3, num_workers=1,
+                                            path_noise_blocks=6)
+    images, masks, noise = next(dataset.create_tuple_iterator(num_epochs=1, output_numpy=True))
+    assert images.dtype == np.uint8 and images.shape == (8, 32, 32, 3)  # normalised in the graph
+    assert masks.shape == (8, 16, 16) and noise.shape == (8, 6, 2)
+    # the sampler's first 8 keys of epoch 0 (the sample indices): each one's mask and noise from its key
+    order = EpochShardSampler(info.num_samples, seed=3).indices(0)[:8]
+    for i, key in enumerate(order):
+        assert np.array_equal(masks[i], MaskGenerator(32, 8, 2, 0.6)(train_mask_rng(3, key)))
+        assert np.array_equal(noise[i], path_noise(3, key, 6))
 
 
 def test_fine_tune_from_simmim_at_a_new_resolution_and_window_with_layer_decay(pretrained, data_dir, tmp_path):

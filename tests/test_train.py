@@ -31,7 +31,8 @@ from conftest import (
     OFFICIAL_AUGMENTATION,
     PYTHON,
     ROOT,
-    mid_epoch,
+    assert_same_state,
+    killed_mid_epoch_and_resumed,
     randomize,
     read_metrics,
     run,
@@ -303,26 +304,13 @@ def test_official_augmentation_run_killed_mid_epoch_resumes_bitwise(data_dir, tm
     # (seed, epoch, sample): the resumed run must draw exactly what the uninterrupted one drew
     args = [*BASE_ARGS, *OFFICIAL_AUGMENTATION, "--epoch_size", "2", "--resume_save_steps", "2",
             "--data_dir", data_dir]
-    run("train.py", *args, "--ckpt_save_dir", tmp_path / "straight")
-    out = tmp_path / "killed"
-    proc = subprocess.Popen([PYTHON, str(ROOT / "train.py"), *map(str, args), "--ckpt_save_dir", str(out)],
-                            cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        assert wait_for(mid_epoch(out / "resume_state.ckpt", 1), 300), "run never reached the middle of epoch 2"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    log = run("train.py", *args, "--resume", "auto", "--ckpt_save_dir", out).stdout
+    straight, out, log = killed_mid_epoch_and_resumed(args, tmp_path)
     assert re.search(r"resumed from .*: epoch 1, batch [1-5],", log), log[-2000:]
-    straight, resumed = ms.load_checkpoint(str(tmp_path / "straight" / "resume_state.ckpt")), \
-        ms.load_checkpoint(str(out / "resume_state.ckpt"))
-    for name, value in straight.items():
-        if name != META_KEY:
-            assert np.array_equal(value.asnumpy(), resumed[name].asnumpy()), name
+    assert_same_state(straight, out)
     # (the resumed epoch's train_loss averages the batches trained after the restart only)
     fields = ("val_loss", "val_top1")
     assert [[r[k] for k in fields] for r in read_metrics(out)] == [[r[k] for k in fields]
-                                                                   for r in read_metrics(tmp_path / "straight")]
+                                                                   for r in read_metrics(straight)]
 
 
 def test_resume_state_past_the_end_of_a_smaller_epoch_is_one_error(trained, data_dir, tmp_path):

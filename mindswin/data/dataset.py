@@ -45,7 +45,8 @@ from .mixup import Mixup
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, TrainAugment, build_eval_transforms
 
 __all__ = ["DataInfo", "EpochShardSampler", "ImageSource", "KeyedImageSource", "create_train_dataset",
-           "create_eval_dataset", "eval_shard_indices", "path_noise"]
+           "create_eval_dataset", "eval_shard_indices", "path_noise", "batch_path_noise", "collect_keys",
+           "keyed_augmented_samples"]
 
 _logger = logging.getLogger(__name__)
 
@@ -227,8 +228,31 @@ def _python_workers(num_workers: int) -> int:
     return max(1, num_workers)
 
 
-def _collect_keys(keys) -> List[int]:
+def collect_keys(keys) -> List[int]:
+    """The sample keys of a batch column, as ints."""
     return [int(k) for k in np.asarray(keys).reshape(-1)]
+
+
+def batch_path_noise(seed: int, keys, blocks: int) -> np.ndarray:
+    """``(B, blocks, 2)``: the stochastic-depth uniforms of a batch's samples (:func:`path_noise`)."""
+    return np.stack([path_noise(seed, key, blocks) for key in collect_keys(keys)])
+
+
+def keyed_augmented_samples(index: FolderIndex, sampler: EpochShardSampler, augment: TrainAugment,
+                            num_workers: int, multiprocessing: bool = True) -> Tuple[ds.Dataset, KeyedImageSource]:
+    """The training stages every task shares, before batching: columns ``image, label, erase, key``.
+
+    The source threads decode the sampler's samples (a damaged file is replaced and reported),
+    and ``augment`` transforms each one in worker processes from ``(seed, key)``.
+    """
+    workers = _python_workers(num_workers)
+    source = KeyedImageSource(index.samples)
+    dataset = ds.GeneratorDataset(source, column_names=["image", "label", "key", "weight"], sampler=sampler,
+                                  num_parallel_workers=workers, python_multiprocessing=False)
+    dataset = dataset.project(["image", "label", "key"])
+    dataset = dataset.map(augment, input_columns=["image", "key"], output_columns=["image", "erase", "key"],
+                          num_parallel_workers=workers, python_multiprocessing=multiprocessing)
+    return dataset, source
 
 
 def create_train_dataset(data_dir: str, *, image_size: int, batch_size: int, split: str = "train",
@@ -257,29 +281,21 @@ def create_train_dataset(data_dir: str, *, image_size: int, batch_size: int, spl
                                 skip=skip_batches * batch_size)
     if sampler.per_shard < batch_size:
         raise DataError(f"{index.root}: {sampler.per_shard} samples per shard is fewer than batch_size {batch_size}")
-    workers = _python_workers(num_workers)
-    source = KeyedImageSource(index.samples)
-    dataset = ds.GeneratorDataset(source, column_names=["image", "label", "key", "weight"], sampler=sampler,
-                                  num_parallel_workers=workers, python_multiprocessing=False)
-    dataset = dataset.project(["image", "label", "key"])
     augment = TrainAugment(image_size, scale=scale, ratio=ratio, hflip=hflip, auto_augment=auto_augment,
                            interpolation=interpolation, re_prob=re_prob, color_jitter=color_jitter, seed=seed,
                            mean=mean, std=std, device=device_augment)
-    dataset = dataset.map(augment, input_columns=["image", "key"], output_columns=["image", "erase", "key"],
-                          num_parallel_workers=workers, python_multiprocessing=multiprocessing)
+    dataset, source = keyed_augmented_samples(index, sampler, augment, num_workers, multiprocessing)
     mixer = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=mixup_prob, switch_prob=mixup_switch_prob,
                   mode=mixup_mode, label_smoothing=label_smoothing, num_classes=len(index.class_names))
 
     def batch_rng(keys) -> np.random.Generator:
-        return np.random.default_rng([seed, 0x313C, *_collect_keys(keys)])
+        return np.random.default_rng([seed, 0x313C, *collect_keys(keys)])
 
     if device_augment:
         def draw(labels, keys, _batch_info):
             params = mixer.draw(len(labels), image_size, image_size, batch_rng(keys))
             drawn = (mixer.targets(np.asarray(labels), params.lam), params.cutbox, params.blend)
-            if not path_noise_blocks:
-                return drawn
-            return (*drawn, np.stack([path_noise(seed, key, path_noise_blocks) for key in _collect_keys(keys)]))
+            return (*drawn, batch_path_noise(seed, keys, path_noise_blocks)) if path_noise_blocks else drawn
 
         extra = ["path_noise"] if path_noise_blocks else []
         dataset = dataset.batch(batch_size, drop_remainder=True, per_batch_map=draw, input_columns=["label", "key"],

@@ -89,9 +89,9 @@ class MaskGenerator:
                 f"{self.token_count} squares)")
 
 
-def train_mask_rng(seed: int, rank: int, epoch: int, batch: int) -> np.random.Generator:
-    """Generator of the masks of training batch ``batch`` of ``epoch`` on ``rank``."""
-    return np.random.default_rng([seed, _TRAIN_STREAM, rank, epoch, batch])
+def train_mask_rng(seed: int, key: int) -> np.random.Generator:
+    """Generator of the mask of the training sample ``key`` (its epoch and index, as the sampler yields it)."""
+    return np.random.default_rng([seed, _TRAIN_STREAM, int(key)])
 
 
 def val_mask_rng(seed: int, index: int) -> np.random.Generator:

@@ -3,10 +3,11 @@
 * Any folder works: every image below it is a sample, with or without class sub-folders
   (labels are never read), unreadable files reported as for ImageFolder.
 * Training: the official SimMIM augmentation (``RandomResizedCrop`` with the given scale and
-  ratio, 0.67-1 and 3/4-4/3 in the recipes, then a horizontal flip), normalised, with the
-  sharded, resumable sample order of classification; each batch gets its masks from
-  :class:`~mindswin.data.masking.MaskGenerator` seeded by ``(seed, rank, epoch, batch)``.
-  Columns: ``image`` (B, 3, S, S) float32, ``mask`` (B, S/p, S/p) float32.
+  ratio, 0.67-1 and 3/4-4/3 in the recipes, then a horizontal flip) on the classification
+  pipeline (uint8 to the device, transforms in worker processes, the sharded, resumable
+  sample order); each image gets its mask from :class:`~mindswin.data.masking.MaskGenerator`
+  seeded by ``(seed, key)``. Columns: ``image`` (B, S, S, 3) uint8, ``mask`` (B, S/p, S/p)
+  float32[, ``path_noise``].
 * Evaluation: the eval transform (resize/centre-crop), sharded and padded like the
   classification eval set; every image has a fixed mask drawn from ``(seed, index)``.
   Columns: ``image``, ``mask``, ``weight`` (0 marks padding).
@@ -17,36 +18,24 @@ import logging
 from typing import Optional, Sequence, Tuple
 
 import mindspore.dataset as ds
+import numpy as np
 
-from .dataset import DataInfo, EpochShardSampler, ImageSource, eval_shard_indices
+from .dataset import (
+    DataInfo,
+    EpochShardSampler,
+    ImageSource,
+    batch_path_noise,
+    collect_keys,
+    eval_shard_indices,
+    keyed_augmented_samples,
+)
 from .folder import DataError, FolderIndex, scan_images
 from .masking import MaskGenerator, train_mask_rng, val_mask_rng
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transforms, build_train_transforms
+from .transforms import TrainAugment, build_eval_transforms
 
 __all__ = ["create_pretrain_dataset", "create_masked_eval_dataset"]
 
 _logger = logging.getLogger(__name__)
-
-
-class _MaskedTrainSource:
-    """``(image, mask)`` of a sampler key; the mask comes from ``(seed, rank, epoch, index)``."""
-
-    def __init__(self, images: ImageSource, sampler: EpochShardSampler, mask_generator: MaskGenerator,
-                 seed: int, rank: int) -> None:
-        self.images = images
-        self.sampler = sampler
-        self.mask_generator = mask_generator
-        self.seed = seed
-        self.rank = rank
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, key: int):
-        epoch, index = self.sampler.split_key(key)
-        image, _, _ = self.images[index]
-        rng = train_mask_rng(self.seed, self.rank, epoch, index)
-        return image, self.mask_generator(rng)
 
 
 def create_pretrain_dataset(folder: str, *, image_size: int, batch_size: int, mask_generator: MaskGenerator,
@@ -54,33 +43,39 @@ def create_pretrain_dataset(folder: str, *, image_size: int, batch_size: int, ma
                             start_epoch: int = 0, skip_batches: int = 0, hflip: float = 0.5,
                             scale: Sequence[float] = (0.67, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
                             interpolation: str = "bilinear", verify: str = "auto", strict: bool = False,
-                            index: Optional[FolderIndex] = None, mean: Sequence[float] = IMAGENET_MEAN,
-                            std: Sequence[float] = IMAGENET_STD) -> Tuple[ds.Dataset, DataInfo]:
-    """Training dataset yielding ``image`` (B, 3, S, S) float32 and ``mask`` (B, S/p, S/p) float32.
+                            index: Optional[FolderIndex] = None, path_noise_blocks: int = 0,
+                            multiprocessing: bool = True) -> Tuple[ds.Dataset, DataInfo]:
+    """Training dataset yielding ``image`` (B, S, S, 3) uint8 and ``mask`` (B, S/p, S/p) float32.
 
-    Each iterator is the next epoch. ``start_epoch``/``skip_batches`` resume an interrupted
-    run: the first iterator starts with the batches it had not trained, and every image gets
-    the mask it would have had (a mask depends on seed, rank, epoch and image only).
+    The classification pipeline's stages (:func:`~mindswin.data.dataset.keyed_augmented_samples`:
+    decoding in the source threads, the crop and flip in worker processes) with the official
+    SimMIM augmentation; the graph normalises (:class:`~mindswin.data.device.DeviceNormalize`).
+    Every draw of a sample, its crop, flip, mask and (with ``path_noise_blocks``, a
+    ``path_noise`` column as in classification) stochastic depth, comes from ``(seed, key)``:
+    ``start_epoch``/``skip_batches`` resume an interrupted run with exactly what it would have drawn.
     """
     index = index or scan_images(folder, verify=verify, strict=strict, num_workers=num_workers)
     if mask_generator.input_size != image_size:
         raise ValueError(f"the mask generator is for {mask_generator.input_size} px images, the dataset makes "
                          f"{image_size} px ones")
     sampler = EpochShardSampler(len(index), num_shards, shard_id, seed, shuffle=True, start_epoch=start_epoch,
-                                    skip=skip_batches * batch_size)
+                                skip=skip_batches * batch_size)
     if sampler.per_shard < batch_size:
         raise DataError(f"{index.root}: {sampler.per_shard} images per shard is fewer than batch_size {batch_size}")
-    images = ImageSource(index.samples)
-    source = _MaskedTrainSource(images, sampler, mask_generator, seed, shard_id)
-    dataset = ds.GeneratorDataset(source, column_names=["image", "mask"], sampler=sampler,
-                                  num_parallel_workers=num_workers, python_multiprocessing=False)
-    transforms = build_train_transforms(image_size, scale=scale, ratio=ratio, hflip=hflip, auto_augment=None,
-                                        interpolation=interpolation, re_prob=0.0, color_jitter=None, mean=mean, std=std)
-    dataset = dataset.map(transforms, input_columns="image", num_parallel_workers=num_workers,
-                          python_multiprocessing=False)
-    dataset = dataset.batch(batch_size, drop_remainder=True)
+    augment = TrainAugment(image_size, scale=scale, ratio=ratio, hflip=hflip, interpolation=interpolation,
+                           seed=seed, device=True)
+    dataset, source = keyed_augmented_samples(index, sampler, augment, num_workers, multiprocessing)
+
+    def draw(keys, _batch_info):
+        masks = np.stack([mask_generator(train_mask_rng(seed, key)) for key in collect_keys(keys)])
+        return (masks, batch_path_noise(seed, keys, path_noise_blocks)) if path_noise_blocks else (masks,)
+
+    extra = ["path_noise"] if path_noise_blocks else []
+    dataset = dataset.batch(batch_size, drop_remainder=True, per_batch_map=draw, input_columns=["key"],
+                            output_columns=["mask", *extra])
+    dataset = dataset.project(["image", "mask", *extra])
     info = DataInfo(class_names=[], num_samples=len(index), batch_size=batch_size,
-                    batches_per_epoch=sampler.per_shard // batch_size, bad_files=list(index.bad_files), source=images)
+                    batches_per_epoch=sampler.per_shard // batch_size, bad_files=list(index.bad_files), source=source)
     return dataset, info
 
 
@@ -105,13 +100,13 @@ class _MaskedSource:
 def create_masked_eval_dataset(folder: str, *, image_size: int, batch_size: int, mask_generator: MaskGenerator,
                                num_shards: int = 1, shard_id: int = 0, seed: int = 0, num_workers: int = 2,
                                crop_pct: float = 1.0, interpolation: str = "bicubic", verify: str = "auto",
-                               strict: bool = False, index: Optional[FolderIndex] = None,
-                               mean: Sequence[float] = IMAGENET_MEAN,
-                               std: Sequence[float] = IMAGENET_STD) -> Tuple[ds.Dataset, DataInfo]:
-    """Evaluation dataset yielding ``image``, ``mask`` (fixed per image) and ``weight`` (B,) float32.
+                               strict: bool = False,
+                               index: Optional[FolderIndex] = None) -> Tuple[ds.Dataset, DataInfo]:
+    """Evaluation dataset yielding ``image`` (B, S, S, 3) uint8, ``mask`` (fixed per image) and ``weight`` (B,).
 
-    Shard ``k`` holds images ``k, k + num_shards, ...``, padded with zero-weight copies to
-    whole batches of the same count on every shard.
+    As the classification evaluation set: the graph normalises (``ReconstructionStep``). Shard
+    ``k`` holds images ``k, k + num_shards, ...``, padded with zero-weight copies to whole
+    batches of the same count on every shard.
     """
     index = index or scan_images(folder, verify=verify, strict=strict, num_workers=num_workers)
     positions, weights = eval_shard_indices(len(index), num_shards, shard_id, batch_size)
@@ -120,7 +115,7 @@ def create_masked_eval_dataset(folder: str, *, image_size: int, batch_size: int,
     dataset = ds.GeneratorDataset(source, column_names=["image", "mask", "weight"], shuffle=False,
                                   num_parallel_workers=num_workers, python_multiprocessing=False)
     dataset = dataset.map(build_eval_transforms(image_size, crop_pct=crop_pct, interpolation=interpolation,
-                                                mean=mean, std=std),
+                                                normalize=False),
                           input_columns="image", num_parallel_workers=num_workers, python_multiprocessing=False)
     dataset = dataset.batch(batch_size, drop_remainder=True)
     info = DataInfo(class_names=[], num_samples=len(index), batch_size=batch_size,

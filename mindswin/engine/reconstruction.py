@@ -25,19 +25,29 @@ __all__ = ["ReconstructionStep", "ReconstructionResult", "evaluate_reconstructio
 
 
 class ReconstructionStep(nn.Cell):
-    """``([error sum, masked pixels, images], reconstruction)`` of one batch; padding samples weigh 0."""
+    """``([error sum, masked pixels, images], reconstruction, images)`` of one batch; padding samples weigh 0.
 
-    def __init__(self, model: nn.Cell, distributed: bool = False) -> None:
+    Args:
+        model: The SimMIM model.
+        distributed: Sum over the data-parallel group.
+        preprocess: Cell applied to the batch's images first (:class:`~mindswin.data.device.DeviceNormalize`
+            for the uint8 batches of the evaluation set); the normalised images are returned.
+    """
+
+    def __init__(self, model: nn.Cell, distributed: bool = False, preprocess: Optional[nn.Cell] = None) -> None:
         super().__init__(auto_prefix=False)
         self.model = model
+        self.preprocess = preprocess
         self.all_reduce = ops.AllReduce() if distributed else None
 
     def construct(self, images: Tensor, masks: Tensor, weights: Tensor):
+        if self.preprocess is not None:
+            images = self.preprocess(images)
         error, masked, x_rec = self.model.masked_error(images, masks)
         sums = ops.stack([(error * weights).sum(), (masked * weights).sum(), weights.sum()])
         if self.all_reduce is not None:
             sums = self.all_reduce(sums)
-        return sums, x_rec
+        return sums, x_rec, images
 
 
 @dataclass
@@ -64,10 +74,10 @@ def evaluate_reconstruction(step: ReconstructionStep, dataset, in_chans: int = 3
 
         bar = tqdm(desc="eval", leave=False)
     for images, masks, weights in dataset.create_tuple_iterator(num_epochs=1):
-        sums, x_rec = step(images, masks, weights)
+        sums, x_rec, model_images = step(images, masks, weights)
         totals += sums.asnumpy()
         if first is None:
-            first = (images.asnumpy(), masks.asnumpy(), x_rec.asnumpy(), weights.asnumpy())
+            first = (model_images.asnumpy(), masks.asnumpy(), x_rec.asnumpy(), weights.asnumpy())
         if bar is not None:
             bar.update(1)
     if bar is not None:

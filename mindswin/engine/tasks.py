@@ -205,6 +205,18 @@ class AugmentedLoss(nn.Cell):
         return self.loss_fn(self.model(self.augment(images, erase, cutbox, blend), path_noise), targets)
 
 
+class MaskedImageLoss(nn.Cell):
+    """The SimMIM loss network: device-side normalisation of the uint8 batch, then the masked L1 loss."""
+
+    def __init__(self, normalize: nn.Cell, model: nn.Cell) -> None:
+        super().__init__(auto_prefix=False)
+        self.normalize = normalize
+        self.model = model
+
+    def construct(self, images: Tensor, mask: Tensor, path_noise: Optional[Tensor] = None) -> Tensor:
+        return self.model(self.normalize(images), mask, path_noise)
+
+
 class ClassificationTask(Task):
     """Supervised classification on an ImageFolder tree (``train/<class>/<image>``).
 
@@ -364,10 +376,13 @@ class SimMIMTask(Task):
     def build_model(self) -> Tuple[SimMIM, Optional[LoadReport]]:
         model, report = simmim_from_config(self.config, training=True)
         self.numerics = model.encoder.numerics
+        # stochastic depth draws from the samples' keys (exact resume), when the run uses it
+        self.path_noise_blocks = model.encoder.num_blocks if self.config.drop_path_rate > 0 else 0
         return model, report
 
     def loss_network(self, model: SimMIM) -> nn.Cell:
-        return model  # SimMIM(images, mask) is the masked reconstruction loss
+        pre = self.preprocessing
+        return MaskedImageLoss(DeviceNormalize(pre.mean, pre.std), model)
 
     def train_data(self, position: RunPosition) -> Tuple[ds.Dataset, DataInfo]:
         config, runtime, pre = self.config, self.runtime, self.preprocessing
@@ -378,7 +393,7 @@ class SimMIMTask(Task):
             mask_generator=self.mask_generator, num_shards=runtime.group_size, shard_id=runtime.rank,
             seed=config.seed, num_workers=config.num_parallel_workers, start_epoch=position.epoch,
             skip_batches=position.batch_in_epoch, hflip=config.hflip, scale=config.scale, ratio=config.ratio,
-            interpolation=pre.interpolation, index=self.index, mean=pre.mean, std=pre.std)
+            interpolation=pre.interpolation, index=self.index, path_noise_blocks=self.path_noise_blocks)
 
     def _grid_index(self) -> FolderIndex:
         """The split validated: val when there is one, else the first training images (grid only)."""
@@ -403,8 +418,9 @@ class SimMIMTask(Task):
                 index.root, image_size=pre.image_size, batch_size=batch, mask_generator=self.mask_generator,
                 num_shards=runtime.group_size, shard_id=runtime.rank, seed=config.seed,
                 num_workers=config.num_parallel_workers, crop_pct=pre.crop_pct, interpolation=pre.interpolation,
-                index=index, mean=pre.mean, std=pre.std)
-            step = apply_jit_config(ReconstructionStep(model, distributed=runtime.distributed), config)
+                index=index)
+            step = apply_jit_config(ReconstructionStep(model, distributed=runtime.distributed,
+                                                       preprocess=DeviceNormalize(pre.mean, pre.std)), config)
             self._evaluator = step, data
         step, data = self._evaluator
         result = evaluate_reconstruction(step, data, in_chans=model.in_chans, progress=runtime.is_main)

@@ -72,9 +72,12 @@ class SwinTransformerV2ForSimMIM(SwinTransformerV2):
         token = self.mask_token.reshape(1, 1, 1, self.embed_dim).astype(x.dtype)
         return x * (1.0 - w) + token * w
 
-    def construct(self, x: Tensor, mask: Tensor) -> Tensor:
-        """Normalised ``(B, H/s, W/s, num_features)`` map of the masked images (NHWC)."""
-        return self.norm(self.forward_stages(self.embed_masked(x, mask))[0])
+    def construct(self, x: Tensor, mask: Tensor, path_noise: Optional[Tensor] = None) -> Tensor:
+        """Normalised ``(B, H/s, W/s, num_features)`` map of the masked images (NHWC).
+
+        ``path_noise``: stochastic-depth uniforms, as in :meth:`SwinTransformerV2.forward_stages`.
+        """
+        return self.norm(self.forward_stages(self.embed_masked(x, mask), path_noise)[0])
 
 
 class PointwiseConv(Linear):
@@ -217,9 +220,9 @@ class SimMIM(nn.Cell):
         decoder bias; the decoder weight decays, as in the official pre-training optimizer."""
         return self.encoder.no_weight_decay() | {p.name for p in self.decoder.get_parameters() if p.ndim <= 1}
 
-    def reconstruct(self, x: Tensor, mask: Tensor) -> Tensor:
+    def reconstruct(self, x: Tensor, mask: Tensor, path_noise: Optional[Tensor] = None) -> Tensor:
         """``(B, in_chans, H, W)`` float32 reconstruction of the (target-space) image."""
-        return self.decoder(self.encoder(x, mask)).astype(ms.float32)
+        return self.decoder(self.encoder(x, mask, path_noise)).astype(ms.float32)
 
     def target(self, x: Tensor) -> Tensor:
         """What the decoder reconstructs: the image, or its locally normalised version."""
@@ -234,8 +237,8 @@ class SimMIM(nn.Cell):
         error = (ops.abs(self.target(x) - x_rec) * pixel_mask).sum(axis=(1, 2, 3))
         return error, pixel_mask.sum(axis=(1, 2, 3)), x_rec
 
-    def construct(self, x: Tensor, mask: Tensor) -> Tensor:
-        return masked_l1_loss(self.target(x), self.reconstruct(x, mask), mask, self.patch_size)
+    def construct(self, x: Tensor, mask: Tensor, path_noise: Optional[Tensor] = None) -> Tensor:
+        return masked_l1_loss(self.target(x), self.reconstruct(x, mask, path_noise), mask, self.patch_size)
 
 
 def build_simmim(name: str, *, img_size: Optional[Any] = None, window_size: Optional[Any] = None,
