@@ -6,7 +6,7 @@ import sys
 from typing import List, Optional
 
 from .checkpoint import CheckpointError, CheckpointMetadata
-from .config import ConfigError, check_geometry, parse_args
+from .config import ConfigError, check_geometry, parse_args, require
 from .data import DataError
 from .fileio import DiskFullError, atomic_write_json
 
@@ -92,8 +92,13 @@ def run_validate(argv: Optional[List[str]] = None) -> int:
                                 "python validate.py --model swinv2_tiny_window8_256 --data_dir /data/imagenet"
                                 " --ckpt_path swinv2_tiny_patch4_window8_256.pth\n"
                                 "msrun --worker_num 2 --local_worker_num 2 validate.py --data_dir DIR --ckpt_path CKPT"
-                                " --distribute True"),
-                            required=("ckpt_path", "data_dir"), model_from_checkpoint=True)
+                                " --distribute True\n"
+                                "python validate.py --throughput True --config configs/swinv2/"
+                                "swinv2_tiny_window8_256_in1k.yaml"),
+                            model_from_checkpoint=True)
+        if config.throughput:
+            return _run_throughput(config)
+        require(config, ("ckpt_path", "data_dir"))
         setup_logging()
         metadata = _checkpoint_metadata(config)
         runtime = setup_runtime(config)
@@ -127,6 +132,28 @@ def run_validate(argv: Optional[List[str]] = None) -> int:
               f"{result.images_per_second:.1f} img/s)")
         if config.output:
             atomic_write_json(config.output, summary)
+    logging.shutdown()
+    return 0
+
+
+def _run_throughput(config) -> int:
+    """``validate.py --throughput``: the recipe's model, timed (weights optional: they do not change the speed)."""
+    from .engine.runtime import setup_logging, setup_runtime
+    from .engine.throughput import as_records, measure_throughput
+
+    try:
+        setup_logging()
+        check_geometry(config)
+        runtime = setup_runtime(config)
+        setup_logging(runtime)
+        results = measure_throughput(config, runtime)
+    except _USER_ERRORS as exc:
+        return _fail(exc)
+    if runtime.is_main:
+        for result in results:
+            print(result.line())
+        if config.output:
+            atomic_write_json(config.output, as_records(results))
     logging.shutdown()
     return 0
 
@@ -200,29 +227,57 @@ def run_infer(argv: Optional[List[str]] = None) -> int:
         preprocessing = resolve_data_config(config)
         batch = min(len(files), 16)
         k = min(config.topk, len(names))
+        forward = model
+        if config.cam:
+            from .engine.cam import GradCAM
+
+            forward = GradCAM(model)  # the logits and, from the same graph, the maps
         results = []
         for start in range(0, len(files), batch):
             chunk = files[start:start + batch]
             arrays = [load_image(path, preprocessing) for path in chunk]
             arrays += [arrays[0]] * (batch - len(arrays))  # static batch shape: pad the last chunk
-            probs = ops.softmax(model(ms.Tensor(np.stack(arrays).astype(np.float32))), axis=-1).asnumpy()
-            for path, p in zip(chunk, probs):
+            outputs = forward(ms.Tensor(np.stack(arrays).astype(np.float32)))
+            logits, cams = outputs if config.cam else (outputs, None)
+            probs = ops.softmax(logits, axis=-1).asnumpy()
+            for i, (path, p) in enumerate(zip(chunk, probs)):
                 top = np.argsort(-p)[:k]
-                results.append({"image": path, "top": [{"class": names[i], "index": int(i),
-                                                         "probability": round(float(p[i]), 6)} for i in top]})
+                results.append({"image": path, "top": [{"class": names[j], "index": int(j),
+                                                         "probability": round(float(p[j]), 6)} for j in top]})
+                if cams is not None:
+                    _write_cam(config.cam, path, cams[i].asnumpy(), results[-1]["top"], preprocessing)
     except _USER_ERRORS as exc:
         return _fail(exc)
     for item in results:
         best = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in item["top"])
         print(f"{item['image']}: {best}")
+    if config.cam:
+        print(f"Grad-CAM pictures in {config.cam} (IMAGE_cam.png; the maps as IMAGE_cam.npy)")
     if config.output:
         atomic_write_json(config.output, results)
     logging.shutdown()
     return 0
 
 
+def _write_cam(folder: str, path: str, cam, top, preprocessing) -> None:
+    """``folder/STEM_cam.png`` (the image, the map over it, the top-k) and the map as ``STEM_cam.npy``."""
+    import os
+
+    import numpy as np
+
+    from .data import decode_rgb
+    from .engine.cam import cam_on_image, save_cam_picture
+
+    image = np.asarray(decode_rgb(path))
+    heat = cam_on_image(cam, image.shape[0], image.shape[1], preprocessing.image_size, preprocessing.crop_pct)
+    stem = os.path.join(folder, os.path.splitext(os.path.basename(path))[0])
+    os.makedirs(folder, exist_ok=True)
+    np.save(f"{stem}_cam.npy", heat)
+    save_cam_picture(f"{stem}_cam.png", image, heat, [(t["class"], t["probability"]) for t in top])
+
+
 def run_export(argv: Optional[List[str]] = None) -> int:
-    """``export.py``: MindIR of a checkpoint with a fixed input shape."""
+    """``export.py``: MindIR (dynamic batch) or ONNX (fixed batch) of a checkpoint."""
     import os
 
     import numpy as np
@@ -231,11 +286,12 @@ def run_export(argv: Optional[List[str]] = None) -> int:
 
     quiet_framework()
     try:
-        config = parse_args(argv, script="export", description="Export a Swin V2 checkpoint to MindIR with a fixed "
-                            "input shape", examples=(
+        config = parse_args(argv, script="export", description="Export a Swin V2 checkpoint to MindIR (dynamic "
+                            "batch) or ONNX (fixed batch)", examples=(
                                 "python export.py --ckpt_path demo_output/swinv2_micro_window4_32-best.ckpt\n"
                                 "python export.py --model swinv2_tiny_window8_256 --ckpt_path "
-                                "swinv2_tiny_patch4_window8_256.pth --batch_size 8 --export_file swinv2_tiny"),
+                                "swinv2_tiny_patch4_window8_256.pth --batch_size 8 --export_file swinv2_tiny\n"
+                                "python export.py --ckpt_path CKPT --file_format ONNX --batch_size 1"),
                             required=("ckpt_path",), model_from_checkpoint=True)
         setup_logging()
         metadata = _checkpoint_metadata(config)
@@ -243,9 +299,18 @@ def run_export(argv: Optional[List[str]] = None) -> int:
         num_classes = config.num_classes or metadata.num_classes or _num_classes_in(config.ckpt_path)
         from .models.kernels import cpu_kernels
 
+        onnx = config.file_format == "ONNX"
+        dynamic = config.dynamic_batch if config.dynamic_batch is not None else \
+            not onnx and "batch_size" not in config.explicit
+        if dynamic and onnx:
+            raise ConfigError("MindSpore 2.10 exports ONNX with a fixed batch only (its exporter refuses dynamic "
+                              "shapes): pass --batch_size N for the batch the ONNX file takes, or export MINDIR "
+                              "for a dynamic batch")
         # The exported graph must run anywhere: no ops from this machine's compiled library.
         with cpu_kernels(False):
             model = _eval_model(config, num_classes)
+        if onnx:
+            model.set_portable()  # Erf and Rsqrt have no ONNX converter in MindSpore 2.10
         import mindspore as ms
 
         from .data import resolve_data_config
@@ -253,7 +318,8 @@ def run_export(argv: Optional[List[str]] = None) -> int:
         size = resolve_data_config(config).image_size
         batch = config.batch_size if "batch_size" in config.explicit else 1
         target = config.export_file or os.path.splitext(config.ckpt_path)[0]
-        sample = ms.Tensor(np.zeros((batch, 3, size, size), np.float32))
+        sample = (ms.Tensor(shape=[None, 3, size, size], dtype=ms.float32) if dynamic
+                  else ms.Tensor(np.zeros((batch, 3, size, size), np.float32)))
         try:
             ms.export(model, sample, file_name=target, file_format=config.file_format)
         except (RuntimeError, TypeError, ValueError) as exc:
@@ -261,7 +327,8 @@ def run_export(argv: Optional[List[str]] = None) -> int:
                               f"{str(exc).splitlines()[0]}") from exc
     except _USER_ERRORS as exc:
         return _fail(exc)
-    print(f"wrote {target}.mindir (input {batch}x3x{size}x{size}, {model.model_name})")
+    print(f"wrote {target}.{config.file_format.lower()} (input {'N' if dynamic else batch}x3x{size}x{size}, "
+          f"{model.model_name})")
     logging.shutdown()
     return 0
 

@@ -307,7 +307,9 @@ DEFAULTS: Dict[str, Option] = {
                                     "masked / reconstruction) at each validation; 0: none", _NON_NEGATIVE),
     }),
     **_group("checkpoints/logging", {
-        "ckpt_save_dir": Option("./output", str, "checkpoints, resume state, config, metrics"),
+        "ckpt_save_dir": Option("./output", str, "checkpoints, resume state, config, metrics, per-rank logs"),
+        "tensorboard": Option(True, bool, "write live curves (and SimMIM's grids) as TensorBoard events into "
+                              "ckpt_save_dir/tensorboard (rank 0)"),
         "keep_checkpoint_max": Option(3, int, "last-k weight checkpoints kept (plus the best)", _POSITIVE_INT),
         "ckpt_save_interval": Option(1, int, "epochs between weight checkpoints", _POSITIVE_INT),
         "resume_save_steps": Option(0, int, "also save resume state every N steps (0: epoch ends only)",
@@ -338,12 +340,20 @@ DEFAULTS: Dict[str, Option] = {
     **_group("output", {
         "output": Option("", str, "write the results to this JSON file", scripts=(VALIDATE, INFER)),
         "topk": Option(5, int, "classes reported per image", _POSITIVE_INT, (INFER,)),
+        "cam": Option("", str, "write a Grad-CAM picture of the last stage per image (IMAGE_cam.png, and the map "
+                      "as IMAGE_cam.npy) into this folder", scripts=(INFER,)),
+        "throughput": Option(False, bool, "measure model-only img/s and ms/step (inference and a training step) at "
+                             "the recipe's batch and resolution instead of validating; no data or weights needed",
+                             scripts=(VALIDATE,)),
+        "throughput_warmup": Option(50, int, "untimed calls before the timed ones", _POSITIVE_INT, (VALIDATE,)),
+        "throughput_steps": Option(30, int, "timed calls, synchronised at the end", _POSITIVE_INT, (VALIDATE,)),
         "class_names_file": Option("", str, "index->name file (one name per line) for checkpoints without "
                                    "names", scripts=(INFER,)),
-        # Offering ONNX would only fail after the model is built.
-        "file_format": Option("MINDIR", str, "export format",
-                              Choices("MINDIR", unsupported={"ONNX": "MindSpore 2.10 could not export this model as "
-                                                             "ONNX (it has no converter for Rsqrt)"}), (EXPORT,)),
+        "file_format": Option("MINDIR", str, "export format (ONNX: ops without a MindSpore converter rewritten, "
+                              "see docs/deploy.md)", Choices("MINDIR", "ONNX"), (EXPORT,)),
+        "dynamic_batch": Option(None, bool, "export with a dynamic batch dimension; on for MINDIR unless "
+                                "batch_size is given; MindSpore 2.10 exports ONNX with a fixed batch only",
+                                scripts=(EXPORT,)),
         "export_file": Option("", str, "output path without extension; next to the checkpoint if empty",
                               scripts=(EXPORT,)),
     }),
@@ -685,12 +695,17 @@ def parse_args(argv: Optional[List[str]] = None, *, script: str, description: st
             users = ", ".join(f"{user}.py" for user in DEFAULTS[key].scripts)
             raise ConfigError(f"--{key} is an option of {users}; {script}.py does not use it")
     config = load_config(args.config or None, overrides, defer_geometry=model_from_checkpoint)
-    for key in required:
-        if not config[key]:
-            raise ConfigError(f"--{key} is required ({DEFAULTS[key].help})")
+    require(config, required)
     if positional:
         config[positional] = getattr(args, positional)
     return config
+
+
+def require(config: Config, keys: Sequence[str]) -> None:
+    """Refuse an empty value for any of ``keys``, naming the option."""
+    for key in keys:
+        if not config[key]:
+            raise ConfigError(f"--{key} is required ({DEFAULTS[key].help})")
 
 
 def save_config(config: Config, path: str) -> None:

@@ -222,6 +222,14 @@ def msrun(script, *args, logs, workers=2, local_workers=None, node_rank=None, po
     return result, worker_logs(logs)
 
 
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, data_dir):
+    """``(ckpt_save_dir, log)`` of a 3-epoch BASE_ARGS run on the demo patterns (EMA, resume states every 2 steps)."""
+    out = tmp_path_factory.mktemp("run")
+    result = run("train.py", *BASE_ARGS, "--data_dir", data_dir, "--ckpt_save_dir", out, "--resume_save_steps", 2)
+    return out, result.stdout + result.stderr
+
+
 def wait_for(predicate, timeout: float) -> bool:
     """Poll ``predicate`` every 50 ms until it holds (True) or ``timeout`` seconds pass (False)."""
     deadline = time.time() + timeout

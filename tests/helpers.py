@@ -1,14 +1,17 @@
 """Test data that several test modules write: damaged image files as real datasets contain them."""
 from __future__ import annotations
 
+import glob
 import io
+import os
+import struct
 from pathlib import Path
-from typing import List
+from typing import Dict, List, Tuple
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["write_header_damaged_jpegs"]
+__all__ = ["write_header_damaged_jpegs", "read_events"]
 
 
 def write_header_damaged_jpegs(folder: Path, count: int, seed: int = 0, prefix: str = "damaged") -> List[Path]:
@@ -32,3 +35,46 @@ def write_header_damaged_jpegs(folder: Path, count: int, seed: int = 0, prefix: 
         path.write_bytes(bytes(data))
         paths.append(path)
     return paths
+
+
+def _records(path: str):
+    """The payloads of a TFRecord file (length, length CRC, data, data CRC)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    offset = 0
+    while offset + 12 <= len(data):
+        (length,) = struct.unpack("<Q", data[offset:offset + 8])
+        yield data[offset + 12:offset + 12 + length]
+        offset += 12 + length + 4
+
+
+def read_events(directory) -> Tuple[Dict[str, List[Tuple[int, float]]], Dict[str, List[Tuple[int, bytes]]]]:
+    """``({tag: [(step, value)]}, {tag: [(step, encoded image)]})`` of the TensorBoard event files in ``directory``.
+
+    Files are read in the order they were written, and TensorBoard's purge rule applied: a
+    ``SessionLog.START`` at step N (a resumed writer's ``purge_step``) drops every earlier point
+    at step N or later.
+    """
+    from tensorboardX.proto import event_pb2
+
+    files = []
+    for path in glob.glob(os.path.join(str(directory), "events.out.tfevents.*")):
+        events = []
+        for record in _records(path):
+            event = event_pb2.Event()
+            event.ParseFromString(record)
+            events.append(event)
+        files.append((events[0].wall_time if events else 0.0, events))
+    scalars: Dict[str, List[Tuple[int, float]]] = {}
+    images: Dict[str, List[Tuple[int, bytes]]] = {}
+    for _, events in sorted(files, key=lambda f: f[0]):
+        for event in events:
+            if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
+                for series in (*scalars.values(), *images.values()):
+                    series[:] = [point for point in series if point[0] < event.step]
+            for value in event.summary.value:
+                if value.HasField("image"):
+                    images.setdefault(value.tag, []).append((event.step, value.image.encoded_image_string))
+                else:
+                    scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars, images

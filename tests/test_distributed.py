@@ -184,6 +184,13 @@ def test_zero1_matches_unsharded_training_with_half_the_optimizer_state(two_work
     fields = ("train_loss", "val_loss", "val_top1")
     assert [[r[k] for k in fields] for r in read_metrics(zero_dir)] == [[r[k] for k in fields]
                                                                        for r in read_metrics(plain_dir)]
+    # grad_norm: the same gradients, their float32 squares summed in another order (per rank's
+    # chunks, then across ranks): each sum of n squares is within (n + 2) * 2**-24 of the exact
+    # norm, so the two within twice that (and the epoch means, averages of such values, too)
+    n = sum(plain[name].size for name in moments)
+    for sharded, unsharded in zip(read_metrics(zero_dir), read_metrics(plain_dir)):
+        assert sharded["grad_norm"] > 0
+        assert abs(sharded["grad_norm"] - unsharded["grad_norm"]) <= 2 * (n + 2) * 2.0 ** -24 * unsharded["grad_norm"]
 
 
 def test_zero1_matches_unsharded_training_on_native_ops_too(data_dir, tmp_path, two_worker_runs):

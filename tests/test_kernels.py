@@ -616,7 +616,7 @@ def test_an_inf_in_the_batch_skips_the_step(fused):
     images = rng.standard_normal((4, 3, 32, 32)).astype(np.float32)
     images[2, 1, 17, 5] = np.inf
     targets = np.eye(5, dtype=np.float32)[rng.integers(0, 5, 4)]
-    _, finite, _, _ = step(ms.Tensor(images), ms.Tensor(targets))
+    _, finite, _, _, _ = step(ms.Tensor(images), ms.Tensor(targets))
     assert not bool(finite.asnumpy())
     assert int(optimizer.step.asnumpy()) == 0
     for p in model.trainable_params():

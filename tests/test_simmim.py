@@ -1,6 +1,7 @@
 """SimMIM pre-training and layer-wise-decay fine-tuning: loss, masks, encoder, optimizer groups, checkpoint
 layouts, train.py end to end (pre-train -> fine-tune at a new resolution/window), refusals, msrun."""
 import hashlib
+import io
 import json
 import math
 import os
@@ -44,6 +45,7 @@ from conftest import (
     require_torch_python,
     run,
 )
+from helpers import read_events
 
 MICRO = "swinv2_micro_window4_32"  # 32 px, patch 2, depths 2-2-2, encoder stride 8
 # train.py arguments of a small SimMIM pre-training of the micro model (8-px squares: 10 of 16 masked)
@@ -348,6 +350,16 @@ def test_pretraining_lowers_the_reconstruction_loss_and_draws_the_grids(pretrain
     names = set(read_tensors(weights))
     assert {"encoder.mask_token", "decoder.0.weight", "encoder.patch_embed.proj.weight"} <= names
     assert "SimMIM pre-training on 96 unlabelled images" in log and "10 of 16 8-px squares masked" in log
+    # the live curves: reconstruction loss per epoch and the grid of each validation as an image
+    scalars, images = read_events(os.path.join(out, "tensorboard"))
+    assert scalars["epoch/val_loss"] == [(6 * r["epoch"], np.float32(r["val_loss"])) for r in records]
+    assert [step for step, _ in images["val/reconstruction"]] == [6, 12, 18]
+    from PIL import Image
+
+    for (_, encoded), epoch in zip(images["val/reconstruction"], (1, 2, 3)):
+        with Image.open(os.path.join(out, f"recon_e{epoch:04d}.png")) as grid:
+            assert np.array_equal(np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB")),
+                                  np.asarray(grid.convert("RGB")))
     for noise in NOISE:
         assert noise not in log
 

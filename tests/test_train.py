@@ -38,14 +38,7 @@ from conftest import (
     run,
     wait_for,
 )
-from helpers import write_header_damaged_jpegs
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_dir):
-    out = tmp_path_factory.mktemp("run")
-    result = run("train.py", *BASE_ARGS, "--data_dir", data_dir, "--ckpt_save_dir", out, "--resume_save_steps", 2)
-    return out, result.stdout + result.stderr
+from helpers import read_events, write_header_damaged_jpegs
 
 
 def test_run_writes_metrics_curves_config_and_checkpoints(trained):
@@ -66,11 +59,33 @@ def test_run_writes_metrics_curves_config_and_checkpoints(trained):
         ("swinv2_micro_window4_32", "classification", 4, 32, 3)
     assert meta.metrics["val_top1"] == read_metrics(out)[-1]["val_top1"]
     assert "train graph compiled and first step run in" in log
+    # every rank's own log file, the date on every line
+    with open(os.path.join(out, "log_rank0.txt")) as f:
+        logged = f.read()
+    assert "train graph compiled and first step run in" in logged and re.match(r"\d{4}-\d\d-\d\d ", logged)
     # the official trainer's grad_norm: on the log lines and per epoch (mean over the updates)
     assert re.search(r"step \d+/6 loss [\d.]+ lr \S+ loss_scale \S+ grad_norm \d+\.\d{4} ", log)
     assert all(r["grad_norm"] > 0 and math.isfinite(r["grad_norm"]) for r in records)
     for noise in NOISE:
         assert noise not in log
+
+
+def test_tensorboard_events_hold_the_logged_curves_and_the_epoch_records(trained):
+    out, log = trained
+    scalars, _ = read_events(out / "tensorboard")
+    records = read_metrics(out)
+    # every epoch record, as metrics.jsonl has it (TensorBoard stores float32), at the epoch's last step
+    for key in ("train_loss", "lr", "grad_norm", "val_top1", "val_loss", "skipped_steps", "optimizer_step"):
+        assert scalars[f"epoch/{key}"] == [(6 * r["epoch"], np.float32(r[key])) for r in records], key
+    # every log_interval (2) steps: the values of the log line
+    steps = [step for step, _ in scalars["train/loss"]]
+    assert steps == list(range(2, 19, 2))
+    for tag in ("lr", "loss_scale", "grad_norm", "skipped_steps", "images_per_second"):
+        assert [step for step, _ in scalars[f"train/{tag}"]] == steps, tag
+    lines = re.findall(r"epoch (\d)/3 step (\d)/6 loss ([\d.]+) lr \S+ loss_scale \S+ grad_norm ([\d.]+) ", log)
+    assert [(6 * (int(e) - 1) + int(b), float(loss), float(norm)) for e, b, loss, norm in lines] == \
+        [(step, round(float(loss), 4), round(float(norm), 4)) for (step, loss), (_, norm)
+         in zip(scalars["train/loss"], scalars["train/grad_norm"])]
 
 
 def test_validate_reproduces_the_last_val_top1(trained, data_dir, tmp_path):
@@ -307,6 +322,12 @@ def test_official_augmentation_run_killed_mid_epoch_resumes_bitwise(data_dir, tm
     straight, out, log = killed_mid_epoch_and_resumed(args, tmp_path)
     assert re.search(r"resumed from .*: epoch 1, batch [1-5],", log), log[-2000:]
     assert_same_state(straight, out)
+    # the resumed run continues the same curves: the points the killed run wrote past its resume
+    # state are purged, so every step appears once, with the uninterrupted run's value
+    resumed_curves, straight_curves = read_events(out / "tensorboard")[0], read_events(straight / "tensorboard")[0]
+    for tag in ("train/loss", "train/lr", "train/grad_norm", "epoch/val_loss", "epoch/val_top1"):
+        assert resumed_curves[tag] == straight_curves[tag], tag
+    assert [s for s, _ in resumed_curves["train/images_per_second"]] == [s for s, _ in straight_curves["train/loss"]]
     # (the resumed epoch's train_loss averages the batches trained after the restart only)
     fields = ("val_loss", "val_top1")
     assert [[r[k] for k in fields] for r in read_metrics(out)] == [[r[k] for k in fields]
@@ -366,7 +387,7 @@ def test_full_disk_stops_with_one_message_and_leaves_earlier_checkpoints_intact(
 
     out = tmp_path / "run"
     shutil.copytree(trained[0], out)
-    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    before = {name: (out / name).read_bytes() for name in os.listdir(out) if (out / name).is_file()}
 
     def small_disk():  # the rest of a full disk, without root: writes past 1 MB fail (EFBIG)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -378,7 +399,9 @@ def test_full_disk_stops_with_one_message_and_leaves_earlier_checkpoints_intact(
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("error: cannot write ") and str(out) in errors[0], errors
     assert "Traceback" not in result.stdout + result.stderr
-    assert sorted(os.listdir(out)) == sorted(before)  # no partial or temporary file
+    # no partial or temporary file; the log only grew (the run's own lines appended)
+    assert sorted(f for f in os.listdir(out) if (out / f).is_file()) == sorted(before)
+    assert (out / "log_rank0.txt").read_bytes().startswith(before["log_rank0.txt"])
     for name, content in before.items():
         if name.endswith(".ckpt"):
             assert (out / name).read_bytes() == content, name
@@ -491,7 +514,8 @@ def test_fine_tune_from_another_resolution_window_and_class_count(trained, tmp_p
     cli = [f"--{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in overrides.items()]
     result = run("train.py", *BASE_ARGS, *cli, "--epoch_size", "1", "--data_dir", three, "--ckpt_save_dir",
                  tmp_path / "ft")
-    assert "classifier head re-initialised: checkpoint has 4 classes, model has 3" in result.stdout + result.stderr
+    log = result.stdout + result.stderr
+    assert "classifier head re-initialised to zero: checkpoint has 4 classes, model has 3" in log
     assert read_metrics(tmp_path / "ft")[-1]["val_samples"] == 12
 
 

@@ -137,12 +137,24 @@ def apply_ascend_precision(config) -> Optional[AscendPrecision]:
     return settings
 
 
-def setup_logging(runtime: Optional[Runtime] = None) -> None:
-    """INFO on the main rank; warnings and errors only, tagged with the rank, on the others."""
+def setup_logging(runtime: Optional[Runtime] = None, log_dir: Optional[str] = None) -> None:
+    """INFO on the main rank's stdout; warnings and errors only, tagged with the rank, on the others'.
+
+    With ``log_dir``, every rank also appends everything it logs (INFO and up) to
+    ``log_dir/log_rank{rank}.txt``: on a cluster stdout is often lost.
+    """
     runtime = runtime or Runtime()
     tag = f"[rank {runtime.rank}] " if runtime.distributed else ""
-    logging.basicConfig(level=logging.INFO if runtime.is_main else logging.WARNING, stream=sys.stdout,
-                        format=f"%(asctime)s %(levelname)s {tag}%(message)s", datefmt="%H:%M:%S", force=True)
+    console = logging.StreamHandler(sys.stdout)
+    console.setLevel(logging.INFO if runtime.is_main else logging.WARNING)
+    console.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {tag}%(message)s", datefmt="%H:%M:%S"))
+    handlers = [console]
+    if log_dir:
+        os.makedirs(log_dir, exist_ok=True)
+        log_file = logging.FileHandler(os.path.join(log_dir, f"log_rank{runtime.rank}.txt"), encoding="utf-8")
+        log_file.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {tag}%(message)s"))  # with the date
+        handlers.append(log_file)
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
 
 
 def setup_runtime(config) -> Runtime:

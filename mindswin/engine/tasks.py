@@ -136,6 +136,10 @@ class Task(abc.ABC):
         """One phrase for the start-of-run log line."""
         return f"{self.name} on {self.num_samples} images"
 
+    def images(self) -> Dict[str, np.ndarray]:
+        """``(H, W, 3)`` uint8 pictures the last validation drew, by TensorBoard tag (each returned once)."""
+        return {}
+
 
 def _resume_state_task(path: str) -> Optional[str]:
     """The task whose run wrote the resume state ``path`` (None when the file cannot be read)."""
@@ -368,6 +372,7 @@ class SimMIMTask(Task):
             _logger.info("no %s: the reconstruction grid shows training images and there is no val_loss", val_dir)
         self._position: Optional[RunPosition] = None
         self._evaluator: Optional[Tuple[ReconstructionStep, ds.Dataset]] = None
+        self._grid_path: Optional[str] = None  # the last validation's reconstruction grid, not yet logged
 
     @property
     def num_samples(self) -> int:
@@ -434,9 +439,20 @@ class SimMIMTask(Task):
                 std=pre.std, patch_size=model.patch_size, norm_target_patch_size=model.norm_target_patch_size,
                 title=f"SimMIM {model.encoder.model_name}, epoch {epoch}, {split} images, mask ratio "
                       f"{config.mask_ratio}" + (f", val_loss {result.loss:.4f}" if self.val_index else ""))
+            self._grid_path = path
         if self.val_index is None:
             return {}
         return dict(val_loss=round(result.loss, 6), val_samples=result.num_samples)
+
+    def images(self) -> Dict[str, np.ndarray]:
+        if self._grid_path is None:
+            return {}
+        from PIL import Image
+
+        with Image.open(self._grid_path) as grid:
+            picture = np.asarray(grid.convert("RGB"))
+        self._grid_path = None
+        return {"val/reconstruction": picture}
 
     def metadata(self, epoch: int, metrics: Dict[str, Any]) -> CheckpointMetadata:
         config, pre = self.config, self.preprocessing

@@ -15,7 +15,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from .optim import AdamW
-from .zero import ShardedGradientMean, sharded_clip_by_global_norm
+from .zero import ShardedGradientMean, clip_by_norm, global_norm
 
 __all__ = ["SoftTargetCrossEntropy", "NetWithLoss", "EMA", "TrainStep"]
 
@@ -104,6 +104,10 @@ class TrainStep(nn.Cell):
         distributed: All-reduce (mean) gradients across the data-parallel group.
         loss_network: Cell mapping the batch columns to the loss, holding ``model``;
             default: soft-target cross-entropy of ``model(images)`` against ``targets``.
+
+    A call takes one micro-batch's columns and returns ``(loss, finite, loss_scale, lr,
+    grad_norm)``, device scalars: ``grad_norm`` is the global L2 norm of the unscaled (and,
+    with accumulation, accumulated) gradients before clipping, over all ranks.
     """
 
     def __init__(self, model: nn.Cell, optimizer: AdamW, lr_table: Tensor, loss_scaler, *,
@@ -159,8 +163,10 @@ class TrainStep(nn.Cell):
         apply = finite
         if self.accumulation > 1:
             grads, apply = self._accumulate(grads, finite)
+        # of the (accumulated) gradients the update uses, before clipping: the official grad_norm
+        grad_norm = global_norm(grads, self.hyper_map, self.all_reduce_sum if self.sharded else None)
         if self.clip_value is not None:
-            grads = self._clip(grads)
+            grads = clip_by_norm(grads, grad_norm, self.clip_value, self.hyper_map)
         lr = self.current_lr()
         updated = self.optimizer(grads, lr, apply)
         if self.ema is not None:
@@ -171,17 +177,12 @@ class TrainStep(nn.Cell):
         if self.distributed:
             # the reported loss is the global batch's, as a single process would see it
             loss = self.all_reduce_sum(loss) / self.group_size
-        return ops.depend(loss, updated), finite, scale_before, lr
+        return ops.depend(loss, updated), finite, scale_before, lr, grad_norm
 
     def _reduce_gradients(self, grads):
         if self.sharded:
             return self.grad_mean(grads)
         return self.reducer(grads) if self.reducer is not None else grads
-
-    def _clip(self, grads):
-        if self.sharded:
-            return sharded_clip_by_global_norm(grads, self.clip_value, self.all_reduce_sum, self.hyper_map)
-        return ops.clip_by_global_norm(grads, self.clip_value)
 
     def _finite_on_every_rank(self, grads) -> Tensor:
         """One skip decision for the whole data-parallel group.

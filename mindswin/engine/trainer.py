@@ -21,6 +21,7 @@ from ..data import DataInfo
 from .builder import Training, build_training
 from .checkpoints import CheckpointManager, find_resume_state
 from .curves import plot_curves
+from .events import EVENTS_SUBDIR, EventLog
 from .runtime import Runtime, setup_logging, setup_runtime
 from .state import RunPosition
 from .tasks import Task, create_task
@@ -42,6 +43,7 @@ class Run:
     position: RunPosition
     train_data: Any
     train_info: DataInfo
+    events: EventLog
     first_step_done: bool = False
     unreadable_reported: int = 0
     started: float = field(default_factory=time.perf_counter)
@@ -51,11 +53,15 @@ class Run:
         """Images of one micro-batch over all ranks."""
         return self.config.batch_size * self.runtime.group_size
 
+    def global_step(self, epoch: int, batches_done: int) -> int:
+        """Micro-batches trained once ``batches_done`` batches of 0-based ``epoch`` are: the curves' x axis."""
+        return epoch * self.training.batches_per_epoch + batches_done
+
 
 def train(config: Config) -> Dict[str, Any]:
     """Run the training described by ``config``; returns the last epoch's record."""
     runtime = setup_runtime(config)
-    setup_logging(runtime)
+    setup_logging(runtime, config.ckpt_save_dir)
     task = create_task(config, runtime)
     model, _ = task.build_model()
     training = build_training(config, runtime, model, task.loss_network(model), task.num_samples)
@@ -64,7 +70,10 @@ def train(config: Config) -> Dict[str, Any]:
     if runtime.is_main:
         save_config(config, os.path.join(config.ckpt_save_dir, "config.yaml"))
     train_data, train_info = task.train_data(position)
-    run = Run(config, runtime, task, training, files, position, train_data, train_info,
+    first_step = position.epoch * training.batches_per_epoch + position.batch_in_epoch + 1
+    events = EventLog(os.path.join(config.ckpt_save_dir, EVENTS_SUBDIR) if runtime.is_main and config.tensorboard
+                      else None, first_step)
+    run = Run(config, runtime, task, training, files, position, train_data, train_info, events,
               unreadable_reported=len(train_info.all_bad_files()))
     _logger.info("training %s: %s, %d device(s), global batch %d, %d optimizer steps per epoch, peak lr %.3g, "
                  "amp %s", model.model_name, task.describe(), runtime.group_size, training.global_batch,
@@ -78,6 +87,7 @@ def train(config: Config) -> Dict[str, Any]:
                 record.update(task.evaluate(training.eval_model))
                 training.step.set_train(True)
         end_epoch(run, record)
+    events.close()
 
     _logger.info("done in %.1f s; checkpoints in %s", time.perf_counter() - run.started, config.ckpt_save_dir)
     if runtime.distributed:
@@ -123,16 +133,20 @@ def train_one_epoch(run: Run, epoch: int) -> Dict[str, Any]:
     log = _StepLog(run, epoch, first_batch)
     losses: List[Any] = []
     finite_flags: List[Any] = []
+    update_norms: List[Any] = []  # grad_norm of the micro-steps that end an accumulation (the updates)
+    accumulation = config.gradient_accumulation_steps
     started = time.perf_counter()
     # One iterator per epoch: each asks the sampler for the next epoch's order.
     iterator = run.train_data.create_tuple_iterator(num_epochs=1)
     for batch in range(first_batch, training.batches_per_epoch):
         step_started = time.perf_counter()
-        loss, finite, scale, lr = training.step(*next(iterator))
+        loss, finite, scale, lr, grad_norm = training.step(*next(iterator))
         # kept on device: reading them every step would add a host round-trip per step
         losses.append(loss)
         finite_flags.append(finite)
-        log.step(batch, loss, lr, scale)
+        if (epoch * training.batches_per_epoch + batch + 1) % accumulation == 0:
+            update_norms.append((grad_norm, finite))
+        log.step(batch, loss, lr, scale, grad_norm, finite)
         if not run.first_step_done:
             loss.asnumpy()
             _logger.info("train graph compiled and first step run in %.1f s", time.perf_counter() - step_started)
@@ -142,14 +156,17 @@ def train_one_epoch(run: Run, epoch: int) -> Dict[str, Any]:
         if config.resume_save_steps and (batch + 1) % config.resume_save_steps == 0 \
                 and batch + 1 < training.batches_per_epoch:
             run.files.save_resume(training.state, position)
+            run.events.flush()  # every point up to the state is on disk: a resume continues after it
     log.close()
     seconds = time.perf_counter() - started
     skipped = len(finite_flags) - int(sum(bool(f.asnumpy()) for f in finite_flags))
     if skipped:
         _logger.warning("epoch %d: %d update(s) skipped for non-finite gradients; loss scale now %g", epoch + 1,
                         skipped, float(training.step.loss_scaler.scale_value.asnumpy()))
+    norms = [float(norm.asnumpy()) for norm, finite in update_norms if bool(finite.asnumpy())]
     return dict(epoch=epoch + 1, train_loss=float(np.mean([x.asnumpy() for x in losses])) if losses else None,
-                lr=float(lr.asnumpy()), loss_scale=float(scale.asnumpy()), skipped_steps=skipped,
+                lr=float(lr.asnumpy()), loss_scale=float(scale.asnumpy()),
+                grad_norm=float(np.mean(norms)) if norms else None, skipped_steps=skipped,
                 optimizer_step=training.state.optimizer_step(), train_seconds=round(seconds, 2),
                 train_images_per_second=round(len(losses) * run.images_per_batch / max(seconds, 1e-9), 2))
 
@@ -166,6 +183,13 @@ def end_epoch(run: Run, record: Dict[str, Any]) -> None:
         files.save_best(model, task.metadata(epoch, metrics))
     if epoch % config.ckpt_save_interval == 0 or epoch == config.epoch_size:
         files.save_weights(model, epoch, task.metadata(epoch, metrics))
+    # the epoch's points reach the disk before the state a resume would continue after
+    step = run.global_step(epoch - 1, run.training.batches_per_epoch)
+    run.events.scalars(step, {f"epoch/{k}": v for k, v in record.items()
+                              if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"})
+    for tag, image in task.images().items():
+        run.events.image(tag, step, image)
+    run.events.flush()
     position.epoch, position.batch_in_epoch = epoch, 0
     files.save_resume(run.training.state, position)
     files.append_metrics(record)
@@ -199,6 +223,7 @@ class _StepLog:
         remaining_epochs = run.config.epoch_size - epoch
         self.remaining = remaining_epochs * self.total - first_batch
         self.bar: Optional[Any] = None
+        self.interval_flags: List[Any] = []  # finite flags since the last log line
         if run.runtime.is_main and sys.stdout.isatty():
             from tqdm import tqdm
 
@@ -210,18 +235,28 @@ class _StepLog:
         """Measure speed from now on (after the compile, which is not throughput)."""
         self.window_start, self.window_images = time.perf_counter(), 0
 
-    def step(self, batch: int, loss, lr, scale) -> None:
+    def step(self, batch: int, loss, lr, scale, grad_norm, finite) -> None:
+        """Count a step; every ``log_interval`` steps (rank 0), read its values back: a log line and the events."""
         self.remaining -= 1
         self.window_images += self.run.images_per_batch
+        self.interval_flags.append(finite)
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{float(loss.asnumpy()):.4f}", lr=f"{float(lr.asnumpy()):.2e}")
-        elif (batch + 1) % self.run.config.log_interval == 0 and self.run.runtime.is_main:
-            speed = self.window_images / max(time.perf_counter() - self.window_start, 1e-9)
+        if (batch + 1) % self.run.config.log_interval != 0 or not self.run.runtime.is_main:
+            return
+        speed = self.window_images / max(time.perf_counter() - self.window_start, 1e-9)
+        values = dict(loss=float(loss.asnumpy()), lr=float(lr.asnumpy()), loss_scale=float(scale.asnumpy()),
+                      grad_norm=float(grad_norm.asnumpy()),
+                      skipped_steps=sum(not bool(f.asnumpy()) for f in self.interval_flags), images_per_second=speed)
+        self.interval_flags = []
+        self.run.events.scalars(self.run.global_step(self.epoch, batch + 1),
+                                {f"train/{k}": v for k, v in values.items()})
+        if self.bar is None:
             eta = self.remaining * self.run.images_per_batch / max(speed, 1e-9)
-            _logger.info("epoch %d/%d step %d/%d loss %.4f lr %.3e loss_scale %g %.1f img/s ETA %s", self.epoch + 1,
-                         self.run.config.epoch_size, batch + 1, self.total, float(loss.asnumpy()),
-                         float(lr.asnumpy()), float(scale.asnumpy()), speed,
+            _logger.info("epoch %d/%d step %d/%d loss %.4f lr %.3e loss_scale %g grad_norm %.4f %.1f img/s ETA %s",
+                         self.epoch + 1, self.run.config.epoch_size, batch + 1, self.total, values["loss"],
+                         values["lr"], values["loss_scale"], values["grad_norm"], speed,
                          time.strftime("%H:%M:%S", time.gmtime(max(eta, 0))))
 
     def close(self) -> None:

@@ -31,7 +31,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import Tensor, nn, ops
 
-__all__ = ["Sharding", "ShardedLayout", "ShardedGradientMean", "ShardedParameterGather", "sharded_clip_by_global_norm"]
+__all__ = ["Sharding", "ShardedLayout", "ShardedGradientMean", "ShardedParameterGather", "sharded_clip_by_global_norm",
+           "global_norm", "clip_by_norm"]
 
 
 @dataclass(frozen=True)
@@ -175,9 +176,18 @@ def _scale_grad(factor, grad):
     return grad * factor
 
 
+def global_norm(grads, hyper_map, all_reduce_sum=None) -> Tensor:
+    """L2 norm of all ``grads`` together; with ``all_reduce_sum``, of the chunks every rank holds (ZeRO-1)."""
+    squares = ops.addn(hyper_map(_squared_sum, grads))
+    return ops.sqrt(squares if all_reduce_sum is None else all_reduce_sum(squares))
+
+
+def clip_by_norm(grads, norm: Tensor, clip_norm: float, hyper_map):
+    """``grads`` scaled by ``clip_norm / max(norm, clip_norm)``: clipped to global norm ``clip_norm``."""
+    factor = clip_norm / ops.maximum(norm, clip_norm)
+    return hyper_map(ops.partial(_scale, factor), grads)
+
+
 def sharded_clip_by_global_norm(chunks, clip_norm: float, all_reduce_sum, hyper_map):
     """``clip_by_global_norm`` over gradients sharded across ranks (padding chunks hold zeros)."""
-    local = ops.addn(hyper_map(_squared_sum, chunks))
-    norm = ops.sqrt(all_reduce_sum(local))
-    factor = clip_norm / ops.maximum(norm, clip_norm)
-    return hyper_map(ops.partial(_scale, factor), chunks)
+    return clip_by_norm(chunks, global_norm(chunks, hyper_map, all_reduce_sum), clip_norm, hyper_map)

@@ -183,6 +183,12 @@ def l2_normalize(x: Tensor) -> Tensor:
     return x * ops.rsqrt(ops.maximum((x * x).sum(axis=-1, keepdims=True), L2_EPS_SQUARED))
 
 
+def portable_l2_normalize(x: Tensor) -> Tensor:
+    """:func:`l2_normalize` as a division by the square root: MindSpore 2.10 exports no Rsqrt to ONNX."""
+    x = x.astype(ms.float32)
+    return x / ops.sqrt(ops.maximum((x * x).sum(axis=-1, keepdims=True), L2_EPS_SQUARED))
+
+
 class WindowAttention(nn.Cell):
     """Scaled cosine window attention with a continuous position bias.
 
@@ -238,6 +244,7 @@ class WindowAttention(nn.Cell):
         self.position_bias_kernel = PositionBiasKernel(coords_table, position_index, self.window_area) if cpu else None
         self.bias_softmax = BiasSoftmaxKernel() if cpu else None
         self.zero_bias = Tensor(np.zeros(dim, np.float32)) if cpu and not qkv_bias else None
+        self.portable = False  # set_portable: the cosine normalisation without Rsqrt
 
     def position_bias(self) -> Tensor:
         """``16 * sigmoid(cpb_mlp(coords))`` gathered to ``(heads, N, N)``, float32."""
@@ -271,7 +278,8 @@ class WindowAttention(nn.Cell):
         q = self._heads(self.qkv.rows(x, 0, c, self.q_bias))
         k = self._heads(self.qkv.rows(x, c, 2 * c))
         v = self._heads(self.qkv.rows(x, 2 * c, 3 * c, self.v_bias))
-        return (l2_normalize(q) * temperature).astype(v.dtype), l2_normalize(k).astype(v.dtype), v
+        normalize = portable_l2_normalize if self.portable else l2_normalize
+        return (normalize(q) * temperature).astype(v.dtype), normalize(k).astype(v.dtype), v
 
     def _logit_bias(self, mask: Optional[Tensor]) -> Tensor:
         """Position bias ``(heads, N, N)``, plus the mask as ``(num_windows, heads, N, N)``."""
@@ -674,6 +682,16 @@ class SwinTransformerV2(nn.Cell):
                 block.mlp.set_gelu_approximate(choice["gelu_approximate"])
         for norm in norms:
             norm.set_eps(choice["norm_eps"])
+
+    def set_portable(self) -> None:
+        """Compute with ops every exporter converts (ONNX): exact GELU and the cosine normalisation
+        written without Erf and Rsqrt (:func:`~mindswin.models.layers.portable_gelu`,
+        :func:`portable_l2_normalize`). Build the model with the native ops (``cpu_kernels(False)``)
+        and call this before the first compile.
+        """
+        for _, cell in self.cells_and_names():
+            if isinstance(cell, (WindowAttention, Mlp)):
+                cell.portable = True
 
     def enable_recompute(self) -> None:
         """Recompute block activations in backward (saves memory, costs one forward).

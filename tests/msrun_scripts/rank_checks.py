@@ -106,7 +106,7 @@ def main(data_dir: str, seed: int, kernels: bool) -> None:
     for index in range(3):
         poisoned = index == 1 and runtime.rank == 1
         step.poison.set_data(Tensor(float("inf") if poisoned else 1.0, ms.float32))
-        _, finite, _, _ = step(images, targets)
+        _, finite, _, _, _ = step(images, targets)
         report["finite"].append(bool(finite.asnumpy()))
         report["loss_scale"].append(float(scaler.scale_value.asnumpy()))
     report["optimizer_step"] = state.optimizer_step()
