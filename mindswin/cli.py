@@ -35,14 +35,39 @@ def run_train(argv: Optional[List[str]] = None) -> int:
             "python train.py --config configs/swinv2/swinv2_base_window12to16_192to256_22kto1k_ft.yaml"
             " --data_dir /data/imagenet --ckpt_path swinv2_base_patch4_window12_192_22k.pth\n"
             "python train.py --config RECIPE.yaml --data_dir DIR --ckpt_save_dir OUT --resume auto"))
+        import os
+
+        if os.path.exists(config.ckpt_save_dir) and not os.path.isdir(config.ckpt_save_dir):
+            raise ConfigError(f"--ckpt_save_dir {config.ckpt_save_dir} is a file, not a folder: pass a folder for "
+                              "the checkpoints (it is created if missing)")
         setup_logging()
         from .engine.trainer import train
 
-        train(config)
+        try:
+            train(config)
+        except RuntimeError as exc:
+            error = _out_of_memory(exc, config)
+            if error is exc:
+                raise
+            raise error from exc
     except _USER_ERRORS as exc:
         return _fail(exc)
     logging.shutdown()
     return 0
+
+
+# What MindSpore's runtime says when the device (or host, on CPU) memory cannot hold the step.
+_OUT_OF_MEMORY = ("Memory not enough", "Out of memory", "out of memory", "Malloc device memory failed")
+
+
+def _out_of_memory(exc: RuntimeError, config) -> BaseException:
+    """A ConfigError naming the ways to fit the step when ``exc`` is MindSpore's out-of-memory; else ``exc``."""
+    if not any(marker in str(exc) for marker in _OUT_OF_MEMORY):
+        return exc
+    return ConfigError(f"the device ran out of memory for one training step of {config.model} at batch_size "
+                       f"{config.batch_size} ({config.device_target}, amp_level {config.amp_level}): lower "
+                       "--batch_size (and raise --gradient_accumulation_steps to keep the global batch), or set "
+                       "--recompute True; checkpoints already saved are untouched")
 
 
 def _checkpoint_metadata(config) -> CheckpointMetadata:
@@ -215,7 +240,9 @@ def run_infer(argv: Optional[List[str]] = None) -> int:
         setup_logging()
         metadata = _checkpoint_metadata(config)
         setup_runtime(config)
-        names = _class_names(config, metadata, config.num_classes or metadata.num_classes)
+        # a file without mindswin metadata is read for its head's rows (a damaged one is named as such)
+        names = _class_names(config, metadata, config.num_classes or metadata.num_classes or
+                             _num_classes_in(config.ckpt_path))
         model = _eval_model(config, len(names))
         files = _collect_images(config.inputs)
 

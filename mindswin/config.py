@@ -16,7 +16,7 @@ import math
 import os
 import re
 import textwrap
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, NoReturn, Optional, Sequence, Tuple
 
 import yaml
 
@@ -473,11 +473,14 @@ def _recipe_values(path: str, including: Tuple[str, ...] = ()) -> Dict[str, Tupl
         raise ConfigError(f"recipes include each other through {_BASE}: {' -> '.join((*including, path))}")
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}" + (f" ({_BASE} of {including[-1]})" if including else ""))
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         try:
             recipe = yaml.safe_load(f) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path} is not a text file ({exc.reason} at byte {exc.start}): a recipe is "
+                              "UTF-8 YAML with one key: value per line") from exc
     if not isinstance(recipe, dict):
         raise ConfigError(f"{path} must hold a mapping of key: value")
     bases = recipe.pop(_BASE, [])
@@ -647,6 +650,13 @@ interpolation. Other layouts (official/timm .pth, .safetensors, Hugging Face, mm
 carry none: give --model and the geometry for them."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes (an option without its value) are a ConfigError: one ``error:`` line, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message} (run {self.prog} --help for the options)")
+
+
 def parse_args(argv: Optional[List[str]] = None, *, script: str, description: str = "", examples: str = "",
                required: Sequence[str] = (), positional: Optional[str] = None,
                model_from_checkpoint: bool = False) -> Config:
@@ -670,7 +680,7 @@ def parse_args(argv: Optional[List[str]] = None, *, script: str, description: st
     if model_from_checkpoint:
         description = f"{description}\n\n{_FROM_CHECKPOINT}"
     usage = f"%(prog)s [-h] [--config RECIPE] [--KEY VALUE ...]{f' [{positional} ...]' if positional else ''}"
-    parser = argparse.ArgumentParser(prog=f"{script}.py", usage=usage, description=description,
+    parser = _Parser(prog=f"{script}.py", usage=usage, description=description,
                                      epilog=("examples:\n" + textwrap.indent(examples, "  ")) if examples else None,
                                      formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--config", "-c", default="", metavar="RECIPE",

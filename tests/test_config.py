@@ -374,10 +374,53 @@ def test_train_py_refuses_with_one_line_and_exit_2(argv, message, tmp_path):
     ("infer.py", ["--ckpt_path", "c.ckpt", "image.png", "--amp_level", "O3"],
      "error: command line: 'amp_level' must be one of O0, O2, got 'O3'"),
     ("export.py", ["--ckpt_path", "c.ckpt", "--file_format", "PDF"],
-     "error: command line: 'file_format' must be one of MINDIR, got 'PDF'"),
+     "error: command line: 'file_format' must be one of MINDIR, ONNX, got 'PDF'"),
+    ("train.py", ["--batch_size"], "error: argument --batch_size: expected one argument (run train.py --help"),
+    ("validate.py", ["--config"], "error: argument --config/-c: expected one argument (run validate.py --help"),
 ])
 def test_every_entry_point_refuses_with_exit_2(script, argv, message):
     result = subprocess.run([sys.executable, str(ROOT / script), *argv],
                             capture_output=True, text=True, cwd=str(ROOT), timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, result.stderr
+
+
+def _binary_recipe(tmp_path):
+    (tmp_path / "r.yaml").write_bytes(bytes(range(256)))
+    return ["train.py", "--config", str(tmp_path / "r.yaml"), "--data_dir", str(tmp_path)], "is not a text file"
+
+
+def _file_as_save_dir(tmp_path):
+    (tmp_path / "notes.txt").write_text("a file")
+    return (["train.py", "--config", MICRO_RECIPE, "--data_dir", str(tmp_path), "--ckpt_save_dir",
+             str(tmp_path / "notes.txt")], "is a file, not a folder")
+
+
+def _damaged_pickle(tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "w.pth", "w") as archive:
+        archive.writestr("archive/data.pkl", b"garbage")
+    return (["infer.py", "--model", "swinv2_micro_window4_32", "--ckpt_path", str(tmp_path / "w.pth"),
+             str(tmp_path / "w.pth")], "is truncated or corrupt (UnpicklingError")
+
+
+@pytest.mark.parametrize("make", [_binary_recipe, _file_as_save_dir, _damaged_pickle])
+def test_mistakes_found_by_the_sweep_are_one_line(tmp_path, make):
+    argv, message = make(tmp_path)
+    result = subprocess.run([sys.executable, str(ROOT / argv[0]), *argv[1:]], capture_output=True, text=True,
+                            cwd=str(ROOT), timeout=180)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0], errors
+
+
+def test_running_out_of_device_memory_is_named_with_the_fixes():
+    from mindswin.cli import _out_of_memory
+
+    config = load_config(overrides=dict(model="swinv2_tiny_window8_256", batch_size=128))
+    oom = RuntimeError("Memory not enough: Current free memory size[0] is smaller than required size")
+    message = str(_out_of_memory(oom, config))
+    assert "ran out of memory" in message and "batch_size 128" in message and "--recompute True" in message
+    other = RuntimeError("something else")
+    assert _out_of_memory(other, config) is other  # anything else is not dressed up as a user error

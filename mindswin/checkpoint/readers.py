@@ -138,7 +138,7 @@ def read_torch_zip(path: str) -> Any:
             prefix = pickles[0][: -len("data.pkl")]
             unpickler = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), archive, prefix)
             return unpickler.load()
-    except (zipfile.BadZipFile, EOFError, KeyError, struct.error) as exc:
+    except (zipfile.BadZipFile, EOFError, KeyError, struct.error, pickle.UnpicklingError) as exc:
         raise CheckpointError(f"{path} is truncated or corrupt ({type(exc).__name__}: {exc}); "
                               "download or copy it again") from exc
 
