@@ -531,8 +531,6 @@ def test_exported_mindir_matches_the_cell(trained, tmp_path):
     model = mindswin.create_model("swinv2_micro_window4_32", num_classes=4, checkpoint_path=ckpt)
     x = ms.Tensor(np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32))
     assert np.abs(graph(x).asnumpy() - model(x).asnumpy()).max() <= 1e-5
-    onnx = run("export.py", "--ckpt_path", ckpt, "--file_format", "ONNX", "--export_file", target, check=False)
-    assert onnx.returncode == 2 and "could not export this model as ONNX" in onnx.stderr
 
 
 def test_ema_follows_the_weights():

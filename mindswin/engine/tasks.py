@@ -80,6 +80,11 @@ class Task(abc.ABC):
         return dict(verify=config.verify_images, strict=config.strict_data, num_workers=config.num_parallel_workers,
                     share=share_from_rank0(self.runtime), cache_dir=cache_dir)
 
+    @property
+    def path_noise_blocks(self) -> int:
+        """Blocks that draw stochastic depth from the samples' keys (exact resume); 0 without drop path."""
+        return sum(model_spec(self.config.model).depths) if self.config.drop_path_rate > 0 else 0
+
     def data_path(self, path: str) -> str:
         """``path`` relative to ``data_dir`` (an absolute one as it is)."""
         return os.path.join(self.config.data_dir, path)
@@ -282,8 +287,6 @@ class ClassificationTask(Task):
     def build_model(self) -> Tuple[SwinTransformerV2, Optional[LoadReport]]:
         model, report = model_from_config(self.config, self.num_classes, training=True)
         self.numerics = model.numerics  # the weights' (mindcv weights keep mindcv's), recorded with every save
-        # stochastic depth draws from the samples' keys (exact resume), when the run uses it
-        self.path_noise_blocks = model.num_blocks if self.config.drop_path_rate > 0 else 0
         return model, report
 
     def loss_network(self, model: SwinTransformerV2) -> nn.Cell:
@@ -381,8 +384,6 @@ class SimMIMTask(Task):
     def build_model(self) -> Tuple[SimMIM, Optional[LoadReport]]:
         model, report = simmim_from_config(self.config, training=True)
         self.numerics = model.encoder.numerics
-        # stochastic depth draws from the samples' keys (exact resume), when the run uses it
-        self.path_noise_blocks = model.encoder.num_blocks if self.config.drop_path_rate > 0 else 0
         return model, report
 
     def loss_network(self, model: SimMIM) -> nn.Cell:
