@@ -20,9 +20,9 @@ from typing import Any, Dict, List, NamedTuple, NoReturn, Optional, Sequence, Tu
 
 import yaml
 
-__all__ = ["ConfigError", "Config", "DEFAULTS", "Option", "Choices", "Range", "Items", "OddWindow", "RegisteredModel",
-           "SCRIPTS", "choices", "load_config", "check_geometry", "parse_cli_value", "add_option",
-           "parse_args", "save_config"]
+__all__ = ["ConfigError", "Config", "DEFAULTS", "ALIASES", "RETIRED", "Option", "Choices", "Only", "NumberOr", "Range",
+           "Items", "OddWindow", "RegisteredModel", "SCRIPTS", "choices", "load_config", "check_geometry",
+           "parse_cli_value", "add_option", "parse_args", "save_config"]
 
 
 class ConfigError(ValueError):
@@ -68,6 +68,36 @@ class Choices(Rule):
         if value in self.unsupported:
             return f"cannot be {value!r}: {self.unsupported[value]}; it must be {self.describe()}"
         return super().problem(value)
+
+
+class Only(Rule):
+    """A key mindcv has, of which mindswin supports one value: any other is refused with ``reason``."""
+
+    def __init__(self, value: Any, reason: str) -> None:
+        self.value = value
+        self.reason = reason
+
+    def describe(self) -> str:
+        return repr(self.value)
+
+    def allows(self, value: Any) -> bool:
+        return value == self.value
+
+    def problem(self, value: Any) -> Optional[str]:
+        return None if self.allows(value) else f"cannot be {value!r}: {self.reason}; it must be {self.value!r}"
+
+
+class NumberOr(Rule):
+    """A number, or one of the given words."""
+
+    def __init__(self, *words: str) -> None:
+        self.words = words
+
+    def describe(self) -> str:
+        return "a number or " + " or ".join(map(repr, self.words))
+
+    def allows(self, value: Any) -> bool:
+        return value in self.words or isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class Range(Rule):
@@ -175,6 +205,9 @@ class Option(NamedTuple):
         scripts: Scripts (:data:`SCRIPTS`) that read the key, train.py alone unless given:
             only they offer it as an option.
         group: ``--help`` section, set by :func:`_group`.
+        null: The value an explicit null (YAML ``null``/``~``) stands for, for keys whose
+            default is not None but where mindcv's recipes write null; null is refused
+            for the other keys.
     """
 
     default: Any
@@ -183,6 +216,7 @@ class Option(NamedTuple):
     allowed: Optional[Rule] = None
     scripts: Tuple[str, ...] = (TRAIN,)
     group: str = ""
+    null: Any = None
 
 
 def _group(title: str, options: Dict[str, Option]) -> Dict[str, Option]:
@@ -208,13 +242,20 @@ DEFAULTS: Dict[str, Option] = {
         "pretrained_window_sizes": Option(None, list, "windows of the weights being fine-tuned, one per stage (0: "
                                           "trained at window_size); the model's if unset",
                                           Items(_NON_NEGATIVE, integers=True), _ALL),
-        "drop_path_rate": Option(0.1, float, "stochastic depth rate", Range("[0, 1)")),
+        "drop_path_rate": Option(0.1, float, "stochastic depth rate (null: the model's default, 0.1)", Range("[0, 1)"),
+                                 null=0.1),
+        "drop_rate": Option(0.0, float, "dropout before the classifier (mindcv)",
+                            Only(0.0, "Swin V2 has no dropout before its head (official DROP_RATE 0.0)"), null=0.0),
+        "in_channels": Option(3, int, "input channels (mindcv)", Only(3, "the models and the pipeline take RGB "
+                                                                      "images"), _ALL),
         "recompute": Option(False, bool, "recompute block activations in backward"),
         "reuse_blocks": Option(None, bool, "compile one graph per block shape (lazy_inline) and reuse it, Ascend "
                                "only (Swin V2-T: 7 block graphs instead of 12, see docs/ascend.md); on for Ascend "
                                "if unset", scripts=_ALL),
         "ckpt_path": Option("", str, "weights to start from (any supported layout) / to evaluate", scripts=_ALL),
-        "pretrained": Option("", str, "alias of ckpt_path for fine-tuning recipes"),
+        "pretrained": Option(False, bool, "mindcv: download the model's published weights",
+                             Only(False, "mindswin downloads no weights; pass the weights file (a mindcv, official "
+                                         "or timm checkpoint) as ckpt_path"), _ALL),
         "class_map": Option("", str, "head rows to keep from loaded weights: a file of source-class indices, "
                             "imagenet22k_to_1k (shipped), or none; if unset, the official rule (a 21841-class head "
                             "in a 1000-class model keeps the 1k rows; any other class count starts at zero)",
@@ -222,6 +263,19 @@ DEFAULTS: Dict[str, Option] = {
     }),
     **_group("data", {
         "data_dir": Option("", str, "folder with train/<class>/... and val/<class>/...", scripts=_WITH_DATA),
+        "dataset": Option("imagenet", str, "mindcv's dataset name: class folders (ImageFolder layout)",
+                          Only("imagenet", "mindswin reads class-folder data (mindcv's 'imagenet' layout) or the "
+                                           "official map files; convert other datasets to folders"), _WITH_DATA),
+        "dataset_download": Option(False, bool, "mindcv: download the dataset",
+                                   Only(False, "mindswin downloads no data; point data_dir at a local copy"),
+                                   _WITH_DATA),
+        "shuffle": Option(True, bool, "shuffle the training samples each epoch",
+                          Only(True, "the seeded per-epoch permutation is what makes a resumed run exact")),
+        "drop_remainder": Option(True, bool, "drop the last partial batch",
+                                 Only(True, "graph mode compiles one static batch shape")),
+        "num_samples": Option(None, int, "mindcv: train on a subset of the samples",
+                              Only(None, "mindswin trains on the whole split; point data_dir at a smaller copy "
+                                         "(or a train_map_file listing the subset)"), _WITH_DATA),
         "train_split": Option("train", str, "training sub-folder"),
         "val_split": Option("val", str, "validation sub-folder", scripts=_WITH_DATA),
         "batch_size": Option(128, int, "images per device per step (export.py: the exported input's batch, 1 if "
@@ -243,12 +297,35 @@ DEFAULTS: Dict[str, Option] = {
         "scan_index_dir": Option("", str, "where scan indexes are kept; ckpt_save_dir/scan_index if unset"),
         "interpolation": Option(None, str, "resize interpolation; the model's if unset",
                                 Choices("bicubic", "bilinear", "nearest", "area"), _PREPROCESSING),
+        "mean": Option(None, list, "per-channel mean on the 0-255 scale (mindcv's form); the model's if unset",
+                       Items(Range("[0, 255]"), 3), _PREPROCESSING),
+        "std": Option(None, list, "per-channel standard deviation on the 0-255 scale; the model's if unset",
+                      Items(Range("(0, 255]"), 3), _PREPROCESSING),
+        "eval_shuffle": Option(False, bool, "mindcv: shuffle the validation split",
+                               Only(False, "validation reads the split in order (every rank its fixed share)"),
+                               _WITH_DATA),
         "crop_pct": Option(None, float, "eval centre-crop fraction, 1.0 squash-resizes; the model's if unset",
                            Range("(0, 1]"), _PREPROCESSING),
     }),
     **_group("augmentation", {
-        "auto_augment": Option("rand-m9-mstd0.5-inc1", str, "timm-style policy, '' for none"),
+        "auto_augment": Option("rand-m9-mstd0.5-inc1", str, "timm's or mindcv's policy name (rand-/randaug-...), "
+                               "'' or null for none", null=""),
         "re_prob": Option(0.25, float, "random erasing probability", _PROBABILITY),
+        "re_value": Option("random", (float, str), "what erased pixels become, in normalised space: 'random' "
+                           "(per-pixel N(0, 1), timm's pixel mode, the official recipe) or a number (a constant, "
+                           "mindcv's default 0)", NumberOr("random")),
+        "re_scale": Option([0.02, 0.33], list, "random erasing area range (mindcv)",
+                           Only([0.02, 0.33], "mindswin erases timm's area range 0.02 to 1/3")),
+        "re_ratio": Option([0.3, 3.3], list, "random erasing aspect range (mindcv)",
+                           Only([0.3, 3.3], "mindswin erases timm's aspect range 0.3 to 3.3")),
+        "re_max_attempts": Option(10, int, "random erasing placement tries (mindcv)",
+                                  Only(10, "mindswin tries 10 placements, as timm")),
+        "vflip": Option(0.0, float, "vertical flip probability (mindcv)",
+                        Only(0.0, "vertical flips are not implemented (no Swin recipe flips vertically)")),
+        "aug_splits": Option(0, int, "mindcv: AugMix splits for the JSD loss",
+                             Only(0, "AugMix splits and the JSD loss are not implemented")),
+        "aug_repeats": Option(0, int, "mindcv: repeated augmentation (each sample N times per epoch)",
+                              Only(0, "repeated augmentation is not implemented yet")),
         "color_jitter": Option(None, float, "colour jitter when auto_augment is off; none if unset", _NON_NEGATIVE),
         "hflip": Option(0.5, float, "horizontal flip probability", _PROBABILITY),
         "scale": Option([0.08, 1.0], list, "RandomResizedCrop area range",
@@ -257,7 +334,8 @@ DEFAULTS: Dict[str, Option] = {
                         Items(_POSITIVE, 2, ascending=True)),
         "mixup": Option(0.8, float, "mixup alpha (0: off)", _NON_NEGATIVE),
         "cutmix": Option(1.0, float, "cutmix alpha (0: off)", _NON_NEGATIVE),
-        "mixup_prob": Option(1.0, float, "probability of mixing", _PROBABILITY),
+        "cutmix_prob": Option(1.0, float, "probability of mixing a batch (mindcv's name; timm's mixup_prob)",
+                              _PROBABILITY),
         "mixup_switch_prob": Option(0.5, float, "probability of cutmix when both are on", _PROBABILITY),
         "mixup_mode": Option("batch", str, "one mixing draw per batch, per pair of samples or per sample",
                              Choices("batch", "pair", "elem")),
@@ -267,21 +345,49 @@ DEFAULTS: Dict[str, Option] = {
         "epoch_size": Option(300, int, "epochs", _POSITIVE_INT),
         "gradient_accumulation_steps": Option(1, int, "micro-batches per optimizer step", _POSITIVE_INT),
         "opt": Option("adamw", str, "optimizer", Choices("adamw")),
-        "lr": Option(5e-4, float, "peak learning rate per lr_base_batch images of global batch", _POSITIVE),
-        "lr_base_batch": Option(512, int, "global batch the lr values refer to (linear scaling rule)",
+        "momentum": Option(0.9, float, "momentum of the momentum optimizers (mindcv; AdamW uses betas)",
+                           Range("[0, 1)")),
+        "use_nesterov": Option(False, bool, "Nesterov momentum of the momentum optimizers (mindcv; AdamW has "
+                               "none)"),
+        # mindcv's spelling: absolute rates. The official spelling: per lr_base_batch images, scaled.
+        "lr": Option(None, float, "peak learning rate, absolute (mindcv's meaning); or give base_lr", _POSITIVE),
+        "min_lr": Option(None, float, "final learning rate, absolute (with lr; 1e-6 if unset, mindcv's)",
+                         _NON_NEGATIVE),
+        "warmup_lr": Option(None, float, "learning rate at step 0, absolute (with lr; else lr x warmup_factor)",
+                            _NON_NEGATIVE),
+        "warmup_factor": Option(None, float, "warmup starts at the peak lr x this (mindcv; 0 if unset and no "
+                                "warmup_lr / base_warmup_lr)", _PROBABILITY),
+        "base_lr": Option(None, float, "peak learning rate per lr_base_batch images of global batch, scaled by "
+                          "global batch / lr_base_batch (the official TRAIN.BASE_LR); 5e-4 if neither lr nor "
+                          "base_lr is set", _POSITIVE),
+        "base_min_lr": Option(None, float, "final learning rate, scaled like base_lr (official TRAIN.MIN_LR; 5e-6 "
+                              "if unset)", _NON_NEGATIVE),
+        "base_warmup_lr": Option(None, float, "learning rate at step 0, scaled like base_lr (official "
+                                 "TRAIN.WARMUP_LR; 5e-7 if unset and no warmup_factor)", _NON_NEGATIVE),
+        "lr_base_batch": Option(512, int, "global batch the base_* rates refer to (linear scaling rule)",
                                 _POSITIVE_INT),
-        "scale_lr": Option(True, bool, "scale lr, min_lr, warmup_lr by global_batch / lr_base_batch"),
-        "min_lr": Option(5e-6, float, "final learning rate (scaled like lr)", _NON_NEGATIVE),
-        "warmup_lr": Option(5e-7, float, "learning rate at step 0 (scaled like lr)", _NON_NEGATIVE),
-        "warmup_epochs": Option(20, _NUM, "linear warmup length in epochs", _NON_NEGATIVE),
-        "lr_scheduler": Option("cosine_decay", str, "learning-rate decay after warmup",
-                               Choices("cosine_decay", "constant", "multi_step_decay")),
-        "multi_step_decay_milestones": Option([], list, "multi_step_decay: epochs at which the lr is multiplied by "
-                                              "decay_rate", Items(_NON_NEGATIVE, integers=True, ascending=True)),
-        "decay_rate": Option(0.1, float, "multi_step_decay: lr factor at each milestone", Range("(0, 1]")),
+        "warmup_epochs": Option(20, _NUM, "linear warmup length in epochs, before the scheduler's decay",
+                                _NON_NEGATIVE),
+        "scheduler": Option("cosine_decay", str, "learning-rate decay after warmup, as mindcv's create_scheduler: "
+                            "its epochs count from the end of the warmup",
+                            Choices("cosine_decay", "warmup_cosine_decay", "constant", "multi_step_decay",
+                                    "step_decay", "exponential_decay", "polynomial_decay",
+                                    unsupported={name: "not implemented in mindswin (mindcv has it); use "
+                                                 "cosine_decay" for name in ("one_cycle", "cyclic")})),
+        "decay_epochs": Option(None, int, "cosine_decay: epochs of one cosine cycle (then min_lr); step_decay: "
+                               "epochs between decays; if unset, cosine_decay spans the run after warmup",
+                               _POSITIVE_INT),
+        "num_cycles": Option(1, int, "cosine_decay: cosine cycles of decay_epochs each", _POSITIVE_INT),
+        "cycle_decay": Option(1.0, float, "cosine_decay: peak lr factor from one cycle to the next", _POSITIVE),
+        "lr_epoch_stair": Option(False, bool, "change the lr once per epoch instead of every step (mindcv)"),
+        "multi_step_decay_milestones": Option([], list, "multi_step_decay: epochs after the warmup at which the lr "
+                                              "is multiplied by decay_rate (mindcv's origin)",
+                                              Items(_NON_NEGATIVE, integers=True, ascending=True)),
+        "decay_rate": Option(0.9, float, "lr factor of step_decay, exponential_decay (per epoch) and "
+                             "multi_step_decay; the power of polynomial_decay", _POSITIVE),
         "layer_decay": Option(1.0, float, "layer-wise lr decay for fine-tuning: block i of n trains at lr x "
-                              "layer_decay^(n + 1 - i), the patch embedding lowest, norm and head at lr (1: off)",
-                              Range("(0, 1]")),
+                              "layer_decay^(n + 1 - i), the patch embedding lowest, norm and head at lr (1 or "
+                              "null: off)", Range("(0, 1]"), null=1.0),
         "weight_decay": Option(0.05, float, "AdamW weight decay (not on biases, norms, cpb_mlp, logit_scale)",
                                _NON_NEGATIVE),
         "betas": Option([0.9, 0.999], list, "AdamW betas", Items(Range("[0, 1)"), 2)),
@@ -294,7 +400,25 @@ DEFAULTS: Dict[str, Option] = {
         "loss_scale_factor": Option(2.0, float, "dynamic loss-scale growth/backoff factor", Range("[2, inf)")),
         "scale_window": Option(1000, int, "finite steps before the dynamic loss scale grows", _POSITIVE_INT),
         "ema": Option(False, bool, "keep an EMA of the weights and validate with it"),
-        "ema_decay": Option(0.9998, float, "EMA decay per optimizer step", Range("[0, 1)")),
+        "ema_decay": Option(0.9998, float, "EMA decay per optimizer step (warmed up, see ema_warmup)",
+                            Range("[0, 1)")),
+        "ema_warmup": Option(True, bool, "mindcv's EMA warmup: update t decays by ema_decay x (1 - exp(-t / 2000)); "
+                             "False: ema_decay from the first update (timm's ModelEmaV2)"),
+        "weight_decay_filter": Option("auto", str, "mindcv: which parameters get no weight decay; auto: biases, "
+                                      "norms, cpb_mlp, logit_scale, the mask token (official Swin V2)",
+                                      Choices("auto", "norm_and_bias", unsupported={
+                                          "disable": "Swin V2 never decays its biases, norms, cpb_mlp and "
+                                                     "logit_scale (official set_weight_decay)"})),
+        "drop_overflow_update": Option(True, bool, "skip the update of a step with non-finite gradients",
+                                       Only(True, "mindswin never applies an update with inf/NaN gradients (it "
+                                                  "would write them into the weights)")),
+        "loss": Option("ce", str, "classification loss: ce, soft-target cross-entropy (with mixup and label "
+                       "smoothing)", Choices("ce", "CE", unsupported={
+                           name: "binary cross-entropy is not implemented yet" for name in ("bce", "BCE")})),
+        "aux_factor": Option(0.0, float, "mindcv: weight of an auxiliary head's loss",
+                             Only(0.0, "Swin V2 has no auxiliary head")),
+        "reduction": Option("mean", str, "mindcv: loss reduction over the batch",
+                            Only("mean", "the step averages the loss over the batch (the gradients are means)")),
     }),
     **_group("simmim", {
         "mask_patch_size": Option(32, int, "task simmim: side in pixels of the masked squares (divides the image, "
@@ -310,7 +434,14 @@ DEFAULTS: Dict[str, Option] = {
         "ckpt_save_dir": Option("./output", str, "checkpoints, resume state, config, metrics, per-rank logs"),
         "tensorboard": Option(True, bool, "write live curves (and SimMIM's grids) as TensorBoard events into "
                               "ckpt_save_dir/tensorboard (rank 0)"),
-        "keep_checkpoint_max": Option(3, int, "last-k weight checkpoints kept (plus the best)", _POSITIVE_INT),
+        "keep_checkpoint_max": Option(3, int, "weight checkpoints kept: the k latest (plus MODEL-best.ckpt, as "
+                                      "mindcv's best-checkpoint callback)", _POSITIVE_INT),
+        "ckpt_save_policy": Option("latest_k", str, "which keep_checkpoint_max checkpoints are kept (mindcv)",
+                                   Choices("latest_k", unsupported={"top_k": "keeping the k best is not implemented "
+                                                                    "yet; MODEL-best.ckpt is always kept"})),
+        "resume_opt": Option(False, bool, "mindcv: also load optimizer state next to ckpt_path",
+                             Only(False, "a run continues from its ckpt_save_dir/resume_state.ckpt (optimizer, "
+                                         "EMA, data position and schedule): pass --resume auto")),
         "ckpt_save_interval": Option(1, int, "epochs between weight checkpoints", _POSITIVE_INT),
         "resume_save_steps": Option(0, int, "also save resume state every N steps (0: epoch ends only)",
                                     _NON_NEGATIVE),
@@ -320,10 +451,20 @@ DEFAULTS: Dict[str, Option] = {
         "log_interval": Option(20, int, "steps between log lines", _POSITIVE_INT),
     }),
     **_group("runtime", {
-        "device_target": Option("CPU", str, "MindSpore backend", Choices("CPU", "GPU", "Ascend"), _ALL),
+        "device_target": Option(None, str, "MindSpore backend; the one the installed MindSpore targets if unset "
+                                "(Ascend on an Ascend build)", Choices("CPU", "GPU", "Ascend"), _ALL),
         "amp_level": Option("O2", str, "O0: float32; O2: float16 matmuls, float32 islands (validate/infer/export: "
                             "O0 unless set)", Choices("O0", "O2"), _ALL),
         "amp_dtype": Option("float16", str, "matmul dtype under O2", Choices("float16", "bfloat16"), _ALL),
+        "val_amp_level": Option(None, str, "amp level of validation during training (mindcv); amp_level if unset",
+                                Choices("O0", "O2")),
+        "amp_cast_list": Option(None, str, "mindcv: the operators O1 casts",
+                                Only(None, "O2 keeps mindswin's own float32 islands (norms, softmax, the "
+                                           "position bias; docs/ascend.md)"), _ALL),
+        "mode": Option(0, int, "MindSpore execution mode (mindcv): 0 is GRAPH_MODE",
+                       Only(0, "every step compiles in GRAPH_MODE (0); PyNative (1) is not supported"), _ALL),
+        "dataset_sink_mode": Option(False, bool, "mindcv: sink the data to the device; MindSpore has no sink on "
+                                    "CPU, where steps are fed from the host"),
         # O2 (GE graph sink) is deprecated since MindSpore 2.9; O0/O1 run kernel by kernel (docs/ascend.md).
         "jit_level": Option("O0", str, "graph-compile level on Ascend (Cell.set_jit_config): O0 kernel by kernel, "
                             "O1 adds automatic operator fusion; ignored on CPU/GPU",
@@ -359,7 +500,12 @@ DEFAULTS: Dict[str, Option] = {
     }),
 }
 # Other spellings accepted on the command line.
-ALIASES = {"img_size": "image_resize"}
+# Other spellings of a key (recipes and command line): timm's, the official repo's, mindswin's earlier ones.
+ALIASES = {"img_size": "image_resize", "lr_scheduler": "scheduler", "mixup_prob": "cutmix_prob"}
+# Keys that are gone, with what to write instead.
+RETIRED = {"scale_lr": "lr is absolute (mindcv's meaning) and base_lr, base_min_lr and base_warmup_lr are scaled by "
+                       "global batch / lr_base_batch (the official meaning): write the rates with the spelling of "
+                       "their meaning instead"}
 
 _COMMAND_LINE = "command line"
 
@@ -391,7 +537,11 @@ def choices(key: str) -> Tuple[str, ...]:
 
 
 def _suggest(key: str) -> str:
-    close = difflib.get_close_matches(key, DEFAULTS, n=1, cutoff=0.6)
+    if key in RETIRED:
+        return f" {RETIRED[key]}."
+    close = difflib.get_close_matches(key, DEFAULTS, n=3, cutoff=0.6)
+    # a key with the same letters (two swapped) before one a letter away: 'modle' is 'model', not 'mode'
+    close.sort(key=lambda candidate: sorted(candidate) != sorted(key))
     return f" Did you mean '{close[0]}'?" if close else " Run with --help to list the valid keys."
 
 
@@ -406,8 +556,8 @@ def _checked(key: str, value: Any, source: str) -> Any:
     """``value`` converted to ``key``'s type and checked against its rule."""
     default, kind, allowed = DEFAULTS[key].default, DEFAULTS[key].kind, DEFAULTS[key].allowed
     if value is None:
-        if default is None:
-            return None
+        if default is None or DEFAULTS[key].null is not None:
+            return DEFAULTS[key].null
         raise ConfigError(f"{source}: '{key}' cannot be empty (null); {_fix(key, source)}")
     kinds = kind if isinstance(kind, tuple) else (kind,)
     value = _typed(key, value, kinds, source)
@@ -492,6 +642,7 @@ def _recipe_values(path: str, including: Tuple[str, ...] = ()) -> Dict[str, Tupl
     for base in bases:
         values.update(_recipe_values(os.path.normpath(os.path.join(os.path.dirname(path), base)), (*including, path)))
     for key, value in recipe.items():
+        key = ALIASES.get(key, key)
         if key not in DEFAULTS:
             raise ConfigError(f"{path}: unknown key '{key}'.{_suggest(key)}")
         values[key] = (value, path)
@@ -522,12 +673,21 @@ def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] 
             raise ConfigError(f"unknown option --{key}.{_suggest(key)}")
         values[key] = _checked(key, value, _COMMAND_LINE)
         explicit.add(key)
+    if values["device_target"] is None:
+        values["device_target"] = _installed_backend()
     config = Config(values)
     config.explicit = frozenset(explicit)
     _check_combinations(config)
     if not defer_geometry:
         check_geometry(config)
     return config
+
+
+def _installed_backend() -> str:
+    """The backend the installed MindSpore targets (imported only when device_target is unset)."""
+    import mindspore as ms
+
+    return ms.get_context("device_target")
 
 
 def _check_combinations(config: Config) -> None:
@@ -538,13 +698,38 @@ def _check_combinations(config: Config) -> None:
     if config.hccl_buffsize is not None and config.device_target != "Ascend":
         raise ConfigError("hccl_buffsize is an Ascend (HCCL) setting; remove it on "
                           f"device_target {config.device_target}")
-    if config.lr_scheduler == "multi_step_decay" and config.multi_step_decay_milestones \
-            and min(config.multi_step_decay_milestones) < config.warmup_epochs:
-        raise ConfigError(f"multi_step_decay_milestones {config.multi_step_decay_milestones} starts inside the "
-                          f"{config.warmup_epochs}-epoch warmup; the first milestone must be >= warmup_epochs")
+    _check_learning_rates(config)
+    if config.val_amp_level is not None and config.val_amp_level != config.amp_level:
+        raise ConfigError(f"val_amp_level {config.val_amp_level} differs from amp_level {config.amp_level}: "
+                          "validation during training runs the training network; evaluate the saved weights at "
+                          f"another level with validate.py --amp_level {config.val_amp_level}, or remove "
+                          "val_amp_level")
     if config.mixup_mode == "pair" and config.batch_size % 2:
         raise ConfigError(f"mixup_mode 'pair' mixes samples two by two and needs an even batch_size, got "
                           f"{config.batch_size}; change --batch_size or --mixup_mode")
+
+
+_ABSOLUTE_RATES = ("lr", "min_lr", "warmup_lr")
+_SCALED_RATES = ("base_lr", "base_min_lr", "base_warmup_lr")
+
+
+def _check_learning_rates(config: Config) -> None:
+    """The rates of a run are all absolute (lr, mindcv's) or all per lr_base_batch (base_lr, official)."""
+    absolute = [key for key in _ABSOLUTE_RATES if config[key] is not None]
+    scaled = [key for key in _SCALED_RATES if config[key] is not None]
+    if absolute and scaled:
+        raise ConfigError(f"{', '.join(absolute)} (absolute, mindcv's meaning) and {', '.join(scaled)} (per "
+                          f"lr_base_batch {config.lr_base_batch} images, scaled by the global batch) are both set: "
+                          f"write all rates one way, e.g. {', '.join('base_' + key for key in absolute)} instead")
+    if absolute and "lr" not in absolute:
+        raise ConfigError(f"{', '.join(absolute)} set without lr: give the peak lr too (absolute), or write "
+                          f"{', '.join('base_' + key for key in absolute)} to scale them with the default base_lr")
+    if absolute and "lr_base_batch" in config.explicit:
+        raise ConfigError(f"lr_base_batch scales the base_* rates, and this run gives absolute ones "
+                          f"({', '.join(absolute)}): remove lr_base_batch, or write base_lr to scale")
+    starts = [key for key in ("warmup_lr", "base_warmup_lr") if config[key] is not None]
+    if starts and config.warmup_factor is not None:
+        raise ConfigError(f"warmup_factor and {starts[0]} both set the lr at step 0: keep one")
 
 
 def _geometry_problem(image: int, window: int, patch: int, stages: int) -> Optional[str]:

@@ -114,7 +114,7 @@ def loss_and_grads(model, x, y):
 PYTHON = sys.executable
 # train.py arguments of a quick deterministic-enough CPU run of the 32-px demo model, with EMA.
 BASE_ARGS = ["--model", "swinv2_micro_window4_32", "--batch_size", "16", "--epoch_size", "3", "--warmup_epochs", "1",
-             "--lr", "2e-3", "--lr_base_batch", "16", "--amp_level", "O0", "--auto_augment", "", "--mixup", "0",
+             "--base_lr", "2e-3", "--lr_base_batch", "16", "--amp_level", "O0", "--auto_augment", "", "--mixup", "0",
              "--cutmix", "0", "--re_prob", "0", "--crop_pct", "1.0", "--log_interval", "2", "--keep_checkpoint_max",
              "2", "--drop_path_rate", "0.0", "--num_parallel_workers", "1", "--ema", "True", "--ema_decay", "0.9"]
 # The official recipe's training randomness on top of BASE_ARGS (which has EMA): RandAugment, random

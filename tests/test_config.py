@@ -78,7 +78,7 @@ INVALID = {
     "crop_pct": 0.0,
     "mixup": -1.0,
     "cutmix": -1.0,
-    "mixup_prob": 2.0,
+    "cutmix_prob": 2.0,
     "mixup_switch_prob": -0.1,
     "mixup_mode": "row",
     "label_smoothing": 1.0,
@@ -90,8 +90,45 @@ INVALID = {
     "lr_base_batch": 0,
     "min_lr": -1e-6,
     "warmup_lr": -1e-7,
+    "base_lr": -0.001,
+    "base_min_lr": -1e-6,
+    "base_warmup_lr": -1e-7,
+    "warmup_factor": 1.5,
+    "decay_epochs": 0,
+    "num_cycles": 0,
+    "cycle_decay": 0.0,
+    "momentum": 1.0,
+    # mindcv's keys with one supported value: each other value refused with its own reason
+    "mode": 1,
+    "dataset": "cifar10",
+    "dataset_download": True,
+    "shuffle": False,
+    "drop_remainder": False,
+    "num_samples": 100,
+    "eval_shuffle": True,
+    "pretrained": True,
+    "drop_rate": 0.5,
+    "in_channels": 1,
+    "re_value": "noise",
+    "re_scale": [0.1, 0.5],
+    "re_ratio": [1.0, 2.0],
+    "re_max_attempts": 5,
+    "vflip": 0.5,
+    "aug_splits": 3,
+    "aug_repeats": 3,
+    "weight_decay_filter": "disable",
+    "drop_overflow_update": False,
+    "loss": "bce",
+    "aux_factor": 0.4,
+    "reduction": "sum",
+    "ckpt_save_policy": "top_k",
+    "resume_opt": True,
+    "val_amp_level": "O1",
+    "amp_cast_list": "[Softmax]",
+    "mean": [0.0, 0.0],
+    "std": [58.4, 57.1, 0.0],
     "warmup_epochs": -1,
-    "lr_scheduler": "step",
+    "scheduler": "one_cycle",  # mindcv has it, mindswin does not: refused with the reason
     "multi_step_decay_milestones": [10, 5],
     "decay_rate": 0.0,
     "layer_decay": 0.0,
@@ -129,14 +166,16 @@ INVALID = {
 UNCONSTRAINED = {
     "recompute": "true/false, both valid everywhere",
     "strict_data": "true/false, both valid",
-    "scale_lr": "true/false, both valid",
+    "use_nesterov": "true/false; AdamW has no momentum to apply it to (as in mindcv)",
+    "lr_epoch_stair": "true/false, both valid",
+    "ema_warmup": "true/false, both valid",
+    "dataset_sink_mode": "true/false; without a sink on this backend the steps are fed from the host, said once",
     "clip_grad": "true/false, both valid",
     "ema": "true/false, both valid",
     "val_while_train": "true/false, both valid",
     "distribute": "true/false; whether msrun started the process is only known at runtime",
     "enable_parallel_optimizer": "true/false; on one device it warns that there is nothing to shard",
     "ckpt_path": "a path: read (and reported if missing or unreadable) when the weights are loaded",
-    "pretrained": "a path, like ckpt_path",
     "class_map": "a path or a shipped map's name, read when the head is loaded",
     "train_map_file": "a path, read (and reported) before the model is built",
     "val_map_file": "a path, read (and reported) before the model is built",
@@ -184,16 +223,16 @@ def test_unconstrained_keys_still_refuse_a_wrong_type(key):
 
 
 def test_range_message_names_value_allowed_range_and_fix(tmp_path):
-    with pytest.raises(ConfigError, match=r"^command line: 'lr' must be > 0, got -0.001; change --lr "
-                                          r"\(default: 0.0005\)$"):
-        load_config(overrides={"lr": -0.001})
+    with pytest.raises(ConfigError, match=r"^command line: 'weight_decay' must be >= 0, got -0.05; change "
+                                          r"--weight_decay \(default: 0.05\)$"):
+        load_config(overrides={"weight_decay": -0.05})
     recipe = tmp_path / "r.yaml"
     recipe.write_text("drop_path_rate: 1.5\n")
     with pytest.raises(ConfigError, match=r"r.yaml: 'drop_path_rate' must be in \[0, 1\), got 1.5; change "
                                           r"'drop_path_rate' in .*r.yaml or override it with --drop_path_rate"):
         load_config(str(recipe))
-    with pytest.raises(ConfigError, match="'lr' cannot be empty"):
-        load_config(overrides={"lr": None})
+    with pytest.raises(ConfigError, match="'weight_decay' cannot be empty"):
+        load_config(overrides={"weight_decay": None})
 
 
 MICRO_RECIPE = str(ROOT / "configs" / "demo" / "swinv2_micro_shapes_cpu.yaml")  # patch 2, 3 stages, window 4
@@ -260,7 +299,8 @@ def test_help_lists_the_options_of_its_script_by_group_with_examples(script, scr
 
 def test_help_of_each_script_shows_what_it_does(script_help):
     text, options = script_help["train"]
-    assert options["--drop_path_rate"].endswith("stochastic depth rate; allowed: in [0, 1) (default: 0.1)")
+    assert options["--drop_path_rate"].endswith("stochastic depth rate (null: the model's default, 0.1); allowed: "
+                                                "in [0, 1) (default: 0.1)")
     assert options["--pretrained_window_sizes"].startswith("--pretrained_window_sizes [A,B,...]")
     assert "--topk" not in text and "--export_file" not in text
     for script in ("validate", "infer", "export"):

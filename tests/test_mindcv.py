@@ -12,7 +12,7 @@ from mindspore import nn
 import mindswin
 from mindswin.checkpoint import load_checkpoint, read_metadata
 
-from conftest import BASE_ARGS, run
+from conftest import BASE_ARGS, read_metrics, run
 
 # swinv2_micro_window4_32: 32 px, patch 2, dim 48, depths 2-2-2, heads 3-6-12, window 4
 MICRO = dict(image_size=32, patch_size=2, embed_dim=48, depths=[2, 2, 2], num_heads=[3, 6, 12], window_size=4,
@@ -112,3 +112,43 @@ def test_mindcv_numerics_survive_conversion_fine_tuning_and_inference(mindcv_fil
     result = run("infer.py", "--ckpt_path", out / "fresh.ckpt", "--model", "swinv2_micro_window4_32",
                  "--num_classes", "4", "--image_resize", "32", image)
     assert "layout: mindcv" in result.stdout + result.stderr
+
+
+# mindcv's configs/swintransformerv2/swinv2_tiny_window8_ascend.yaml (mindspore-lab/mindcv), every key and value.
+MINDCV_RECIPE = {
+    "mode": 0, "distribute": True, "num_parallel_workers": 8, "val_while_train": True,
+    "dataset": "imagenet", "data_dir": "/path/to/imagenet", "shuffle": True, "dataset_download": False,
+    "batch_size": 128, "drop_remainder": True,
+    "image_resize": 256, "scale": [0.08, 1.0], "ratio": [0.75, 1.333], "hflip": 0.5, "interpolation": "bicubic",
+    "auto_augment": "randaug-m9-mstd0.5-inc1", "re_prob": 0.25, "crop_pct": 0.9, "mixup": 0.8, "cutmix": 1.0,
+    "model": "swinv2_tiny_window8", "num_classes": 1000, "pretrained": False, "ckpt_path": "",
+    "keep_checkpoint_max": 10, "ckpt_save_dir": "./ckpt", "epoch_size": 450, "drop_path_rate": 0.2,
+    "dataset_sink_mode": True, "amp_level": "O2",
+    "loss": "ce", "label_smoothing": 0.1,
+    "scheduler": "cosine_decay", "lr": 0.001, "min_lr": 0.000001, "decay_epochs": 430, "warmup_epochs": 20,
+    "opt": "adamw", "momentum": 0.9, "weight_decay": 0.05, "loss_scale": 1024, "use_nesterov": False,
+}
+
+
+@pytest.mark.slow
+def test_mindcvs_recipe_trains_as_written_with_its_absolute_lr(data_dir, tmp_path):
+    import yaml
+    from mindcv.scheduler import create_scheduler
+
+    recipe = tmp_path / "swinv2_tiny_window8_ascend.yaml"
+    recipe.write_text(yaml.safe_dump(MINDCV_RECIPE, sort_keys=False))
+    out = tmp_path / "ckpt"
+    # only what this machine forces: the CPU, one process, and sizes a 2-core test can train
+    result = run("train.py", "-c", recipe, "--data_dir", data_dir, "--device_target", "CPU", "--distribute", "False",
+                 "--num_parallel_workers", "1", "--model", "swinv2_micro_window4_32", "--image_resize", "32",
+                 "--num_classes", "4", "--batch_size", "8", "--epoch_size", "1", "--ckpt_save_dir", out)
+    log = result.stdout + result.stderr
+    assert "peak lr 0.001," in log  # absolute: mindcv's lr, not scaled by the global batch 8 / 512
+    assert "dataset_sink_mode: the steps are fed from the host (MindSpore has no data sink on CPU)" in log
+    record = read_metrics(out)[-1]
+    steps = record["optimizer_step"]
+    assert steps == 96 // 8
+    table = create_scheduler(steps, "cosine_decay", lr=0.001, min_lr=1e-6, warmup_epochs=20, decay_epochs=430,
+                             num_epochs=450)
+    # the last step's rate: one float32 rounding of mindcv's float64 value
+    assert record["lr"] == pytest.approx(table[steps - 1], rel=2.0 ** -23)

@@ -50,10 +50,10 @@ from helpers import read_events
 MICRO = "swinv2_micro_window4_32"  # 32 px, patch 2, depths 2-2-2, encoder stride 8
 # train.py arguments of a small SimMIM pre-training of the micro model (8-px squares: 10 of 16 masked)
 PRETRAIN = ["--task", "simmim", "--model", MICRO, "--batch_size", "16", "--epoch_size", "3", "--warmup_epochs", "1",
-            "--lr", "2e-3", "--lr_base_batch", "16", "--amp_level", "O0", "--mask_patch_size", "8",
+            "--base_lr", "2e-3", "--lr_base_batch", "16", "--amp_level", "O0", "--mask_patch_size", "8",
             "--drop_path_rate", "0", "--num_parallel_workers", "1", "--log_interval", "3", "--recon_grid_images", "4",
             "--scale", "[0.67,1.0]", "--interpolation", "bilinear"]
-FINETUNE = ["--model", MICRO, "--batch_size", "16", "--epoch_size", "1", "--warmup_epochs", "0", "--lr", "1e-3",
+FINETUNE = ["--model", MICRO, "--batch_size", "16", "--epoch_size", "1", "--warmup_epochs", "0", "--base_lr", "1e-3",
             "--lr_base_batch", "16", "--amp_level", "O0", "--auto_augment", "", "--mixup", "0", "--cutmix", "0",
             "--re_prob", "0", "--crop_pct", "1.0", "--drop_path_rate", "0", "--num_parallel_workers", "1"]
 

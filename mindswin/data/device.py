@@ -21,7 +21,7 @@ see these cells.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import mindspore as ms
 import numpy as np
@@ -83,16 +83,20 @@ class DeviceAugment(nn.Cell):
         seed: The run's seed: it draws the noise bank (the same on every rank; the samples'
             shifts differ).
         image_size: Side of the training images (the bank's fields have this size).
+        fill: What erased pixels become in normalised space: None for per-pixel N(0, 1)
+            noise (timm's pixel mode, the official recipe), or a constant (mindcv's
+            ``re_value``, 0 by default there).
     """
 
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 erasing: bool = True, seed: int = 0, image_size: int = 224) -> None:
+                 erasing: bool = True, seed: int = 0, image_size: int = 224, fill: Optional[float] = None) -> None:
         super().__init__()
         self.mean = _channel_constant(mean)
         self.std = _channel_constant(std)
         self.erasing = erasing
         self.image_size = image_size
-        if erasing:
+        self.fill = fill
+        if erasing and fill is None:
             self.noise_bank = Tensor(noise_bank(seed, image_size).reshape(-1))
 
     def _noise(self, erase: Tensor) -> Tensor:
@@ -108,10 +112,11 @@ class DeviceAugment(nn.Cell):
 
     def construct(self, images: Tensor, erase: Tensor, cutbox: Tensor, blend: Tensor) -> Tensor:
         batch, height, width = images.shape[0], images.shape[1], images.shape[2]
-        if self.erasing:
+        if self.erasing and self.fill is None:
             noise = self._noise(erase)
         else:
-            noise = ops.zeros((batch, 3, height, width), ms.float32)
+            noise = ops.full((batch, 3, height, width), float(self.fill or 0.0), dtype=ms.float32)
+        if not self.erasing:
             erase = ops.zeros_like(erase)
         return normalize_erase_mix(images, erase, cutbox, blend, noise, self.mean, self.std)
 

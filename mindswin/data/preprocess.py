@@ -18,7 +18,7 @@ from .transforms import build_eval_transforms
 
 __all__ = ["Preprocessing", "resolve_data_config", "load_image"]
 
-_KEYS = ("model", "image_resize", "crop_pct", "interpolation")
+_KEYS = ("model", "image_resize", "crop_pct", "interpolation", "mean", "std")
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,9 @@ def resolve_data_config(source: Union[str, Mapping[str, Any]], **overrides: Any)
     """The preprocessing of a model, with the config's (or the keywords') overrides.
 
     Args:
-        source: A model name, or a config whose ``model``, ``image_resize``, ``crop_pct`` and
-            ``interpolation`` keys are used (None: the model's own value).
+        source: A model name, or a config whose ``model``, ``image_resize``, ``crop_pct``,
+            ``interpolation``, ``mean`` and ``std`` (0-255 scale) keys are used (None: the
+            model's own value).
         **overrides: The same keys, taking precedence over ``source``.
     """
     values = {"model": source} if isinstance(source, str) else {k: source.get(k) for k in _KEYS}
@@ -74,7 +75,8 @@ def resolve_data_config(source: Union[str, Mapping[str, Any]], **overrides: Any)
     return Preprocessing(image_size=values.get("image_resize") or spec.img_size,
                          crop_pct=values["crop_pct"] if values.get("crop_pct") is not None else spec.crop_pct,
                          interpolation=values.get("interpolation") or spec.interpolation,
-                         mean=tuple(255.0 * m for m in spec.mean), std=tuple(255.0 * s for s in spec.std))
+                         mean=tuple(values.get("mean") or (255.0 * m for m in spec.mean)),
+                         std=tuple(values.get("std") or (255.0 * s for s in spec.std)))
 
 
 def load_image(path: str, preprocessing: Preprocessing) -> np.ndarray:

@@ -22,8 +22,9 @@ from ..config import Config, ConfigError
 from ..data import resolve_data_config
 from ..models import SwinTransformerV2, build_model
 from ..models.simmim import SimMIM, build_simmim
-from .optim import AdamW, cosine_schedule, layer_decay_scales, scaled_learning_rates
+from .optim import AdamW, layer_decay_scales
 from .runtime import Runtime, apply_jit_config
+from .schedule import learning_rates, schedule_from_config
 from .state import TrainState
 from .train_step import EMA, TrainStep
 from .zero import Sharding
@@ -66,7 +67,7 @@ def simmim_from_config(config: Config, *, training: bool) -> Tuple[SimMIM, Optio
     classification one (the encoder loads; mask token and decoder keep their init).
     """
     model = _simmim_architecture(config, config.drop_path_rate if training else 0.0)
-    weights = config.ckpt_path or config.pretrained
+    weights = config.ckpt_path
     report = load_simmim_checkpoint(model, weights) if weights else None
     apply_amp(model, config.amp_level, config.amp_dtype)
     return apply_jit_config(model, config), report
@@ -87,7 +88,7 @@ def model_from_config(config: Config, num_classes: int, *, training: bool,
         The model and the load report (None when no weights were given).
     """
     model = _architecture(config, num_classes, config.drop_path_rate if training else 0.0)
-    weights = config.ckpt_path or config.pretrained
+    weights = config.ckpt_path
     report = None
     if weights:
         # training fine-tunes headless (SimMIM, backbone) weights with a fresh head; evaluation never does
@@ -108,7 +109,7 @@ class Training:
         state: Every tensor a resume needs, under stable names.
         batches_per_epoch: Micro-batches per rank and epoch.
         steps_per_epoch: Optimizer steps per epoch.
-        peak_lr: Learning rate after warmup, scaled to the global batch.
+        peak_lr: Learning rate after warmup (base_lr scaled to the global batch, or lr).
         global_batch: Images per optimizer step over all ranks.
     """
 
@@ -156,12 +157,7 @@ def build_training(config: Config, runtime: Runtime, model: SwinTransformerV2, l
         raise ConfigError(f"{num_samples} training images give no full optimizer step at batch_size "
                           f"{config.batch_size} x {runtime.group_size} device(s) x {accumulation} accumulation")
     global_batch = config.batch_size * runtime.group_size * accumulation
-    peak, floor, warm = scaled_learning_rates(config.lr, config.min_lr, config.warmup_lr, global_batch,
-                                              config.lr_base_batch, config.scale_lr)
-    lr_table = cosine_schedule(peak, floor, warm, config.epoch_size * steps_per_epoch,
-                               int(round(config.warmup_epochs * steps_per_epoch)), config.lr_scheduler,
-                               milestones=[m * steps_per_epoch for m in config.multi_step_decay_milestones],
-                               decay_rate=config.decay_rate)
+    lr_table = schedule_from_config(config, steps_per_epoch, global_batch)
 
     lr_scales = None
     if config.layer_decay < 1.0:
@@ -185,7 +181,7 @@ def build_training(config: Config, runtime: Runtime, model: SwinTransformerV2, l
         _swin(ema_model).set_numerics(_swin(model).numerics)  # as the loaded weights asked
         apply_amp(ema_model, config.amp_level, config.amp_dtype)
         apply_jit_config(ema_model, config)
-        ema = EMA(model, ema_model, config.ema_decay)
+        ema = EMA(model, ema_model, config.ema_decay, warmup=config.ema_warmup)
     model.set_train(True)
     step = TrainStep(model, optimizer, Tensor(lr_table), scaler, loss_network=loss_network,
                      clip_value=config.clip_value if config.clip_grad else None, accumulation=accumulation,
@@ -194,5 +190,6 @@ def build_training(config: Config, runtime: Runtime, model: SwinTransformerV2, l
     apply_jit_config(step, config)
     state = TrainState(step.named_state(), step.sharded_shapes(), optimizer.sharding)
     return Training(model=model, ema_model=ema_model, step=step, state=state,
-                    batches_per_epoch=batches_per_epoch, steps_per_epoch=steps_per_epoch, peak_lr=peak,
+                    batches_per_epoch=batches_per_epoch, steps_per_epoch=steps_per_epoch,
+                    peak_lr=learning_rates(config, global_batch).peak,
                     global_batch=global_batch)

@@ -1,4 +1,4 @@
-"""AdamW with the official no-weight-decay groups and layer-wise lr decay, and the lr schedules.
+"""AdamW with the official no-weight-decay groups and layer-wise lr decay.
 
 MindSpore's ``nn.AdamWeightDecay`` has no bias correction (BERT-style), so mindswin
 carries its own AdamW with PyTorch's semantics (decoupled decay, bias-corrected moments).
@@ -12,7 +12,6 @@ turns the numbers into ``decay ** (num_layers + 1 - layer_id)``.
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, Iterable, List, Optional, Sequence, Set
 
 import mindspore as ms
@@ -21,7 +20,7 @@ from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
 from .zero import ShardedLayout, ShardedParameterGather, Sharding
 
-__all__ = ["AdamW", "cosine_schedule", "scaled_learning_rates", "swin_layer_id", "layer_ids", "layer_decay_scales"]
+__all__ = ["AdamW", "swin_layer_id", "layer_ids", "layer_decay_scales"]
 
 _adamw_update = ops.MultitypeFuncGraph("adamw_update")
 
@@ -121,37 +120,6 @@ class AdamW(nn.Cell):
             updated = self.gather(self.hyper_map(update, self.decays, self.lr_scales, own, self.exp_avg,
                                                  self.exp_avg_sq, grads), self.parameters)
         return self.hyper_map(ops.partial(_assign_if, apply), self.parameters, updated)
-
-
-def scaled_learning_rates(lr: float, min_lr: float, warmup_lr: float, global_batch: int, base_batch: int,
-                          scale: bool = True) -> Sequence[float]:
-    """Apply the linear scaling rule: values are per ``base_batch`` images of global batch."""
-    factor = global_batch / base_batch if scale else 1.0
-    return lr * factor, min_lr * factor, warmup_lr * factor
-
-
-def cosine_schedule(peak_lr: float, min_lr: float, warmup_lr: float, total_steps: int, warmup_steps: int,
-                    kind: str = "cosine_decay", milestones: Sequence[int] = (), decay_rate: float = 0.1) -> np.ndarray:
-    """Per-step learning rates: linear warmup from ``warmup_lr``, then the decay of ``kind``.
-
-    ``cosine_decay``: cosine to ``min_lr`` (the official timm ``CosineLRScheduler``, per
-    step); ``constant``; ``multi_step_decay``: ``peak_lr * decay_rate ** k`` after ``k``
-    of the ``milestones`` (in steps), the official ``MultiStepLRScheduler`` of SimMIM.
-    """
-    steps = np.arange(total_steps, dtype=np.float64)
-    if kind == "constant":
-        rates = np.full(total_steps, peak_lr)
-    elif kind == "multi_step_decay":
-        passed = np.searchsorted(np.asarray(sorted(milestones), np.float64), steps, side="right")
-        rates = peak_lr * decay_rate ** passed
-    else:
-        decay_steps = max(total_steps - warmup_steps, 1)
-        progress = (steps - warmup_steps) / decay_steps
-        rates = min_lr + 0.5 * (peak_lr - min_lr) * (1.0 + np.cos(math.pi * np.clip(progress, 0.0, 1.0)))
-    if warmup_steps > 0:
-        warm = warmup_lr + (peak_lr - warmup_lr) * steps / warmup_steps
-        rates = np.where(steps < warmup_steps, warm, rates)
-    return rates.astype(np.float32)
 
 
 def swin_layer_id(name: str, depths: Sequence[int]) -> int:

@@ -44,8 +44,9 @@ _logger = logging.getLogger("mindswin.train")
 # A tensor only the resume state of a SimMIM run holds.
 _SIMMIM_STATE_KEY = "model.encoder.mask_token"
 # Keys each task does not read: set explicitly, they are reported as ignored.
-_CLASSIFICATION_ONLY = ("num_classes", "class_map", "val_map_file", "auto_augment", "re_prob", "color_jitter",
-                        "mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "mixup_mode", "label_smoothing")
+_CLASSIFICATION_ONLY = ("num_classes", "class_map", "val_map_file", "auto_augment", "re_prob", "re_value",
+                        "color_jitter", "mixup", "cutmix", "cutmix_prob", "mixup_switch_prob", "mixup_mode",
+                        "label_smoothing", "loss")
 _SIMMIM_ONLY = ("mask_patch_size", "mask_ratio", "norm_target_patch_size", "recon_grid_images")
 
 
@@ -292,8 +293,9 @@ class ClassificationTask(Task):
     def loss_network(self, model: SwinTransformerV2) -> nn.Cell:
         pre = self.preprocessing
         # one noise bank for all ranks: each sample's field and shift come from (seed, its key)
+        fill = None if self.config.re_value == "random" else self.config.re_value
         augment = DeviceAugment(pre.mean, pre.std, erasing=self.config.re_prob > 0, seed=self.config.seed,
-                                image_size=pre.image_size)
+                                image_size=pre.image_size, fill=fill)
         return AugmentedLoss(augment, model, SoftTargetCrossEntropy())
 
     def train_data(self, position: RunPosition) -> Tuple[ds.Dataset, DataInfo]:
@@ -303,7 +305,7 @@ class ClassificationTask(Task):
             seed=config.seed, start_epoch=position.epoch, skip_batches=position.batch_in_epoch,
             auto_augment=config.auto_augment or None, re_prob=config.re_prob, color_jitter=config.color_jitter,
             hflip=config.hflip, scale=config.scale, ratio=config.ratio, mixup=config.mixup, cutmix=config.cutmix,
-            mixup_prob=config.mixup_prob, mixup_switch_prob=config.mixup_switch_prob, mixup_mode=config.mixup_mode,
+            mixup_prob=config.cutmix_prob, mixup_switch_prob=config.mixup_switch_prob, mixup_mode=config.mixup_mode,
             label_smoothing=config.label_smoothing, index=self.index, split=config.train_split,
             num_workers=config.num_parallel_workers, device_augment=True,
             path_noise_blocks=self.path_noise_blocks, **self.preprocessing.train_args())

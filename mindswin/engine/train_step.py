@@ -65,9 +65,20 @@ class EMA(nn.Cell):
     The twin (``ema_model``) is a model of the same architecture whose parameters *are*
     the averages, so it is evaluated and saved like any model. Derived tensors are
     constants of each model and never averaged.
+
+    Args:
+        model: The trained model.
+        ema_model: Its twin, which becomes the average.
+        decay: Decay per applied update.
+        warmup: mindcv's warmup: update ``t`` (counted from 1) decays by
+            ``decay * (1 - exp(-t / 2000))``, so early averages follow the weights; without
+            it every update decays by ``decay`` (timm's ``ModelEmaV2``).
     """
 
-    def __init__(self, model: nn.Cell, ema_model: nn.Cell, decay: float) -> None:
+    # mindcv's EMA warmup time constant, in updates (mindcv.utils.train_step)
+    WARMUP_UPDATES = 2000.0
+
+    def __init__(self, model: nn.Cell, ema_model: nn.Cell, decay: float, warmup: bool = True) -> None:
         super().__init__(auto_prefix=False)
         params = model.trainable_params()
         averages = ema_model.trainable_params()
@@ -83,10 +94,18 @@ class EMA(nn.Cell):
         self.ema_model = ema_model
         self.averages = ms.ParameterTuple(averages)
         self.decay = Tensor(decay, ms.float32)
+        self.warmup = warmup
         self.hyper_map = ops.HyperMap()
 
-    def construct(self, params, apply: Tensor):
-        return self.hyper_map(ops.partial(_ema_update, self.decay, apply), self.averages, params)
+    def decay_at(self, updates: Tensor) -> Tensor:
+        """The decay of update number ``updates`` (float32, counted from 1)."""
+        if self.warmup:
+            # 1 - exp(-x) without the cancellation: x is 1/2000 at the first update
+            return self.decay * -ops.expm1(-updates / self.WARMUP_UPDATES)
+        return self.decay
+
+    def construct(self, params, apply: Tensor, updates: Tensor):
+        return self.hyper_map(ops.partial(_ema_update, self.decay_at(updates), apply), self.averages, params)
 
 
 class TrainStep(nn.Cell):
@@ -168,9 +187,11 @@ class TrainStep(nn.Cell):
         if self.clip_value is not None:
             grads = clip_by_norm(grads, grad_norm, self.clip_value, self.hyper_map)
         lr = self.current_lr()
+        # the number of this update if it is applied (read before the optimizer counts it)
+        updates = (self.optimizer.step + 1).astype(ms.float32)
         updated = self.optimizer(grads, lr, apply)
         if self.ema is not None:
-            updated = ops.depend(updated, self.ema(self.weights, apply))
+            updated = ops.depend(updated, self.ema(self.weights, apply, updates))
         scale_before = scale
         self.loss_scaler.adjust(finite)
         loss = scaled_loss / scale_before

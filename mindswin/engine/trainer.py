@@ -78,6 +78,10 @@ def train(config: Config) -> Dict[str, Any]:
     _logger.info("training %s: %s, %d device(s), global batch %d, %d optimizer steps per epoch, peak lr %.3g, "
                  "amp %s", model.model_name, task.describe(), runtime.group_size, training.global_batch,
                  training.steps_per_epoch, training.peak_lr, config.amp_level)
+    if config.dataset_sink_mode:
+        _logger.info("dataset_sink_mode: the steps are fed from the host (%s)",
+                     "MindSpore has no data sink on CPU" if config.device_target == "CPU"
+                     else "mindswin's data-sink loop is not implemented yet")
 
     record: Dict[str, Any] = {}
     for epoch in range(position.epoch, config.epoch_size):
