@@ -106,7 +106,7 @@ def run_validate(argv: Optional[List[str]] = None) -> int:
     """``validate.py``: top-1/top-5/loss of a checkpoint over the val split."""
     import os
 
-    from .engine.runtime import quiet_framework, setup_logging, setup_runtime
+    from .engine.runtime import evaluate_alone_unless_launched, quiet_framework, setup_logging, setup_runtime
 
     quiet_framework()
     try:
@@ -121,10 +121,11 @@ def run_validate(argv: Optional[List[str]] = None) -> int:
                                 "python validate.py --throughput True --config configs/swinv2/"
                                 "swinv2_tiny_window8_256_in1k.yaml"),
                             model_from_checkpoint=True)
+        setup_logging()
+        evaluate_alone_unless_launched(config)
         if config.throughput:
             return _run_throughput(config)
         require(config, ("ckpt_path", "data_dir"))
-        setup_logging()
         metadata = _checkpoint_metadata(config)
         runtime = setup_runtime(config)
         setup_logging(runtime)

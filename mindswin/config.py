@@ -344,7 +344,10 @@ DEFAULTS: Dict[str, Option] = {
     **_group("optimisation", {
         "epoch_size": Option(300, int, "epochs", _POSITIVE_INT),
         "gradient_accumulation_steps": Option(1, int, "micro-batches per optimizer step", _POSITIVE_INT),
-        "opt": Option("adamw", str, "optimizer", Choices("adamw")),
+        "opt": Option("adamw", str, "optimizer", Choices("adamw", unsupported={
+            name: "not implemented yet: mindswin trains with AdamW, the official Swin V2 optimizer"
+            for name in ("adam", "sgd", "momentum", "nesterov", "lamb", "lion", "rmsprop", "adagrad", "nadam",
+                         "adan", "lars")})),
         "momentum": Option(0.9, float, "momentum of the momentum optimizers (mindcv; AdamW uses betas)",
                            Range("[0, 1)")),
         "use_nesterov": Option(False, bool, "Nesterov momentum of the momentum optimizers (mindcv; AdamW has "
@@ -394,7 +397,8 @@ DEFAULTS: Dict[str, Option] = {
         "eps": Option(1e-8, float, "AdamW epsilon", _POSITIVE),
         "clip_grad": Option(True, bool, "clip the global gradient norm"),
         "clip_value": Option(5.0, float, "max global gradient norm", _POSITIVE),
-        "loss_scale_type": Option("dynamic", str, "loss scaling under amp_level O2", Choices("dynamic", "fixed")),
+        "loss_scale_type": Option("dynamic", str, "loss scaling under amp_level O2", Choices(
+            "dynamic", "fixed", unsupported={"auto": "write dynamic (grows and backs off) or fixed instead"})),
         "loss_scale": Option(65536.0, float, "initial (dynamic) or constant (fixed) loss scale", _POSITIVE),
         # MindSpore's DynamicLossScaler takes an integer factor: below 2 the scale could never move.
         "loss_scale_factor": Option(2.0, float, "dynamic loss-scale growth/backoff factor", Range("[2, inf)")),
@@ -454,7 +458,11 @@ DEFAULTS: Dict[str, Option] = {
         "device_target": Option(None, str, "MindSpore backend; the one the installed MindSpore targets if unset "
                                 "(Ascend on an Ascend build)", Choices("CPU", "GPU", "Ascend"), _ALL),
         "amp_level": Option("O2", str, "O0: float32; O2: float16 matmuls, float32 islands (validate/infer/export: "
-                            "O0 unless set)", Choices("O0", "O2"), _ALL),
+                            "O0 unless set)", Choices("O0", "O2", unsupported={
+                                "O1": "mindswin casts by its own O2 lists (float32 norms, softmax and position bias); "
+                                      "O1's white list is not offered",
+                                "O3": "everything in float16 (norms and softmax too) loses the accuracy of Swin V2's "
+                                      "cosine attention"}), _ALL),
         "amp_dtype": Option("float16", str, "matmul dtype under O2", Choices("float16", "bfloat16"), _ALL),
         "val_amp_level": Option(None, str, "amp level of validation during training (mindcv); amp_level if unset",
                                 Choices("O0", "O2")),

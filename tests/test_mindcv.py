@@ -1,4 +1,5 @@
 """mindcv's own Swin V2 weights load into mindswin and compute what mindcv's model computes."""
+import json
 import math
 import os
 
@@ -152,3 +153,21 @@ def test_mindcvs_recipe_trains_as_written_with_its_absolute_lr(data_dir, tmp_pat
                              num_epochs=450)
     # the last step's rate: one float32 rounding of mindcv's float64 value
     assert record["lr"] == pytest.approx(table[steps - 1], rel=2.0 ** -23)
+
+
+def test_validate_takes_mindcvs_recipe_and_a_mindcv_checkpoint(mindcv_files, data_dir, tmp_path):
+    import yaml
+
+    recipe = tmp_path / "swinv2_tiny_window8_ascend.yaml"
+    recipe.write_text(yaml.safe_dump(MINDCV_RECIPE, sort_keys=False))
+    out = mindcv_files[0]
+    # mindcv's form: python validate.py -c RECIPE --data_dir DIR --ckpt_path CKPT (+ this machine's sizes)
+    result = run("validate.py", "-c", recipe, "--data_dir", data_dir, "--ckpt_path", out / "trained.ckpt",
+                 "--device_target", "CPU", "--model", "swinv2_micro_window4_32", "--image_resize", "32",
+                 "--num_classes", "4", "--output", tmp_path / "results.json")
+    log = result.stdout + result.stderr
+    assert "layout: mindcv" in log
+    assert "distribute is True but this process was not started by msrun: evaluating on this one device" in log
+    with open(tmp_path / "results.json") as f:
+        results = json.load(f)
+    assert results["num_samples"] == 36 and 0.0 <= results["top1"] <= 100.0

@@ -157,6 +157,32 @@ def setup_logging(runtime: Optional[Runtime] = None, log_dir: Optional[str] = No
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
 
 
+def launched_by_msrun() -> bool:
+    """Whether msrun (or an HCCL rank table) started this process as one rank of a group."""
+    return "MS_WORKER_NUM" in os.environ or "RANK_TABLE_FILE" in os.environ
+
+
+def evaluate_alone_unless_launched(config) -> None:
+    """``distribute`` from a training recipe, in an evaluation not started by msrun: one device, said once.
+
+    mindcv's ``validate.py`` takes a training recipe (``distribute: True``) as it is and
+    evaluates in the one process it runs in; mindswin does the same instead of refusing.
+    """
+    if config.distribute and not launched_by_msrun():
+        logging.getLogger("mindswin").info("distribute is True but this process was not started by msrun: "
+                                           "evaluating on this one device")
+        config.distribute = False
+
+
+def _fit_workers_to_cores(config) -> None:
+    """A recipe's num_parallel_workers, at most this machine's cores (MindSpore's datasets refuse more)."""
+    cores = os.cpu_count() or 1
+    if config.get("num_parallel_workers", 1) > cores:
+        logging.getLogger("mindswin").info("num_parallel_workers %d is more than this machine's %d cores: using %d",
+                                           config.num_parallel_workers, cores, cores)
+        config.num_parallel_workers = cores
+
+
 def setup_runtime(config) -> Runtime:
     """Graph mode (STRICT syntax), device, seeds, and data-parallel communication."""
     import mindspore as ms
@@ -170,6 +196,7 @@ def setup_runtime(config) -> Runtime:
                           f"({str(exc).strip().splitlines()[0]}); use --device_target CPU or a MindSpore build "
                           f"for {config.device_target}") from exc
     apply_ascend_precision(config)
+    _fit_workers_to_cores(config)
     if config.device_target == "CPU":
         try:
             set_cpu_threads(int(os.environ.get("MS_WORKER_NUM", "1")) if config.distribute else 1)
@@ -179,7 +206,7 @@ def setup_runtime(config) -> Runtime:
     if config.distribute:
         from mindspore.communication import get_group_size, get_rank, init
 
-        if "MS_WORKER_NUM" not in os.environ and "RANK_TABLE_FILE" not in os.environ:
+        if not launched_by_msrun():
             raise ConfigError("distribute is True but this process was not started by msrun; launch with "
                                "`msrun --worker_num N --local_worker_num N train.py ... --distribute True`")
         if config.hccl_buffsize:
