@@ -416,9 +416,9 @@ DEFAULTS: Dict[str, Option] = {
         "drop_overflow_update": Option(True, bool, "skip the update of a step with non-finite gradients",
                                        Only(True, "mindswin never applies an update with inf/NaN gradients (it "
                                                   "would write them into the weights)")),
-        "loss": Option("ce", str, "classification loss: ce, soft-target cross-entropy (with mixup and label "
-                       "smoothing)", Choices("ce", "CE", unsupported={
-                           name: "binary cross-entropy is not implemented yet" for name in ("bce", "BCE")})),
+        "loss": Option("ce", str, "classification loss on the (mixed, smoothed) soft targets: ce (softmax "
+                       "cross-entropy) or bce (sigmoid binary cross-entropy, mean over classes, as mindcv)",
+                       Choices("ce", "CE", "bce", "BCE")),
         "aux_factor": Option(0.0, float, "mindcv: weight of an auxiliary head's loss",
                              Only(0.0, "Swin V2 has no auxiliary head")),
         "reduction": Option("mean", str, "mindcv: loss reduction over the batch",

@@ -118,7 +118,7 @@ INVALID = {
     "aug_repeats": 3,
     "weight_decay_filter": "disable",
     "drop_overflow_update": False,
-    "loss": "bce",
+    "loss": "nll",
     "aux_factor": 0.4,
     "reduction": "sum",
     "ckpt_save_policy": "top_k",
@@ -464,3 +464,13 @@ def test_running_out_of_device_memory_is_named_with_the_fixes():
     assert "ran out of memory" in message and "batch_size 128" in message and "--recompute True" in message
     other = RuntimeError("something else")
     assert _out_of_memory(other, config) is other  # anything else is not dressed up as a user error
+
+
+def test_the_mindcv_key_table_lists_each_of_mindcvs_86_keys_as_a_key_of_mindswin():
+    from mindswin.config import ALIASES
+
+    with open(ROOT / "docs" / "mindcv.md") as f:
+        section = f.read().split("## Every key of mindcv's config.py")[1].split("\n## ")[0]
+    keys = re.findall(r"^\| `(\w+)` \|", section, flags=re.M)
+    assert len(keys) == len(set(keys)) == 86
+    assert [key for key in keys if ALIASES.get(key, key) not in DEFAULTS] == []

@@ -171,3 +171,38 @@ def test_validate_takes_mindcvs_recipe_and_a_mindcv_checkpoint(mindcv_files, dat
     with open(tmp_path / "results.json") as f:
         results = json.load(f)
     assert results["num_samples"] == 36 and 0.0 <= results["top1"] <= 100.0
+
+
+def test_bce_loss_is_mindcvs_binary_cross_entropy_on_the_same_soft_targets():
+    from mindcv.loss import BinaryCrossEntropySmooth
+
+    from mindswin.engine.train_step import classification_loss
+
+    rng = np.random.default_rng(0)
+    logits = ms.Tensor((3 * rng.standard_normal((8, 10))).astype(np.float32))
+    # mixed, smoothed targets as the pipeline makes them (mindcv smooths in its Mixup as well)
+    targets = rng.dirichlet(np.full(10, 0.3), size=8).astype(np.float32)
+    ours = float(classification_loss("bce")(logits, ms.Tensor(targets)).asnumpy())
+    theirs = float(BinaryCrossEntropySmooth(smoothing=0.0)(logits, ms.Tensor(targets)).asnumpy())
+    x = logits.asnumpy().astype(np.float64)
+    exact = np.mean(np.maximum(x, 0) - x * targets + np.log1p(np.exp(-np.abs(x))))
+    # the same MindSpore kernel on both sides; float32 against float64: 80 terms of one rounding each
+    assert ours == theirs
+    assert ours == pytest.approx(exact, rel=1e-6)
+    assert classification_loss("CE").__class__.__name__ == "SoftTargetCrossEntropy"
+
+
+def test_a_mindcv_periodic_checkpoint_as_ckpt_path_says_the_epoch_is_not_continued(caplog):
+    from mindswin.config import load_config
+    from mindswin.engine.state import RunPosition
+    from mindswin.engine.trainer import _say_where_mindcvs_epoch_goes
+
+    config = load_config(overrides={"ckpt_path": "ckpt/swinv2_tiny_window8-120_625.ckpt"})
+    with caplog.at_level("WARNING"):
+        _say_where_mindcvs_epoch_goes(config, RunPosition())
+        _say_where_mindcvs_epoch_goes(config, RunPosition(epoch=3, batch_in_epoch=0))  # resumed: nothing to say
+        _say_where_mindcvs_epoch_goes(load_config(overrides={"ckpt_path": "swinv2-best.ckpt"}), RunPosition())
+    assert [r.getMessage() for r in caplog.records] == [
+        "ckpt/swinv2_tiny_window8-120_625.ckpt is named as a mindcv checkpoint of epoch 120: mindcv's train.py "
+        "would continue its run at that epoch; here its weights start a new run at epoch 1 (a mindswin run "
+        "continues with --resume auto)"]

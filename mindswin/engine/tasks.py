@@ -35,7 +35,7 @@ from .evaluate import EvalStep, evaluate
 from .reconstruction import ReconstructionStep, evaluate_reconstruction, save_reconstruction_grid
 from .runtime import Runtime, apply_jit_config
 from .state import RunPosition
-from .train_step import SoftTargetCrossEntropy
+from .train_step import classification_loss
 
 __all__ = ["Task", "ClassificationTask", "SimMIMTask", "create_task"]
 
@@ -296,7 +296,7 @@ class ClassificationTask(Task):
         fill = None if self.config.re_value == "random" else self.config.re_value
         augment = DeviceAugment(pre.mean, pre.std, erasing=self.config.re_prob > 0, seed=self.config.seed,
                                 image_size=pre.image_size, fill=fill)
-        return AugmentedLoss(augment, model, SoftTargetCrossEntropy())
+        return AugmentedLoss(augment, model, classification_loss(self.config.loss))
 
     def train_data(self, position: RunPosition) -> Tuple[ds.Dataset, DataInfo]:
         config, runtime = self.config, self.runtime

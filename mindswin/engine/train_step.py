@@ -17,7 +17,8 @@ from mindspore import Parameter, Tensor, nn, ops
 from .optim import AdamW
 from .zero import ShardedGradientMean, clip_by_norm, global_norm
 
-__all__ = ["SoftTargetCrossEntropy", "NetWithLoss", "EMA", "TrainStep"]
+__all__ = ["SoftTargetCrossEntropy", "SoftTargetBinaryCrossEntropy", "classification_loss", "NetWithLoss", "EMA",
+           "TrainStep"]
 
 
 class SoftTargetCrossEntropy(nn.Cell):
@@ -26,6 +27,23 @@ class SoftTargetCrossEntropy(nn.Cell):
     def construct(self, logits: Tensor, targets: Tensor) -> Tensor:
         log_probs = ops.log_softmax(logits.astype(ms.float32), axis=-1)
         return -(targets * log_probs).sum(axis=-1).mean()
+
+
+class SoftTargetBinaryCrossEntropy(nn.Cell):
+    """Mean over samples and classes of the sigmoid cross-entropy with (mixed, smoothed) soft targets.
+
+    mindcv's ``loss: bce`` (``BinaryCrossEntropySmooth``), with the smoothing already in the targets.
+    """
+
+    def construct(self, logits: Tensor, targets: Tensor) -> Tensor:
+        logits = logits.astype(ms.float32)
+        ones = ops.ones_like(logits)
+        return ops.binary_cross_entropy_with_logits(logits, targets, ones, ones, "mean")
+
+
+def classification_loss(name: str) -> nn.Cell:
+    """The loss of config key ``loss``: ``ce`` or ``bce`` (either case, as mindcv)."""
+    return SoftTargetBinaryCrossEntropy() if name.lower() == "bce" else SoftTargetCrossEntropy()
 
 
 class NetWithLoss(nn.Cell):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -58,6 +59,19 @@ class Run:
         return epoch * self.training.batches_per_epoch + batches_done
 
 
+# mindcv's periodic checkpoints: MODEL-EPOCH_STEP.ckpt; mindcv's train.py continues at EPOCH from such a ckpt_path
+_MINDCV_PERIODIC = re.compile(r"-(\d+)_(\d+)\.ckpt$")
+
+
+def _say_where_mindcvs_epoch_goes(config: Config, position: RunPosition) -> None:
+    """mindcv resumes the epoch count from a ckpt_path's name; mindswin starts the schedule over, and says so."""
+    match = _MINDCV_PERIODIC.search(os.path.basename(config.ckpt_path or ""))
+    if match and position.epoch == 0 and position.batch_in_epoch == 0:
+        _logger.warning("%s is named as a mindcv checkpoint of epoch %s: mindcv's train.py would continue its run "
+                        "at that epoch; here its weights start a new run at epoch 1 (a mindswin run continues "
+                        "with --resume auto)", config.ckpt_path, int(match[1]))
+
+
 def train(config: Config) -> Dict[str, Any]:
     """Run the training described by ``config``; returns the last epoch's record."""
     runtime = setup_runtime(config)
@@ -67,6 +81,7 @@ def train(config: Config) -> Dict[str, Any]:
     training = build_training(config, runtime, model, task.loss_network(model), task.num_samples)
     files = CheckpointManager(config.ckpt_save_dir, model.model_name, config.keep_checkpoint_max, runtime.is_main)
     position = restore(config, runtime, training, files)
+    _say_where_mindcvs_epoch_goes(config, position)
     if runtime.is_main:
         save_config(config, os.path.join(config.ckpt_save_dir, "config.yaml"))
     train_data, train_info = task.train_data(position)
