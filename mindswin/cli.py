@@ -305,7 +305,7 @@ def _write_cam(folder: str, path: str, cam, top, preprocessing) -> None:
 
 
 def run_export(argv: Optional[List[str]] = None) -> int:
-    """``export.py``: MindIR (dynamic batch) or ONNX (fixed batch) of a checkpoint."""
+    """``export.py``: MindIR or ONNX of a checkpoint, with a dynamic batch unless --batch_size is given."""
     import os
 
     import numpy as np
@@ -314,8 +314,8 @@ def run_export(argv: Optional[List[str]] = None) -> int:
 
     quiet_framework()
     try:
-        config = parse_args(argv, script="export", description="Export a Swin V2 checkpoint to MindIR (dynamic "
-                            "batch) or ONNX (fixed batch)", examples=(
+        config = parse_args(argv, script="export", description="Export a Swin V2 checkpoint to MindIR or ONNX "
+                            "(a dynamic batch unless --batch_size is given)", examples=(
                                 "python export.py --ckpt_path demo_output/swinv2_micro_window4_32-best.ckpt\n"
                                 "python export.py --model swinv2_tiny_window8_256 --ckpt_path "
                                 "swinv2_tiny_patch4_window8_256.pth --batch_size 8 --export_file swinv2_tiny\n"
@@ -328,12 +328,7 @@ def run_export(argv: Optional[List[str]] = None) -> int:
         from .models.kernels import cpu_kernels
 
         onnx = config.file_format == "ONNX"
-        dynamic = config.dynamic_batch if config.dynamic_batch is not None else \
-            not onnx and "batch_size" not in config.explicit
-        if dynamic and onnx:
-            raise ConfigError("MindSpore 2.10 exports ONNX with a fixed batch only (its exporter refuses dynamic "
-                              "shapes): pass --batch_size N for the batch the ONNX file takes, or export MINDIR "
-                              "for a dynamic batch")
+        dynamic = config.dynamic_batch if config.dynamic_batch is not None else "batch_size" not in config.explicit
         # The exported graph must run anywhere: no ops from this machine's compiled library.
         with cpu_kernels(False):
             model = _eval_model(config, num_classes)
@@ -346,10 +341,13 @@ def run_export(argv: Optional[List[str]] = None) -> int:
         size = resolve_data_config(config).image_size
         batch = config.batch_size if "batch_size" in config.explicit else 1
         target = config.export_file or os.path.splitext(config.ckpt_path)[0]
-        sample = (ms.Tensor(shape=[None, 3, size, size], dtype=ms.float32) if dynamic
-                  else ms.Tensor(np.zeros((batch, 3, size, size), np.float32)))
         try:
-            ms.export(model, sample, file_name=target, file_format=config.file_format)
+            if onnx and dynamic:
+                _export_onnx_any_batch(model, size, target)
+            else:
+                sample = (ms.Tensor(shape=[None, 3, size, size], dtype=ms.float32) if dynamic
+                          else ms.Tensor(np.zeros((batch, 3, size, size), np.float32)))
+                ms.export(model, sample, file_name=target, file_format=config.file_format)
         except (RuntimeError, TypeError, ValueError) as exc:
             raise ConfigError(f"MindSpore {ms.__version__} could not export this model as {config.file_format}: "
                               f"{str(exc).splitlines()[0]}") from exc
@@ -359,6 +357,36 @@ def run_export(argv: Optional[List[str]] = None) -> int:
           f"{model.model_name})")
     logging.shutdown()
     return 0
+
+
+def _export_onnx_any_batch(model, size: int, target: str) -> None:
+    """ONNX whose batch is free: two fixed exports, merged by :func:`engine.onnx_batch.batch_dynamic_model`."""
+    import os
+    import tempfile
+
+    import mindspore as ms
+    import numpy as np
+
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ConfigError("a dynamic-batch ONNX file needs the onnx package (pip install onnx==1.17.0; 1.18 and "
+                          "later need numpy 2, which MindSpore 2.10 does not run with), or pass --batch_size N "
+                          "for a fixed batch") from exc
+    from .engine.onnx_batch import batch_dynamic_model
+
+    batches = (2, 3)
+    with tempfile.TemporaryDirectory() as folder:
+        exports = []
+        for batch in batches:
+            stem = os.path.join(folder, f"batch{batch}")
+            ms.export(model, ms.Tensor(np.zeros((batch, 3, size, size), np.float32)), file_name=stem,
+                      file_format="ONNX")
+            exports.append(onnx.load(stem + ".onnx"))
+        merged = batch_dynamic_model(exports[0], exports[1], batches)
+    from .fileio import atomic_write
+
+    atomic_write(f"{target}.onnx", lambda tmp: onnx.save(merged, tmp))
 
 
 def _num_classes_in(path: str) -> int:

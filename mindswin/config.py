@@ -500,9 +500,8 @@ DEFAULTS: Dict[str, Option] = {
                                    "names", scripts=(INFER,)),
         "file_format": Option("MINDIR", str, "export format (ONNX: ops without a MindSpore converter rewritten, "
                               "see docs/deploy.md)", Choices("MINDIR", "ONNX"), (EXPORT,)),
-        "dynamic_batch": Option(None, bool, "export with a dynamic batch dimension; on for MINDIR unless "
-                                "batch_size is given; MindSpore 2.10 exports ONNX with a fixed batch only",
-                                scripts=(EXPORT,)),
+        "dynamic_batch": Option(None, bool, "export with a dynamic batch dimension; on unless batch_size is given "
+                                "(ONNX: two fixed exports merged, needs the onnx package)", scripts=(EXPORT,)),
         "export_file": Option("", str, "output path without extension; next to the checkpoint if empty",
                               scripts=(EXPORT,)),
     }),

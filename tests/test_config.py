@@ -182,7 +182,7 @@ UNCONSTRAINED = {
     "scan_index": "true/false, both valid",
     "tensorboard": "true/false, both valid",
     "throughput": "true/false, both valid",
-    "dynamic_batch": "true/false; ONNX with true is refused by export.py, naming why",
+    "dynamic_batch": "true/false, both valid for MINDIR and ONNX",
     "cam": "an output folder, created when needed",
     "scan_index_dir": "an output folder, created when needed",
     "data_dir": "a path, scanned (and reported) before the model is built",

@@ -35,21 +35,23 @@ def _onnx_logits(path: str, x: np.ndarray) -> np.ndarray:
     [],  # 32 px, window 4: shifted windows with their attention mask
     ["--image_resize", "64", "--window_size", "8", "--pretrained_window_sizes", "[4,4,4]"],  # transferred
 ])
-def test_onnx_export_runs_in_onnxruntime_with_mindswins_logits(trained, tmp_path, geometry):
+def test_onnx_export_runs_in_onnxruntime_with_mindswins_logits_at_any_batch(trained, tmp_path, geometry):
     pytest.importorskip("onnxruntime")
     ckpt = _best(trained)
-    result = run("export.py", "--ckpt_path", ckpt, "--file_format", "ONNX", "--batch_size", "2",
-                 "--export_file", tmp_path / "micro", *geometry)
-    assert "wrote" in result.stdout and (tmp_path / "micro.onnx").exists()
+    result = run("export.py", "--ckpt_path", ckpt, "--file_format", "ONNX", "--export_file", tmp_path / "micro",
+                 *geometry)
+    assert "wrote" in result.stdout and "input Nx3x" in result.stdout and (tmp_path / "micro.onnx").exists()
     size = 64 if geometry else 32
     kwargs = dict(img_size=64, window_size=8, pretrained_window_sizes=[4, 4, 4]) if geometry else {}
     model = mindswin.create_model("swinv2_micro_window4_32", num_classes=4, checkpoint_path=ckpt, **kwargs)
     assert model.layers[0].blocks[1].shift_size == ((4, 4) if geometry else (2, 2))  # the mask is in the graph
-    x = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
-    expected = model(ms.Tensor(x)).asnumpy()
-    got = _onnx_logits(str(tmp_path / "micro.onnx"), x)
-    print(f"max |onnxruntime - mindswin| = {np.abs(got - expected).max():.2e}")
-    assert got.shape == expected.shape and np.abs(got - expected).max() <= ONNX_TOLERANCE
+    # batches neither export was made at (2 and 3), the shifted windows' mask broadcast over each
+    for batch in (1, 5):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, size, size)).astype(np.float32)
+        expected = model(ms.Tensor(x)).asnumpy()
+        got = _onnx_logits(str(tmp_path / "micro.onnx"), x)
+        print(f"batch {batch}: max |onnxruntime - mindswin| = {np.abs(got - expected).max():.2e}")
+        assert got.shape == expected.shape and np.abs(got - expected).max() <= ONNX_TOLERANCE
 
 
 def test_portable_gelu_is_the_exact_gelu_in_onnxruntime(tmp_path):
@@ -87,11 +89,32 @@ def test_mindir_export_has_a_dynamic_batch(trained, tmp_path):
         assert out.shape == (batch, 4) and np.abs(out - model(x).asnumpy()).max() <= 1e-5
 
 
-def test_onnx_with_a_dynamic_batch_is_refused_with_the_reason(trained, tmp_path):
-    result = run("export.py", "--ckpt_path", _best(trained), "--file_format", "ONNX", "--dynamic_batch", "True",
-                 "--export_file", tmp_path / "m", check=False)
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert result.returncode == 2 and len(errors) == 1 and "dynamic" in errors[0] and "--batch_size" in errors[0]
+def test_onnx_with_a_batch_size_is_fixed_to_it(trained, tmp_path):
+    import onnx
+
+    result = run("export.py", "--ckpt_path", _best(trained), "--file_format", "ONNX", "--batch_size", "4",
+                 "--export_file", tmp_path / "m")
+    assert "input 4x3x32x32" in result.stdout
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_value == 4
+
+
+def test_a_batch_that_is_not_only_in_shape_constants_is_refused():
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from mindswin.engine.onnx_batch import BatchRewriteError, batch_dynamic_model
+
+    def exported(batch, offset):
+        # x + c, with c a batch-sized constant that holds data (not one repeated value)
+        c = numpy_helper.from_array(np.arange(batch * 2, dtype=np.float32).reshape(batch, 2) + offset, "c")
+        graph = helper.make_graph([helper.make_node("Add", ["x", "c"], ["y"])], "g",
+                                  [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [batch, 2])],
+                                  [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [batch, 2])], [c])
+        return helper.make_model(graph)
+
+    with pytest.raises(BatchRewriteError, match="constant c .* holds batch-dependent values that are not a shape"):
+        batch_dynamic_model(exported(2, 0.0), exported(3, 0.0), (2, 3))
 
 
 def test_throughput_mode_times_inference_and_a_training_step(tmp_path):
