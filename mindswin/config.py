@@ -731,7 +731,8 @@ def _check_learning_rates(config: Config) -> None:
     if absolute and "lr" not in absolute:
         raise ConfigError(f"{', '.join(absolute)} set without lr: give the peak lr too (absolute), or write "
                           f"{', '.join('base_' + key for key in absolute)} to scale them with the default base_lr")
-    if absolute and "lr_base_batch" in config.explicit:
+    # (a resolved config.yaml states the default 512 and reloads: only another value says something)
+    if absolute and config.lr_base_batch != DEFAULTS["lr_base_batch"].default:
         raise ConfigError(f"lr_base_batch scales the base_* rates, and this run gives absolute ones "
                           f"({', '.join(absolute)}): remove lr_base_batch, or write base_lr to scale")
     starts = [key for key in ("warmup_lr", "base_warmup_lr") if config[key] is not None]
