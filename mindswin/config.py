@@ -440,9 +440,9 @@ DEFAULTS: Dict[str, Option] = {
                               "ckpt_save_dir/tensorboard (rank 0)"),
         "keep_checkpoint_max": Option(3, int, "weight checkpoints kept: the k latest (plus MODEL-best.ckpt, as "
                                       "mindcv's best-checkpoint callback)", _POSITIVE_INT),
-        "ckpt_save_policy": Option("latest_k", str, "which keep_checkpoint_max checkpoints are kept (mindcv)",
-                                   Choices("latest_k", unsupported={"top_k": "keeping the k best is not implemented "
-                                                                    "yet; MODEL-best.ckpt is always kept"})),
+        "ckpt_save_policy": Option("latest_k", str, "which keep_checkpoint_max checkpoints are kept (mindcv): the "
+                                   "latest, or top_k those of the best validation metric (val_top1; SimMIM: "
+                                   "val_loss is not a score, latest_k only)", Choices("latest_k", "top_k")),
         "resume_opt": Option(False, bool, "mindcv: also load optimizer state next to ckpt_path",
                              Only(False, "a run continues from its ckpt_save_dir/resume_state.ckpt (optimizer, "
                                          "EMA, data position and schedule): pass --resume auto")),
@@ -706,6 +706,9 @@ def _check_combinations(config: Config) -> None:
         raise ConfigError("hccl_buffsize is an Ascend (HCCL) setting; remove it on "
                           f"device_target {config.device_target}")
     _check_learning_rates(config)
+    if config.ckpt_save_policy == "top_k" and config.task == "simmim":
+        raise ConfigError("ckpt_save_policy top_k keeps the checkpoints of the best val_top1, and SimMIM "
+                          "pre-training has no such score: use latest_k")
     if config.val_amp_level is not None and config.val_amp_level != config.amp_level:
         raise ConfigError(f"val_amp_level {config.val_amp_level} differs from amp_level {config.amp_level}: "
                           "validation during training runs the training network; evaluate the saved weights at "

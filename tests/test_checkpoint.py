@@ -211,3 +211,22 @@ def test_truncated_pth_and_safetensors(reference_dir, tmp_path):
         cut.write_bytes(data[: len(data) // 2])
         with pytest.raises(CheckpointError, match="truncated|not a valid"):
             load_checkpoint(micro(), str(cut))
+
+
+@pytest.mark.parametrize("policy, kept", [
+    (None, ["e0004", "e0005"]),  # latest_k
+    ("val_top1", ["e0002", "e0004"]),  # top_k: the two best scores (e0004 over the equal, older e0001)
+])
+def test_checkpoint_policies_keep_the_latest_or_the_best(tmp_path, policy, kept):
+    from mindspore import nn
+
+    from mindswin.checkpoint import CheckpointMetadata
+    from mindswin.engine.checkpoints import CheckpointManager
+
+    files = CheckpointManager(str(tmp_path), "net", keep_max=2, keep_best_by=policy)
+    cell = nn.Dense(2, 2)
+    scores = {1: 50.0, 2: 80.0, 3: None, 4: 50.0, 5: 40.0}  # epoch 3 was not validated
+    for epoch, score in scores.items():
+        metrics = {} if score is None else {"val_top1": score}
+        files.save_weights(cell, epoch, CheckpointMetadata(model="net", epoch=epoch, metrics=metrics))
+    assert [os.path.basename(p)[4:9] for p in files.epoch_checkpoints()] == kept

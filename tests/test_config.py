@@ -121,7 +121,7 @@ INVALID = {
     "loss": "nll",
     "aux_factor": 0.4,
     "reduction": "sum",
-    "ckpt_save_policy": "top_k",
+    "ckpt_save_policy": "best_k",
     "resume_opt": True,
     "val_amp_level": "O1",
     "amp_cast_list": "[Softmax]",

@@ -20,7 +20,7 @@ import logging
 import os
 from typing import Any, Dict, List, Optional
 
-from ..checkpoint import CheckpointMetadata, save_checkpoint
+from ..checkpoint import CheckpointMetadata, read_metadata, save_checkpoint
 from ..fileio import append_line, atomic_write
 from .state import RunPosition, TrainState
 
@@ -55,13 +55,19 @@ class CheckpointManager:
         model_name: Prefix of weight files.
         keep_max: Number of per-epoch weight files kept.
         is_main: Whether this process writes files.
+        keep_best_by: None keeps the ``keep_max`` latest files (mindcv's ``latest_k``); a
+            metric name (``val_top1``) keeps the ``keep_max`` files with the highest value of it
+            in their metadata, the later of equal ones (mindcv's ``top_k``). Files without the
+            metric (epochs without validation) rank lowest.
     """
 
-    def __init__(self, save_dir: str, model_name: str, keep_max: int, is_main: bool = True) -> None:
+    def __init__(self, save_dir: str, model_name: str, keep_max: int, is_main: bool = True,
+                 keep_best_by: Optional[str] = None) -> None:
         self.save_dir = save_dir
         self.model_name = model_name
         self.keep_max = keep_max
         self.is_main = is_main
+        self.keep_best_by = keep_best_by
         if is_main:
             os.makedirs(save_dir, exist_ok=True)
 
@@ -90,9 +96,20 @@ class CheckpointManager:
             return None
         path = os.path.join(self.save_dir, f"{self.model_name}-e{epoch:04d}.ckpt")
         save_checkpoint(model, path, metadata)
-        for old in self.epoch_checkpoints()[:-self.keep_max]:
+        for old in self._ranked(self.epoch_checkpoints())[:-self.keep_max]:
             os.remove(old)
         return path
+
+    def _ranked(self, paths: List[str]) -> List[str]:
+        """``paths`` (oldest first) from the first to drop to the last: by age, or by the kept metric."""
+        if self.keep_best_by is None:
+            return paths
+
+        def score(path: str) -> float:
+            value = read_metadata(path).metrics.get(self.keep_best_by)
+            return float("-inf") if value is None else float(value)
+
+        return sorted(paths, key=score)  # stable: of equal scores the older is dropped first
 
     def save_best(self, model, metadata: CheckpointMetadata) -> None:
         if self.is_main:

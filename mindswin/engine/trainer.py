@@ -79,7 +79,8 @@ def train(config: Config) -> Dict[str, Any]:
     task = create_task(config, runtime)
     model, _ = task.build_model()
     training = build_training(config, runtime, model, task.loss_network(model), task.num_samples)
-    files = CheckpointManager(config.ckpt_save_dir, model.model_name, config.keep_checkpoint_max, runtime.is_main)
+    files = CheckpointManager(config.ckpt_save_dir, model.model_name, config.keep_checkpoint_max, runtime.is_main,
+                              keep_best_by=task.monitor if config.ckpt_save_policy == "top_k" else None)
     position = restore(config, runtime, training, files)
     _say_where_mindcvs_epoch_goes(config, position)
     if runtime.is_main:
