@@ -324,8 +324,9 @@ DEFAULTS: Dict[str, Option] = {
                         Only(0.0, "vertical flips are not implemented (no Swin recipe flips vertically)")),
         "aug_splits": Option(0, int, "mindcv: AugMix splits for the JSD loss",
                              Only(0, "AugMix splits and the JSD loss are not implemented")),
-        "aug_repeats": Option(0, int, "mindcv: repeated augmentation (each sample N times per epoch)",
-                              Only(0, "repeated augmentation is not implemented yet")),
+        "aug_repeats": Option(0, int, "repeated augmentation (mindcv, DeiT): each drawn image N times per epoch, "
+                              "its copies on different ranks with their own augmentations; the epoch keeps its "
+                              "length (0 or 1: off)", _NON_NEGATIVE),
         "color_jitter": Option(None, float, "colour jitter when auto_augment is off; none if unset", _NON_NEGATIVE),
         "hflip": Option(0.5, float, "horizontal flip probability", _PROBABILITY),
         "scale": Option([0.08, 1.0], list, "RandomResizedCrop area range",

@@ -115,7 +115,7 @@ INVALID = {
     "re_max_attempts": 5,
     "vflip": 0.5,
     "aug_splits": 3,
-    "aug_repeats": 3,
+    "aug_repeats": -1,
     "weight_decay_filter": "disable",
     "drop_overflow_update": False,
     "loss": "nll",

@@ -610,3 +610,31 @@ def test_official_map_files_list_the_samples(tmp_path):
     (root / "bad_map.txt").write_text("fall11_whole/a.JPEG\tnot-a-number\n")
     with pytest.raises(DataError, match="not a map file"):
         scan_map_file(str(root / "bad_map.txt"), str(root))
+
+
+@pytest.mark.parametrize("shards", [1, 2, 3])
+def test_repeated_augmentation_deals_as_mindcvs_sampler_with_a_key_per_copy(shards):
+    from mindcv.data.distributed_sampler import RepeatAugSampler
+
+    from mindswin.data.dataset import EpochShardSampler
+
+    n, repeats = 10, 3
+    all_keys = []
+    for rank in range(shards):
+        ours = EpochShardSampler(n, shards, rank, seed=0, shuffle=False, repeats=repeats)
+        theirs = list(RepeatAugSampler(n, num_shards=shards, rank_id=rank, num_repeats=repeats, selected_round=0,
+                                       shuffle=False))
+        assert ours.indices(0).tolist() == theirs  # the same images, in the same order, on every rank
+        keys = ours.keys(4)
+        assert [ours.split_key(k) for k in keys] == [(4, i) for i in ours.indices(4)]
+        all_keys += keys.tolist()
+    # every copy of an image has its own key (its own crop, flip, erasing, mixing, drop path); the copies of
+    # one image go to consecutive ranks
+    assert len(set(all_keys)) == len(all_keys)
+    first = EpochShardSampler(n, shards, 0, seed=0, shuffle=True, repeats=repeats)
+    if shards == 3:
+        others = [EpochShardSampler(n, shards, r, seed=0, shuffle=True, repeats=repeats) for r in (1, 2)]
+        assert first.indices(0)[0] == others[0].indices(0)[0] == others[1].indices(0)[0]
+    # one repeat is the plain sampler, key for key
+    plain, single = EpochShardSampler(n, shards, 0, seed=5), EpochShardSampler(n, shards, 0, seed=5, repeats=1)
+    assert plain.keys(2).tolist() == single.keys(2).tolist() == (2 * n + plain.indices(2)).tolist()

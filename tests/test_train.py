@@ -557,3 +557,11 @@ def test_ema_follows_the_weights(warmup):
                 (update, param.name)
     names = {p.name for p in twin.get_parameters()}
     assert not [n for n in names if "attn_mask" in n or "relative_" in n]
+
+
+def test_repeated_augmentation_trains_an_epoch_of_the_same_length(data_dir, tmp_path):
+    out = tmp_path / "out"
+    run("train.py", *BASE_ARGS, "--epoch_size", "1", "--aug_repeats", "3", "--data_dir", data_dir,
+        "--ckpt_save_dir", out)
+    record = read_metrics(out)[-1]
+    assert record["optimizer_step"] == 96 // 16 and record["val_samples"] == 36

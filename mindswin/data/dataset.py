@@ -145,16 +145,23 @@ class EpochShardSampler:
     remaining samples first and the ``skip`` already-trained ones after them (never
     reached: the loop takes only the remaining batches).
 
-    It yields sample *keys*, ``epoch * num_samples + index`` (:meth:`split_key` takes one
-    apart): the epoch travels with every sample, so per-sample randomness drawn in worker
-    processes (which never see this object's later state) knows its epoch.
+    It yields sample *keys*, ``(epoch * repeats + copy) * num_samples + index``
+    (:meth:`split_key` takes one apart): the epoch travels with every sample, so per-sample
+    randomness drawn in worker processes (which never see this object's later state) knows
+    its epoch, and each copy of a repeated sample draws its own augmentation.
+
+    ``repeats`` above 1 is repeated augmentation (DeiT's RASampler, mindcv's
+    ``RepeatAugSampler`` with ``selected_round=0``, as mindcv's ``aug_repeats`` builds it): the
+    permutation's every index ``repeats`` times in a row, dealt round-robin over the shards
+    (so the copies of a sample land on different ranks), each shard keeping its first
+    ``ceil(n / num_shards)``: an epoch stays as long, with fewer distinct images.
 
     Attributes:
         current_epoch: The epoch being drawn.
     """
 
     def __init__(self, num_samples: int, num_shards: int = 1, shard_id: int = 0, seed: int = 0,
-                 shuffle: bool = True, start_epoch: int = 0, skip: int = 0) -> None:
+                 shuffle: bool = True, start_epoch: int = 0, skip: int = 0, repeats: int = 1) -> None:
         if not 0 <= shard_id < num_shards:
             raise ValueError(f"shard_id {shard_id} outside [0, {num_shards})")
         self.num_samples = num_samples
@@ -165,30 +172,40 @@ class EpochShardSampler:
         self.epoch = start_epoch
         self.current_epoch = start_epoch
         self.skip = skip
+        self.repeats = repeats
         self.per_shard = math.ceil(num_samples / num_shards)
 
-    def indices(self, epoch: int) -> np.ndarray:
+    def keys(self, epoch: int) -> np.ndarray:
+        """This shard's sample keys of ``epoch``, in order."""
         order = (np.random.default_rng([self.seed, epoch]).permutation(self.num_samples) if self.shuffle
                  else np.arange(self.num_samples))
-        total = self.per_shard * self.num_shards
-        order = np.resize(order, total)  # wraps around
-        return order[self.shard_id::self.num_shards]
+        copies = np.tile(np.arange(self.repeats), self.num_samples)
+        order = np.repeat(order, self.repeats)
+        total = math.ceil(len(order) / self.num_shards) * self.num_shards
+        # wraps around to even out the shards; each keeps its first per_shard
+        order = np.resize(order, total)[self.shard_id::self.num_shards][:self.per_shard]
+        copies = np.resize(copies, total)[self.shard_id::self.num_shards][:self.per_shard]
+        return (epoch * self.repeats + copies) * self.num_samples + order
+
+    def indices(self, epoch: int) -> np.ndarray:
+        """This shard's sample indices of ``epoch``, in order."""
+        return self.keys(epoch) % self.num_samples
 
     def __iter__(self) -> Iterator[int]:
         return self._next_epoch()
 
     def _next_epoch(self) -> Iterator[int]:
         self.current_epoch = self.epoch
-        indices = self.indices(self.epoch)
-        indices = np.concatenate([indices[self.skip:], indices[:self.skip]])
-        base = self.epoch * self.num_samples
+        keys = self.keys(self.epoch)
+        keys = np.concatenate([keys[self.skip:], keys[:self.skip]])
         self.epoch += 1
         self.skip = 0
-        yield from (indices + base).tolist()
+        yield from keys.tolist()
 
     def split_key(self, key: int) -> Tuple[int, int]:
         """``(epoch, index)`` of a key this sampler yielded."""
-        return divmod(int(key), self.num_samples)
+        drawn, index = divmod(int(key), self.num_samples)
+        return drawn // self.repeats, index
 
     def __deepcopy__(self, memo) -> EpochShardSampler:
         return self
@@ -265,7 +282,8 @@ def create_train_dataset(data_dir: str, *, image_size: int, batch_size: int, spl
                          label_smoothing: float = 0.0, verify: str = "auto", strict: bool = False,
                          index: Optional[FolderIndex] = None, mean: Sequence[float] = IMAGENET_MEAN,
                          std: Sequence[float] = IMAGENET_STD, device_augment: bool = False,
-                         path_noise_blocks: int = 0, multiprocessing: bool = True) -> Tuple[ds.Dataset, DataInfo]:
+                         path_noise_blocks: int = 0, repeats: int = 1,
+                         multiprocessing: bool = True) -> Tuple[ds.Dataset, DataInfo]:
     """Training dataset of soft-target batches (columns: see the module docstring).
 
     ``start_epoch``/``skip_batches`` resume the sample order of an interrupted run (and,
@@ -274,11 +292,12 @@ def create_train_dataset(data_dir: str, *, image_size: int, batch_size: int, spl
     with ``path_noise_blocks`` (the model's block count, when it trains with stochastic depth)
     each batch also carries ``path_noise`` ``(B, blocks, 2)``: the model's stochastic-depth
     uniforms, drawn from each sample's key (``SwinTransformerV2.forward_stages``).
+    ``repeats`` above 1 is repeated augmentation (:class:`EpochShardSampler`).
     ``multiprocessing=False`` runs the Python transform in threads (for debugging).
     """
     index = index or _scan(data_dir, split, None, verify, strict, num_workers)
     sampler = EpochShardSampler(len(index), num_shards, shard_id, seed, shuffle=True, start_epoch=start_epoch,
-                                skip=skip_batches * batch_size)
+                                skip=skip_batches * batch_size, repeats=repeats)
     if sampler.per_shard < batch_size:
         raise DataError(f"{index.root}: {sampler.per_shard} samples per shard is fewer than batch_size {batch_size}")
     augment = TrainAugment(image_size, scale=scale, ratio=ratio, hflip=hflip, auto_augment=auto_augment,

@@ -45,8 +45,8 @@ _logger = logging.getLogger("mindswin.train")
 _SIMMIM_STATE_KEY = "model.encoder.mask_token"
 # Keys each task does not read: set explicitly, they are reported as ignored.
 _CLASSIFICATION_ONLY = ("num_classes", "class_map", "val_map_file", "auto_augment", "re_prob", "re_value",
-                        "color_jitter", "mixup", "cutmix", "cutmix_prob", "mixup_switch_prob", "mixup_mode",
-                        "label_smoothing", "loss")
+                        "color_jitter", "aug_repeats", "mixup", "cutmix", "cutmix_prob", "mixup_switch_prob",
+                        "mixup_mode", "label_smoothing", "loss")
 _SIMMIM_ONLY = ("mask_patch_size", "mask_ratio", "norm_target_patch_size", "recon_grid_images")
 
 
@@ -308,7 +308,8 @@ class ClassificationTask(Task):
             mixup_prob=config.cutmix_prob, mixup_switch_prob=config.mixup_switch_prob, mixup_mode=config.mixup_mode,
             label_smoothing=config.label_smoothing, index=self.index, split=config.train_split,
             num_workers=config.num_parallel_workers, device_augment=True,
-            path_noise_blocks=self.path_noise_blocks, **self.preprocessing.train_args())
+            path_noise_blocks=self.path_noise_blocks, repeats=max(config.aug_repeats, 1),
+            **self.preprocessing.train_args())
 
     def evaluate(self, model: SwinTransformerV2) -> Dict[str, Any]:
         if self.val_index is None:
