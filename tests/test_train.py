@@ -565,3 +565,36 @@ def test_repeated_augmentation_trains_an_epoch_of_the_same_length(data_dir, tmp_
         "--ckpt_save_dir", out)
     record = read_metrics(out)[-1]
     assert record["optimizer_step"] == 96 // 16 and record["val_samples"] == 36
+
+
+def test_steps_between_log_lines_read_nothing_back_from_the_device(data_dir, tmp_path, monkeypatch):
+    """Counted on CPU: each Tensor.asnumpy made while a step is logged, with the terminal's progress bar on."""
+    from mindswin.config import load_config
+    from mindswin.engine import trainer
+
+    reads = [0]
+    to_numpy = ms.Tensor.asnumpy
+
+    def counted(tensor):
+        reads[0] += 1
+        return to_numpy(tensor)
+
+    per_step = []
+    step_log = trainer._StepLog.step
+
+    def logged(self, batch, *values):
+        before = reads[0]
+        step_log(self, batch, *values)
+        per_step.append((batch + 1, reads[0] - before))
+
+    monkeypatch.setattr(ms.Tensor, "asnumpy", counted)
+    monkeypatch.setattr(trainer._StepLog, "step", logged)
+    monkeypatch.setattr(trainer.sys.stdout, "isatty", lambda: True)
+    config = load_config(overrides=dict(
+        model="swinv2_micro_window4_32", batch_size=16, epoch_size=1, warmup_epochs=0, amp_level="O0",
+        auto_augment="", mixup=0.0, cutmix=0.0, re_prob=0.0, num_parallel_workers=1, log_interval=4,
+        val_while_train=False, tensorboard=False, data_dir=data_dir, ckpt_save_dir=str(tmp_path / "out")))
+    trainer.train(config)
+    assert [batch for batch, _ in per_step] == [1, 2, 3, 4, 5, 6]
+    # only the log line (step 4) reads: loss, lr, loss scale, grad norm and the 4 steps' finite flags
+    assert [count for _, count in per_step] == [0, 0, 0, 8, 0, 0]
