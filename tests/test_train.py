@@ -587,6 +587,8 @@ def test_steps_between_log_lines_read_nothing_back_from_the_device(data_dir, tmp
         step_log(self, batch, *values)
         per_step.append((batch + 1, reads[0] - before))
 
+    # this test process ran kernels already: MindSpore allows choosing the device only before that
+    monkeypatch.setattr(ms, "set_device", lambda *args, **kwargs: None)
     monkeypatch.setattr(ms.Tensor, "asnumpy", counted)
     monkeypatch.setattr(trainer._StepLog, "step", logged)
     monkeypatch.setattr(trainer.sys.stdout, "isatty", lambda: True)
