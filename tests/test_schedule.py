@@ -25,8 +25,12 @@ def test_every_shipped_recipe_keeps_the_schedule_it_had():
         config = load_config(os.path.join(ROOT, path))
         global_batch = config.batch_size * int(devices) * config.gradient_accumulation_steps
         table = schedule_from_config(config, int(steps_per_epoch), global_batch)
-        # the same float64 arithmetic in the same order, rounded once: equal, not close
-        assert np.array_equal(table, tables[key]), key
+        # the same float64 arithmetic in the same order, rounded once to float32: bitwise equal on the machine
+        # that wrote the tables (AVX-512); numpy's float64 cos differs by an ulp or so between its SIMD and
+        # scalar paths, which can move a float32 rounding by at most one float32 ulp on another ISA
+        before = tables[key]
+        assert table.shape == before.shape, key
+        assert (np.abs(table - before) <= np.spacing(np.abs(before))).all(), key
 
 
 # mindcv's create_scheduler takes integer epochs; its tables are float64 lists.

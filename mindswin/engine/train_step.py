@@ -205,8 +205,9 @@ class TrainStep(nn.Cell):
         if self.clip_value is not None:
             grads = clip_by_norm(grads, grad_norm, self.clip_value, self.hyper_map)
         lr = self.current_lr()
-        # the number of this update if it is applied (read before the optimizer counts it)
-        updates = (self.optimizer.step + 1).astype(ms.float32)
+        if self.ema is not None:
+            # the number of this update if it is applied (read before the optimizer counts it)
+            updates = (self.optimizer.step + 1).astype(ms.float32)
         updated = self.optimizer(grads, lr, apply)
         if self.ema is not None:
             updated = ops.depend(updated, self.ema(self.weights, apply, updates))
