@@ -372,12 +372,15 @@ DEFAULTS: Dict[str, Option] = {
                                 _POSITIVE_INT),
         "warmup_epochs": Option(20, _NUM, "linear warmup length in epochs, before the scheduler's decay",
                                 _NON_NEGATIVE),
-        "scheduler": Option("cosine_decay", str, "learning-rate decay after warmup, as mindcv's create_scheduler: "
-                            "its epochs count from the end of the warmup",
+        "scheduler": Option("cosine_decay", str, "learning-rate decay after warmup: mindcv's create_scheduler "
+                            "names (their epochs count from the end of the warmup; one_cycle and cyclic take no "
+                            "warmup) or the official build_scheduler's cosine, linear, step, multistep",
                             Choices("cosine_decay", "warmup_cosine_decay", "constant", "multi_step_decay",
-                                    "step_decay", "exponential_decay", "polynomial_decay",
-                                    unsupported={name: "not implemented in mindswin (mindcv has it); use "
-                                                 "cosine_decay" for name in ("one_cycle", "cyclic")})),
+                                    "step_decay", "exponential_decay", "polynomial_decay", "one_cycle", "cyclic",
+                                    "cosine", "linear", "step", "multistep")),
+        "warmup_prefix": Option(None, bool, "the decay's clock starts after the warmup (True) or at step 0, the "
+                                "warmup replacing its first steps (False; official LR_SCHEDULER.WARMUP_PREFIX); "
+                                "unset: False for the official step and multistep, True otherwise"),
         "decay_epochs": Option(None, int, "cosine_decay: epochs of one cosine cycle (then min_lr); step_decay: "
                                "epochs between decays; if unset, cosine_decay spans the run after warmup",
                                _POSITIVE_INT),
@@ -720,6 +723,8 @@ def _check_combinations(config: Config) -> None:
                           f"{config.batch_size}; change --batch_size or --mixup_mode")
 
 
+# Schedulers that are a whole cycle by themselves: mindcv refuses them with a warmup or an epoch stair.
+NO_WARMUP = ("one_cycle", "cyclic")
 _ABSOLUTE_RATES = ("lr", "min_lr", "warmup_lr")
 _SCALED_RATES = ("base_lr", "base_min_lr", "base_warmup_lr")
 
@@ -739,6 +744,10 @@ def _check_learning_rates(config: Config) -> None:
     if absolute and config.lr_base_batch != DEFAULTS["lr_base_batch"].default:
         raise ConfigError(f"lr_base_batch scales the base_* rates, and this run gives absolute ones "
                           f"({', '.join(absolute)}): remove lr_base_batch, or write base_lr to scale")
+    if config.scheduler in NO_WARMUP and (config.warmup_epochs or config.lr_epoch_stair):
+        raise ConfigError(f"scheduler {config.scheduler} is a whole cycle from step 0 and takes no warmup or "
+                          f"lr_epoch_stair (mindcv refuses them too): set warmup_epochs: 0 and lr_epoch_stair: "
+                          "False, or choose another scheduler")
     starts = [key for key in ("warmup_lr", "base_warmup_lr") if config[key] is not None]
     if starts and config.warmup_factor is not None:
         raise ConfigError(f"warmup_factor and {starts[0]} both set the lr at step 0: keep one")

@@ -117,3 +117,83 @@ def test_multi_step_milestones_count_after_the_warmup():
     table = lr_schedule(LearningRates(1e-4, 0.0, 5e-7), 2, 800, 10, scheduler="multi_step_decay",
                         milestones=[690], decay_rate=0.1)
     assert table[2 * 700 - 1] == np.float32(1e-4) and table[2 * 700] == np.float32(1e-5)
+
+
+@pytest.mark.parametrize("case", [dict(scheduler="one_cycle"), dict(scheduler="cyclic", num_cycles=1),
+                                  dict(scheduler="cyclic", num_cycles=3)], ids=["one_cycle", "cyclic1", "cyclic3"])
+def test_whole_cycle_schedulers_equal_mindcvs(case):
+    lr, min_lr, steps_per_epoch, epochs = 1e-3, 1e-5, 7, 11
+    theirs = np.asarray(create_scheduler(steps_per_epoch, case["scheduler"], lr=lr, min_lr=min_lr, warmup_epochs=0,
+                                         num_epochs=epochs, num_cycles=case.get("num_cycles", 1)), np.float64)
+    ours = lr_schedule(LearningRates(lr, min_lr, 0.0), steps_per_epoch, epochs, 0, scheduler=case["scheduler"],
+                       num_cycles=case.get("num_cycles", 1))
+    assert ours.shape == theirs.shape
+    # the same float64 formulas (numpy's cos for math.cos: a float64 ulp), rounded once to float32
+    assert np.allclose(ours, theirs, rtol=2.0 ** -24 + 1e-12, atol=0), np.abs(ours - theirs).max()
+    assert ours.max() > 0.9 * lr and ours.min() < 0.1 * lr
+
+
+def test_whole_cycle_schedulers_refuse_a_warmup_as_mindcv_does():
+    with pytest.raises(ConfigError, match="one_cycle is a whole cycle .* warmup_epochs: 0"):
+        load_config(overrides=dict(scheduler="one_cycle", lr=1e-3))
+    assert load_config(overrides=dict(scheduler="cyclic", lr=1e-3, warmup_epochs=0)).scheduler == "cyclic"
+
+
+# The official build_scheduler's cosine and step are timm's schedulers over optimizer steps (t_in_epochs
+# False); its linear and multistep are its own classes, written out here from their formulas (timm's
+# MultiStepLRScheduler applies a milestone one step early, the official one does not).
+_TIMM_TABLES = r'''
+import json, sys, torch
+from timm.scheduler import CosineLRScheduler, StepLRScheduler
+peak, final, start, spe, epochs, warmup = json.loads(sys.argv[1])
+total, wsteps = spe * epochs, warmup * spe
+opt = lambda: torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak)
+out = {}
+for prefix in (True, False):
+    common = dict(warmup_lr_init=start, warmup_t=wsteps, t_in_epochs=False, warmup_prefix=prefix)
+    schedulers = {
+        "cosine": CosineLRScheduler(opt(), t_initial=total - wsteps if prefix else total, lr_min=final,
+                                    cycle_limit=1, **common),
+        "step": StepLRScheduler(opt(), decay_t=3 * spe, decay_rate=0.5, **common),
+    }
+    for name, scheduler in schedulers.items():
+        out[f"{name}|{prefix}"] = [scheduler._get_lr(t)[0] for t in range(total)]
+print(json.dumps(out))
+'''
+
+
+def test_official_schedulers_equal_timms_with_both_warmup_prefixes():
+    import json
+    import subprocess
+
+    from conftest import require_torch_python
+
+    peak, final, start, spe, epochs, warmup = 1e-3, 1e-5, 1e-6, 5, 12, 2
+    tables = json.loads(subprocess.run(
+        [str(require_torch_python()), "-c", _TIMM_TABLES, json.dumps([peak, final, start, spe, epochs, warmup])],
+        check=True, capture_output=True, text=True).stdout)
+    rates = LearningRates(peak, final, start)
+    for key, theirs in tables.items():
+        name, prefix = key.split("|")
+        extra = dict(decay_epochs=3, decay_rate=0.5) if name == "step" else {}
+        ours = lr_schedule(rates, spe, epochs, warmup, scheduler=name, warmup_prefix=prefix == "True", **extra)
+        assert np.allclose(ours, theirs, rtol=2.0 ** -24 + 1e-12, atol=0), (key, np.abs(ours - theirs).max())
+    # unset, step and multistep count from step 0 as in the official code (its timm 0.4.12 had no prefix)
+    assert np.array_equal(lr_schedule(rates, spe, epochs, warmup, scheduler="step", decay_epochs=3, decay_rate=0.5),
+                          np.float32(tables["step|False"]))
+    assert np.array_equal(lr_schedule(rates, spe, epochs, warmup, scheduler="cosine"),
+                          np.float32(tables["cosine|True"]))
+    total, wsteps = spe * epochs, spe * warmup
+    t = np.arange(total, dtype=np.float64)
+    linear = np.where(t < wsteps, start + t * (peak - start) / wsteps,
+                      peak - (peak - final) * (t - wsteps) / (total - wsteps))
+    assert np.allclose(lr_schedule(rates, spe, epochs, warmup, scheduler="linear"), linear, rtol=2.0 ** -24, atol=0)
+    from_zero = np.where(t < wsteps, start + t * (peak - start) / wsteps, peak - (peak - final) * t / total)
+    assert np.allclose(lr_schedule(rates, spe, epochs, warmup, scheduler="linear", warmup_prefix=False), from_zero,
+                       rtol=2.0 ** -24, atol=0)
+    for prefix, origin in ((None, 0), (True, wsteps)):
+        multistep = np.where(t < wsteps, start + t * (peak - start) / wsteps,
+                             peak * 0.1 ** np.searchsorted([5 * spe, 8 * spe], t - origin, side="right"))
+        ours = lr_schedule(rates, spe, epochs, warmup, scheduler="multistep", milestones=[5, 8], decay_rate=0.1,
+                           warmup_prefix=prefix)
+        assert np.allclose(ours, multistep, rtol=2.0 ** -24, atol=0), prefix

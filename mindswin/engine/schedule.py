@@ -6,9 +6,10 @@ Two spellings of the rates, one meaning each:
 * ``base_lr``, ``base_min_lr``, ``base_warmup_lr`` are per ``lr_base_batch`` images and
   scaled by the global batch, as the official ``TRAIN.BASE_LR`` (linear scaling rule).
 
-The table is a linear warmup over ``warmup_epochs`` followed by the decay of ``scheduler``,
-whose epochs (``decay_epochs``, ``multi_step_decay_milestones``, the polynomial's span) count
-from the end of the warmup, as mindcv's do. The whole table is computed in float64 and
+The table is a linear warmup over ``warmup_epochs`` followed by the decay of ``scheduler``:
+mindcv's names count their epochs (``decay_epochs``, ``multi_step_decay_milestones``, the
+polynomial's span) from the end of the warmup, as mindcv does; the official names keep the
+official origins, and ``warmup_prefix`` chooses either for any of them. The whole table is computed in float64 and
 rounded once to float32; it goes to the device with the train step, which indexes it by
 the optimizer step (no host work per step).
 """
@@ -18,7 +19,7 @@ from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from ..config import Config
+from ..config import NO_WARMUP, Config
 
 __all__ = ["LearningRates", "learning_rates", "lr_schedule", "schedule_from_config"]
 
@@ -56,10 +57,15 @@ def learning_rates(config: Config, global_batch: int) -> LearningRates:
     return LearningRates(peak, final, start)
 
 
+# The official build_scheduler's step and multistep count from step 0 (timm's warmup_prefix False); every
+# other decay counts from the end of the warmup (mindcv's schedulers, the official cosine's WARMUP_PREFIX True).
+_FROM_STEP_0 = ("step", "multistep")
+
+
 def lr_schedule(rates: LearningRates, steps_per_epoch: int, epochs: int, warmup_epochs: float, *,
                 scheduler: str = "cosine_decay", decay_epochs: Optional[int] = None, decay_rate: float = 0.9,
                 milestones: Sequence[int] = (), num_cycles: int = 1, cycle_decay: float = 1.0,
-                epoch_stair: bool = False) -> np.ndarray:
+                epoch_stair: bool = False, warmup_prefix: Optional[bool] = None) -> np.ndarray:
     """Per-step learning rates (float32, ``epochs * steps_per_epoch`` of them).
 
     Args:
@@ -67,43 +73,60 @@ def lr_schedule(rates: LearningRates, steps_per_epoch: int, epochs: int, warmup_
         steps_per_epoch: Optimizer steps per epoch.
         epochs: Epochs of the run.
         warmup_epochs: Linear warmup from ``rates.start`` to ``rates.peak`` (may be fractional).
-        scheduler: The decay after the warmup: ``cosine_decay`` (``warmup_cosine_decay`` is
-            mindcv's other name for it), ``constant``, ``multi_step_decay``, ``step_decay``,
-            ``exponential_decay`` or ``polynomial_decay``.
+        scheduler: The decay after the warmup. mindcv's ``cosine_decay`` (``warmup_cosine_decay``
+            is its other name), ``constant``, ``multi_step_decay``, ``step_decay``,
+            ``exponential_decay``, ``polynomial_decay``, ``one_cycle`` and ``cyclic`` (these two
+            without warmup or stair, as in mindcv); the official ``cosine``, ``linear`` (from
+            ``peak`` to ``final``), ``step`` and ``multistep``.
         decay_epochs: ``cosine_decay``: length of one cosine from ``peak`` to ``final``
-            (then ``final``); None spans the rest of the run. ``step_decay``: epochs between
-            decays (required).
-        decay_rate: Factor of ``step_decay``, ``exponential_decay`` (per epoch) and
-            ``multi_step_decay``; the power of ``polynomial_decay``.
-        milestones: ``multi_step_decay``: epochs after the warmup at which the rate is
-            multiplied by ``decay_rate``.
-        num_cycles: ``cosine_decay``: cosines of ``decay_epochs`` one after the other.
+            (then ``final``); None spans the rest of the run. ``step_decay``/``step``: epochs
+            between decays (required).
+        decay_rate: Factor of ``step_decay``, ``step``, ``exponential_decay`` (per epoch),
+            ``multi_step_decay`` and ``multistep`` (the official GAMMA); the power of
+            ``polynomial_decay``.
+        milestones: ``multi_step_decay``/``multistep``: epochs at which the rate is multiplied
+            by ``decay_rate``.
+        num_cycles: ``cosine_decay``: cosines of ``decay_epochs`` one after the other;
+            ``cyclic``: triangles over the run.
         cycle_decay: ``cosine_decay``: peak factor from one cycle to the next.
         epoch_stair: Change the rate at epoch boundaries only (mindcv's ``lr_epoch_stair``).
+        warmup_prefix: The decay's clock starts after the warmup (True) or at step 0, the
+            warmup then replacing its first steps (False), as the official WARMUP_PREFIX.
+            None: False for the official ``step`` and ``multistep``, True for the rest.
     """
     total = epochs * steps_per_epoch
+    if scheduler in NO_WARMUP:
+        if warmup_epochs or epoch_stair:
+            raise ValueError(f"{scheduler} takes no warmup and no lr_epoch_stair (mindcv refuses them too)")
+        return (_one_cycle(rates, total) if scheduler == "one_cycle" else _cyclic(rates, total, num_cycles))
     warmup_steps = int(round(warmup_epochs * steps_per_epoch))
+    if warmup_prefix is None:
+        warmup_prefix = scheduler not in _FROM_STEP_0
+    origin = warmup_steps if warmup_prefix else 0
     steps = np.arange(total, dtype=np.float64)
-    # steps and epochs since the end of the warmup (the decay's own clock)
-    after = np.maximum(steps - warmup_steps, 0.0)
+    # steps and epochs on the decay's own clock
+    after = np.maximum(steps - origin, 0.0)
     epoch = np.floor(after / steps_per_epoch)
     clock = epoch if epoch_stair else after / steps_per_epoch
+    rest = max(total - origin, 1)
     if scheduler == "constant":
         rates_ = np.full(total, rates.peak)
-    elif scheduler in ("cosine_decay", "warmup_cosine_decay"):
-        rates_ = _cosine(rates, after, steps_per_epoch, max(total - warmup_steps, 1), decay_epochs, num_cycles,
-                         cycle_decay, epoch_stair)
-    elif scheduler == "multi_step_decay":
+    elif scheduler in ("cosine_decay", "warmup_cosine_decay", "cosine"):
+        rates_ = _cosine(rates, after, steps_per_epoch, rest, decay_epochs, num_cycles, cycle_decay, epoch_stair)
+    elif scheduler == "linear":
+        done = clock * steps_per_epoch if epoch_stair else after
+        rates_ = rates.peak - (rates.peak - rates.final) * np.minimum(done / rest, 1.0)
+    elif scheduler in ("multi_step_decay", "multistep"):
         rates_ = rates.peak * decay_rate ** np.searchsorted(np.sort(np.asarray(milestones, np.float64)), epoch,
                                                             side="right")
-    elif scheduler == "step_decay":
+    elif scheduler in ("step_decay", "step"):
         if not decay_epochs:
-            raise ValueError("step_decay needs decay_epochs")
+            raise ValueError(f"{scheduler} needs decay_epochs")
         rates_ = rates.peak * decay_rate ** np.floor(epoch / decay_epochs)
     elif scheduler == "exponential_decay":
         rates_ = rates.peak * decay_rate ** clock
     elif scheduler == "polynomial_decay":
-        span = epochs - warmup_epochs
+        span = epochs - (warmup_epochs if warmup_prefix else 0)
         rates_ = rates.peak * (1.0 - np.minimum(clock, span) / span) ** decay_rate
     else:
         raise ValueError(f"unknown scheduler {scheduler!r}")
@@ -111,6 +134,30 @@ def lr_schedule(rates: LearningRates, steps_per_epoch: int, epochs: int, warmup_
         done = np.floor(steps / steps_per_epoch) * steps_per_epoch if epoch_stair else steps
         rates_ = np.where(steps < warmup_steps, rates.start + (rates.peak - rates.start) * done / warmup_steps, rates_)
     return rates_.astype(np.float32)
+
+
+def _one_cycle(rates: LearningRates, total: int) -> np.ndarray:
+    """mindcv's ``one_cycle``: cosine up from ``peak / 25`` for 30% of the run, then down to ``final``."""
+    start = rates.peak / 25.0
+    steps = np.arange(total, dtype=np.float64)
+    up, end = 0.3 * total - 1.0, total - 1.0
+    rising = _anneal(start, rates.peak, steps / up)
+    falling = _anneal(rates.peak, rates.final, (steps - up) / (end - up))
+    return np.where(steps <= up, rising, falling).astype(np.float32)
+
+
+def _anneal(start: float, end: float, fraction: np.ndarray) -> np.ndarray:
+    return end + (start - end) / 2.0 * (np.cos(np.pi * fraction) + 1.0)
+
+
+def _cyclic(rates: LearningRates, total: int, num_cycles: int) -> np.ndarray:
+    """mindcv's ``cyclic``: ``num_cycles`` triangles between ``final`` and ``peak`` (its triangular mode)."""
+    half = float(int(total / num_cycles / 2))
+    steps = np.arange(total, dtype=np.float64)
+    cycle = np.floor(1.0 + steps / (2.0 * half))
+    x = 1.0 + steps / (2.0 * half) - cycle
+    height = np.where(x <= 0.5, x / 0.5, (x - 1.0) / (0.5 - 1.0))
+    return (rates.final + (rates.peak - rates.final) * height).astype(np.float32)
 
 
 def _cosine(rates: LearningRates, after: np.ndarray, steps_per_epoch: int, rest: int, decay_epochs: Optional[int],
@@ -132,4 +179,4 @@ def schedule_from_config(config: Config, steps_per_epoch: int, global_batch: int
                        config.warmup_epochs, scheduler=config.scheduler, decay_epochs=config.decay_epochs,
                        decay_rate=config.decay_rate, milestones=config.multi_step_decay_milestones,
                        num_cycles=config.num_cycles, cycle_decay=config.cycle_decay,
-                       epoch_stair=config.lr_epoch_stair)
+                       epoch_stair=config.lr_epoch_stair, warmup_prefix=config.warmup_prefix)
