@@ -345,14 +345,14 @@ DEFAULTS: Dict[str, Option] = {
     **_group("optimisation", {
         "epoch_size": Option(300, int, "epochs", _POSITIVE_INT),
         "gradient_accumulation_steps": Option(1, int, "micro-batches per optimizer step", _POSITIVE_INT),
-        "opt": Option("adamw", str, "optimizer", Choices("adamw", unsupported={
-            name: "not implemented yet: mindswin trains with AdamW, the official Swin V2 optimizer"
-            for name in ("adam", "sgd", "momentum", "nesterov", "lamb", "lion", "rmsprop", "adagrad", "nadam",
-                         "adan", "lars")})),
-        "momentum": Option(0.9, float, "momentum of the momentum optimizers (mindcv; AdamW uses betas)",
-                           Range("[0, 1)")),
-        "use_nesterov": Option(False, bool, "Nesterov momentum of the momentum optimizers (mindcv; AdamW has "
-                               "none)"),
+        "opt": Option("adamw", str, "optimizer, as mindcv's create_optimizer builds it: adamw (official Swin V2), "
+                      "adam, sgd / momentum / nesterov (heavy-ball, Nesterov with use_nesterov), lamb, lion",
+                      Choices("adamw", "adam", "sgd", "momentum", "nesterov", "lamb", "lion", unsupported={
+                          name: "not implemented in mindswin (mindcv has it); choose adamw, adam, sgd, momentum, "
+                                "lamb or lion" for name in ("rmsprop", "adagrad", "nadam", "adan", "lars")})),
+        "momentum": Option(0.9, float, "momentum of sgd / momentum / nesterov (mindcv)", Range("[0, 1)")),
+        "use_nesterov": Option(False, bool, "Nesterov momentum of sgd / momentum / nesterov and adam (mindcv passes "
+                               "it to all three)"),
         # mindcv's spelling: absolute rates. The official spelling: per lr_base_batch images, scaled.
         "lr": Option(None, float, "peak learning rate, absolute (mindcv's meaning); or give base_lr", _POSITIVE),
         "min_lr": Option(None, float, "final learning rate, absolute (with lr; 1e-6 if unset, mindcv's)",
@@ -395,10 +395,12 @@ DEFAULTS: Dict[str, Option] = {
         "layer_decay": Option(1.0, float, "layer-wise lr decay for fine-tuning: block i of n trains at lr x "
                               "layer_decay^(n + 1 - i), the patch embedding lowest, norm and head at lr (1 or "
                               "null: off)", Range("(0, 1]"), null=1.0),
-        "weight_decay": Option(0.05, float, "AdamW weight decay (not on biases, norms, cpb_mlp, logit_scale)",
+        "weight_decay": Option(0.05, float, "weight decay (decoupled in adamw, lamb, lion; L2 in adam and the "
+                               "momentum optimizers; not on biases, norms, cpb_mlp, logit_scale)",
                                _NON_NEGATIVE),
-        "betas": Option([0.9, 0.999], list, "AdamW betas", Items(Range("[0, 1)"), 2)),
-        "eps": Option(1e-8, float, "AdamW epsilon", _POSITIVE),
+        "betas": Option(None, list, "moment decay rates of adamw, adam, lamb, lion; unset: the optimizer's own "
+                        "(0.9, 0.999; lion 0.9, 0.99)", Items(Range("[0, 1)"), 2)),
+        "eps": Option(1e-8, float, "denominator epsilon of adamw, adam and lamb", _POSITIVE),
         "clip_grad": Option(True, bool, "clip the global gradient norm"),
         "clip_value": Option(5.0, float, "max global gradient norm", _POSITIVE),
         "loss_scale_type": Option("dynamic", str, "loss scaling under amp_level O2", Choices(
@@ -483,7 +485,7 @@ DEFAULTS: Dict[str, Option] = {
                             Choices("O0", "O1", unsupported={"O2": "MindSpore deprecated jit_level O2 (the GE graph "
                                                              "engine) in 2.9; use O0 or O1"}), _ALL),
         "distribute": Option(False, bool, "data parallel under msrun", scripts=_WITH_DATA),
-        "enable_parallel_optimizer": Option(False, bool, "ZeRO-1: shard the AdamW moments across the data-parallel "
+        "enable_parallel_optimizer": Option(False, bool, "ZeRO-1: shard the optimizer state across the data-parallel "
                                                          "ranks (with distribute; any backend)"),
         "hccl_buffsize": Option(None, int, "HCCL buffer size in MB (Ascend only); HCCL's if unset", _POSITIVE_INT,
                                 _WITH_DATA),

@@ -85,7 +85,7 @@ INVALID = {
     "batch_size": 0,
     "epoch_size": 0,
     "gradient_accumulation_steps": 0,
-    "opt": "sgd",
+    "opt": "rmsprop",
     "lr": -0.001,
     "lr_base_batch": 0,
     "min_lr": -1e-6,
@@ -128,7 +128,7 @@ INVALID = {
     "mean": [0.0, 0.0],
     "std": [58.4, 57.1, 0.0],
     "warmup_epochs": -1,
-    "scheduler": "one_cycle",  # mindcv has it, mindswin does not: refused with the reason
+    "scheduler": "cosine_annealing",
     "multi_step_decay_milestones": [10, 5],
     "decay_rate": 0.0,
     "layer_decay": 0.0,
@@ -166,7 +166,8 @@ INVALID = {
 UNCONSTRAINED = {
     "recompute": "true/false, both valid everywhere",
     "strict_data": "true/false, both valid",
-    "use_nesterov": "true/false; AdamW has no momentum to apply it to (as in mindcv)",
+    "use_nesterov": "true/false; the optimizers without momentum ignore it (as in mindcv)",
+    "warmup_prefix": "true/false/null, all valid for every scheduler",
     "lr_epoch_stair": "true/false, both valid",
     "ema_warmup": "true/false, both valid",
     "dataset_sink_mode": "true/false; without a sink on this backend the steps are fed from the host, said once",

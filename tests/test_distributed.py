@@ -105,6 +105,15 @@ def test_ranks_draw_their_own_randomness_from_one_start_and_skip_overflow_togeth
     # ZeRO-1 clips chunks held by different ranks by the norm of them all: float32 sums of 40
     # squares and a sqrt, relative error below (40 + 3) * 2**-24
     assert max(first["sharded_clip_error"], second["sharded_clip_error"]) <= 43 * 2.0 ** -24
+    # every optimizer sharded steps as unsharded: the elementwise ones exactly (a rank computes the same
+    # element with the same operations); Lamb's trust ratio divides two norms of up to 15 elements summed
+    # per chunk and across ranks, each within (15 + 3) roundings: per applied step (2) at most 2 x 18
+    # roundings of the move, and the parameter's own rounding
+    for report in (first, second):
+        errors = report["sharded_optimizer_errors"]
+        assert {opt: errors[opt] for opt in ("adamw", "adam", "sgd", "lion")} == dict.fromkeys(
+            ("adamw", "adam", "sgd", "lion"), 0.0)
+        assert 0 < errors["lamb"] <= 2 * (2 * 18 + 2), errors
     # and the whole run is reproducible from the seed
     assert _rank_checks(data_dir, tmp_path / "b") == [first, second]
 

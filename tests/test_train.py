@@ -600,3 +600,31 @@ def test_steps_between_log_lines_read_nothing_back_from_the_device(data_dir, tmp
     assert [batch for batch, _ in per_step] == [1, 2, 3, 4, 5, 6]
     # only the log line (step 4) reads: loss, lr, loss scale, grad norm and the 4 steps' finite flags
     assert [count for _, count in per_step] == [0, 0, 0, 8, 0, 0]
+
+
+@pytest.mark.slow
+def test_a_mindcv_optimizer_run_killed_between_epochs_resumes_bitwise(data_dir, tmp_path):
+    # Nesterov SGD keeps one buffer per parameter under its own name; the resume restores it
+    args = [*BASE_ARGS, *DETERMINISTIC_DATA, "--data_dir", data_dir, "--epoch_size", "2", "--opt", "sgd",
+            "--use_nesterov", "True", "--base_lr", "0.05"]
+    run("train.py", *args, "--ckpt_save_dir", tmp_path / "straight")
+    out = tmp_path / "resumed"
+    proc = subprocess.Popen([PYTHON, str(ROOT / "train.py"), *map(str, args), "--ckpt_save_dir", str(out)],
+                            cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = out / "resume_state.ckpt"
+    try:
+        assert wait_for(lambda: state.exists() and read_position(str(state)).epoch == 1, 240)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    run("train.py", *args, "--resume", "auto", "--ckpt_save_dir", out)
+    straight = ms.load_checkpoint(str(tmp_path / "straight" / "resume_state.ckpt"))
+    resumed = ms.load_checkpoint(str(state))
+    buffers = [name for name in straight if name.startswith("optimizer.momentum_buffer.")]
+    assert buffers and not any(name.startswith("optimizer.exp_avg") for name in straight)
+    assert np.abs(straight[buffers[0]].asnumpy()).max() > 0
+    assert set(straight) == set(resumed)
+    for name, value in straight.items():
+        if name != META_KEY:
+            assert np.array_equal(value.asnumpy(), resumed[name].asnumpy()), name
+    assert [r["optimizer_step"] for r in read_metrics(out)] == [6, 12]

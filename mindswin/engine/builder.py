@@ -22,7 +22,7 @@ from ..config import Config, ConfigError
 from ..data import resolve_data_config
 from ..models import SwinTransformerV2, build_model
 from ..models.simmim import SimMIM, build_simmim
-from .optim import AdamW, layer_decay_scales
+from .optim import create_optimizer, layer_decay_scales
 from .runtime import Runtime, apply_jit_config
 from .schedule import learning_rates, schedule_from_config
 from .state import TrainState
@@ -164,12 +164,14 @@ def build_training(config: Config, runtime: Runtime, model: SwinTransformerV2, l
         lr_scales = layer_decay_scales(model, config.layer_decay)
         _logger.info("layer-wise lr decay %g: lr x %.3g (patch embedding) ... x %.3g (final norm, head)",
                      config.layer_decay, min(lr_scales), max(lr_scales))
-    optimizer = AdamW(model.trainable_params(), config.weight_decay, model.no_weight_decay(), config.betas, config.eps,
-                      lr_scales=lr_scales, sharding=_optimizer_sharding(config, runtime))
+    optimizer = create_optimizer(config.opt, model.trainable_params(), weight_decay=config.weight_decay,
+                                 no_decay=model.no_weight_decay(), betas=config.betas, eps=config.eps,
+                                 momentum=config.momentum, nesterov=config.use_nesterov, lr_scales=lr_scales,
+                                 sharding=_optimizer_sharding(config, runtime))
     if optimizer.sharding is not None:
-        full = 2 * 4 * sum(int(p.size) for p in optimizer.parameters)
-        _logger.info("ZeRO-1: AdamW moments sharded over %d ranks: %d bytes on this rank (unsharded: %d, %.3fx)",
-                     runtime.group_size, optimizer.state_bytes(), full, optimizer.state_bytes() / full)
+        full = optimizer.full_state_bytes()
+        _logger.info("ZeRO-1: %s state sharded over %d ranks: %d bytes on this rank (unsharded: %d, %.3fx)",
+                     config.opt, runtime.group_size, optimizer.state_bytes(), full, optimizer.state_bytes() / full)
     if config.amp_level == "O2" and config.loss_scale_type == "dynamic":
         scaler = ms.amp.DynamicLossScaler(config.loss_scale, int(config.loss_scale_factor), config.scale_window)
     else:

@@ -214,7 +214,7 @@ def setup_runtime(config) -> Runtime:
         init()
         runtime = Runtime(rank=get_rank(), group_size=get_group_size(), distributed=True)
         # MindSpore's own enable_parallel_optimizer shards only its built-in optimizers; mindswin's
-        # AdamW shards itself (engine/zero.py), so the context flag stays off.
+        # optimizers shard themselves (engine/zero.py), so the context flag stays off.
         ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
                                      device_num=runtime.group_size)
     # Each rank draws its own DropPath masks and augmentations, as the official trainer

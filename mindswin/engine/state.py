@@ -2,7 +2,7 @@
 
 A :class:`TrainState` is the list of ``(name, Parameter)`` pairs of the train step (see
 :meth:`~mindswin.engine.train_step.TrainStep.named_state`): live weights, EMA weights,
-AdamW moments and step, loss scale, accumulation buffers. It saves them with the run's
+optimizer state and step, loss scale, accumulation buffers. It saves them with the run's
 position (epoch, batch, best top-1) into ``resume_state.ckpt`` and loads them back by the
 same names.
 

@@ -3,7 +3,7 @@
 forward (AMP per the model's compute dtype) -> soft-target cross-entropy -> backward of
 the loss times the loss scale -> all-reduce (data parallel, mean; a reduce-scatter to this
 rank's chunks under ZeRO-1) -> unscale -> finite check agreed by all ranks -> gradient
-accumulation -> global-norm clipping -> AdamW (-> all-gather of the updated chunks) -> EMA,
+accumulation -> global-norm clipping -> the optimizer (-> all-gather of the updated chunks) -> EMA,
 with the update masked off (not branched) on overflow or between accumulation boundaries.
 Everything is one graph; the host only feeds batches and reads the returned scalars.
 """
@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
-from .optim import AdamW
+from .optim import MaskedOptimizer
 from .zero import ShardedGradientMean, clip_by_norm, global_norm
 
 __all__ = ["SoftTargetCrossEntropy", "SoftTargetBinaryCrossEntropy", "classification_loss", "NetWithLoss", "EMA",
@@ -131,8 +131,8 @@ class TrainStep(nn.Cell):
 
     Args:
         model: The model (its compute dtype set by ``apply_amp``).
-        optimizer: :class:`AdamW` over the model's trainable parameters; when it shards its
-            moments (ZeRO-1), gradients are reduce-scattered and accumulated as chunks too.
+        optimizer: A :class:`MaskedOptimizer` over the model's trainable parameters; when it
+            shards its state (ZeRO-1), gradients are reduce-scattered and accumulated as chunks too.
         lr_table: Per-step learning rates (indexed by the optimizer's applied-step count).
         loss_scaler: ``ms.amp.DynamicLossScaler`` or ``StaticLossScaler``.
         clip_value: Max global gradient norm, or None.
@@ -147,7 +147,7 @@ class TrainStep(nn.Cell):
     with accumulation, accumulated) gradients before clipping, over all ranks.
     """
 
-    def __init__(self, model: nn.Cell, optimizer: AdamW, lr_table: Tensor, loss_scaler, *,
+    def __init__(self, model: nn.Cell, optimizer: MaskedOptimizer, lr_table: Tensor, loss_scaler, *,
                  clip_value: Optional[float] = 5.0, accumulation: int = 1, ema: Optional[EMA] = None,
                  distributed: bool = False, loss_network: Optional[nn.Cell] = None) -> None:
         super().__init__(auto_prefix=False)
@@ -176,10 +176,7 @@ class TrainStep(nn.Cell):
             self.all_reduce_sum = ops.AllReduce()
             self.group_size = float(get_group_size())
         if accumulation > 1:
-            self.accumulated = (ms.ParameterTuple([Parameter(ops.zeros_like(m), name=f"accum.{p.name}",
-                                                             requires_grad=False)
-                                                   for p, m in zip(self.weights, optimizer.exp_avg)])
-                                if self.sharded else self.weights.clone(prefix="accum", init="zeros"))
+            self.accumulated = optimizer.zeros_like_state("accum")
             self.micro_step = Parameter(Tensor(0, ms.int32), name="accum_micro_step", requires_grad=False)
             self.overflow_seen = Parameter(Tensor(False, ms.bool_), name="accum_overflow", requires_grad=False)
         self.hyper_map = ops.HyperMap()
@@ -250,8 +247,8 @@ class TrainStep(nn.Cell):
         state = [(f"model.{name}", param) for name, param in named]
         if self.ema is not None:
             state += [(f"ema.{name}", param) for name, param in self.ema.ema_model.parameters_and_names()]
-        state += [(f"optimizer.exp_avg.{name}", m) for name, m in zip(trainable, self.optimizer.exp_avg)]
-        state += [(f"optimizer.exp_avg_sq.{name}", v) for name, v in zip(trainable, self.optimizer.exp_avg_sq)]
+        for slot, tensors in self.optimizer.named_slots():
+            state += [(f"optimizer.{slot}.{name}", t) for name, t in zip(trainable, tensors)]
         state.append(("optimizer.step", self.optimizer.step))
         state.append(("loss_scale.value", self.loss_scaler.scale_value))
         if hasattr(self.loss_scaler, "counter"):
@@ -267,8 +264,8 @@ class TrainStep(nn.Cell):
             return {}
         shapes = {name: tuple(param.shape) for name, param in self.model.parameters_and_names()
                   if param.requires_grad}
-        prefixes = ["optimizer.exp_avg.", "optimizer.exp_avg_sq."] + (["accumulation.grad."]
-                                                                      if self.accumulation > 1 else [])
+        prefixes = [f"optimizer.{slot}." for slot, _ in self.optimizer.named_slots()] + (
+            ["accumulation.grad."] if self.accumulation > 1 else [])
         return {prefix + name: shape for prefix in prefixes for name, shape in shapes.items()}
 
     def _accumulate(self, grads, finite: Tensor):

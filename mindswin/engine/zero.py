@@ -1,10 +1,11 @@
-"""ZeRO-1: AdamW moments sharded across the data-parallel ranks (``enable_parallel_optimizer``).
+"""ZeRO-1: optimizer state sharded across the data-parallel ranks (``enable_parallel_optimizer``).
 
 MindSpore shards optimizer state in data parallel only for its own AdamWeightDecay, Lamb
-and AdaFactor; mindswin's :class:`~mindswin.engine.optim.AdamW` shards itself.
+and AdaFactor; mindswin's optimizers (:class:`~mindswin.engine.optim.MaskedOptimizer`) shard
+themselves.
 
 Every trainable tensor is flattened and zero-padded to ``group_size * chunk`` elements;
-rank ``r`` owns elements ``[r * chunk, (r + 1) * chunk)`` and keeps AdamW's two moments
+rank ``r`` owns elements ``[r * chunk, (r + 1) * chunk)`` and keeps the optimizer's state
 (and the gradient-accumulation buffer) for those elements only. A step then:
 
 1. packs all local gradients into one ``(group_size, C)`` buffer whose row ``r`` holds

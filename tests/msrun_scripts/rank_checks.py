@@ -9,7 +9,10 @@ Prints one line per rank: ``RANK_CHECKS {json}`` with
   device-local overflow status would report): each step's finite flag and loss scale,
   and a digest of the whole train state after them;
 * ZeRO-1's clipping of gradient chunks held by different ranks: the largest relative
-  error against the float64 global-norm clip of all ranks' chunks together.
+  error against the float64 global-norm clip of all ranks' chunks together;
+* every optimizer sharded (ZeRO-1) against itself unsharded, three steps with the second
+  masked: the largest difference of the parameters, in float32 roundings of their move
+  and value.
 
 Usage: msrun ... rank_checks.py DATA_DIR SEED [on|off]   (the fused CPU kernels; default on)
 """
@@ -24,11 +27,11 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindswin import create_model
 from mindswin.config import load_config
 from mindswin.data import create_train_dataset
-from mindswin.engine.optim import AdamW
+from mindswin.engine.optim import AdamW, create_optimizer
 from mindswin.engine.runtime import setup_runtime
 from mindswin.engine.state import RunPosition, TrainState
 from mindswin.engine.train_step import TrainStep
-from mindswin.engine.zero import sharded_clip_by_global_norm
+from mindswin.engine.zero import Sharding, sharded_clip_by_global_norm
 from mindswin.models.kernels import cpu_kernels
 
 
@@ -64,6 +67,41 @@ def sharded_clip_error(rank: int, group_size: int) -> float:
     clipped = ShardedClip(clip)(tuple(Tensor(c) for c in all_chunks[rank]))
     return max(float(np.max(np.abs(out.asnumpy() - c * (clip / norm)) / np.abs(c * (clip / norm))))
                for out, c in zip(clipped, all_chunks[rank]))
+
+
+class Stepper(nn.Cell):
+    def __init__(self, optimizer) -> None:
+        super().__init__()
+        self.optimizer = optimizer
+
+    def construct(self, grads, lr, apply):
+        return self.optimizer(grads, lr, apply)
+
+
+def sharded_optimizer_errors(rank: int, group_size: int) -> dict:
+    """Per optimizer after 3 steps (the 2nd masked): max |sharded - unsharded| over the float32 rounding of the
+    largest move plus the parameter's own spacing."""
+    shapes = [(7,), (3, 5), (1,), (2, 2, 3)]  # odd sizes: the last chunks are padded
+    shared = np.random.default_rng(5)
+    start = [shared.standard_normal(shape).astype(np.float32) for shape in shapes]
+    grads = [[shared.standard_normal(shape).astype(np.float32) for shape in shapes] for _ in range(3)]
+    sharding = Sharding(rank, group_size)
+    errors = {}
+    for opt in ("adamw", "adam", "sgd", "lamb", "lion"):
+        runs = []
+        for shard in (None, sharding):
+            params = [Parameter(Tensor(value), name=f"p{i}") for i, value in enumerate(start)]
+            optimizer = create_optimizer(opt, params, weight_decay=0.05, no_decay={"p2"}, nesterov=True,
+                                         sharding=shard)
+            stepper = Stepper(optimizer)
+            for index, step_grads in enumerate(grads):
+                fed = step_grads if shard is None else [shard.own_chunk(g) for g in step_grads]
+                stepper(tuple(Tensor(g) for g in fed), Tensor(0.01, ms.float32), Tensor(index != 1))
+            runs.append([p.asnumpy() for p in params])
+        moved = max(float(np.abs(p - s).max()) for p, s in zip(runs[0], start))
+        errors[opt] = max(float((np.abs(a - b) / (2.0 ** -24 * moved + np.spacing(np.abs(b)))).max())
+                          for a, b in zip(*runs))
+    return errors
 
 
 def digest(arrays) -> str:
@@ -112,6 +150,7 @@ def main(data_dir: str, seed: int, kernels: bool) -> None:
     report["optimizer_step"] = state.optimizer_step()
     report["final_state"] = state.digest()
     report["sharded_clip_error"] = sharded_clip_error(runtime.rank, runtime.group_size)
+    report["sharded_optimizer_errors"] = sharded_optimizer_errors(runtime.rank, runtime.group_size)
     print("RANK_CHECKS " + json.dumps(report), flush=True)
 
 
