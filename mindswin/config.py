@@ -477,13 +477,12 @@ DEFAULTS: Dict[str, Option] = {
                                            "position bias; docs/ascend.md)"), _ALL),
         "mode": Option(0, int, "MindSpore execution mode (mindcv): 0 is GRAPH_MODE",
                        Only(0, "every step compiles in GRAPH_MODE (0); PyNative (1) is not supported"), _ALL),
-        "dataset_sink_mode": Option(False, bool, "mindcv: sink the data to the device; MindSpore has no sink on "
-                                    "CPU, where steps are fed from the host"),
-        # O2 (GE graph sink) is deprecated since MindSpore 2.9; O0/O1 run kernel by kernel (docs/ascend.md).
+        "dataset_sink_mode": Option(False, bool, "mindcv: feed the train steps through MindSpore's data sink on "
+                                    "Ascend and GPU; on CPU, which has no sink, the host feeds them (said once)"),
         "jit_level": Option("O0", str, "graph-compile level on Ascend (Cell.set_jit_config): O0 kernel by kernel, "
-                            "O1 adds automatic operator fusion; ignored on CPU/GPU",
-                            Choices("O0", "O1", unsupported={"O2": "MindSpore deprecated jit_level O2 (the GE graph "
-                                                             "engine) in 2.9; use O0 or O1"}), _ALL),
+                            "O1 adds automatic operator fusion, O2 sinks the whole graph (GE; deprecated by "
+                            "MindSpore 2.9, said once); CPU and GPU compile alike at every level",
+                            Choices("O0", "O1", "O2"), _ALL),
         "distribute": Option(False, bool, "data parallel under msrun", scripts=_WITH_DATA),
         "enable_parallel_optimizer": Option(False, bool, "ZeRO-1: shard the optimizer state across the data-parallel "
                                                          "ranks (with distribute; any backend)"),

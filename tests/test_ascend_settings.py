@@ -4,6 +4,8 @@ Lazy-inlined cells cannot compile on MindSpore 2.10's CPU backend, so block reus
 through the key ``mindspore.lazy_inline`` forms at construction (``cell_init_args``) and
 through :class:`SharedGraphBlock`, the same block without the decorator.
 """
+import logging
+
 import mindspore as ms
 import numpy as np
 import pytest
@@ -106,13 +108,14 @@ def test_input_rate_drop_path_keeps_with_the_given_probability():
     assert (drop(Tensor(np.ones((8, 1, 1), np.float32)), Tensor(0.5, ms.float32)).asnumpy() == 1).all()
 
 
-@pytest.mark.parametrize("level", ["O0", "O1"])
+@pytest.mark.parametrize("level", ["O0", "O1", "O2"])
 def test_ascend_cells_get_the_jit_config(level):
     config = load_config(overrides={"device_target": "Ascend", "jit_level": level, "reuse_blocks": False,
                                     "model": "swinv2_micro_window4_32"})
     model, _ = model_from_config(config, 10, training=False)
     assert model.jit_config_dict["jit_level"] == level
-    assert model.jit_config_dict["backend"] == "ms_backend"  # kernel by kernel, not GE
+    # O0/O1 kernel by kernel; O2 sinks the whole graph through GE, as mindcv compiles it
+    assert model.jit_config_dict["backend"] == ("GE" if level == "O2" else "ms_backend")
     step = ms.nn.Cell()
     assert runtime.apply_jit_config(step, config) is step and step.jit_config_dict["jit_level"] == level
 
@@ -125,9 +128,15 @@ def test_jit_config_is_a_no_op_on_cpu(caplog):
     assert not [r for r in caplog.records if "jit" in r.getMessage().lower()]
 
 
-def test_deprecated_jit_level_o2_is_refused():
-    with pytest.raises(ConfigError, match="deprecated jit_level O2"):
-        load_config(overrides={"device_target": "Ascend", "jit_level": "O2"})
+@pytest.mark.parametrize("device", ["Ascend", "CPU"])
+def test_deprecated_jit_level_o2_is_offered_with_one_line(device, caplog):
+    config = load_config(overrides={"device_target": device, "jit_level": "O2", "reuse_blocks": False})
+    with caplog.at_level(logging.INFO, logger="mindswin"):
+        runtime.say_jit_level(config)
+    lines = [r for r in caplog.records if "jit_level O2" in r.getMessage()]
+    assert len(lines) == 1 and "deprecated by MindSpore since 2.9" in lines[0].getMessage()
+    assert lines[0].levelno == (logging.WARNING if device == "Ascend" else logging.INFO)
+    assert (runtime.jit_config(config) is None) == (device == "CPU")
 
 
 def test_gelu_is_one_kernel_on_ascend_only(ascend_context):
@@ -167,3 +176,31 @@ def test_ascend_keeps_every_operator_dtype_and_refuses_bfloat16_on_910a(monkeypa
                                                                  "amp_dtype": "float16"})) is not None
     calls.clear()
     assert runtime.apply_ascend_precision(load_config(overrides={"device_target": "CPU"})) is None and not calls
+
+
+@pytest.mark.parametrize("device", ["Ascend", "GPU", "CPU"])
+def test_dataset_sink_mode_sinks_one_step_per_call_where_mindspore_can(device, monkeypatch, caplog):
+    # mindspore.data_sink refuses CPU, so on CPU only the arguments the Ascend/GPU path passes are checked
+    from types import SimpleNamespace
+
+    from mindswin.engine.trainer import sinking_step
+
+    calls = []
+    monkeypatch.setattr(ms, "data_sink", lambda fn, dataset, **kwargs: calls.append((fn, dataset, kwargs)) or "sunk")
+    config = load_config(overrides={"device_target": device, "dataset_sink_mode": True, "jit_level": "O2",
+                                    "reuse_blocks": False})
+    training = SimpleNamespace(step="the train step")
+    with caplog.at_level(logging.INFO, logger="mindswin"):
+        result = sinking_step(config, training, "the train data")
+    if device == "CPU":
+        assert result is None and not calls
+        assert "fed from the host (MindSpore has no data sink on CPU)" in caplog.text
+        return
+    assert result == "sunk"
+    (fn, dataset, kwargs), = calls
+    assert (fn, dataset, kwargs["sink_size"]) == ("the train step", "the train data", 1)
+    assert (kwargs["jit_config"] is None) == (device == "GPU")
+    if device == "Ascend":
+        assert kwargs["jit_config"].jit_config_dict["jit_level"] == "O2"
+    assert sinking_step(load_config(overrides={"device_target": device, "reuse_blocks": False}), training,
+                        "the train data") is None

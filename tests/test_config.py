@@ -155,7 +155,7 @@ INVALID = {
     "log_interval": 0,
     "seed": -1,
     "device_target": "TPU",
-    "jit_level": "O2",  # deprecated by MindSpore 2.9 (GE)
+    "jit_level": "O3",
     "hccl_buffsize": 0,
     "topk": 0,
     "file_format": "PDF",
@@ -170,7 +170,7 @@ UNCONSTRAINED = {
     "warmup_prefix": "true/false/null, all valid for every scheduler",
     "lr_epoch_stair": "true/false, both valid",
     "ema_warmup": "true/false, both valid",
-    "dataset_sink_mode": "true/false; without a sink on this backend the steps are fed from the host, said once",
+    "dataset_sink_mode": "true/false; on CPU, which has no sink, the host feeds the steps, said once",
     "clip_grad": "true/false, both valid",
     "ema": "true/false, both valid",
     "val_while_train": "true/false, both valid",

@@ -145,7 +145,7 @@ def test_mindcvs_recipe_trains_as_written_with_its_absolute_lr(data_dir, tmp_pat
                  "--num_classes", "4", "--batch_size", "8", "--epoch_size", "1", "--ckpt_save_dir", out)
     log = result.stdout + result.stderr
     assert "peak lr 0.001," in log  # absolute: mindcv's lr, not scaled by the global batch 8 / 512
-    assert "dataset_sink_mode: the steps are fed from the host (MindSpore has no data sink on CPU)" in log
+    assert log.count("dataset_sink_mode: the steps are fed from the host (MindSpore has no data sink on CPU)") == 1
     record = read_metrics(out)[-1]
     steps = record["optimizer_step"]
     assert steps == 96 // 8
@@ -206,3 +206,54 @@ def test_a_mindcv_periodic_checkpoint_as_ckpt_path_says_the_epoch_is_not_continu
         "ckpt/swinv2_tiny_window8-120_625.ckpt is named as a mindcv checkpoint of epoch 120: mindcv's train.py "
         "would continue its run at that epoch; here its weights start a new run at epoch 1 (a mindswin run "
         "continues with --resume auto)"]
+
+
+def test_ema_warmup_averages_as_mindcvs_own_train_step():
+    # mindcv's TrainStep (mindcv.utils.train_step) trains a small net with its EMA, counted from update 1500
+    # (mid-warmup); mindswin's EMA is then fed the same weights after each step and must hold the same averages
+    from mindcv.utils.train_step import TrainStep as MindcvTrainStep
+    from mindspore import ParameterTuple, nn
+
+    from mindswin.engine.train_step import EMA
+
+    def dense():
+        net = nn.Dense(4, 3)
+        rng = np.random.default_rng(0)
+        net.weight.set_data(ms.Tensor(rng.standard_normal((3, 4)).astype(np.float32)))
+        net.bias.set_data(ms.Tensor(rng.standard_normal(3).astype(np.float32)))
+        return net
+
+    theirs = dense()
+    step = MindcvTrainStep(nn.WithLossCell(theirs, nn.MSELoss()), nn.SGD(theirs.trainable_params(), 0.5),
+                           scale_sense=ms.Tensor(1.0, ms.float32), ema=True, ema_decay=0.9999)
+    step.updates.set_data(ms.Tensor(1500.0, ms.float32))
+    step.set_train(True)
+    ours_model, twin = dense(), dense()
+    ema = EMA(ours_model, twin, 0.9999, warmup=True)
+
+    class Drive(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.ema, self.weights = ema, ParameterTuple(ours_model.trainable_params())
+
+        def construct(self, apply, updates):
+            return self.ema(self.weights, apply, updates)
+
+    drive = Drive()
+    rng = np.random.default_rng(1)
+    for update in (1501, 1502, 1503):
+        x = ms.Tensor(rng.standard_normal((8, 4)).astype(np.float32))
+        y = ms.Tensor(rng.standard_normal((8, 3)).astype(np.float32))
+        step(x, y)
+        for mine, their in zip(ours_model.trainable_params(), theirs.trainable_params()):
+            mine.set_data(ms.Tensor(their.asnumpy()))
+        drive(ms.Tensor(True), ms.Tensor(float(update), ms.float32))
+    averages = {p.name.split(".")[-1]: p.asnumpy() for p in step.ema_weight}
+    weights = {p.name.split(".")[-1]: p.asnumpy() for p in theirs.trainable_params()}
+    for name, mine in ((p.name.split(".")[-1], p.asnumpy()) for p in twin.trainable_params()):
+        # still warming up, far from the weights: the averages are not the weights
+        assert np.abs(averages[name] - weights[name]).max() > 1e-2
+        # per update: the decay (mindcv's 1 - exp in float32, mindswin's expm1) within 2 roundings, then two
+        # products and a sum, each within a rounding of the largest term: 3 updates x 5 roundings
+        scale = max(np.abs(averages[name]).max(), np.abs(weights[name]).max())
+        assert np.abs(mine - averages[name]).max() <= 15 * 2.0 ** -24 * scale, (name, mine, averages[name])

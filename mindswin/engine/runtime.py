@@ -13,7 +13,10 @@ import numpy as np
 from ..config import ConfigError
 from ..models.threads import set_cpu_threads
 
+_logger = logging.getLogger(__name__)
+
 __all__ = ["Runtime", "setup_runtime", "setup_logging", "quiet_framework", "jit_config", "apply_jit_config",
+           "say_jit_level", "SINK_BACKENDS",
            "AscendPrecision", "ascend_precision", "apply_ascend_precision"]
 
 
@@ -54,20 +57,37 @@ def quiet_framework() -> None:
     nn.Cell.__del__ = quiet_del
 
 
+# Backends where MindSpore sinks data to the device (mindspore.data_sink refuses CPU).
+SINK_BACKENDS = ("Ascend", "GPU")
+_O2_DEPRECATED = ("jit_level O2 (whole-graph sink through the GE engine) is deprecated by MindSpore since 2.9 "
+                  "and may be removed; offered as mindcv uses it. Measure O0/O1 against it (docs/ascend.md)")
+
+
 def jit_config(config):
     """The ``mindspore.JitConfig`` of ``config.jit_level`` on Ascend; None on other backends.
 
-    ``set_context(jit_config=...)`` is deprecated in MindSpore 2.10 and jit_level O2 (the GE
-    graph-sink engine) since 2.9; a compiled cell takes its level from
-    ``Cell.set_jit_config(JitConfig(...))`` instead. O0 and O1 both run kernel by kernel
-    (O1 adds MindSpore's automatic operator fusion); the CPU and GPU backends have one
-    level and get nothing, so no warning is printed there.
+    ``set_context(jit_config=...)`` is deprecated in MindSpore 2.10; a compiled cell takes its
+    level from ``Cell.set_jit_config(JitConfig(...))`` instead. O0 and O1 run kernel by kernel
+    (O1 adds MindSpore's automatic operator fusion); O2 sinks the whole graph (GE), deprecated
+    since 2.9 but still in MindSpore, and what mindcv's published figures use. The CPU and GPU
+    backends have one level and get nothing.
     """
     if config.device_target != "Ascend":
         return None
     import mindspore as ms
 
     return ms.JitConfig(jit_level=config.jit_level)
+
+
+def say_jit_level(config) -> None:
+    """One line for jit_level O2: deprecated by MindSpore, and a no-op off Ascend."""
+    if config.jit_level != "O2":
+        return
+    if config.device_target == "Ascend":
+        _logger.warning(_O2_DEPRECATED)
+    else:
+        _logger.info("jit_level O2 is an Ascend compile level; %s compiles as at O0 and O1. %s",
+                     config.device_target, _O2_DEPRECATED)
 
 
 def apply_jit_config(cell, config):

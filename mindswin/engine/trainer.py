@@ -13,7 +13,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from .builder import Training, build_training
 from .checkpoints import CheckpointManager, find_resume_state
 from .curves import plot_curves
 from .events import EVENTS_SUBDIR, EventLog
-from .runtime import Runtime, setup_logging, setup_runtime
+from .runtime import SINK_BACKENDS, Runtime, jit_config, say_jit_level, setup_logging, setup_runtime
 from .state import RunPosition
 from .tasks import Task, create_task
 
@@ -47,6 +47,8 @@ class Run:
     events: EventLog
     first_step_done: bool = False
     unreadable_reported: int = 0
+    # the train step fed by MindSpore's data sink (dataset_sink_mode on Ascend/GPU); None: fed from the host
+    sinking_step: Any = None
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -94,10 +96,8 @@ def train(config: Config) -> Dict[str, Any]:
     _logger.info("training %s: %s, %d device(s), global batch %d, %d optimizer steps per epoch, peak lr %.3g, "
                  "amp %s", model.model_name, task.describe(), runtime.group_size, training.global_batch,
                  training.steps_per_epoch, training.peak_lr, config.amp_level)
-    if config.dataset_sink_mode:
-        _logger.info("dataset_sink_mode: the steps are fed from the host (%s)",
-                     "MindSpore has no data sink on CPU" if config.device_target == "CPU"
-                     else "mindswin's data-sink loop is not implemented yet")
+    say_jit_level(config)
+    run.sinking_step = sinking_step(config, training, train_data)
 
     record: Dict[str, Any] = {}
     for epoch in range(position.epoch, config.epoch_size):
@@ -115,6 +115,27 @@ def train(config: Config) -> Dict[str, Any]:
         state = training.state
         print(f"rank {runtime.rank} weights sha1 {state.digest('model.')} state sha1 {state.digest()}", flush=True)
     return record
+
+
+def sinking_step(config: Config, training: Training, train_data) -> Optional[Callable]:
+    """The train step fed by MindSpore's data sink when ``dataset_sink_mode`` asks and the backend has one.
+
+    Each call runs one step on the next batch the sink queued on the device (``sink_size``
+    1): the same batches in the same order as the host loop, and the same per-step outputs
+    for the epoch records. With ``jit_level`` O2 the whole step graph sinks too. On CPU,
+    where MindSpore has no sink, the host feeds the steps, said once.
+    """
+    if not config.dataset_sink_mode:
+        return None
+    if config.device_target not in SINK_BACKENDS:
+        _logger.info("dataset_sink_mode: the steps are fed from the host (MindSpore has no data sink on %s)",
+                     config.device_target)
+        return None
+    import mindspore as ms
+
+    _logger.info("dataset_sink_mode: batches reach the %s through MindSpore's data sink, one step per call",
+                 config.device_target)
+    return ms.data_sink(training.step, train_data, sink_size=1, jit_config=jit_config(config))
 
 
 def restore(config: Config, runtime: Runtime, training: Training, files: CheckpointManager) -> RunPosition:
@@ -156,11 +177,12 @@ def train_one_epoch(run: Run, epoch: int) -> Dict[str, Any]:
     update_norms: List[Any] = []  # grad_norm of the micro-steps that end an accumulation (the updates)
     accumulation = config.gradient_accumulation_steps
     started = time.perf_counter()
-    # One iterator per epoch: each asks the sampler for the next epoch's order.
-    iterator = run.train_data.create_tuple_iterator(num_epochs=1)
+    # One iterator per epoch: each asks the sampler for the next epoch's order (the sink keeps its own).
+    iterator = run.train_data.create_tuple_iterator(num_epochs=1) if run.sinking_step is None else None
     for batch in range(first_batch, training.batches_per_epoch):
         step_started = time.perf_counter()
-        loss, finite, scale, lr, grad_norm = training.step(*next(iterator))
+        outputs = run.sinking_step() if iterator is None else training.step(*next(iterator))
+        loss, finite, scale, lr, grad_norm = outputs
         # kept on device: reading them every step would add a host round-trip per step
         losses.append(loss)
         finite_flags.append(finite)
