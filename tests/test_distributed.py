@@ -268,3 +268,21 @@ def test_zero1_run_killed_after_an_epoch_resumes_to_the_uninterrupted_result(dat
     fields = ("epoch", "optimizer_step", "train_loss", "val_loss", "val_top1")
     assert [[r[k] for k in fields] for r in read_metrics(out)] == [[r[k] for k in fields]
                                                                    for r in read_metrics(zero_dir)]
+
+
+def test_repeated_augmentation_bce_and_top_k_under_two_workers(data_dir, tmp_path):
+    # mindcv's aug_repeats deals each image's copies to different ranks; the epoch keeps its length
+    out = tmp_path / "out"
+    result, logs = msrun("train.py", *TWO_WORKERS, "--aug_repeats", "2", "--loss", "bce", "--ckpt_save_policy",
+                         "top_k", "--keep_checkpoint_max", "1", "--data_dir", data_dir, "--ckpt_save_dir", out,
+                         logs=tmp_path / "logs")
+    assert result.returncode == 0, logs[-4000:]
+    digests = _digest_lines(logs)
+    assert len(digests) == 2 and digests[0] == digests[1]
+    records = read_metrics(out)
+    assert [r["optimizer_step"] for r in records] == [6, 12]
+    assert all(np.isfinite(r["train_loss"]) and r["val_samples"] == 36 for r in records)
+    # top_k 1: the one kept weight file is the epoch of the best val_top1 (the later of equal scores)
+    best = max(range(len(records)), key=lambda i: (records[i]["val_top1"], i)) + 1
+    kept = sorted(p.name for p in out.glob("*-e*.ckpt"))
+    assert len(kept) == 1 and kept[0].endswith(f"-e{best:04d}.ckpt"), kept
