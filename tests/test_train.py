@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import mindspore as ms
 import numpy as np
@@ -282,19 +283,25 @@ def test_sigkill_mid_epoch_then_resume_auto_matches_uninterrupted(trained, data_
     assert abs(final["train_loss"] - reference["train_loss"]) < 0.15
 
 
+def kill_after_epoch(args, out: Path, epochs: int) -> Path:
+    """Start train.py on ``args`` into ``out``, SIGKILL it once its resume state has ``epochs`` done; the state."""
+    proc = subprocess.Popen([PYTHON, str(ROOT / "train.py"), *map(str, args), "--ckpt_save_dir", str(out)],
+                            cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = out / "resume_state.ckpt"
+    try:
+        assert wait_for(lambda: state.exists() and read_position(str(state)).epoch == epochs, 240)
+        proc.send_signal(signal.SIGKILL)  # the next epoch takes seconds, this poll 50 ms: the state stays put
+    finally:
+        proc.wait()
+    return state
+
+
 @pytest.mark.slow
 def test_ema_run_killed_between_epochs_resumes_to_the_uninterrupted_result(data_dir, tmp_path):
     args = [*BASE_ARGS, *DETERMINISTIC_DATA, "--data_dir", data_dir]
     run("train.py", *args, "--ckpt_save_dir", tmp_path / "straight")
     out = tmp_path / "resumed"
-    proc = subprocess.Popen([PYTHON, str(ROOT / "train.py"), *map(str, args), "--ckpt_save_dir", str(out)],
-                            cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = out / "resume_state.ckpt"
-    try:
-        assert wait_for(lambda: state.exists() and read_position(str(state)).epoch == 2, 240)
-        proc.send_signal(signal.SIGKILL)  # epoch 3 takes seconds, this poll 50 ms: the state stays epoch 2's
-    finally:
-        proc.wait()
+    state = kill_after_epoch(args, out, 2)
     saved = ms.load_checkpoint(str(state))
     assert json.loads(saved[META_KEY])["epoch"] == 2
     log = run("train.py", *args, "--resume", "auto", "--ckpt_save_dir", out).stdout
@@ -609,14 +616,7 @@ def test_a_mindcv_optimizer_run_killed_between_epochs_resumes_bitwise(data_dir, 
             "--use_nesterov", "True", "--base_lr", "0.05"]
     run("train.py", *args, "--ckpt_save_dir", tmp_path / "straight")
     out = tmp_path / "resumed"
-    proc = subprocess.Popen([PYTHON, str(ROOT / "train.py"), *map(str, args), "--ckpt_save_dir", str(out)],
-                            cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = out / "resume_state.ckpt"
-    try:
-        assert wait_for(lambda: state.exists() and read_position(str(state)).epoch == 1, 240)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
+    state = kill_after_epoch(args, out, 1)
     run("train.py", *args, "--resume", "auto", "--ckpt_save_dir", out)
     straight = ms.load_checkpoint(str(tmp_path / "straight" / "resume_state.ckpt"))
     resumed = ms.load_checkpoint(str(state))
