@@ -1,4 +1,4 @@
-"""mindcv's optimizers, masked and shardable: each against the optimizer mindcv 0.3.0's create_optimizer builds (lamb: timm's)."""
+"""mindcv's optimizers, masked and shardable, each against what mindcv 0.3.0 builds for it (lamb: timm's)."""
 import mindspore as ms
 import numpy as np
 import pytest
@@ -29,7 +29,8 @@ _TIMM_LAMB = r'''
 import sys, numpy as np, torch
 from timm.optim import Lamb
 data = np.load(sys.argv[1])
-names, lr, decay, eps, steps = data["names"], float(data["lr"]), float(data["decay"]), float(data["eps"]), int(data["steps"])
+names, lr, decay = data["names"], float(data["lr"]), float(data["decay"])
+eps, steps = float(data["eps"]), int(data["steps"])
 params = {n: torch.nn.Parameter(torch.from_numpy(data["start." + n])) for n in names}
 no_decay = set(data["no_decay"].tolist())
 groups = [dict(params=[params[n] for n in names if n not in no_decay], weight_decay=decay),
