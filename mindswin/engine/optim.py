@@ -334,15 +334,11 @@ def create_optimizer(opt: str, params: Iterable[Parameter], *, weight_decay: flo
     """
     if opt not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {opt!r}; choose one of {', '.join(OPTIMIZERS)}")
-    common = dict(lr_scales=lr_scales, sharding=sharding)
+    kind = OPTIMIZERS[opt]
     betas = tuple(betas) if betas is not None else DEFAULT_BETAS.get(opt)
-    if OPTIMIZERS[opt] is Momentum:
-        return Momentum(params, weight_decay, no_decay, momentum=momentum, nesterov=nesterov, **common)
-    if opt == "lion":
-        return Lion(params, weight_decay, no_decay, betas=betas, **common)
-    if opt == "adam":
-        return Adam(params, weight_decay, no_decay, nesterov=nesterov, betas=betas, eps=eps, **common)
-    return OPTIMIZERS[opt](params, weight_decay, no_decay, betas=betas, eps=eps, **common)
+    settings = {Momentum: dict(momentum=momentum, nesterov=nesterov), Lion: dict(betas=betas),
+                Adam: dict(betas=betas, eps=eps, nesterov=nesterov)}.get(kind, dict(betas=betas, eps=eps))
+    return kind(params, weight_decay, no_decay, lr_scales=lr_scales, sharding=sharding, **settings)
 
 
 def swin_layer_id(name: str, depths: Sequence[int]) -> int:
