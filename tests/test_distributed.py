@@ -270,18 +270,25 @@ def test_zero1_run_killed_after_an_epoch_resumes_to_the_uninterrupted_result(dat
                                                                    for r in read_metrics(zero_dir)]
 
 
-def test_repeated_augmentation_bce_and_top_k_under_two_workers(data_dir, tmp_path):
-    # mindcv's aug_repeats deals each image's copies to different ranks; the epoch keeps its length
+@pytest.mark.parametrize("script", ["train.py", ROOT / "tests" / "msrun_scripts" / "train_native_ops.py"],
+                         ids=["kernels_on", "kernels_off"])
+def test_mindcv_training_features_together_under_two_workers(data_dir, tmp_path, script):
+    # mindcv's aug_repeats deals each image's copies to different ranks and the epoch keeps its length; with
+    # its bce loss, top_k checkpoints, Lamb sharded by ZeRO-1 (trust-ratio norms all-reduced), EMA and the
+    # official augmentation (RandAugment, erasing, mixup/CutMix, drop path)
     out = tmp_path / "out"
-    result, logs = msrun("train.py", *TWO_WORKERS, "--aug_repeats", "2", "--loss", "bce", "--ckpt_save_policy",
-                         "top_k", "--keep_checkpoint_max", "1", "--data_dir", data_dir, "--ckpt_save_dir", out,
-                         logs=tmp_path / "logs")
+    result, logs = msrun(script, *TWO_WORKERS, *OFFICIAL_AUGMENTATION, *ZERO_1, "--opt", "lamb", "--aug_repeats", "2",
+                         "--loss", "bce", "--ckpt_save_policy", "top_k", "--keep_checkpoint_max", "1", "--data_dir",
+                         data_dir, "--ckpt_save_dir", out, logs=tmp_path / "logs")
     assert result.returncode == 0, logs[-4000:]
     digests = _digest_lines(logs)
     assert len(digests) == 2 and digests[0] == digests[1]
     records = read_metrics(out)
     assert [r["optimizer_step"] for r in records] == [6, 12]
     assert all(np.isfinite(r["train_loss"]) and r["val_samples"] == 36 for r in records)
+    assert "ZeRO-1: lamb state sharded over 2 ranks" in logs
+    state = _state(out)
+    assert any(name.startswith("ema.") for name in state) and "optimizer.exp_avg_sq.head.weight" in state
     # top_k 1: the one kept weight file is the epoch of the best val_top1 (the later of equal scores)
     best = max(range(len(records)), key=lambda i: (records[i]["val_top1"], i)) + 1
     kept = sorted(p.name for p in out.glob("*-e*.ckpt"))
