@@ -249,6 +249,12 @@ DEFAULTS: Dict[str, Option] = {
         "in_channels": Option(3, int, "input channels (mindcv)", Only(3, "the models and the pipeline take RGB "
                                                                       "images"), _ALL),
         "recompute": Option(False, bool, "recompute block activations in backward"),
+        "sequential_attention": Option(0, int, "sequential self-attention (Swin V2 paper, 3.4): attend this many "
+                                       "windows at a time and recompute their probabilities in backward, so a "
+                                       "block's attention memory no longer grows with the window count; 0: all "
+                                       "windows at once (see docs/memory.md)", _NON_NEGATIVE, _ALL),
+        "sequential_attention_heads": Option(0, int, "heads per step of sequential self-attention (0: all heads)",
+                                             _NON_NEGATIVE, _ALL),
         "reuse_blocks": Option(None, bool, "compile one graph per block shape (lazy_inline) and reuse it, Ascend "
                                "only (Swin V2-T: 7 block graphs instead of 12, see docs/ascend.md); on for Ascend "
                                "if unset", scripts=_ALL),

@@ -41,11 +41,16 @@ def _reuse_blocks(config: Config) -> bool:
     return config.reuse_blocks
 
 
+def _memory_options(config: Config) -> dict:
+    """The model arguments that trade compute for memory: activation checkpointing, sequential attention."""
+    return dict(recompute=config.recompute, sequential_attention=config.sequential_attention,
+                sequential_attention_heads=config.sequential_attention_heads)
+
+
 def _architecture(config: Config, num_classes: int, drop_path_rate: float) -> SwinTransformerV2:
     return build_model(config.model, num_classes=num_classes, img_size=resolve_data_config(config).image_size,
                         window_size=config.window_size, pretrained_window_sizes=config.pretrained_window_sizes,
-                        drop_path_rate=drop_path_rate, recompute=config.recompute,
-                        reuse_blocks=_reuse_blocks(config))
+                        drop_path_rate=drop_path_rate, reuse_blocks=_reuse_blocks(config), **_memory_options(config))
 
 
 def _swin(model: nn.Cell) -> SwinTransformerV2:
@@ -56,8 +61,8 @@ def _swin(model: nn.Cell) -> SwinTransformerV2:
 def _simmim_architecture(config: Config, drop_path_rate: float) -> SimMIM:
     return build_simmim(config.model, img_size=resolve_data_config(config).image_size, window_size=config.window_size,
                         pretrained_window_sizes=config.pretrained_window_sizes, drop_path_rate=drop_path_rate,
-                        norm_target_patch_size=config.norm_target_patch_size, recompute=config.recompute,
-                        reuse_blocks=_reuse_blocks(config))
+                        norm_target_patch_size=config.norm_target_patch_size, reuse_blocks=_reuse_blocks(config),
+                        **_memory_options(config))
 
 
 def simmim_from_config(config: Config, *, training: bool) -> Tuple[SimMIM, Optional[LoadReport]]:

@@ -23,6 +23,7 @@ from mindspore.ops.auto_generate.gen_ops_prim import GeluExt
 from .kernels import BiasAddKernel, GeluKernel, LayerNormKernel, use_cpu_kernels
 
 __all__ = [
+    "expand_to",
     "Linear",
     "LayerNorm",
     "Mlp",
@@ -35,6 +36,17 @@ __all__ = [
 ]
 
 
+def expand_to(small: Tensor, like: Tensor) -> Tensor:
+    """``small`` broadcast to ``like``'s shape, as the operand of an elementwise op with ``like``.
+
+    MindSpore 2.10's CPU kernels of broadcasting binary ops (Add, Mul, Sub, RealDiv) keep a
+    workspace of about 4x their output for the life of the compiled graph, one per op in the
+    graph; a BroadcastTo and a same-shape op keep none (measured in docs/memory.md). Every
+    broadcast of a large tensor in the models goes through here.
+    """
+    return ops.broadcast_to(small, like.shape)
+
+
 def add_bias(y: Tensor, bias: Tensor, kernel: Optional[BiasAddKernel]) -> Tensor:
     """``y + bias`` for a 2-D matmul output, with the fused CPU kernel when given (float32 only).
 
@@ -43,7 +55,7 @@ def add_bias(y: Tensor, bias: Tensor, kernel: Optional[BiasAddKernel]) -> Tensor
     """
     if kernel is not None and y.dtype == ms.float32:
         return kernel(y, bias)
-    return y + ops.broadcast_to(bias.astype(y.dtype), y.shape)
+    return y + expand_to(bias.astype(y.dtype), y)
 
 
 def trunc_normal(shape: tuple, std: float = 0.02, rng: Optional[np.random.Generator] = None) -> np.ndarray:
@@ -223,7 +235,7 @@ def keep_mask(x: Tensor, keep_prob, uniform: Tensor) -> Tensor:
     ``floor(keep + u)`` is 1 with probability ``keep`` for ``u`` uniform in [0, 1).
     """
     mask = ops.floor(keep_prob + uniform) / keep_prob
-    return x * mask.reshape((x.shape[0],) + (1,) * (x.ndim - 1)).astype(x.dtype)
+    return x * expand_to(mask.reshape((x.shape[0],) + (1,) * (x.ndim - 1)).astype(x.dtype), x)
 
 
 class DropPath(nn.Cell):
@@ -247,7 +259,7 @@ class DropPath(nn.Cell):
         if uniform is not None:
             return keep_mask(x, 1.0 - self.drop_prob, uniform) if self.training else x
         mask_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        return x * self.dropout(ops.ones(mask_shape, x.dtype))
+        return x * expand_to(self.dropout(ops.ones(mask_shape, x.dtype)), x)
 
     def extend_repr(self) -> str:
         return f"drop_prob={self.drop_prob}"

@@ -27,7 +27,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
-from .layers import Linear, trunc_normal
+from .layers import Linear, expand_to, trunc_normal
 from .registry import model_spec
 from .swin_v2 import SwinTransformerV2
 
@@ -68,8 +68,8 @@ class SwinTransformerV2ForSimMIM(SwinTransformerV2):
             mask: ``(B, H/p, W/p)``, 1 where a patch is masked, 0 where it is visible.
         """
         x = self.patch_embed(x)
-        w = mask.astype(x.dtype).reshape(mask.shape + (1,))
-        token = self.mask_token.reshape(1, 1, 1, self.embed_dim).astype(x.dtype)
+        w = expand_to(mask.astype(x.dtype).reshape(mask.shape + (1,)), x)
+        token = expand_to(self.mask_token.reshape(1, 1, 1, self.embed_dim).astype(x.dtype), x)
         return x * (1.0 - w) + token * w
 
     def construct(self, x: Tensor, mask: Tensor, path_noise: Optional[Tensor] = None) -> Tensor:

@@ -25,7 +25,8 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
 from .kernels import BiasSoftmaxKernel, PositionBiasKernel, QkvHeadsKernel, use_cpu_kernels
-from .layers import DropPath, InputRateDropPath, LayerNorm, Linear, Mlp, PatchProjection
+from .layers import DropPath, InputRateDropPath, LayerNorm, Linear, Mlp, PatchProjection, expand_to
+from .sequential_attention import SequentialAttentionCore
 
 __all__ = [
     "SwinTransformerV2",
@@ -180,13 +181,13 @@ def l2_normalize(x: Tensor) -> Tensor:
     underflows in float16, so this is written out.
     """
     x = x.astype(ms.float32)
-    return x * ops.rsqrt(ops.maximum((x * x).sum(axis=-1, keepdims=True), L2_EPS_SQUARED))
+    return x * expand_to(ops.rsqrt(ops.maximum((x * x).sum(axis=-1, keepdims=True), L2_EPS_SQUARED)), x)
 
 
 def portable_l2_normalize(x: Tensor) -> Tensor:
     """:func:`l2_normalize` as a division by the square root: MindSpore 2.10 exports no Rsqrt to ONNX."""
     x = x.astype(ms.float32)
-    return x / ops.sqrt(ops.maximum((x * x).sum(axis=-1, keepdims=True), L2_EPS_SQUARED))
+    return x / expand_to(ops.sqrt(ops.maximum((x * x).sum(axis=-1, keepdims=True), L2_EPS_SQUARED)), x)
 
 
 class WindowAttention(nn.Cell):
@@ -245,6 +246,20 @@ class WindowAttention(nn.Cell):
         self.bias_softmax = BiasSoftmaxKernel() if cpu else None
         self.zero_bias = Tensor(np.zeros(dim, np.float32)) if cpu and not qkv_bias else None
         self.portable = False  # set_portable: the cosine normalisation without Rsqrt
+        self.sequential = None  # use_sequential: a SequentialAttentionCore
+
+    def use_sequential(self, num_windows: int, attn_chunks: Tuple[int, int], masked: bool) -> None:
+        """Attend ``attn_chunks = (windows, heads)`` at a time (0: all), probabilities recomputed in backward.
+
+        See :mod:`~mindswin.models.sequential_attention`. Attention dropout would draw other
+        noise when the backward pass recomputes the probabilities, so it is refused.
+        """
+        if self.attn_drop is not None:
+            raise ValueError("sequential attention recomputes the attention probabilities in the backward pass, "
+                             "where dropout would draw other noise; set attn_drop_rate 0 (the official value) or "
+                             "turn sequential attention off")
+        self.sequential = SequentialAttentionCore(num_windows, self.num_heads, attn_chunks[0], attn_chunks[1],
+                                                  masked, fused=self.bias_softmax is not None)
 
     def position_bias(self) -> Tensor:
         """``16 * sigmoid(cpb_mlp(coords))`` gathered to ``(heads, N, N)``, float32."""
@@ -279,16 +294,18 @@ class WindowAttention(nn.Cell):
         k = self._heads(self.qkv.rows(x, c, 2 * c))
         v = self._heads(self.qkv.rows(x, 2 * c, 3 * c, self.v_bias))
         normalize = portable_l2_normalize if self.portable else l2_normalize
-        return (normalize(q) * temperature).astype(v.dtype), normalize(k).astype(v.dtype), v
+        q = normalize(q)
+        return (q * expand_to(temperature.reshape(1, self.num_heads, 1, 1), q)).astype(v.dtype), \
+            normalize(k).astype(v.dtype), v
 
     def _logit_bias(self, mask: Optional[Tensor]) -> Tensor:
         """Position bias ``(heads, N, N)``, plus the mask as ``(num_windows, heads, N, N)``."""
         bias = self.position_bias()
         if mask is None:
             return bias
-        num_windows = mask.shape[0]
-        return bias.reshape(1, self.num_heads, self.window_area, self.window_area) + \
-            mask.reshape(num_windows, 1, self.window_area, self.window_area)
+        shape = (mask.shape[0], self.num_heads, self.window_area, self.window_area)
+        return ops.broadcast_to(bias.reshape(1, self.num_heads, self.window_area, self.window_area), shape) + \
+            ops.broadcast_to(mask.reshape(mask.shape[0], 1, self.window_area, self.window_area), shape)
 
     def _softmax_with_bias(self, logits: Tensor, bias: Tensor) -> Tensor:
         """``softmax(logits + bias)`` with the per-image ``bias`` broadcast over images.
@@ -299,7 +316,7 @@ class WindowAttention(nn.Cell):
         if self.bias_softmax is not None:
             return self.bias_softmax(logits, bias)
         flat = logits.reshape(-1, bias.size)
-        flat = flat + ops.broadcast_to(bias.reshape(1, -1), flat.shape)
+        flat = flat + expand_to(bias.reshape(1, -1), flat)
         return ops.softmax(flat.reshape(logits.shape), axis=-1)
 
     def construct(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
@@ -315,16 +332,23 @@ class WindowAttention(nn.Cell):
         batch_windows, n, c = x.shape
         temperature = ops.exp(ops.minimum(self.logit_scale, MAX_LOGIT_SCALE))
         q, k, v = self._queries_keys_values(x, temperature)
-        attn = self._softmax_with_bias(self.qk_matmul(q, k).astype(ms.float32), self._logit_bias(mask))
-        if self.attn_drop is not None:
-            attn = self.attn_drop(attn)
-
-        x = self.av_matmul(attn.astype(v.dtype), v)
+        if self.sequential is not None:
+            bias = self.position_bias()
+            x = self.sequential(q, k, v, bias, bias if mask is None else mask)
+        else:
+            x = self._batched(q, k, v, mask)
         x = x.transpose(0, 2, 1, 3).reshape(batch_windows, n, c)
         x = self.proj(x)
         if self.proj_drop is not None:
             x = self.proj_drop(x)
         return x
+
+    def _batched(self, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor]) -> Tensor:
+        """Every window and head in one matmul: ``(B_, heads, N, head_dim)``."""
+        attn = self._softmax_with_bias(self.qk_matmul(q, k).astype(ms.float32), self._logit_bias(mask))
+        if self.attn_drop is not None:
+            attn = self.attn_drop(attn)
+        return self.av_matmul(attn.astype(v.dtype), v)
 
     def extend_repr(self) -> str:
         return (f"dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}, "
@@ -348,13 +372,15 @@ class SwinTransformerV2Block(nn.Cell):
         pretrained_window_size: Window of the pre-trained weights (0 if the same).
         attn_drop: Attention-probability dropout.
         proj_drop: Dropout after projections.
+        attn_chunks: ``(windows, heads)`` per step of sequential attention; ``(0, 0)``: batched
+            attention (see :meth:`WindowAttention.use_sequential`).
     """
 
     def __init__(self, dim: int, input_resolution: Tuple[int, int], num_heads: int,
                  window_size: Tuple[int, int], shift_size: Tuple[int, int], mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, drop_path: float = 0.0,
                  pretrained_window_size: Tuple[int, int] = (0, 0), attn_drop: float = 0.0,
-                 proj_drop: float = 0.0) -> None:
+                 proj_drop: float = 0.0, attn_chunks: Tuple[int, int] = (0, 0)) -> None:
         super().__init__()
         self.dim = dim
         self.input_resolution = input_resolution
@@ -375,6 +401,10 @@ class SwinTransformerV2Block(nn.Cell):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else None
         mask = self.get_attn_mask()
         self.attn_mask = Tensor(mask) if mask is not None else None
+        if any(attn_chunks):
+            num_windows = (self.input_resolution[0] // self.window_size[0]) * \
+                (self.input_resolution[1] // self.window_size[1])
+            self.attn.use_sequential(num_windows, tuple(attn_chunks), masked=mask is not None)
         order = window_token_order(self.input_resolution, self.window_size, self.shift_size)
         self.to_windows = TokenPermutation(order)
         self.from_windows = TokenPermutation(np.argsort(order))
@@ -419,7 +449,7 @@ def clip_window_shift(resolution: Tuple[int, int], window_size: Tuple[int, int],
 def block_reuse_key(dim: int, input_resolution: Tuple[int, int], num_heads: int, window_size: Tuple[int, int],
                     shift_size: Tuple[int, int], mlp_ratio: float = 4.0, qkv_bias: bool = True,
                     drop_path: float = 0.0, pretrained_window_size: Tuple[int, int] = (0, 0),
-                    attn_drop: float = 0.0, proj_drop: float = 0.0) -> tuple:
+                    attn_drop: float = 0.0, proj_drop: float = 0.0, attn_chunks: Tuple[int, int] = (0, 0)) -> tuple:
     """What makes two blocks' graphs identical: the key :class:`ReusedSwinTransformerV2Block` reuses on.
 
     Everything that shapes the graph or its constants (widths, heads, the clipped window and
@@ -431,7 +461,7 @@ def block_reuse_key(dim: int, input_resolution: Tuple[int, int], num_heads: int,
     window, shift = clip_window_shift(tuple(input_resolution), tuple(window_size), tuple(shift_size))
     return (int(dim), tuple(int(r) for r in input_resolution), int(num_heads), window, shift,
             int(dim * mlp_ratio), bool(qkv_bias), tuple(int(w) for w in pretrained_window_size),
-            float(attn_drop), float(proj_drop), drop_path > 0)
+            float(attn_drop), float(proj_drop), drop_path > 0, tuple(int(c) for c in attn_chunks))
 
 
 class SharedGraphBlock(SwinTransformerV2Block):
@@ -447,14 +477,15 @@ class SharedGraphBlock(SwinTransformerV2Block):
                  window_size: Tuple[int, int], shift_size: Tuple[int, int], mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, drop_path: float = 0.0,
                  pretrained_window_size: Tuple[int, int] = (0, 0), attn_drop: float = 0.0,
-                 proj_drop: float = 0.0) -> None:
+                 proj_drop: float = 0.0, attn_chunks: Tuple[int, int] = (0, 0)) -> None:
         super().__init__(dim, input_resolution, num_heads, window_size, shift_size, mlp_ratio=mlp_ratio,
                          qkv_bias=qkv_bias, drop_path=0.0, pretrained_window_size=pretrained_window_size,
-                         attn_drop=attn_drop, proj_drop=proj_drop)
+                         attn_drop=attn_drop, proj_drop=proj_drop, attn_chunks=attn_chunks)
         self.drop_path_rate = float(drop_path)  # plain float: not read by construct, not in the key
         self.drop_path = InputRateDropPath() if drop_path > 0 else None
         self.reuse_key = block_reuse_key(dim, input_resolution, num_heads, window_size, shift_size, mlp_ratio,
-                                         qkv_bias, drop_path, pretrained_window_size, attn_drop, proj_drop)
+                                         qkv_bias, drop_path, pretrained_window_size, attn_drop, proj_drop,
+                                         attn_chunks)
 
     def _residual_at(self, branch: Tensor, keep_prob: Tensor, uniform: Optional[Tensor]) -> Tensor:
         return branch if self.drop_path is None else self.drop_path(branch, keep_prob, uniform)
@@ -530,7 +561,7 @@ class BasicLayer(nn.Cell):
                  window_size: Tuple[int, int], drop_path: Sequence[float], downsample: bool,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  pretrained_window_size: Tuple[int, int] = (0, 0), attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, reuse_blocks: bool = False) -> None:
+                 proj_drop: float = 0.0, reuse_blocks: bool = False, attn_chunks: Tuple[int, int] = (0, 0)) -> None:
         super().__init__()
         self.dim = dim
         self.input_resolution = input_resolution
@@ -541,7 +572,7 @@ class BasicLayer(nn.Cell):
                         (0, 0) if i % 2 == 0 else shift, mlp_ratio=mlp_ratio,
                         qkv_bias=qkv_bias, drop_path=drop_path[i],
                         pretrained_window_size=pretrained_window_size,
-                        attn_drop=attn_drop, proj_drop=proj_drop)
+                        attn_drop=attn_drop, proj_drop=proj_drop, attn_chunks=attn_chunks)
             for i in range(depth)
         ])
         # Reused blocks take their stochastic-depth keep probability as an input (one scalar each).
@@ -596,6 +627,9 @@ class SwinTransformerV2(nn.Cell):
         reuse_blocks: Compile one graph per block shape and reuse it (``lazy_inline``);
             Ascend only.
         numerics: ``"official"`` or ``"mindcv"`` (see :data:`NUMERICS` and :meth:`set_numerics`).
+        sequential_attention: Windows per step of sequential self-attention (0: all windows at
+            once, the batched path); see :mod:`~mindswin.models.sequential_attention`.
+        sequential_attention_heads: Heads per step of sequential attention (0: all heads).
     """
 
     def __init__(self, img_size: IntOrPair = 256, patch_size: int = 4, in_chans: int = 3,
@@ -605,7 +639,8 @@ class SwinTransformerV2(nn.Cell):
                  proj_drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1,
                  pretrained_window_sizes: Optional[Sequence[IntOrPair]] = None,
                  features_only: bool = False, out_indices: Sequence[int] = (0, 1, 2, 3),
-                 recompute: bool = False, reuse_blocks: bool = False, numerics: str = "official") -> None:
+                 recompute: bool = False, reuse_blocks: bool = False, numerics: str = "official",
+                 sequential_attention: int = 0, sequential_attention_heads: int = 0) -> None:
         super().__init__()
         if reuse_blocks and ms.get_context("device_target") != "Ascend":
             raise ValueError("reuse_blocks (mindspore.lazy_inline) runs on Ascend only; MindSpore's "
@@ -640,7 +675,8 @@ class SwinTransformerV2(nn.Cell):
                 drop_path=drop_path[sum(depths[:i]):sum(depths[:i + 1])],
                 downsample=i < num_stages - 1, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                 pretrained_window_size=to_pair(pretrained_window_sizes[i]),
-                attn_drop=attn_drop_rate, proj_drop=proj_drop_rate, reuse_blocks=reuse_blocks))
+                attn_drop=attn_drop_rate, proj_drop=proj_drop_rate, reuse_blocks=reuse_blocks,
+                attn_chunks=(sequential_attention, sequential_attention_heads)))
             self.feature_info.append(dict(num_chs=dim, reduction=patch_size * 2 ** i, module=f"layers.{i}"))
             if i < num_stages - 1:
                 resolution = (resolution[0] // 2, resolution[1] // 2)
@@ -784,7 +820,8 @@ def reuse_keys(img_size: IntOrPair = 256, patch_size: int = 4, embed_dim: int = 
                depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
                window_size: IntOrPair = 8, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                drop_path_rate: float = 0.1, pretrained_window_sizes: Optional[Sequence[IntOrPair]] = None,
-               attn_drop_rate: float = 0.0, proj_drop_rate: float = 0.0, **_ignored) -> List[tuple]:
+               attn_drop_rate: float = 0.0, proj_drop_rate: float = 0.0, sequential_attention: int = 0,
+               sequential_attention_heads: int = 0, **_ignored) -> List[tuple]:
     """:func:`block_reuse_key` of every block of a :class:`SwinTransformerV2`, in model order, without building it.
 
     Takes :class:`SwinTransformerV2`'s arguments (others, e.g. ``num_classes``, are ignored)
@@ -804,6 +841,7 @@ def reuse_keys(img_size: IntOrPair = 256, patch_size: int = 4, embed_dim: int = 
         for j in range(depth):
             keys.append(block_reuse_key(dim, resolution, num_heads[i], window, (0, 0) if j % 2 == 0 else shift,
                                         mlp_ratio, qkv_bias, rates[sum(depths[:i]) + j],
-                                        to_pair(pretrained[i]), attn_drop_rate, proj_drop_rate))
+                                        to_pair(pretrained[i]), attn_drop_rate, proj_drop_rate,
+                                        (sequential_attention, sequential_attention_heads)))
         resolution = (resolution[0] // 2, resolution[1] // 2)
     return keys

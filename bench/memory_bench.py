@@ -1,0 +1,189 @@
+"""Peak memory and time of one training step at high resolution: mindswin against timm, one run.
+
+    python bench/memory_bench.py [--sizes 512:16 1024:32 1536:32] [--isas native avx2]
+
+Swin V2-T (C=96, depths 2-2-6-2), batch 1, AdamW, float32, activation checkpointing on in both
+(``recompute=True`` in mindswin, ``set_grad_checkpointing(True)`` in timm). Each configuration
+runs in its own process (``--worker``), so its peak RSS (``ru_maxrss``) is its own; a
+configuration that the kernel's OOM killer stops is reported as such. mindswin runs with
+batched attention and with sequential self-attention (``sequential_attention``), so the table
+gives both the memory ratio against timm and the time ratio of sequential over batched.
+
+Writes docs/memory_bench.json and docs/memory_bench.md.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+from bench.run_bench import ISA_ENV  # noqa: E402
+
+TINY = dict(patch_size=4, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), num_classes=1000)
+# name: (implementation, mindswin keywords): what each row of the table runs.
+VARIANTS = {
+    "timm": ("timm", {}),
+    "mindswin": ("mindswin", {"recompute": True}),
+    "mindswin-seq": ("mindswin", {"recompute": True, "sequential_attention": 16}),
+}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def mindswin_step(size: int, window: int, extra: dict):
+    import mindspore as ms
+    import numpy as np
+    from mindspore import nn, ops
+
+    import mindswin
+    from mindswin.models.threads import set_cpu_threads
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device("CPU")
+    set_cpu_threads()
+    model = mindswin.create_model("swinv2_tiny_window8_256", img_size=size, window_size=window,
+                                  pretrained_window_sizes=[0] * 4, drop_path_rate=0.0,
+                                  **{**TINY, **extra})
+    model.set_train(True)
+    optimizer = nn.AdamWeightDecay(model.trainable_params(), learning_rate=1e-4, weight_decay=0.05)
+
+    class TrainStep(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.optimizer = optimizer
+            self.grad_fn = ms.value_and_grad(self.loss, None, optimizer.parameters)
+
+        def loss(self, x, y):
+            return ops.cross_entropy(self.model(x), y)
+
+        def construct(self, x, y):
+            loss, grads = self.grad_fn(x, y)
+            self.optimizer(grads)
+            return loss
+
+    step = TrainStep()
+    images = ms.Tensor(np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32))
+    labels = ms.Tensor(np.array([1], np.int32))
+    return lambda: step(images, labels).asnumpy()
+
+
+def timm_step(size: int, window: int):
+    import torch
+    import torchvision
+
+    torchvision.__version__ = "0.0.0"
+    from timm.models.swin_transformer_v2 import SwinTransformerV2
+
+    torch.manual_seed(0)
+    model = SwinTransformerV2(img_size=size, window_size=window, drop_path_rate=0.0, **TINY)
+    model.set_grad_checkpointing(True)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    images, labels = torch.randn(1, 3, size, size), torch.tensor([1])
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+
+    return step
+
+
+def worker(variant: str, size: int, window: int) -> None:
+    impl, extra = VARIANTS[variant]
+    extra = {**extra, **json.loads(os.environ.get("MEMORY_BENCH_EXTRA", "{}"))}
+    step = timm_step(size, window) if impl == "timm" else mindswin_step(size, window, extra)
+    result = {"built_mb": peak_rss_mb()}
+    start = time.perf_counter()
+    step()
+    result["first_step_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    step()
+    result["step_s"] = time.perf_counter() - start
+    result["peak_rss_mb"] = peak_rss_mb()
+    print("BENCH " + json.dumps(result), flush=True)
+
+
+def run_worker(python: str, variant: str, size: int, window: int, isa: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ISA_ENV["avx2"]}
+    env.update(ISA_ENV[isa], GLOG_v="3")
+    command = [python, os.path.abspath(__file__), "--worker", variant, "--size", str(size), "--window", str(window)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    row = {"variant": variant, "size": size, "window": window, "isa": isa}
+    lines = [line for line in result.stdout.splitlines() if line.startswith("BENCH ")]
+    if lines:
+        return {**row, **json.loads(lines[-1][len("BENCH "):])}
+    reason = "killed (out of memory)" if result.returncode in (-9, 137) else (result.stderr or result.stdout)[-400:]
+    return {**row, "error": reason}
+
+
+def markdown(rows, args) -> str:
+    def cell(row, key, fmt):
+        return "-" if row is None or key not in row else fmt.format(row[key])
+
+    lines = ["# Memory benchmark: one training step at high resolution", "",
+             f"`python bench/memory_bench.py` on {platform.processor() or platform.machine()}, "
+             f"{os.cpu_count()} cores. Swin V2-T, batch 1, AdamW, float32, activation checkpointing on in both; "
+             "peak RSS of the whole process (framework and graph compiler included).", "",
+             "| ISA | size / window | timm peak MB | mindswin peak MB | mindswin-seq peak MB | mindswin / timm "
+             "| seq / timm | timm step s | mindswin step s | seq step s | seq / batched time |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for isa in args.isas:
+        for size, window in args.sizes:
+            found = {r["variant"]: r for r in rows if (r["isa"], r["size"], r["window"]) == (isa, size, window)}
+            timm, batched, seq = (found.get(v) for v in ("timm", "mindswin", "mindswin-seq"))
+
+            def ratio(a, b, key):
+                return "-" if not a or not b or key not in a or key not in b else f"{a[key] / b[key]:.2f}"
+
+            def peak(row):
+                return row.get("error", "-") if row and "error" in row else cell(row, "peak_rss_mb", "{:.0f}")
+
+            lines.append(f"| {isa} | {size} / {window} | {peak(timm)} | {peak(batched)} | {peak(seq)} "
+                         f"| {ratio(batched, timm, 'peak_rss_mb')} | {ratio(seq, timm, 'peak_rss_mb')} "
+                         f"| {cell(timm, 'step_s', '{:.2f}')} | {cell(batched, 'step_s', '{:.2f}')} "
+                         f"| {cell(seq, 'step_s', '{:.2f}')} | {ratio(seq, batched, 'step_s')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=["1024:32", "1536:32"],
+                        help="image size:window pairs (default: 1024:32 1536:32)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=tuple(VARIANTS))
+    parser.add_argument("--isas", nargs="+", default=["native"], choices=tuple(ISA_ENV))
+    parser.add_argument("--torch_python", default=os.path.join(ROOT, ".venv-torchref", "bin", "python"))
+    parser.add_argument("--out", default=os.path.join(ROOT, "docs"))
+    parser.add_argument("--worker", choices=tuple(VARIANTS), help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--window", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, args.size, args.window)
+        return
+    args.sizes = [tuple(int(v) for v in pair.split(":")) for pair in args.sizes]
+    rows = []
+    for isa in args.isas:
+        for size, window in args.sizes:
+            for variant in args.variants:
+                python = args.torch_python if VARIANTS[variant][0] == "timm" else sys.executable
+                rows.append(run_worker(python, variant, size, window, isa))
+                print(json.dumps(rows[-1]), flush=True)
+    with open(os.path.join(args.out, "memory_bench.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    with open(os.path.join(args.out, "memory_bench.md"), "w") as f:
+        f.write(markdown(rows, args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Sequential self-attention (Swin V2 paper, section 3.4): window attention chunk by chunk.
+
+The batched attention of :class:`~mindswin.models.swin_v2.WindowAttention` holds the logits
+and probabilities of every window and head at once, ``B * windows * heads * N**2`` floats,
+and autodiff keeps the probabilities of every block for the backward pass. At 1,024 px and
+window 32 that is 0.8 GB per stage-1 block. :class:`SequentialAttentionCore` computes
+``softmax(q k^T + bias + mask) v`` for a group of windows and heads at a time and keeps only
+its inputs and output; its backward pass recomputes each group's probabilities from ``q``
+and ``k``. A block's attention then needs one group's probabilities at a time, forward or
+backward, whatever the number of windows: memory that MindSpore's own ``recompute`` does not
+cut (see docs/memory.md).
+
+The position bias ``(heads, N, N)`` and the shifted-window mask ``(windows, N, N)`` are never
+expanded to ``(windows, heads, N, N)``: each group adds its own ``(w, h, N, N)`` slice, shared
+by the images of the batch.
+
+Groups run one after another: each group's queries depend (``ops.depend``) on the previous
+group's output, since a dataflow graph is otherwise free to compute every group's logits
+before any softmax.
+"""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import mindspore as ms
+from mindspore import Tensor, nn, ops
+
+from .kernels import BiasSoftmaxKernel
+from .layers import expand_to
+
+__all__ = ["SequentialAttentionCore", "chunk_ranges"]
+
+
+def chunk_ranges(total: int, chunk: int) -> Tuple[Tuple[int, int], ...]:
+    """``[start, stop)`` ranges of at most ``chunk`` items covering ``range(total)`` (0: one range)."""
+    if chunk <= 0 or chunk >= total:
+        return ((0, total),)
+    return tuple((start, min(start + chunk, total)) for start in range(0, total, chunk))
+
+
+class SequentialAttentionCore(nn.Cell):
+    """``softmax(q k^T + bias + mask) v`` over groups of windows x heads, probabilities recomputed in backward.
+
+    Args:
+        num_windows: Windows per image (``q``'s leading axis is ``images * num_windows``).
+        num_heads: Attention heads.
+        window_chunk: Windows per group (0: all).
+        head_chunk: Heads per group (0: all).
+        masked: Whether a shifted-window mask is added (otherwise ``mask`` is ignored).
+        fused: Softmax and its gradient in the fused CPU kernel (:class:`BiasSoftmaxKernel`).
+
+    Inputs are parameter-free tensors (a custom ``bprop`` may not read parameters): ``q``, ``k``,
+    ``v`` ``(B * num_windows, heads, N, head_dim)`` in the matmul dtype, ``bias`` ``(heads, N, N)``
+    and ``mask`` ``(num_windows, N, N)`` in float32. Softmax and its gradient run in float32, as
+    in the batched path.
+    """
+
+    def __init__(self, num_windows: int, num_heads: int, window_chunk: int = 0, head_chunk: int = 0,
+                 masked: bool = False, fused: bool = False) -> None:
+        super().__init__()
+        self.num_windows = num_windows
+        self.num_heads = num_heads
+        self.window_groups = chunk_ranges(num_windows, window_chunk)
+        self.head_groups = chunk_ranges(num_heads, head_chunk)
+        self.masked = masked
+        self.bias_softmax = BiasSoftmaxKernel() if fused else None
+        self.qk_matmul = ops.BatchMatMul(transpose_b=True)
+        self.av_matmul = ops.BatchMatMul()
+        self.ta_matmul = ops.BatchMatMul(transpose_a=True)
+
+    def _by_window(self, x: Tensor) -> Tensor:
+        """``(B * windows, heads, N, D)`` -> ``(B, windows, heads, N, D)``."""
+        return x.reshape((-1, self.num_windows) + x.shape[1:])
+
+    def _group(self, x: Tensor, windows: Tuple[int, int], heads: Tuple[int, int]) -> Tensor:
+        """One group ``(B * w, h, N, D)`` of a ``(B, windows, heads, N, D)`` tensor."""
+        part = x[:, windows[0]:windows[1], heads[0]:heads[1]]
+        return part.reshape((-1,) + part.shape[2:])
+
+    def _group_bias(self, bias: Tensor, mask: Tensor, windows: Tuple[int, int], heads: Tuple[int, int]) -> Tensor:
+        """The ``(w, h, N, N)`` bias (plus mask) of one group, shared by every image."""
+        n = bias.shape[-1]
+        shape = (windows[1] - windows[0], heads[1] - heads[0], n, n)
+        group = ops.broadcast_to(bias[heads[0]:heads[1]].reshape((1,) + shape[1:]), shape)
+        if self.masked:
+            group = group + ops.broadcast_to(mask[windows[0]:windows[1]].reshape(shape[0], 1, n, n), shape)
+        return group
+
+    def _probabilities(self, q: Tensor, k: Tensor, group_bias: Tensor) -> Tensor:
+        """Float32 probabilities ``(B * w, h, N, N)`` of one group."""
+        logits = self.qk_matmul(q, k).astype(ms.float32)
+        if self.bias_softmax is not None:
+            return self.bias_softmax(logits, group_bias)
+        flat = logits.reshape(-1, group_bias.size)
+        flat = flat + expand_to(group_bias.reshape(1, -1), flat)
+        return ops.softmax(flat.reshape(logits.shape), axis=-1)
+
+    def _softmax_backward(self, dprobs: Tensor, probs: Tensor, group_bias: Tensor) -> Tuple[Tensor, Tensor]:
+        """Gradients of the logits ``(B * w, h, N, N)`` and of the group bias ``(w, h, N, N)``."""
+        if self.bias_softmax is not None:
+            return self.bias_softmax.backward_op(dprobs, probs, group_bias)
+        dot = (dprobs * probs).sum(axis=-1, keepdims=True)
+        dlogits = probs * (dprobs - expand_to(dot, dprobs))
+        return dlogits, dlogits.reshape(-1, group_bias.size).sum(axis=0).reshape(group_bias.shape)
+
+    def _assemble(self, groups: List[List[Tensor]], like: Tensor) -> Tensor:
+        """Groups ``[window group][head group]`` of ``(B * w, h, N, D)`` -> ``(B * windows, heads, N, D)``."""
+        rows = []
+        for w in range(len(self.window_groups)):
+            width = self.window_groups[w][1] - self.window_groups[w][0]
+            parts = [part.reshape((-1, width) + part.shape[1:]) for part in groups[w]]
+            rows.append(parts[0] if len(parts) == 1 else ops.concat(parts, axis=2))
+        out = rows[0] if len(rows) == 1 else ops.concat(rows, axis=1)
+        return out.reshape(like.shape)
+
+    def construct(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: Tensor) -> Tensor:
+        q5, k5, v5 = self._by_window(q), self._by_window(k), self._by_window(v)
+        groups = []
+        previous = bias
+        for windows in self.window_groups:
+            row = []
+            for heads in self.head_groups:
+                qg = self._group(ops.depend(q5, previous), windows, heads)
+                kg, vg = self._group(k5, windows, heads), self._group(v5, windows, heads)
+                probs = self._probabilities(qg, kg, self._group_bias(bias, mask, windows, heads))
+                previous = self.av_matmul(probs.astype(vg.dtype), vg)
+                row.append(previous)
+            groups.append(row)
+        return self._assemble(groups, v)
+
+    def bprop(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: Tensor, out: Tensor, dout: Tensor):
+        q5, k5, v5, d5 = self._by_window(q), self._by_window(k), self._by_window(v), self._by_window(dout)
+        dq_groups, dk_groups, dv_groups, dbias_groups = [], [], [], []
+        previous = dout
+        for windows in self.window_groups:
+            dq_row, dk_row, dv_row, dbias_row = [], [], [], []
+            for heads in self.head_groups:
+                qg = self._group(ops.depend(q5, previous), windows, heads)
+                kg, vg, dg = self._group(k5, windows, heads), self._group(v5, windows, heads), \
+                    self._group(d5, windows, heads)
+                group_bias = self._group_bias(bias, mask, windows, heads)
+                probs = self._probabilities(qg, kg, group_bias)
+                dv_row.append(self.ta_matmul(probs.astype(dg.dtype), dg))
+                dlogits, dgroup_bias = self._softmax_backward(self.qk_matmul(dg, vg).astype(ms.float32), probs,
+                                                              group_bias)
+                dbias_row.append(dgroup_bias.sum(axis=0))
+                dlogits = dlogits.astype(qg.dtype)
+                dq_row.append(self.av_matmul(dlogits, kg))
+                previous = self.ta_matmul(dlogits, qg)
+                dk_row.append(previous)
+            dq_groups.append(dq_row)
+            dk_groups.append(dk_row)
+            dv_groups.append(dv_row)
+            dbias_groups.append(dbias_row)
+        return (self._assemble(dq_groups, q), self._assemble(dk_groups, k), self._assemble(dv_groups, v),
+                self._bias_gradient(dbias_groups), ops.zeros_like(mask))
+
+    def _bias_gradient(self, groups: List[List[Tensor]]) -> Tensor:
+        """Sum the ``[window group][head group]`` partial bias gradients over window groups, concat heads."""
+        heads = []
+        for h in range(len(self.head_groups)):
+            total = groups[0][h]
+            for w in range(1, len(self.window_groups)):
+                total = total + groups[w][h]
+            heads.append(total)
+        return heads[0] if len(heads) == 1 else ops.concat(heads, axis=0)
