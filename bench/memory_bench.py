@@ -45,14 +45,16 @@ def mindswin_step(size: int, window: int, extra: dict):
     from mindspore import nn, ops
 
     import mindswin
+    from mindswin.models.kernels import cpu_kernels
     from mindswin.models.threads import set_cpu_threads
 
-    ms.set_context(mode=ms.GRAPH_MODE)
+    extra = dict(extra)
+    ms.set_context(mode=ms.GRAPH_MODE, memory_optimize_level=extra.pop("memory_optimize_level", "O0"))
     ms.set_device("CPU")
     set_cpu_threads()
-    model = mindswin.create_model("swinv2_tiny_window8_256", img_size=size, window_size=window,
-                                  pretrained_window_sizes=[0] * 4, drop_path_rate=0.0,
-                                  **{**TINY, **extra})
+    with cpu_kernels(extra.pop("cpu_kernels", True)):
+        model = mindswin.create_model("swinv2_tiny_window8_256", img_size=size, window_size=window,
+                                      pretrained_window_sizes=[0] * 4, drop_path_rate=0.0, **{**TINY, **extra})
     model.set_train(True)
     optimizer = nn.AdamWeightDecay(model.trainable_params(), learning_rate=1e-4, weight_decay=0.05)
 

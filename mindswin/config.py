@@ -242,6 +242,15 @@ DEFAULTS: Dict[str, Option] = {
         "pretrained_window_sizes": Option(None, list, "windows of the weights being fine-tuned, one per stage (0: "
                                           "trained at window_size); the model's if unset",
                                           Items(_NON_NEGATIVE, integers=True), _ALL),
+        "embed_dim": Option(None, int, "channels of the first stage (the paper's C); the model's if unset",
+                            _POSITIVE_INT, _ALL),
+        "depths": Option(None, list, "blocks per stage; the model's if unset", Items(_POSITIVE_INT, integers=True),
+                         _ALL),
+        "num_heads": Option(None, list, "attention heads per stage; the model's if unset",
+                            Items(_POSITIVE_INT, integers=True), _ALL),
+        "extra_norm_period": Option(None, int, "a LayerNorm on the main branch after every n-th block of each stage "
+                                    "(the paper's SwinV2-H and -G: 6; 0: none); the model's if unset", _NON_NEGATIVE,
+                                    _ALL),
         "drop_path_rate": Option(0.1, float, "stochastic depth rate (null: the model's default, 0.1)", Range("[0, 1)"),
                                  null=0.1),
         "drop_rate": Option(0.0, float, "dropout before the classifier (mindcv)",
@@ -760,25 +769,6 @@ def _check_learning_rates(config: Config) -> None:
         raise ConfigError(f"warmup_factor and {starts[0]} both set the lr at step 0: keep one")
 
 
-def _geometry_problem(image: int, window: int, patch: int, stages: int) -> Optional[str]:
-    """Why a SwinTransformerV2 cannot be built for this image side and window, or None.
-
-    The patch embedding needs the side divisible by the patch, each of the ``stages - 1``
-    patch mergings halves an even feature map, and every stage's map must be a multiple
-    of the window unless the window covers it (then the model clips the window to it).
-    """
-    if image % patch:
-        return f"it is not a multiple of the patch size {patch}"
-    step = patch * 2 ** (stages - 1)
-    if image % step:
-        return (f"its {image // patch}x{image // patch} patch grid cannot be halved by {stages - 1} patch "
-                f"merging(s): the side must be a multiple of {patch} x 2^{stages - 1} = {step}")
-    for stage, side in enumerate(image // step * 2 ** (stages - 1 - i) for i in range(stages)):
-        if side > window and side % window:
-            return f"stage {stage}'s {side}x{side} feature map is not a multiple of the window {window}"
-    return None
-
-
 def check_geometry(config: Config) -> None:
     """Refuse an image size, window or pretrained windows the model cannot be built with.
 
@@ -786,34 +776,46 @@ def check_geometry(config: Config) -> None:
         ConfigError: naming the key to change and values that fit.
     """
     from .models.registry import model_spec  # imports MindSpore: only once a model is concerned
+    from .models.swin_v2 import geometry_problem
 
     problem = RegisteredModel().problem(config.model)
     if problem:  # a model name read from a checkpoint's metadata is checked here first
         raise ConfigError(f"'model' {problem}")
     spec = model_spec(config.model)
-    stages, patch = len(spec.depths), spec.patch_size
+    stages, patch = _check_architecture(config, spec), spec.patch_size
     image = config.image_resize or spec.img_size
-    window = config.window_size or spec.window_size
     what = f"{spec.name} (patch {patch}, {stages} stages)"
-    window_text = f"window_size {window}" if config.window_size is not None else f"the model's window {window}"
-    problem = _geometry_problem(image, window, patch, stages)
-    if problem and config.window_size is not None and _geometry_problem(image, image, patch, stages) is None:
-        fitting = [w for w in range(1, image // patch) if _geometry_problem(image, w, patch, stages) is None]
-        raise ConfigError(f"'window_size' {window} does not fit {image} px images on {what}: {problem}; set "
-                          f"--window_size to one of {', '.join(map(str, fitting))} or >= {image // patch}")
+    problem = geometry_problem(image, patch, stages)
     if problem:
-        sizes = range(patch, max(2 * image, patch * 2 ** stages * window) + patch, patch)
-        fitting = [s for s in sizes if _geometry_problem(s, window, patch, stages) is None]
+        sizes = range(patch, 2 * image + patch, patch)
+        fitting = [s for s in sizes if geometry_problem(s, patch, stages) is None]
         nearest = [s for s in fitting if s < image][-1:] + [s for s in fitting if s > image][:1]
-        raise ConfigError(f"'image_resize' {image} does not fit {what} with {window_text}: {problem}; set "
-                          f"--image_resize to e.g. {' or '.join(map(str, nearest))}")
+        raise ConfigError(f"'image_resize' {image} does not fit {what}: {problem}; set --image_resize to e.g. "
+                          f"{' or '.join(map(str, nearest))} (any window fits: feature maps are padded to it)")
     if config.task == "simmim":
         _check_masks(config, image, patch, what)
     pretrained = config.pretrained_window_sizes
     if pretrained is not None and len(pretrained) != stages:
+        example = list(spec.pretrained_window_sizes) if len(spec.pretrained_window_sizes) == stages else [0] * stages
         raise ConfigError(f"'pretrained_window_sizes' {pretrained} has {len(pretrained)} entries but {spec.name} "
-                          f"has {stages} stages; give one per stage (0: trained at window_size), e.g. "
-                          f"{list(spec.pretrained_window_sizes)}")
+                          f"has {stages} stages; give one per stage (0: trained at window_size), e.g. {example}")
+
+
+def _check_architecture(config: Config, spec: Any) -> int:
+    """Refuse ``embed_dim`` / ``depths`` / ``num_heads`` that give no model; returns the number of stages."""
+    embed_dim = config.embed_dim or spec.embed_dim
+    depths = config.depths or list(spec.depths)
+    heads = config.num_heads or list(spec.num_heads)
+    if len(depths) != len(heads):
+        raise ConfigError(f"'depths' {list(depths)} and 'num_heads' {list(heads)} give {len(depths)} and {len(heads)} "
+                          f"stages ({spec.name}'s where unset): give one entry per stage in both")
+    for stage, count in enumerate(heads):
+        channels = embed_dim * 2 ** stage
+        if channels % count:
+            fitting = [h for h in range(1, channels + 1) if channels % h == 0 and channels // h >= 16]
+            raise ConfigError(f"'num_heads' {count} of stage {stage} does not divide its {channels} channels "
+                              f"(embed_dim {embed_dim} x 2^{stage}); use one of {', '.join(map(str, fitting))}")
+    return len(depths)
 
 
 def _check_masks(config: Config, image: int, patch: int, what: str) -> None:

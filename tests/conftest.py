@@ -41,6 +41,8 @@ OFFICIAL_VARIANTS = (
     "swinv2_base_window12_192", "swinv2_base_window12to16_192to256", "swinv2_base_window12to24_192to384",
     "swinv2_large_window12_192", "swinv2_large_window12to16_192to256", "swinv2_large_window12to24_192to384",
 )
+# The paper's two largest, registered from the paper (no timm model, no published classification weights).
+PAPER_VARIANTS = ("swinv2_huge_window12_192", "swinv2_giant_window12_192")
 
 REFERENCE_CASES = [
     {"name": "micro", "model": "swinv2_tiny_window8_256", "kwargs": MICRO, "batch": 3,
@@ -48,6 +50,13 @@ REFERENCE_CASES = [
     {"name": "tiny8", "model": "swinv2_tiny_window8_256", "batch": 2, "layouts": ["timm", "official"]},
     {"name": "tiny16", "model": "swinv2_tiny_window16_256", "batch": 2, "seed": 3, "layouts": ["timm"]},
     {"name": "base12to16", "model": "swinv2_base_window12to16_192to256", "batch": 1, "seed": 5, "layouts": ["timm"]},
+    # feature maps the window does not divide, padded (timm pads them in SwinTransformerV2Block._attn):
+    # 40 px gives stage maps 20, 10 (shifted blocks, padded to 12) and 5 (padded to 8); window 3 on
+    # 32 px pads 16, 8 and 4 to 18, 9 and 6
+    {"name": "micro_pad40", "model": "swinv2_tiny_window8_256", "kwargs": dict(MICRO, img_size=40), "batch": 2,
+     "seed": 11, "layouts": ["timm"]},
+    {"name": "micro_window3", "model": "swinv2_tiny_window8_256", "kwargs": dict(MICRO, window_size=3), "batch": 2,
+     "seed": 12, "layouts": ["timm"]},
     {"name": "tiny8_to_384w12", "model": "swinv2_tiny_window8_256", "batch": 1, "weights_from": "tiny8",
      "kwargs": {"img_size": 384, "window_size": 12, "pretrained_window_sizes": [8, 8, 8, 8]}, "layouts": []},
 ]

@@ -65,6 +65,12 @@ INVALID = {
     "image_resize": 0,
     "window_size": 0,
     "pretrained_window_sizes": [8, -1, 8, 8],
+    "embed_dim": 0,
+    "depths": [2, 0, 2],
+    "num_heads": [3, 6.5, 12],
+    "extra_norm_period": -6,
+    "sequential_attention": -1,
+    "sequential_attention_heads": -2,
     "drop_path_rate": 1.0,
     "reuse_blocks": True,  # refused off Ascend (the default device_target is CPU)
     "num_parallel_workers": 0,
@@ -241,10 +247,8 @@ MICRO_RECIPE = str(ROOT / "configs" / "demo" / "swinv2_micro_shapes_cpu.yaml")  
 
 @pytest.mark.parametrize("overrides, message", [
     ({"image_resize": 33}, r"'image_resize' 33 does not fit .*not a multiple of the patch size 2; "
-                           r"set --image_resize to e.g. 32 or 64"),
-    ({"image_resize": 36}, r"'image_resize' 36 .*multiple of 2 x 2\^2 = 8; set --image_resize to e.g. 32 or 64"),
-    ({"image_resize": 40}, r"'image_resize' 40 .*the model's window 4: stage 1's 10x10 feature map"),
-    ({"window_size": 3}, r"'window_size' 3 does not fit 32 px .*one of 1, 2, 4, 8 or >= 16"),
+                           r"set --image_resize to e.g. 32 or 40"),
+    ({"image_resize": 36}, r"'image_resize' 36 .*multiple of 2 x 2\^2 = 8; set --image_resize to e.g. 32 or 40"),
     ({"pretrained_window_sizes": [4, 4, 4, 4]}, r"'pretrained_window_sizes' \[4, 4, 4, 4\] has 4 entries but "
                                                 r"swinv2_micro_window4_32 has 3 stages"),
     ({"mixup_mode": "pair", "batch_size": 31}, "mixup_mode 'pair' .* even batch_size"),
@@ -258,6 +262,35 @@ def test_geometry_that_builds_is_accepted():
     config = load_config(MICRO_RECIPE, {"image_resize": 64, "window_size": 8, "pretrained_window_sizes": [4, 4, 4]})
     assert (config.image_resize, config.window_size) == (64, 8)
     load_config(MICRO_RECIPE, {"window_size": 100})  # larger than every feature map: clipped by the model
+    # maps the window does not divide are padded to it (stage 1 of 40 px is 10x10, window 4)
+    load_config(MICRO_RECIPE, {"image_resize": 40})
+    load_config(MICRO_RECIPE, {"window_size": 3})
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"depths": [1, 1]}, r"'depths' \[1, 1\] and 'num_heads' \[3, 6, 12\] give 2 and 3 stages"),
+    ({"embed_dim": 20}, r"'num_heads' 3 of stage 0 does not divide its 20 channels .*use one of 1"),
+    ({"depths": [1, 0, 1]}, r"'depths'"),
+    ({"extra_norm_period": -1}, r"'extra_norm_period'"),
+])
+def test_declared_architecture_is_checked(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(MICRO_RECIPE, overrides)
+
+
+def test_declared_architecture_is_built_and_recorded():
+    from mindswin.engine.builder import model_from_config
+    from mindswin.engine.tasks import model_fields
+    from mindswin.data import resolve_data_config
+
+    config = load_config(MICRO_RECIPE, {"embed_dim": 16, "depths": [1, 2, 1], "num_heads": [1, 2, 4],
+                                        "extra_norm_period": 2, "pretrained_window_sizes": [0, 0, 0]})
+    model, _ = model_from_config(config, 10, training=False)
+    assert (model.embed_dim, [len(layer.blocks) for layer in model.layers]) == (16, [1, 2, 1])
+    assert [layer.blocks[0].attn.num_heads for layer in model.layers] == [1, 2, 4]
+    assert model.layers[1].blocks[1].norm3 is not None and model.layers[1].blocks[0].norm3 is None
+    fields = model_fields(config, resolve_data_config(config), "official")
+    assert (fields["embed_dim"], fields["depths"], fields["extra_norm_period"]) == (16, [1, 2, 1], 2)
 
 
 def test_geometry_can_wait_for_the_checkpoints_model():

@@ -9,9 +9,10 @@ from mindspore import nn, ops
 import mindswin
 from mindswin.amp import apply_amp
 from mindswin.models import count_flops, model_spec
+from mindswin.models.flops import count_parameters
 from mindswin.models.swin_v2 import relative_coords_table, shifted_window_mask
 
-from conftest import OFFICIAL_VARIANTS, loss_and_grads, micro, randomize
+from conftest import MICRO, OFFICIAL_VARIANTS, PAPER_VARIANTS, loss_and_grads, micro, randomize
 
 
 def test_tiny_parameter_count_and_names():
@@ -35,7 +36,7 @@ def test_mindcv_alias_and_unknown_name():
 
 def test_variant_defaults():
     cpu_variants = {n for n in mindswin.list_models() if model_spec(n).description.startswith("CPU variant")}
-    assert set(mindswin.list_models()) - cpu_variants == set(OFFICIAL_VARIANTS)
+    assert set(mindswin.list_models()) - cpu_variants == set(OFFICIAL_VARIANTS) | set(PAPER_VARIANTS)
     big = mindswin.create_model("swinv2_base_window12to24_192to384", num_classes=0)
     assert big.img_size == (384, 384)
     assert big.layers[0].blocks[0].attn.pretrained_window_size == (12, 12)
@@ -98,10 +99,10 @@ def test_one_by_one_last_stage_is_finite():
 
 
 def test_geometry_errors_are_clear():
-    with pytest.raises(ValueError, match="not divisible by window"):
-        mindswin.create_model("swinv2_tiny_window8_256", img_size=320, window_size=16)
-    with pytest.raises(ValueError, match="not divisible by patch_size"):
+    with pytest.raises(ValueError, match="img_size 30 .*not a multiple of the patch size 4"):
         mindswin.create_model("swinv2_tiny_window8_256", img_size=30)
+    with pytest.raises(ValueError, match="img_size 36 .*multiple of 4 x 2\\^3 = 32"):
+        mindswin.create_model("swinv2_tiny_window8_256", img_size=36)
 
 
 def test_features_only_shapes_tiny_256():
@@ -210,3 +211,32 @@ def test_flops_official_convention():
 def test_block_reuse_is_refused_off_ascend():
     with pytest.raises(ValueError, match="Ascend only"):
         micro(reuse_blocks=True)
+
+
+def test_parameter_count_without_building_equals_built_models():
+    small_huge = dict(model_spec("swinv2_huge_window12_192").model_kwargs(), embed_dim=16, num_heads=(1, 2, 4, 8),
+                      depths=(2, 2, 12, 2), img_size=64, window_size=4)
+    for kwargs in (model_spec("swinv2_tiny_window8_256").model_kwargs(), small_huge, dict(MICRO, qkv_bias=False)):
+        built = mindswin.models.SwinTransformerV2(**kwargs)
+        assert count_parameters(**kwargs) == built.param_count()
+
+
+def test_huge_and_giant_have_the_papers_sizes():
+    # Swin V2 paper, table 1: SwinV2-H 658M, SwinV2-G 3.0B parameters (1,000-class head).
+    for name, paper in (("swinv2_huge_window12_192", 658e6), ("swinv2_giant_window12_192", 3.0e9)):
+        assert abs(count_parameters(**model_spec(name).model_kwargs()) - paper) <= 0.01 * paper, name
+
+
+def test_extra_norm_every_sixth_block_of_a_stage():
+    # SwinV2-G's stage layout (2-2-42-4) at tiny widths: a norm3 after blocks 6, 12, ..., 42 of stage 2
+    model = mindswin.create_model("swinv2_giant_window12_192", embed_dim=8, num_heads=(1, 1, 2, 4), img_size=64,
+                                  window_size=4, num_classes=3)
+    with_norm = [(i, j) for i, layer in enumerate(model.layers) for j, block in enumerate(layer.blocks)
+                 if block.norm3 is not None]
+    assert with_norm == [(2, j) for j in range(5, 42, 6)]
+    block = micro(extra_norm_period=1).layers[0].blocks[0]  # norm3 at its initial weight 1, bias 0
+    x = ms.Tensor(np.random.default_rng(0).standard_normal((2, 16, 16, 24)).astype(np.float32))
+    out = block(x).asnumpy()
+    # the block's output is layer-normalised over channels (variance var / (var + 1e-5) ~ 1)
+    assert np.abs(out.mean(axis=-1)).max() <= 1e-5
+    assert np.abs(out.var(axis=-1) - 1).max() <= 1e-3

@@ -22,6 +22,8 @@ def _logits(model, x: np.ndarray) -> np.ndarray:
     pytest.param("base12to16", "swinv2_base_window12to16_192to256", {}, marks=pytest.mark.slow),
     ("tiny8_to_384w12", "swinv2_tiny_window8_256",
      {"img_size": 384, "window_size": 12, "pretrained_window_sizes": [8, 8, 8, 8]}),
+    ("micro_pad40", "swinv2_tiny_window8_256", dict(MICRO_MS, img_size=40)),
+    ("micro_window3", "swinv2_tiny_window8_256", dict(MICRO_MS, window_size=3)),
 ])
 def test_timm_parity(reference_dir, case, name, kwargs):
     ref = np.load(reference_dir / f"{case}.npz")

@@ -4,7 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
-__all__ = ["CheckpointMetadata"]
+__all__ = ["ARCHITECTURE_KEYS", "CheckpointMetadata"]
+
+# The architecture a recipe may declare instead of the registered variant's (config keys of the same name).
+ARCHITECTURE_KEYS = ("embed_dim", "depths", "num_heads", "extra_norm_period")
 
 
 @dataclass
@@ -23,6 +26,8 @@ class CheckpointMetadata:
         image_resize: Input side the weights were trained at.
         window_size: Attention window (None: the model's default).
         pretrained_window_sizes: Per-stage windows the position bias was rescaled from.
+        embed_dim, depths, num_heads, extra_norm_period: The architecture, where the recipe
+            declared one (None: the registered model's).
         crop_pct: Eval centre-crop fraction used in training's validation.
         interpolation: Resize interpolation.
         epoch: Epochs trained when saved.
@@ -40,6 +45,10 @@ class CheckpointMetadata:
     image_resize: Optional[int] = None
     window_size: Optional[int] = None
     pretrained_window_sizes: Optional[List[int]] = None
+    embed_dim: Optional[int] = None
+    depths: Optional[List[int]] = None
+    num_heads: Optional[List[int]] = None
+    extra_norm_period: Optional[int] = None
     crop_pct: Optional[float] = None
     interpolation: Optional[str] = None
     epoch: Optional[int] = None
@@ -48,7 +57,8 @@ class CheckpointMetadata:
     numerics: str = "official"
 
     # The fields that configure the model and its preprocessing (config keys of the same name).
-    MODEL_KEYS = ("model", "image_resize", "window_size", "pretrained_window_sizes", "crop_pct", "interpolation")
+    MODEL_KEYS = ("model", "image_resize", "window_size", "pretrained_window_sizes", "crop_pct", "interpolation",
+                  *ARCHITECTURE_KEYS)
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> CheckpointMetadata:

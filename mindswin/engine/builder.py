@@ -18,6 +18,7 @@ from mindspore import Tensor, nn
 from ..amp import apply_amp
 from ..checkpoint import LoadReport, load_checkpoint
 from ..checkpoint.loader import load_simmim_checkpoint
+from ..checkpoint.metadata import ARCHITECTURE_KEYS
 from ..config import Config, ConfigError
 from ..data import resolve_data_config
 from ..models import SwinTransformerV2, build_model
@@ -41,16 +42,18 @@ def _reuse_blocks(config: Config) -> bool:
     return config.reuse_blocks
 
 
-def _memory_options(config: Config) -> dict:
-    """The model arguments that trade compute for memory: activation checkpointing, sequential attention."""
-    return dict(recompute=config.recompute, sequential_attention=config.sequential_attention,
+def _model_options(config: Config) -> dict:
+    """Model arguments beyond the geometry: the architecture a recipe declares (else the registered
+    variant's), activation checkpointing and sequential attention."""
+    declared = {key: getattr(config, key) for key in ARCHITECTURE_KEYS if getattr(config, key) is not None}
+    return dict(declared, recompute=config.recompute, sequential_attention=config.sequential_attention,
                 sequential_attention_heads=config.sequential_attention_heads)
 
 
 def _architecture(config: Config, num_classes: int, drop_path_rate: float) -> SwinTransformerV2:
     return build_model(config.model, num_classes=num_classes, img_size=resolve_data_config(config).image_size,
                         window_size=config.window_size, pretrained_window_sizes=config.pretrained_window_sizes,
-                        drop_path_rate=drop_path_rate, reuse_blocks=_reuse_blocks(config), **_memory_options(config))
+                        drop_path_rate=drop_path_rate, reuse_blocks=_reuse_blocks(config), **_model_options(config))
 
 
 def _swin(model: nn.Cell) -> SwinTransformerV2:
@@ -62,7 +65,7 @@ def _simmim_architecture(config: Config, drop_path_rate: float) -> SimMIM:
     return build_simmim(config.model, img_size=resolve_data_config(config).image_size, window_size=config.window_size,
                         pretrained_window_sizes=config.pretrained_window_sizes, drop_path_rate=drop_path_rate,
                         norm_target_patch_size=config.norm_target_patch_size, reuse_blocks=_reuse_blocks(config),
-                        **_memory_options(config))
+                        **_model_options(config))
 
 
 def simmim_from_config(config: Config, *, training: bool) -> Tuple[SimMIM, Optional[LoadReport]]:

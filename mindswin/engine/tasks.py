@@ -20,6 +20,7 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from ..checkpoint import CheckpointMetadata, LoadReport
+from ..checkpoint.metadata import ARCHITECTURE_KEYS
 from ..checkpoint.native import read_meta_json
 from ..config import Config, ConfigError
 from ..data import DataInfo, FolderIndex, create_eval_dataset, create_train_dataset, resolve_data_config, scan_split
@@ -145,6 +146,14 @@ class Task(abc.ABC):
     def images(self) -> Dict[str, np.ndarray]:
         """``(H, W, 3)`` uint8 pictures the last validation drew, by TensorBoard tag (each returned once)."""
         return {}
+
+
+def model_fields(config: Config, preprocessing: Any, numerics: str) -> Dict[str, Any]:
+    """The :class:`CheckpointMetadata` fields that rebuild a run's model and its preprocessing."""
+    return dict(model=resolve_model_name(config.model), image_resize=preprocessing.image_size,
+                window_size=config.window_size, pretrained_window_sizes=config.pretrained_window_sizes,
+                crop_pct=preprocessing.crop_pct, interpolation=preprocessing.interpolation, numerics=numerics,
+                **{key: getattr(config, key) for key in ARCHITECTURE_KEYS})
 
 
 def _resume_state_task(path: str) -> Optional[str]:
@@ -331,13 +340,10 @@ class ClassificationTask(Task):
                     val_samples=result.num_samples)
 
     def metadata(self, epoch: int, metrics: Dict[str, Any]) -> CheckpointMetadata:
-        config, pre = self.config, self.preprocessing
-        return CheckpointMetadata(model=resolve_model_name(config.model), task=self.name, num_classes=self.num_classes,
-                                  class_names=list(self.index.class_names), image_resize=pre.image_size,
-                                  window_size=config.window_size,
-                                  pretrained_window_sizes=config.pretrained_window_sizes, crop_pct=pre.crop_pct,
-                                  interpolation=pre.interpolation, epoch=epoch, metrics=dict(metrics),
-                                  numerics=self.numerics)
+        config = self.config
+        return CheckpointMetadata(task=self.name, num_classes=self.num_classes,
+                                  class_names=list(self.index.class_names), epoch=epoch, metrics=dict(metrics),
+                                  **model_fields(config, self.preprocessing, self.numerics))
 
     def describe(self) -> str:
         return f"classification on {self.num_samples} images ({self.num_classes} classes)"
@@ -459,12 +465,9 @@ class SimMIMTask(Task):
         return {"val/reconstruction": picture}
 
     def metadata(self, epoch: int, metrics: Dict[str, Any]) -> CheckpointMetadata:
-        config, pre = self.config, self.preprocessing
-        return CheckpointMetadata(model=resolve_model_name(config.model), task=self.name, num_classes=0,
-                                  image_resize=pre.image_size, window_size=config.window_size,
-                                  pretrained_window_sizes=config.pretrained_window_sizes, crop_pct=pre.crop_pct,
-                                  interpolation=pre.interpolation, epoch=epoch, metrics=dict(metrics),
-                                  numerics=self.numerics)
+        config = self.config
+        return CheckpointMetadata(task=self.name, num_classes=0, epoch=epoch, metrics=dict(metrics),
+                                  **model_fields(config, self.preprocessing, self.numerics))
 
     def describe(self) -> str:
         generator = self.mask_generator

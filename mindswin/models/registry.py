@@ -25,6 +25,7 @@ class ModelSpec:
     num_classes: int = 1000
     patch_size: int = 4
     pretrained_window_sizes: Sequence[int] = (0, 0, 0, 0)
+    extra_norm_period: int = 0
     # Preprocessing the weights were trained with (timm's pretrained_cfg): eval crop
     # fraction (1.0 squash-resizes), resize interpolation, per-channel mean/std on [0, 1].
     crop_pct: float = 0.9
@@ -38,7 +39,8 @@ class ModelSpec:
         return dict(img_size=self.img_size, patch_size=self.patch_size, num_classes=self.num_classes,
                     embed_dim=self.embed_dim, depths=tuple(self.depths), num_heads=tuple(self.num_heads),
                     window_size=self.window_size,
-                    pretrained_window_sizes=tuple(self.pretrained_window_sizes))
+                    pretrained_window_sizes=tuple(self.pretrained_window_sizes),
+                    extra_norm_period=self.extra_norm_period)
 
 
 _REGISTRY: Dict[str, ModelSpec] = {}
@@ -60,6 +62,11 @@ _TINY = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24))
 _SMALL = dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24))
 _BASE = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32))
 _LARGE = dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48))
+# The paper's two largest (Swin V2, table 1): an extra main-branch LayerNorm every 6 blocks. The
+# paper gives C and depths; the heads are mmpretrain's (its arch_zoo; for H it notes the count is
+# not certain), as no official code for them is published.
+_HUGE = dict(embed_dim=352, depths=(2, 2, 18, 2), num_heads=(8, 16, 32, 64), extra_norm_period=6)
+_GIANT = dict(embed_dim=512, depths=(2, 2, 42, 4), num_heads=(16, 32, 64, 128), extra_norm_period=6)
 _FROM_22K = dict(pretrained_window_sizes=(12, 12, 12, 6))
 
 for _size, _arch in (("tiny", _TINY), ("small", _SMALL), ("base", _BASE)):
@@ -78,6 +85,13 @@ for _size, _arch in (("base", _BASE), ("large", _LARGE)):
                              crop_pct=1.0,
                              description=f"Swin-{_size[0].upper()} V2, 22k->1k fine-tune, 384 px, window 24",
                              **_FROM_22K, **_arch))
+
+# Pre-training geometry of the paper's H and G (192 px, window 12, as its SimMIM pre-training).
+for _size, _arch, _count in (("huge", _HUGE, "658M"), ("giant", _GIANT, "3.0B")):
+    register_model(ModelSpec(f"swinv2_{_size}_window12_192", window_size=12, img_size=192,
+                             description=f"Swin V2-{_size[0].upper()} ({_count} parameters), 192 px, window 12; "
+                                         "no published classification weights",
+                             **_arch))
 
 # Small variants for CPU demos, tests and benchmarks (no official weights).
 register_model(ModelSpec("swinv2_micro_window4_32", embed_dim=48, depths=(2, 2, 2), num_heads=(3, 6, 12),

@@ -31,6 +31,8 @@ from .sequential_attention import SequentialAttentionCore
 __all__ = [
     "SwinTransformerV2",
     "SwinTransformerV2Block",
+    "geometry_problem",
+    "padded_resolution",
     "SharedGraphBlock",
     "ReusedSwinTransformerV2Block",
     "block_reuse_key",
@@ -110,16 +112,48 @@ def relative_position_index(window_size: Tuple[int, int]) -> np.ndarray:
     return index.reshape(-1).astype(np.int32)
 
 
+def geometry_problem(img_size: IntOrPair, patch_size: int, num_stages: int) -> Optional[str]:
+    """Why a :class:`SwinTransformerV2` of ``num_stages`` stages cannot take images of ``img_size``, or None.
+
+    The one statement of the rule (the model raises with it, the config check calls it). The
+    patch embedding needs sides divisible by the patch and each of the ``num_stages - 1``
+    patch mergings halves an even map. Any window fits any map: a map the window does not
+    divide is padded to a window multiple, and a window larger than the map is clipped to it.
+    """
+    h, w = to_pair(img_size)
+    if h % patch_size or w % patch_size:
+        return f"it is not a multiple of the patch size {patch_size}"
+    step = patch_size * 2 ** (num_stages - 1)
+    if h % step or w % step:
+        return (f"its {h // patch_size}x{w // patch_size} patch grid cannot be halved by {num_stages - 1} patch "
+                f"merging(s): the side must be a multiple of {patch_size} x 2^{num_stages - 1} = {step}")
+    return None
+
+
+def padded_resolution(resolution: Tuple[int, int], window_size: Tuple[int, int]) -> Tuple[int, int]:
+    """The feature map padded at the bottom and right to a multiple of the window (timm's ``_attn``)."""
+    return tuple(-(-r // w) * w for r, w in zip(resolution, window_size))
+
+
+def num_windows(resolution: Tuple[int, int], window_size: Tuple[int, int]) -> int:
+    """Windows of a (padded) feature map."""
+    padded = padded_resolution(resolution, window_size)
+    return (padded[0] // window_size[0]) * (padded[1] // window_size[1])
+
+
 def shifted_window_mask(resolution: Tuple[int, int], window_size: Tuple[int, int],
                         shift_size: Tuple[int, int]) -> Optional[np.ndarray]:
     """Attention mask for shifted windows: 0 within a region, ``MASK_VALUE`` across.
+
+    Regions are cut from the map padded to a window multiple, as timm cuts them; the padding
+    tokens themselves are not masked (timm attends to them too).
 
     Returns:
         float32 array ``(num_windows, N, N)`` with ``N = Wh*Ww``, or None without shift.
     """
     if not any(shift_size):
         return None
-    h, w = resolution
+    h, w = padded_resolution(resolution, window_size)
     region = np.zeros((h, w), np.float32)
     count = 0
     for hs in (slice(0, -window_size[0]), slice(-window_size[0], -shift_size[0] or None),
@@ -136,42 +170,68 @@ def shifted_window_mask(resolution: Tuple[int, int], window_size: Tuple[int, int
 
 def window_token_order(resolution: Tuple[int, int], window_size: Tuple[int, int],
                        shift_size: Tuple[int, int]) -> np.ndarray:
-    """Source token of every position of "roll by -shift, then partition into windows".
+    """Source token of every position of "roll by -shift, pad to a window multiple, partition into windows".
 
     Position ``((wi * nWw + wj) * Wh + r) * Ww + c`` (window ``(wi, wj)``, in-window
-    ``(r, c)``) takes token ``((wi*Wh + r + sh) % H) * W + (wj*Ww + c + sw) % W`` of the
-    row-major ``(H, W)`` map, which is ``torch.roll(x, (-sh, -sw))`` followed by the
-    official ``window_partition``.
+    ``(r, c)``, on the padded map) takes token ``((wi*Wh + r + sh) % H) * W + (wj*Ww + c + sw) % W``
+    of the row-major ``(H, W)`` map, or ``H * W`` (a zero token) where it falls in the padding:
+    ``torch.roll(x, (-sh, -sw))``, zero padding at the bottom and right, then the official
+    ``window_partition``.
 
     Returns:
-        int32 array ``(H*W,)``.
+        int32 array ``(Hp*Wp,)``, values in ``[0, H*W]``.
     """
     h, w = resolution
+    hp, wp = padded_resolution(resolution, window_size)
     wh, ww = window_size
-    rows = (np.arange(h).reshape(h // wh, wh) + shift_size[0]) % h  # (nWh, Wh)
-    cols = (np.arange(w).reshape(w // ww, ww) + shift_size[1]) % w  # (nWw, Ww)
-    index = rows[:, None, :, None] * w + cols[None, :, None, :]  # (nWh, nWw, Wh, Ww)
-    return index.reshape(-1).astype(np.int32)
+    rows, cols = np.arange(hp), np.arange(wp)
+    index = ((rows[:, None] + shift_size[0]) % h) * w + (cols[None, :] + shift_size[1]) % w
+    index = np.where((rows[:, None] < h) & (cols[None, :] < w), index, h * w)  # (Hp, Wp)
+    return index.reshape(hp // wh, wh, wp // ww, ww).transpose(0, 2, 1, 3).reshape(-1).astype(np.int32)
 
 
-class TokenPermutation(nn.Cell):
-    """Reorder tokens ``(B, L, C)`` along L by a fixed permutation.
+class TokenGather(nn.Cell):
+    """Gather tokens ``(B, L, C)`` along L by a fixed index in which ``L`` reads a zero token.
 
-    One gather replaces roll + window partition (and its inverse replaces window reverse +
-    roll back); the backward pass is the gather by the inverse permutation instead of the
-    scatter-add MindSpore derives for a general gather.
+    One gather replaces roll + pad + window partition (and its inverse replaces window reverse
+    + crop + roll back). The backward pass is the gather by ``backward_index`` (the same
+    convention for the gradient, whose length is ``len(index)``) instead of the scatter-add
+    MindSpore derives for a general gather: every source token is read at most once.
+
+    Args:
+        index: ``(L_out,)`` source of each output token, ``input_length`` for a zero token.
+        backward_index: ``(input_length,)`` output position of each input token, ``L_out``
+            for a token no output reads.
+        input_length: ``L`` of the input.
     """
 
-    def __init__(self, order: np.ndarray) -> None:
+    def __init__(self, index: np.ndarray, backward_index: np.ndarray, input_length: int) -> None:
         super().__init__()
-        self.order = Tensor(order.astype(np.int32))
-        self.inverse = Tensor(np.argsort(order).astype(np.int32))
+        self.index = Tensor(index.astype(np.int32))
+        self.backward_index = Tensor(backward_index.astype(np.int32))
+        self.pad_input = bool((index == input_length).any())
+        self.pad_gradient = bool((backward_index == len(index)).any())
+
+    @staticmethod
+    def _with_zero_token(x: Tensor) -> Tensor:
+        return ops.concat((x, ops.zeros((x.shape[0], 1, x.shape[2]), x.dtype)), 1)
 
     def construct(self, x: Tensor) -> Tensor:
-        return ops.gather(x, self.order, 1)
+        return ops.gather(self._with_zero_token(x) if self.pad_input else x, self.index, 1)
 
     def bprop(self, x: Tensor, out: Tensor, dout: Tensor):
-        return (ops.gather(dout, self.inverse, 1),)
+        return (ops.gather(self._with_zero_token(dout) if self.pad_gradient else dout, self.backward_index, 1),)
+
+
+def window_gathers(resolution: Tuple[int, int], window_size: Tuple[int, int],
+                   shift_size: Tuple[int, int]) -> Tuple[TokenGather, TokenGather]:
+    """The two :class:`TokenGather` of a block: map tokens to padded window order and back."""
+    order = window_token_order(resolution, window_size, shift_size)
+    tokens = resolution[0] * resolution[1]
+    real = np.nonzero(order < tokens)[0]
+    back = np.empty(tokens, np.int64)
+    back[order[real]] = real
+    return TokenGather(order, back, tokens), TokenGather(back, order, len(order))
 
 
 def l2_normalize(x: Tensor) -> Tensor:
@@ -374,23 +434,20 @@ class SwinTransformerV2Block(nn.Cell):
         proj_drop: Dropout after projections.
         attn_chunks: ``(windows, heads)`` per step of sequential attention; ``(0, 0)``: batched
             attention (see :meth:`WindowAttention.use_sequential`).
+        extra_norm: A LayerNorm (``norm3``) on the main branch after the block, as the paper's
+            SwinV2-H and -G have every 6 blocks (mmpretrain's ``extra_norm_every_n_blocks``).
     """
 
     def __init__(self, dim: int, input_resolution: Tuple[int, int], num_heads: int,
                  window_size: Tuple[int, int], shift_size: Tuple[int, int], mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, drop_path: float = 0.0,
                  pretrained_window_size: Tuple[int, int] = (0, 0), attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, attn_chunks: Tuple[int, int] = (0, 0)) -> None:
+                 proj_drop: float = 0.0, attn_chunks: Tuple[int, int] = (0, 0), extra_norm: bool = False) -> None:
         super().__init__()
         self.dim = dim
         self.input_resolution = input_resolution
         self.window_size, self.shift_size = self._calc_window_shift(window_size, shift_size)
-        for r, w in zip(self.input_resolution, self.window_size):
-            if r % w:
-                raise ValueError(
-                    f"feature map {self.input_resolution} is not divisible by window {self.window_size}; "
-                    "choose an img_size / window_size pair where every stage resolution is a multiple "
-                    "of the window (e.g. 256 px with window 8 or 16, 192 with 12, 384 with 24)")
+        self.padded_resolution = padded_resolution(self.input_resolution, self.window_size)
 
         self.attn = WindowAttention(dim, self.window_size, num_heads, qkv_bias=qkv_bias,
                                     pretrained_window_size=pretrained_window_size,
@@ -398,16 +455,15 @@ class SwinTransformerV2Block(nn.Cell):
         self.norm1 = LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.norm2 = LayerNorm(dim)
+        self.norm3 = LayerNorm(dim) if extra_norm else None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else None
         mask = self.get_attn_mask()
         self.attn_mask = Tensor(mask) if mask is not None else None
         if any(attn_chunks):
-            num_windows = (self.input_resolution[0] // self.window_size[0]) * \
-                (self.input_resolution[1] // self.window_size[1])
-            self.attn.use_sequential(num_windows, tuple(attn_chunks), masked=mask is not None)
-        order = window_token_order(self.input_resolution, self.window_size, self.shift_size)
-        self.to_windows = TokenPermutation(order)
-        self.from_windows = TokenPermutation(np.argsort(order))
+            self.attn.use_sequential(num_windows(self.input_resolution, self.window_size), tuple(attn_chunks),
+                                     masked=mask is not None)
+        self.to_windows, self.from_windows = window_gathers(self.input_resolution, self.window_size,
+                                                            self.shift_size)
 
     def _calc_window_shift(self, window_size: Tuple[int, int],
                            shift_size: Tuple[int, int]) -> Tuple[Tuple[int, int], Tuple[int, int]]:
@@ -422,7 +478,8 @@ class SwinTransformerV2Block(nn.Cell):
         b, h, w, c = x.shape
         windows = self.to_windows(x.reshape(b, h * w, c)).reshape(-1, self.attn.window_area, c)
         windows = self.attn(windows, self.attn_mask)
-        return self.from_windows(windows.reshape(b, h * w, c)).reshape(b, h, w, c)
+        padded_tokens = self.padded_resolution[0] * self.padded_resolution[1]
+        return self.from_windows(windows.reshape(b, padded_tokens, c)).reshape(b, h, w, c)
 
     def _residual(self, branch: Tensor, uniform: Optional[Tensor]) -> Tensor:
         return branch if self.drop_path is None else self.drop_path(branch, uniform)
@@ -431,7 +488,10 @@ class SwinTransformerV2Block(nn.Cell):
         """``path_noise``: ``(B, 2)`` uniforms for the two stochastic-depth draws (see :class:`DropPath`)."""
         attn_draw, mlp_draw = (None, None) if path_noise is None else (path_noise[:, 0], path_noise[:, 1])
         x = x + self._residual(self.norm1(self._attn(x)), attn_draw)
-        return x + self._residual(self.norm2(self.mlp(x)), mlp_draw)
+        return self._main_branch_norm(x + self._residual(self.norm2(self.mlp(x)), mlp_draw))
+
+    def _main_branch_norm(self, x: Tensor) -> Tensor:
+        return x if self.norm3 is None else self.norm3(x)
 
     def extend_repr(self) -> str:
         return (f"dim={self.dim}, input_resolution={self.input_resolution}, "
@@ -449,7 +509,8 @@ def clip_window_shift(resolution: Tuple[int, int], window_size: Tuple[int, int],
 def block_reuse_key(dim: int, input_resolution: Tuple[int, int], num_heads: int, window_size: Tuple[int, int],
                     shift_size: Tuple[int, int], mlp_ratio: float = 4.0, qkv_bias: bool = True,
                     drop_path: float = 0.0, pretrained_window_size: Tuple[int, int] = (0, 0),
-                    attn_drop: float = 0.0, proj_drop: float = 0.0, attn_chunks: Tuple[int, int] = (0, 0)) -> tuple:
+                    attn_drop: float = 0.0, proj_drop: float = 0.0, attn_chunks: Tuple[int, int] = (0, 0),
+                    extra_norm: bool = False) -> tuple:
     """What makes two blocks' graphs identical: the key :class:`ReusedSwinTransformerV2Block` reuses on.
 
     Everything that shapes the graph or its constants (widths, heads, the clipped window and
@@ -461,7 +522,7 @@ def block_reuse_key(dim: int, input_resolution: Tuple[int, int], num_heads: int,
     window, shift = clip_window_shift(tuple(input_resolution), tuple(window_size), tuple(shift_size))
     return (int(dim), tuple(int(r) for r in input_resolution), int(num_heads), window, shift,
             int(dim * mlp_ratio), bool(qkv_bias), tuple(int(w) for w in pretrained_window_size),
-            float(attn_drop), float(proj_drop), drop_path > 0, tuple(int(c) for c in attn_chunks))
+            float(attn_drop), float(proj_drop), drop_path > 0, tuple(int(c) for c in attn_chunks), bool(extra_norm))
 
 
 class SharedGraphBlock(SwinTransformerV2Block):
@@ -477,15 +538,15 @@ class SharedGraphBlock(SwinTransformerV2Block):
                  window_size: Tuple[int, int], shift_size: Tuple[int, int], mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, drop_path: float = 0.0,
                  pretrained_window_size: Tuple[int, int] = (0, 0), attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, attn_chunks: Tuple[int, int] = (0, 0)) -> None:
+                 proj_drop: float = 0.0, attn_chunks: Tuple[int, int] = (0, 0), extra_norm: bool = False) -> None:
         super().__init__(dim, input_resolution, num_heads, window_size, shift_size, mlp_ratio=mlp_ratio,
                          qkv_bias=qkv_bias, drop_path=0.0, pretrained_window_size=pretrained_window_size,
-                         attn_drop=attn_drop, proj_drop=proj_drop, attn_chunks=attn_chunks)
+                         attn_drop=attn_drop, proj_drop=proj_drop, attn_chunks=attn_chunks, extra_norm=extra_norm)
         self.drop_path_rate = float(drop_path)  # plain float: not read by construct, not in the key
         self.drop_path = InputRateDropPath() if drop_path > 0 else None
         self.reuse_key = block_reuse_key(dim, input_resolution, num_heads, window_size, shift_size, mlp_ratio,
                                          qkv_bias, drop_path, pretrained_window_size, attn_drop, proj_drop,
-                                         attn_chunks)
+                                         attn_chunks, extra_norm)
 
     def _residual_at(self, branch: Tensor, keep_prob: Tensor, uniform: Optional[Tensor]) -> Tensor:
         return branch if self.drop_path is None else self.drop_path(branch, keep_prob, uniform)
@@ -493,7 +554,7 @@ class SharedGraphBlock(SwinTransformerV2Block):
     def construct(self, x: Tensor, keep_prob: Tensor, path_noise: Optional[Tensor] = None) -> Tensor:
         attn_draw, mlp_draw = (None, None) if path_noise is None else (path_noise[:, 0], path_noise[:, 1])
         x = x + self._residual_at(self.norm1(self._attn(x)), keep_prob, attn_draw)
-        return x + self._residual_at(self.norm2(self.mlp(x)), keep_prob, mlp_draw)
+        return self._main_branch_norm(x + self._residual_at(self.norm2(self.mlp(x)), keep_prob, mlp_draw))
 
 
 class ReusedSwinTransformerV2Block(SharedGraphBlock):
@@ -539,8 +600,6 @@ class PatchEmbed(nn.Cell):
 
     def __init__(self, img_size: Tuple[int, int], patch_size: int, in_chans: int, embed_dim: int) -> None:
         super().__init__()
-        if img_size[0] % patch_size or img_size[1] % patch_size:
-            raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
         self.img_size = img_size
         self.patch_size = patch_size
         self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)
@@ -549,6 +608,11 @@ class PatchEmbed(nn.Cell):
 
     def construct(self, x: Tensor) -> Tensor:
         return self.norm(self.proj(x))
+
+
+def has_extra_norm(index: int, period: int) -> bool:
+    """Whether block ``index`` (0-based, within its stage) ends with the extra main-branch norm."""
+    return period > 0 and (index + 1) % period == 0
 
 
 class BasicLayer(nn.Cell):
@@ -561,7 +625,8 @@ class BasicLayer(nn.Cell):
                  window_size: Tuple[int, int], drop_path: Sequence[float], downsample: bool,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  pretrained_window_size: Tuple[int, int] = (0, 0), attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, reuse_blocks: bool = False, attn_chunks: Tuple[int, int] = (0, 0)) -> None:
+                 proj_drop: float = 0.0, reuse_blocks: bool = False, attn_chunks: Tuple[int, int] = (0, 0),
+                 extra_norm_period: int = 0) -> None:
         super().__init__()
         self.dim = dim
         self.input_resolution = input_resolution
@@ -572,15 +637,13 @@ class BasicLayer(nn.Cell):
                         (0, 0) if i % 2 == 0 else shift, mlp_ratio=mlp_ratio,
                         qkv_bias=qkv_bias, drop_path=drop_path[i],
                         pretrained_window_size=pretrained_window_size,
-                        attn_drop=attn_drop, proj_drop=proj_drop, attn_chunks=attn_chunks)
+                        attn_drop=attn_drop, proj_drop=proj_drop, attn_chunks=attn_chunks,
+                        extra_norm=has_extra_norm(i, extra_norm_period))
             for i in range(depth)
         ])
         # Reused blocks take their stochastic-depth keep probability as an input (one scalar each).
         self.keep_probs = (tuple(Tensor(1.0 - float(rate), ms.float32) for rate in drop_path[:depth])
                            if issubclass(block_class, SharedGraphBlock) else None)
-        if downsample and (input_resolution[0] % 2 or input_resolution[1] % 2):
-            raise ValueError(f"patch merging needs an even feature map, got {input_resolution}; "
-                             "use an img_size divisible by patch_size * 2**(num_stages - 1)")
         self.downsample = PatchMerging(dim) if downsample else None
 
     def construct(self, x: Tensor, path_noise: Optional[Tensor] = None) -> Tensor:
@@ -630,6 +693,8 @@ class SwinTransformerV2(nn.Cell):
         sequential_attention: Windows per step of sequential self-attention (0: all windows at
             once, the batched path); see :mod:`~mindswin.models.sequential_attention`.
         sequential_attention_heads: Heads per step of sequential attention (0: all heads).
+        extra_norm_period: A LayerNorm on the main branch after every ``extra_norm_period``-th
+            block of each stage (the paper's SwinV2-H and -G: 6); 0: none.
     """
 
     def __init__(self, img_size: IntOrPair = 256, patch_size: int = 4, in_chans: int = 3,
@@ -640,7 +705,8 @@ class SwinTransformerV2(nn.Cell):
                  pretrained_window_sizes: Optional[Sequence[IntOrPair]] = None,
                  features_only: bool = False, out_indices: Sequence[int] = (0, 1, 2, 3),
                  recompute: bool = False, reuse_blocks: bool = False, numerics: str = "official",
-                 sequential_attention: int = 0, sequential_attention_heads: int = 0) -> None:
+                 sequential_attention: int = 0, sequential_attention_heads: int = 0,
+                 extra_norm_period: int = 0) -> None:
         super().__init__()
         if reuse_blocks and ms.get_context("device_target") != "Ascend":
             raise ValueError("reuse_blocks (mindspore.lazy_inline) runs on Ascend only; MindSpore's "
@@ -653,6 +719,10 @@ class SwinTransformerV2(nn.Cell):
         if len(pretrained_window_sizes) != num_stages:
             raise ValueError(f"pretrained_window_sizes needs {num_stages} entries, "
                              f"got {tuple(pretrained_window_sizes)}")
+        problem = geometry_problem(img_size, patch_size, num_stages)
+        if problem:
+            raise ValueError(f"img_size {img_size} does not fit a {num_stages}-stage model with patch {patch_size}: "
+                             f"{problem}")
         self.img_size = to_pair(img_size)
         self.window_size = to_pair(window_size)
         self.in_chans = in_chans
@@ -676,7 +746,7 @@ class SwinTransformerV2(nn.Cell):
                 downsample=i < num_stages - 1, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                 pretrained_window_size=to_pair(pretrained_window_sizes[i]),
                 attn_drop=attn_drop_rate, proj_drop=proj_drop_rate, reuse_blocks=reuse_blocks,
-                attn_chunks=(sequential_attention, sequential_attention_heads)))
+                attn_chunks=(sequential_attention, sequential_attention_heads), extra_norm_period=extra_norm_period))
             self.feature_info.append(dict(num_chs=dim, reduction=patch_size * 2 ** i, module=f"layers.{i}"))
             if i < num_stages - 1:
                 resolution = (resolution[0] // 2, resolution[1] // 2)
@@ -821,7 +891,7 @@ def reuse_keys(img_size: IntOrPair = 256, patch_size: int = 4, embed_dim: int = 
                window_size: IntOrPair = 8, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                drop_path_rate: float = 0.1, pretrained_window_sizes: Optional[Sequence[IntOrPair]] = None,
                attn_drop_rate: float = 0.0, proj_drop_rate: float = 0.0, sequential_attention: int = 0,
-               sequential_attention_heads: int = 0, **_ignored) -> List[tuple]:
+               sequential_attention_heads: int = 0, extra_norm_period: int = 0, **_ignored) -> List[tuple]:
     """:func:`block_reuse_key` of every block of a :class:`SwinTransformerV2`, in model order, without building it.
 
     Takes :class:`SwinTransformerV2`'s arguments (others, e.g. ``num_classes``, are ignored)
@@ -842,6 +912,7 @@ def reuse_keys(img_size: IntOrPair = 256, patch_size: int = 4, embed_dim: int = 
             keys.append(block_reuse_key(dim, resolution, num_heads[i], window, (0, 0) if j % 2 == 0 else shift,
                                         mlp_ratio, qkv_bias, rates[sum(depths[:i]) + j],
                                         to_pair(pretrained[i]), attn_drop_rate, proj_drop_rate,
-                                        (sequential_attention, sequential_attention_heads)))
+                                        (sequential_attention, sequential_attention_heads),
+                                        has_extra_norm(j, extra_norm_period)))
         resolution = (resolution[0] // 2, resolution[1] // 2)
     return keys
