@@ -279,9 +279,9 @@ def test_declared_architecture_is_checked(overrides, message):
 
 
 def test_declared_architecture_is_built_and_recorded():
+    from mindswin.data import resolve_data_config
     from mindswin.engine.builder import model_from_config
     from mindswin.engine.tasks import model_fields
-    from mindswin.data import resolve_data_config
 
     config = load_config(MICRO_RECIPE, {"embed_dim": 16, "depths": [1, 2, 1], "num_heads": [1, 2, 4],
                                         "extra_norm_period": 2, "pretrained_window_sizes": [0, 0, 0]})
