@@ -25,6 +25,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 from bench.run_bench import ISA_ENV  # noqa: E402
+from bench.workers import mindspore_train_step  # noqa: E402
 
 TINY = dict(patch_size=4, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), num_classes=1000)
 # name: (implementation, mindswin keywords): what each row of the table runs.
@@ -42,7 +43,7 @@ def peak_rss_mb() -> float:
 def mindswin_step(size: int, window: int, extra: dict):
     import mindspore as ms
     import numpy as np
-    from mindspore import nn, ops
+    from mindspore import nn
 
     import mindswin
     from mindswin.models.kernels import cpu_kernels
@@ -58,22 +59,7 @@ def mindswin_step(size: int, window: int, extra: dict):
     model.set_train(True)
     optimizer = nn.AdamWeightDecay(model.trainable_params(), learning_rate=1e-4, weight_decay=0.05)
 
-    class TrainStep(nn.Cell):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-            self.optimizer = optimizer
-            self.grad_fn = ms.value_and_grad(self.loss, None, optimizer.parameters)
-
-        def loss(self, x, y):
-            return ops.cross_entropy(self.model(x), y)
-
-        def construct(self, x, y):
-            loss, grads = self.grad_fn(x, y)
-            self.optimizer(grads)
-            return loss
-
-    step = TrainStep()
+    step = mindspore_train_step(model, optimizer)
     images = ms.Tensor(np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32))
     labels = ms.Tensor(np.array([1], np.int32))
     return lambda: step(images, labels).asnumpy()
@@ -125,8 +111,26 @@ def run_worker(python: str, variant: str, size: int, window: int, isa: str) -> d
     lines = [line for line in result.stdout.splitlines() if line.startswith("BENCH ")]
     if lines:
         return {**row, **json.loads(lines[-1][len("BENCH "):])}
-    reason = "killed (out of memory)" if result.returncode in (-9, 137) else (result.stderr or result.stdout)[-400:]
-    return {**row, "error": reason}
+    return {**row, "error": failure(result)}
+
+
+def failure(result: subprocess.CompletedProcess) -> str:
+    """One line on why a worker gave no figures: out of memory (either way it shows), or its last error line."""
+    output = result.stderr or result.stdout
+    if result.returncode in (-9, 137):
+        return "killed by the OOM killer"
+    if "alloc size" in output or "Memory not enough" in output or "out of memory" in output.lower():
+        return "out of memory (MindSpore's allocator refused)"
+    lines = [line for line in output.splitlines() if "Error" in line] or output.splitlines()[-1:]
+    return lines[-1][:120] if lines else f"exit status {result.returncode}"
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
 
 
 def markdown(rows, args) -> str:
@@ -134,9 +138,12 @@ def markdown(rows, args) -> str:
         return "-" if row is None or key not in row else fmt.format(row[key])
 
     lines = ["# Memory benchmark: one training step at high resolution", "",
-             f"`python bench/memory_bench.py` on {platform.processor() or platform.machine()}, "
+             f"`python bench/memory_bench.py` on {cpu_name()}, "
              f"{os.cpu_count()} cores. Swin V2-T, batch 1, AdamW, float32, activation checkpointing on in both; "
-             "peak RSS of the whole process (framework and graph compiler included).", "",
+             "peak RSS of the whole process (framework and graph compiler included). mindswin: batched "
+             "attention; mindswin-seq: `sequential_attention` "
+             f"{VARIANTS['mindswin-seq'][1]['sequential_attention']} (windows per group). Step time: the second "
+             "step (the first includes graph compilation).", "",
              "| ISA | size / window | timm peak MB | mindswin peak MB | mindswin-seq peak MB | mindswin / timm "
              "| seq / timm | timm step s | mindswin step s | seq step s | seq / batched time |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

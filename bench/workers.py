@@ -38,10 +38,36 @@ def timed_runs(step, steps: int, repeats: int, batch: int):
     return statistics.median(rates), rates
 
 
+def mindspore_train_step(model, optimizer):
+    """One MindSpore train step as a Cell: forward, cross-entropy, backward, optimizer update."""
+    import mindspore as ms
+    from mindspore import nn, ops
+
+    class TrainStep(nn.Cell):
+        # A Cell, as in mindcv's and mindswin's trainers: a @ms.jit *function* closing over
+        # the model and optimizer measured ~200 ms slower per call here (same graph, same
+        # numbers), which would swamp both models' compute.
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.optimizer = optimizer
+            self.grad_fn = ms.value_and_grad(self.loss, None, optimizer.parameters)
+
+        def loss(self, x, y):
+            return ops.cross_entropy(self.model(x), y)
+
+        def construct(self, x, y):
+            loss, grads = self.grad_fn(x, y)
+            self.optimizer(grads)
+            return loss
+
+    return TrainStep()
+
+
 def run_mindspore(impl: str, shape: str, args) -> dict:
     import mindspore as ms
     import numpy as np
-    from mindspore import nn, ops
+    from mindspore import nn
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from mindswin.models.threads import set_cpu_threads
@@ -80,25 +106,7 @@ def run_mindspore(impl: str, shape: str, args) -> dict:
     model.set_train(True)
     optimizer = nn.AdamWeightDecay(model.trainable_params(), learning_rate=1e-4, weight_decay=0.05)
 
-    class TrainStep(nn.Cell):
-        # A Cell, as in mindcv's and mindswin's trainers: a @ms.jit *function* closing over
-        # the model and optimizer measured ~200 ms slower per call here (same graph, same
-        # numbers), which would swamp both models' compute.
-        def __init__(self):
-            super().__init__()
-            self.model = model
-            self.optimizer = optimizer
-            self.grad_fn = ms.value_and_grad(self.loss, None, optimizer.parameters)
-
-        def loss(self, x, y):
-            return ops.cross_entropy(self.model(x), y)
-
-        def construct(self, x, y):
-            loss, grads = self.grad_fn(x, y)
-            self.optimizer(grads)
-            return loss
-
-    train_step = TrainStep()
+    train_step = mindspore_train_step(model, optimizer)
 
     start = time.perf_counter()
     train_step(images, labels).asnumpy()
