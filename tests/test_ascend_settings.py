@@ -19,6 +19,7 @@ from mindswin.models import layers, list_models, model_spec, swin_v2
 from mindswin.models.kernels import cpu_kernels
 from mindswin.models.swin_v2 import (
     BasicLayer,
+    BlockConfig,
     ReusedSwinTransformerV2Block,
     SharedGraphBlock,
     block_reuse_key,
@@ -44,7 +45,8 @@ def _block(drop_path, shift=(0, 0), dim=96):
 def test_blocks_of_one_shape_share_the_lazy_inline_key():
     first, second = _block(0.01), _block(0.09)
     assert first.cell_init_args == second.cell_init_args
-    assert first.cell_init_args == _PREFIX + str(block_reuse_key(96, (16, 16), 3, (8, 8), (0, 0), drop_path=0.01))
+    assert first.cell_init_args == _PREFIX + str(block_reuse_key(BlockConfig(96, (16, 16), 3, (8, 8), (0, 0),
+                                                                             drop_path=0.01)))
     assert (first.drop_path_rate, second.drop_path_rate) == (0.01, 0.09)
     # what shapes the graph still separates keys
     assert _block(0.01, shift=(4, 4)).cell_init_args != first.cell_init_args
@@ -79,10 +81,12 @@ def test_every_variant_reuses_blocks():
 
 def _layers(drop_path, monkeypatch):
     """A plain stage and the same stage of shared-graph blocks (rate as an input), equal weights."""
-    args = (32, (8, 8), 2, 4, (4, 4), drop_path, False)  # dim, resolution, depth, heads, window
-    plain = BasicLayer(*args)
+    # dim 32, an 8x8 map, 4 heads, window 4, the second block shifted
+    blocks = [BlockConfig(32, (8, 8), 4, (4, 4), (0, 0) if i % 2 == 0 else (2, 2), drop_path=rate)
+              for i, rate in enumerate(drop_path)]
+    plain = BasicLayer(blocks, downsample=False)
     monkeypatch.setattr(swin_v2, "ReusedSwinTransformerV2Block", SharedGraphBlock)
-    shared = BasicLayer(*args, reuse_blocks=True)
+    shared = BasicLayer(blocks, downsample=False, reuse_blocks=True)
     randomize(plain)
     ms.load_param_into_net(shared, {p.name: p for p in plain.get_parameters()}, strict_load=True)
     return plain, shared

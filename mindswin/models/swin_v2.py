@@ -18,7 +18,7 @@ Layout notes:
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
 import mindspore as ms
 import numpy as np
@@ -35,7 +35,9 @@ __all__ = [
     "padded_resolution",
     "SharedGraphBlock",
     "ReusedSwinTransformerV2Block",
+    "BlockConfig",
     "block_reuse_key",
+    "stage_block_configs",
     "reuse_keys",
     "WindowAttention",
     "PatchMerging",
@@ -506,23 +508,43 @@ def clip_window_shift(resolution: Tuple[int, int], window_size: Tuple[int, int],
     return window, shift
 
 
-def block_reuse_key(dim: int, input_resolution: Tuple[int, int], num_heads: int, window_size: Tuple[int, int],
-                    shift_size: Tuple[int, int], mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                    drop_path: float = 0.0, pretrained_window_size: Tuple[int, int] = (0, 0),
-                    attn_drop: float = 0.0, proj_drop: float = 0.0, attn_chunks: Tuple[int, int] = (0, 0),
-                    extra_norm: bool = False) -> tuple:
+class BlockConfig(NamedTuple):
+    """The arguments one :class:`SwinTransformerV2Block` is built from: the per-block geometry record.
+
+    :func:`stage_block_configs` writes them for a whole model, :class:`BasicLayer` builds its
+    blocks from them and :func:`block_reuse_key` reads them.
+    """
+
+    dim: int
+    input_resolution: Tuple[int, int]
+    num_heads: int
+    window_size: Tuple[int, int]
+    shift_size: Tuple[int, int]
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_path: float = 0.0
+    pretrained_window_size: Tuple[int, int] = (0, 0)
+    attn_drop: float = 0.0
+    proj_drop: float = 0.0
+    attn_chunks: Tuple[int, int] = (0, 0)
+    extra_norm: bool = False
+
+
+def block_reuse_key(config: BlockConfig) -> tuple:
     """What makes two blocks' graphs identical: the key :class:`ReusedSwinTransformerV2Block` reuses on.
 
     Everything that shapes the graph or its constants (widths, heads, the clipped window and
     shift, which fix the shifted-window mask, token order and CPB tables; the pre-trained
-    window; dropout rates, which are constants of ``nn.Dropout``) and whether the block has
-    stochastic depth at all, but not its rate: that is a ``construct`` input of the reused
-    block. Takes the block's ``__init__`` arguments.
+    window; dropout rates, which are constants of ``nn.Dropout``; sequential-attention groups;
+    the extra norm) and whether the block has stochastic depth at all, but not its rate: that
+    is a ``construct`` input of the reused block.
     """
-    window, shift = clip_window_shift(tuple(input_resolution), tuple(window_size), tuple(shift_size))
-    return (int(dim), tuple(int(r) for r in input_resolution), int(num_heads), window, shift,
-            int(dim * mlp_ratio), bool(qkv_bias), tuple(int(w) for w in pretrained_window_size),
-            float(attn_drop), float(proj_drop), drop_path > 0, tuple(int(c) for c in attn_chunks), bool(extra_norm))
+    window, shift = clip_window_shift(tuple(config.input_resolution), tuple(config.window_size),
+                                      tuple(config.shift_size))
+    return (int(config.dim), tuple(int(r) for r in config.input_resolution), int(config.num_heads), window, shift,
+            int(config.dim * config.mlp_ratio), bool(config.qkv_bias),
+            tuple(int(w) for w in config.pretrained_window_size), float(config.attn_drop), float(config.proj_drop),
+            config.drop_path > 0, tuple(int(c) for c in config.attn_chunks), bool(config.extra_norm))
 
 
 class SharedGraphBlock(SwinTransformerV2Block):
@@ -534,19 +556,13 @@ class SharedGraphBlock(SwinTransformerV2Block):
     subclass is the one that actually shares the graph.
     """
 
-    def __init__(self, dim: int, input_resolution: Tuple[int, int], num_heads: int,
-                 window_size: Tuple[int, int], shift_size: Tuple[int, int], mlp_ratio: float = 4.0,
-                 qkv_bias: bool = True, drop_path: float = 0.0,
-                 pretrained_window_size: Tuple[int, int] = (0, 0), attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, attn_chunks: Tuple[int, int] = (0, 0), extra_norm: bool = False) -> None:
-        super().__init__(dim, input_resolution, num_heads, window_size, shift_size, mlp_ratio=mlp_ratio,
-                         qkv_bias=qkv_bias, drop_path=0.0, pretrained_window_size=pretrained_window_size,
-                         attn_drop=attn_drop, proj_drop=proj_drop, attn_chunks=attn_chunks, extra_norm=extra_norm)
-        self.drop_path_rate = float(drop_path)  # plain float: not read by construct, not in the key
-        self.drop_path = InputRateDropPath() if drop_path > 0 else None
-        self.reuse_key = block_reuse_key(dim, input_resolution, num_heads, window_size, shift_size, mlp_ratio,
-                                         qkv_bias, drop_path, pretrained_window_size, attn_drop, proj_drop,
-                                         attn_chunks, extra_norm)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Takes :class:`SwinTransformerV2Block`'s arguments (the fields of :class:`BlockConfig`)."""
+        config = BlockConfig(*args, **kwargs)
+        super().__init__(*config._replace(drop_path=0.0))
+        self.drop_path_rate = float(config.drop_path)  # plain float: not read by construct, not in the key
+        self.drop_path = InputRateDropPath() if config.drop_path > 0 else None
+        self.reuse_key = block_reuse_key(config)
 
     def _residual_at(self, branch: Tensor, keep_prob: Tensor, uniform: Optional[Tensor]) -> Tensor:
         return branch if self.drop_path is None else self.drop_path(branch, keep_prob, uniform)
@@ -615,36 +631,56 @@ def has_extra_norm(index: int, period: int) -> bool:
     return period > 0 and (index + 1) % period == 0
 
 
+def stage_block_configs(img_size: IntOrPair = 256, patch_size: int = 4, embed_dim: int = 96,
+                        depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
+                        window_size: IntOrPair = 8, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                        drop_path_rate: float = 0.1, pretrained_window_sizes: Optional[Sequence[IntOrPair]] = None,
+                        attn_drop_rate: float = 0.0, proj_drop_rate: float = 0.0, sequential_attention: int = 0,
+                        sequential_attention_heads: int = 0, extra_norm_period: int = 0,
+                        **_ignored: Any) -> List[List[BlockConfig]]:
+    """The :class:`BlockConfig` of every block, stage by stage: the one statement of the stage geometry.
+
+    Takes :class:`SwinTransformerV2`'s arguments (others, e.g. ``num_classes``, are ignored):
+    the map halves after each stage, odd blocks shift by half a window, stochastic depth rises
+    linearly over all blocks, and every ``extra_norm_period``-th block of a stage ends with the
+    extra norm.
+    """
+    num_stages = len(depths)
+    pretrained = pretrained_window_sizes or (0,) * num_stages
+    window = to_pair(window_size)
+    shift = (window[0] // 2, window[1] // 2)
+    rates = np.linspace(0.0, drop_path_rate, sum(depths)).tolist()
+    image = to_pair(img_size)
+    resolution = (image[0] // patch_size, image[1] // patch_size)
+    stages = []
+    for i, depth in enumerate(depths):
+        stages.append([BlockConfig(int(embed_dim * 2 ** i), resolution, num_heads[i], window,
+                                   (0, 0) if j % 2 == 0 else shift, mlp_ratio, qkv_bias, rates[sum(depths[:i]) + j],
+                                   to_pair(pretrained[i]), attn_drop_rate, proj_drop_rate,
+                                   (sequential_attention, sequential_attention_heads),
+                                   has_extra_norm(j, extra_norm_period))
+                       for j in range(depth)])
+        resolution = (resolution[0] // 2, resolution[1] // 2)
+    return stages
+
+
 class BasicLayer(nn.Cell):
-    """One stage: ``depth`` blocks at a fixed resolution, then optional patch merging.
+    """One stage: blocks at a fixed resolution, then optional patch merging.
 
     The model calls :attr:`downsample` itself so it can read the stage output first.
     """
 
-    def __init__(self, dim: int, input_resolution: Tuple[int, int], depth: int, num_heads: int,
-                 window_size: Tuple[int, int], drop_path: Sequence[float], downsample: bool,
-                 mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 pretrained_window_size: Tuple[int, int] = (0, 0), attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, reuse_blocks: bool = False, attn_chunks: Tuple[int, int] = (0, 0),
-                 extra_norm_period: int = 0) -> None:
+    def __init__(self, blocks: Sequence[BlockConfig], downsample: bool, reuse_blocks: bool = False) -> None:
+        """``blocks``: one :class:`BlockConfig` per block (see :func:`stage_block_configs`)."""
         super().__init__()
-        self.dim = dim
-        self.input_resolution = input_resolution
-        shift = (window_size[0] // 2, window_size[1] // 2)
+        self.dim = blocks[0].dim
+        self.input_resolution = blocks[0].input_resolution
         block_class = ReusedSwinTransformerV2Block if reuse_blocks else SwinTransformerV2Block
-        self.blocks = nn.CellList([
-            block_class(dim, input_resolution, num_heads, window_size,
-                        (0, 0) if i % 2 == 0 else shift, mlp_ratio=mlp_ratio,
-                        qkv_bias=qkv_bias, drop_path=drop_path[i],
-                        pretrained_window_size=pretrained_window_size,
-                        attn_drop=attn_drop, proj_drop=proj_drop, attn_chunks=attn_chunks,
-                        extra_norm=has_extra_norm(i, extra_norm_period))
-            for i in range(depth)
-        ])
+        self.blocks = nn.CellList([block_class(*config) for config in blocks])
         # Reused blocks take their stochastic-depth keep probability as an input (one scalar each).
-        self.keep_probs = (tuple(Tensor(1.0 - float(rate), ms.float32) for rate in drop_path[:depth])
+        self.keep_probs = (tuple(Tensor(1.0 - float(config.drop_path), ms.float32) for config in blocks)
                            if issubclass(block_class, SharedGraphBlock) else None)
-        self.downsample = PatchMerging(dim) if downsample else None
+        self.downsample = PatchMerging(self.dim) if downsample else None
 
     def construct(self, x: Tensor, path_noise: Optional[Tensor] = None) -> Tensor:
         """``path_noise``: ``(B, depth, 2)`` stochastic-depth uniforms of this stage's blocks, or None."""
@@ -735,21 +771,13 @@ class SwinTransformerV2(nn.Cell):
         self.feature_info = []
 
         self.patch_embed = PatchEmbed(self.img_size, patch_size, in_chans, embed_dim)
-        drop_path = np.linspace(0.0, drop_path_rate, sum(depths)).tolist()
+        stages = stage_block_configs(img_size, patch_size, embed_dim, depths, num_heads, window_size, mlp_ratio,
+                                     qkv_bias, drop_path_rate, pretrained_window_sizes, attn_drop_rate, proj_drop_rate,
+                                     sequential_attention, sequential_attention_heads, extra_norm_period)
         layers = []
-        resolution = self.patch_embed.grid_size
-        for i, depth in enumerate(depths):
-            dim = int(embed_dim * 2 ** i)
-            layers.append(BasicLayer(
-                dim, resolution, depth, num_heads[i], self.window_size,
-                drop_path=drop_path[sum(depths[:i]):sum(depths[:i + 1])],
-                downsample=i < num_stages - 1, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                pretrained_window_size=to_pair(pretrained_window_sizes[i]),
-                attn_drop=attn_drop_rate, proj_drop=proj_drop_rate, reuse_blocks=reuse_blocks,
-                attn_chunks=(sequential_attention, sequential_attention_heads), extra_norm_period=extra_norm_period))
-            self.feature_info.append(dict(num_chs=dim, reduction=patch_size * 2 ** i, module=f"layers.{i}"))
-            if i < num_stages - 1:
-                resolution = (resolution[0] // 2, resolution[1] // 2)
+        for i, blocks in enumerate(stages):
+            layers.append(BasicLayer(blocks, downsample=i < num_stages - 1, reuse_blocks=reuse_blocks))
+            self.feature_info.append(dict(num_chs=blocks[0].dim, reduction=patch_size * 2 ** i, module=f"layers.{i}"))
         self.layers = nn.CellList(layers)
         # block i of stage s draws path_noise[:, stage_blocks[s][0] + i]
         self.stage_blocks = tuple((sum(depths[:i]), sum(depths[:i + 1])) for i in range(num_stages))
@@ -886,33 +914,11 @@ class SwinTransformerV2(nn.Cell):
         return [layer.input_resolution for layer in self.layers]
 
 
-def reuse_keys(img_size: IntOrPair = 256, patch_size: int = 4, embed_dim: int = 96,
-               depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
-               window_size: IntOrPair = 8, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-               drop_path_rate: float = 0.1, pretrained_window_sizes: Optional[Sequence[IntOrPair]] = None,
-               attn_drop_rate: float = 0.0, proj_drop_rate: float = 0.0, sequential_attention: int = 0,
-               sequential_attention_heads: int = 0, extra_norm_period: int = 0, **_ignored) -> List[tuple]:
+def reuse_keys(**model_args: Any) -> List[tuple]:
     """:func:`block_reuse_key` of every block of a :class:`SwinTransformerV2`, in model order, without building it.
 
-    Takes :class:`SwinTransformerV2`'s arguments (others, e.g. ``num_classes``, are ignored)
-    and follows its stage geometry and drop-path schedule. ``len(set(reuse_keys(...)))`` is
-    the number of distinct block graphs ``reuse_blocks=True`` compiles.
+    Takes :class:`SwinTransformerV2`'s arguments (see :func:`stage_block_configs`).
+    ``len(set(reuse_keys(...)))`` is the number of distinct block graphs ``reuse_blocks=True``
+    compiles.
     """
-    num_stages = len(depths)
-    pretrained = pretrained_window_sizes or (0,) * num_stages
-    window = to_pair(window_size)
-    rates = np.linspace(0.0, drop_path_rate, sum(depths)).tolist()
-    image = to_pair(img_size)
-    resolution = (image[0] // patch_size, image[1] // patch_size)
-    keys = []
-    for i, depth in enumerate(depths):
-        dim = int(embed_dim * 2 ** i)
-        shift = (window[0] // 2, window[1] // 2)
-        for j in range(depth):
-            keys.append(block_reuse_key(dim, resolution, num_heads[i], window, (0, 0) if j % 2 == 0 else shift,
-                                        mlp_ratio, qkv_bias, rates[sum(depths[:i]) + j],
-                                        to_pair(pretrained[i]), attn_drop_rate, proj_drop_rate,
-                                        (sequential_attention, sequential_attention_heads),
-                                        has_extra_norm(j, extra_norm_period)))
-        resolution = (resolution[0] // 2, resolution[1] // 2)
-    return keys
+    return [block_reuse_key(config) for stage in stage_block_configs(**model_args) for config in stage]
