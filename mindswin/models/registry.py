@@ -4,12 +4,15 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from mindspore import nn
 
 from .swin_v2 import SwinTransformerV2
 from .threads import default_cpu_threads
 
-__all__ = ["ModelSpec", "register_model", "list_models", "model_spec", "resolve_model_name", "build_model"]
+__all__ = ["ModelSpec", "register_model", "list_models", "model_spec", "resolve_model_name", "build_model",
+           "build_model_with_cfg", "geometry_overrides"]
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,38 @@ def model_spec(name: str) -> ModelSpec:
     return _REGISTRY[resolve_model_name(name)]
 
 
+def build_model_with_cfg(model_class: Callable[..., nn.Cell], name: str, **arguments: Any) -> nn.Cell:
+    """The one builder of every variant: ``model_class`` with the registered variant's arguments, overridden.
+
+    As timm's ``build_model_with_cfg``. Sizes MindSpore's CPU thread pool first (the one process
+    state it changes: the pool is sized once, before the first graph; see
+    :func:`~mindswin.models.threads.default_cpu_threads`).
+
+    Args:
+        model_class: :class:`SwinTransformerV2` or a subclass taking its arguments.
+        name: Registered name or mindcv alias.
+        **arguments: :class:`SwinTransformerV2` arguments replacing the variant's.
+
+    Returns:
+        The model, training mode off, ``model_name`` set to the registered name.
+    """
+    spec = model_spec(name)
+    default_cpu_threads()
+    model = model_class(**{**spec.model_kwargs(), **arguments})
+    model.model_name = spec.name
+    model.set_train(False)
+    return model
+
+
+def geometry_overrides(num_classes: Optional[int] = None, img_size: Optional[Any] = None,
+                       window_size: Optional[Any] = None,
+                       pretrained_window_sizes: Optional[Sequence[Any]] = None) -> Dict[str, Any]:
+    """The geometry arguments that are set (None: the variant's)."""
+    given = dict(num_classes=num_classes, img_size=img_size, window_size=window_size,
+                 pretrained_window_sizes=pretrained_window_sizes)
+    return {key: value for key, value in given.items() if value is not None}
+
+
 def build_model(name: str, *, num_classes: Optional[int] = None, img_size: Optional[Any] = None,
                 window_size: Optional[Any] = None, pretrained_window_sizes: Optional[Sequence[Any]] = None,
                 drop_path_rate: float = 0.0, **kwargs: Any) -> SwinTransformerV2:
@@ -147,15 +182,6 @@ def build_model(name: str, *, num_classes: Optional[int] = None, img_size: Optio
     Returns:
         The model, with training mode off (``set_train(False)``).
     """
-    spec = model_spec(name)
-    default_cpu_threads()  # before the first graph: MindSpore sizes its pool once
-    args = spec.model_kwargs()
-    overrides = dict(num_classes=num_classes, img_size=img_size, window_size=window_size,
-                     pretrained_window_sizes=pretrained_window_sizes)
-    args.update({k: v for k, v in overrides.items() if v is not None})
-    args.update(kwargs)
-    args["drop_path_rate"] = drop_path_rate
-    model = SwinTransformerV2(**args)
-    model.model_name = spec.name
-    model.set_train(False)
-    return model
+    return build_model_with_cfg(SwinTransformerV2, name, **geometry_overrides(num_classes, img_size, window_size,
+                                                                               pretrained_window_sizes),
+                                **kwargs, drop_path_rate=drop_path_rate)

@@ -28,7 +28,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
 from .layers import Linear, expand_to, trunc_normal
-from .registry import model_spec
+from .registry import build_model_with_cfg, geometry_overrides
 from .swin_v2 import SwinTransformerV2
 
 __all__ = ["SwinTransformerV2ForSimMIM", "PointwiseConv", "PixelShuffle", "LocalTargetNorm", "SimMIM",
@@ -259,15 +259,10 @@ def build_simmim(name: str, *, img_size: Optional[Any] = None, window_size: Opti
         The model, training mode off; ``model_name`` is ``simmim_{name}`` and
         ``encoder.model_name`` the registered name.
     """
-    spec = model_spec(name)
-    args = spec.model_kwargs()
-    overrides = dict(img_size=img_size, window_size=window_size, pretrained_window_sizes=pretrained_window_sizes)
-    args.update({k: v for k, v in overrides.items() if v is not None})
-    args.update(kwargs)
-    args.update(num_classes=0, drop_path_rate=drop_path_rate)
-    encoder = SwinTransformerV2ForSimMIM(**args)
-    encoder.model_name = spec.name
+    encoder = build_model_with_cfg(SwinTransformerV2ForSimMIM, name,
+                                   **geometry_overrides(None, img_size, window_size, pretrained_window_sizes),
+                                   **kwargs, num_classes=0, drop_path_rate=drop_path_rate)
     model = SimMIM(encoder, norm_target_patch_size=norm_target_patch_size)
-    model.model_name = f"simmim_{spec.name}"
+    model.model_name = f"simmim_{encoder.model_name}"
     model.set_train(False)
     return model
