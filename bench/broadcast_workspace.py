@@ -1,0 +1,80 @@
+"""How much memory MindSpore's CPU kernels keep per op: broadcasting binary ops against the alternatives.
+
+    python bench/broadcast_workspace.py
+
+Each case runs in its own process: a graph of four ops in a row on a 256 MB float32 output,
+peak RSS above the process after its inputs are made, in units of one output. The finding
+behind ``mindswin.models.layers.expand_to`` (docs/memory.md): a broadcasting Add/Mul keeps
+about 4x its output for the life of the graph, one workspace per op; ``BroadcastTo`` and a
+same-shape op keep none.
+"""
+import json
+import os
+import resource
+import subprocess
+import sys
+
+# name: (first operand shape, second operand shape, op)
+CASES = {
+    "same-shape add": ((1024, 256, 256), (1024, 256, 256), "add"),
+    "add, (256,) broadcast": ((1024, 256, 256), (256,), "add"),
+    "mul, (1024, 1, 1) broadcast": ((1024, 256, 256), (1024, 1, 1), "mul"),
+    "add, (1, 4, 256, 256) broadcast": ((256, 4, 256, 256), (1, 4, 256, 256), "add"),
+    "add of broadcast_to(b)": ((1024, 256, 256), (256,), "expand_add"),
+    "BiasAdd": ((1024, 256, 256), (256,), "bias_add"),
+    "transpose": ((16, 65536, 64), (1,), "transpose"),
+}
+OUTPUT_MB = 256.0
+
+
+def worker(name: str) -> None:
+    import mindspore as ms
+    import numpy as np
+    from mindspore import nn, ops
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    shape_a, shape_b, op = CASES[name]
+
+    class FourOps(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.bias_add = ops.BiasAdd()
+
+        def construct(self, a, b):
+            for _ in range(4):
+                if op == "add":
+                    a = a + b
+                elif op == "mul":
+                    a = a * b
+                elif op == "expand_add":
+                    a = a + ops.broadcast_to(b, a.shape)
+                elif op == "bias_add":
+                    a = self.bias_add(a.reshape(-1, a.shape[-1]), b).reshape(a.shape)
+                else:
+                    a = a.transpose(0, 2, 1)
+                a = a * 1.0
+            return a.sum()
+
+    a = ms.Tensor(np.ones(shape_a, np.float32))
+    b = ms.Tensor(np.ones(shape_b, np.float32))
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    FourOps()(a, b).asnumpy()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("BENCH " + json.dumps({"case": name, "outputs_kept": round((peak - base) / OUTPUT_MB, 2)}), flush=True)
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
+        worker(sys.argv[2])
+        return
+    print("| four ops of a 256 MB output | peak above the inputs, in outputs |\n|---|---|")
+    for name in CASES:
+        result = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", name], capture_output=True,
+                                text=True, env=dict(os.environ, GLOG_v="3"))
+        lines = [line for line in result.stdout.splitlines() if line.startswith("BENCH ")]
+        kept = json.loads(lines[-1][6:])["outputs_kept"] if lines else "failed"
+        print(f"| {name} | {kept} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
