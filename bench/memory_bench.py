@@ -9,7 +9,10 @@ configuration that the kernel's OOM killer stops is reported as such. mindswin r
 batched attention and with sequential self-attention (``sequential_attention``), so the table
 gives both the memory ratio against timm and the time ratio of sequential over batched.
 
-Writes docs/memory_bench.json and docs/memory_bench.md.
+Writes docs/memory_bench.json and docs/memory_bench.md. One mindswin configuration with other
+model arguments: ``MEMORY_BENCH_EXTRA='{"recompute": false, "depths": [4, 2, 6, 2]}' python
+bench/memory_bench.py --worker mindswin --size 512 --window 16`` (also ``"cpu_kernels": false``,
+``"memory_optimize_level": "O1"``).
 """
 import argparse
 import json
