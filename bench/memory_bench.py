@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 from bench.run_bench import ISA_ENV  # noqa: E402
-from bench.workers import mindspore_train_step  # noqa: E402
+from bench.workers import mindspore_train_step, peak_rss_mb  # noqa: E402
 
 TINY = dict(patch_size=4, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), num_classes=1000)
 # name: (implementation, mindswin keywords): what each row of the table runs.
@@ -37,10 +36,6 @@ VARIANTS = {
     "mindswin": ("mindswin", {"recompute": True}),
     "mindswin-seq": ("mindswin", {"recompute": True, "sequential_attention": 16}),
 }
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def mindswin_step(size: int, window: int, extra: dict):

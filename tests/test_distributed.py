@@ -218,15 +218,15 @@ def test_zero1_matches_unsharded_training_on_native_ops_too(data_dir, tmp_path, 
     assert not np.array_equal(kernels_on["model.head.weight"], states["plain"]["model.head.weight"])
 
 
-def test_official_augmentation_two_workers_killed_mid_epoch_resume_bitwise(data_dir, tmp_path):
-    # RandAugment, erasing noise, mixup/CutMix, drop path and EMA on two ranks, killed with SIGKILL
-    # in the middle of epoch 2: each rank must redraw exactly what it drew in the uninterrupted run
-    args = [*BASE_ARGS, *OFFICIAL_AUGMENTATION, "--epoch_size", "2", "--batch_size", "8", "--distribute", "True",
-            "--resume_save_steps", "2", "--data_dir", data_dir]
-    result, logs = msrun("train.py", *args, "--ckpt_save_dir", tmp_path / "straight", logs=tmp_path / "logs")
+def _straight_and_killed_mid_epoch(script, args, tmp_path):
+    """``script`` under 2 workers twice: uninterrupted, and SIGKILLed in the middle of epoch 2 then resumed.
+
+    Returns the two ``ckpt_save_dir``, the resume position the kill left and the resumed run's logs.
+    """
+    result, logs = msrun(script, *args, "--ckpt_save_dir", tmp_path / "straight", logs=tmp_path / "logs")
     assert result.returncode == 0, logs[-4000:]
     out = tmp_path / "killed"
-    launcher = msrun("train.py", *args, "--ckpt_save_dir", out, logs=tmp_path / "killed_logs", wait=False)
+    launcher = msrun(script, *args, "--ckpt_save_dir", out, logs=tmp_path / "killed_logs", wait=False)
     try:
         assert wait_for(mid_epoch(out / "resume_state.ckpt", 1), 300), "run never reached the middle of epoch 2"
         assert kill_processes_mentioning(str(out)) >= 3  # msrun and both workers
@@ -234,12 +234,41 @@ def test_official_augmentation_two_workers_killed_mid_epoch_resume_bitwise(data_
         launcher.kill()
         launcher.wait(timeout=60)
     position = read_position(str(out / "resume_state.ckpt"))
-    result, logs = msrun("train.py", *args, "--ckpt_save_dir", out, "--resume", "auto", logs=tmp_path / "resumed_logs")
+    result, logs = msrun(script, *args, "--ckpt_save_dir", out, "--resume", "auto", logs=tmp_path / "resumed_logs")
     assert result.returncode == 0, logs[-4000:]
+    return tmp_path / "straight", out, position, logs
+
+
+def test_official_augmentation_two_workers_killed_mid_epoch_resume_bitwise(data_dir, tmp_path):
+    # RandAugment, erasing noise, mixup/CutMix, drop path and EMA on two ranks, killed with SIGKILL
+    # in the middle of epoch 2: each rank must redraw exactly what it drew in the uninterrupted run
+    args = [*BASE_ARGS, *OFFICIAL_AUGMENTATION, "--epoch_size", "2", "--batch_size", "8", "--distribute", "True",
+            "--resume_save_steps", "2", "--data_dir", data_dir]
+    straight, out, position, logs = _straight_and_killed_mid_epoch("train.py", args, tmp_path)
     for rank in (0, 1):
         assert f"rank {rank} starts at epoch 1 batch {position.batch_in_epoch} " in logs
-    straight, resumed = _state(tmp_path / "straight"), _state(out)
+    straight, resumed = _state(straight), _state(out)
     for name, value in straight.items():
+        assert np.array_equal(value, resumed[name]), name
+
+
+@pytest.mark.parametrize("script", ["train.py", ROOT / "tests" / "msrun_scripts" / "train_native_ops.py"],
+                         ids=["kernels_on", "kernels_off"])
+def test_sequential_attention_on_padded_windows_two_workers_resume_bitwise(data_dir, tmp_path, script):
+    # window 3 on the 32 px model pads every stage map (16, 8, 4 -> 18, 9, 6) and sequential attention
+    # runs 3 windows x 2 heads per group (uneven groups), under the official augmentation and EMA;
+    # the ranks stay in sync and a run killed mid-epoch resumes bit for bit
+    args = [*BASE_ARGS, *OFFICIAL_AUGMENTATION, "--window_size", "3", "--sequential_attention", "3",
+            "--sequential_attention_heads", "2", "--epoch_size", "2", "--batch_size", "8", "--distribute", "True",
+            "--resume_save_steps", "2", "--data_dir", data_dir]
+    straight, out, position, logs = _straight_and_killed_mid_epoch(script, args, tmp_path)
+    digests = _digest_lines(logs)
+    assert len(digests) == 2 and digests[0] == digests[1]
+    for rank in (0, 1):
+        assert f"rank {rank} starts at epoch 1 batch {position.batch_in_epoch} " in logs
+    straight_state, resumed = _state(straight), _state(out)
+    assert any(name.startswith("ema.") for name in straight_state)
+    for name, value in straight_state.items():
         assert np.array_equal(value, resumed[name]), name
 
 
