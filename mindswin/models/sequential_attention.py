@@ -78,13 +78,15 @@ class SequentialAttentionCore(nn.Cell):
         return part.reshape((-1,) + part.shape[2:])
 
     def _group_bias(self, bias: Tensor, mask: Tensor, windows: Tuple[int, int], heads: Tuple[int, int]) -> Tensor:
-        """The ``(w, h, N, N)`` bias (plus mask) of one group, shared by every image."""
+        """What one group's logits add: the ``(h, N, N)`` position bias, shared by every window, or
+        with a mask the ``(w, h, N, N)`` bias plus mask, shared by every image."""
+        head_bias = bias[heads[0]:heads[1]]
+        if not self.masked:
+            return head_bias
         n = bias.shape[-1]
         shape = (windows[1] - windows[0], heads[1] - heads[0], n, n)
-        group = ops.broadcast_to(bias[heads[0]:heads[1]].reshape((1,) + shape[1:]), shape)
-        if self.masked:
-            group = group + ops.broadcast_to(mask[windows[0]:windows[1]].reshape(shape[0], 1, n, n), shape)
-        return group
+        return ops.broadcast_to(head_bias.reshape((1,) + shape[1:]), shape) + \
+            ops.broadcast_to(mask[windows[0]:windows[1]].reshape(shape[0], 1, n, n), shape)
 
     def _probabilities(self, q: Tensor, k: Tensor, group_bias: Tensor) -> Tensor:
         """Float32 probabilities ``(B * w, h, N, N)`` of one group."""
@@ -96,7 +98,7 @@ class SequentialAttentionCore(nn.Cell):
         return ops.softmax(flat.reshape(logits.shape), axis=-1)
 
     def _softmax_backward(self, dprobs: Tensor, probs: Tensor, group_bias: Tensor) -> Tuple[Tensor, Tensor]:
-        """Gradients of the logits ``(B * w, h, N, N)`` and of the group bias ``(w, h, N, N)``."""
+        """Gradients of the logits ``(B * w, h, N, N)`` and of the group bias (its shape)."""
         if self.bias_softmax is not None:
             return self.bias_softmax.backward_op(dprobs, probs, group_bias)
         dot = (dprobs * probs).sum(axis=-1, keepdims=True)
@@ -143,7 +145,7 @@ class SequentialAttentionCore(nn.Cell):
                 dv_row.append(self.ta_matmul(probs.astype(dg.dtype), dg))
                 dlogits, dgroup_bias = self._softmax_backward(self.qk_matmul(dg, vg).astype(ms.float32), probs,
                                                               group_bias)
-                dbias_row.append(dgroup_bias.sum(axis=0))
+                dbias_row.append(dgroup_bias.sum(axis=0) if self.masked else dgroup_bias)  # (h, N, N)
                 dlogits = dlogits.astype(qg.dtype)
                 dq_row.append(self.av_matmul(dlogits, kg))
                 previous = self.ta_matmul(dlogits, qg)
