@@ -12,7 +12,7 @@ gives both the memory ratio against timm and the time ratio of sequential over b
 Writes docs/memory_bench.json and docs/memory_bench.md. One mindswin configuration with other
 model arguments: ``MEMORY_BENCH_EXTRA='{"recompute": false, "depths": [4, 2, 6, 2]}' python
 bench/memory_bench.py --worker mindswin --size 512 --window 16`` (also ``"cpu_kernels": false``,
-``"memory_optimize_level": "O1"``).
+``"memory_optimize_level": "O1"``, ``"batch_size": 4``, ``"amp_level": "O2"``).
 """
 import argparse
 import json
@@ -44,22 +44,25 @@ def mindswin_step(size: int, window: int, extra: dict):
     from mindspore import nn
 
     import mindswin
+    from mindswin.amp import apply_amp
     from mindswin.models.kernels import cpu_kernels
     from mindswin.models.threads import set_cpu_threads
 
     extra = dict(extra)
+    batch_size, amp_level = extra.pop("batch_size", 1), extra.pop("amp_level", "O0")
     ms.set_context(mode=ms.GRAPH_MODE, memory_optimize_level=extra.pop("memory_optimize_level", "O0"))
     ms.set_device("CPU")
     set_cpu_threads()
     with cpu_kernels(extra.pop("cpu_kernels", True)):
         model = mindswin.create_model("swinv2_tiny_window8_256", img_size=size, window_size=window,
                                       pretrained_window_sizes=[0] * 4, drop_path_rate=0.0, **{**TINY, **extra})
+    apply_amp(model, amp_level)
     model.set_train(True)
     optimizer = nn.AdamWeightDecay(model.trainable_params(), learning_rate=1e-4, weight_decay=0.05)
 
     step = mindspore_train_step(model, optimizer)
-    images = ms.Tensor(np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32))
-    labels = ms.Tensor(np.array([1], np.int32))
+    images = ms.Tensor(np.random.default_rng(0).standard_normal((batch_size, 3, size, size)).astype(np.float32))
+    labels = ms.Tensor(np.ones(batch_size, np.int32))
     return lambda: step(images, labels).asnumpy()
 
 

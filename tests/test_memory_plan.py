@@ -1,0 +1,127 @@
+"""The memory plan: what each part counts, how the options move it, the largest batch and the command.
+
+The plan's agreement with measured peaks is a benchmark (``bench/memory_plan_check.py``,
+docs/memory_plan.md), not a test: a peak RSS depends on the machine and the allocator.
+"""
+import pytest
+
+from mindswin.memory_plan import (
+    DEVICES,
+    FLOAT32,
+    GIB,
+    block_memory,
+    largest_batch,
+    largest_batch_table,
+    main,
+    model_arguments,
+    plan_memory,
+)
+from mindswin.models.flops import count_parameters
+from mindswin.models.swin_v2 import BlockConfig, stage_block_configs
+
+TINY_64 = dict(img_size=64, patch_size=4, embed_dim=16, depths=(2, 2), num_heads=(2, 4), window_size=4,
+               num_classes=10)
+
+
+def test_state_parts_follow_the_parameter_count_and_zero_ranks():
+    params = count_parameters(**TINY_64)
+    plan = plan_memory(TINY_64)
+    assert (plan.weights, plan.gradients, plan.optimizer, plan.ema) == (4 * params, 4 * params, 8 * params, 0)
+    sharded = plan_memory(TINY_64, zero_ranks=8, ema=True)
+    assert sharded.optimizer == -(-8 * params // 8) and sharded.ema == 4 * params
+    assert (sharded.activations, sharded.attention) == (plan.activations, plan.attention)
+    assert plan_memory(TINY_64, amp_level="O2").weights == 6 * params  # float32 master + float16 copy
+
+
+def test_one_block_counted_by_hand():
+    # 8 x 8 map, window 4 (4 windows of 16 tokens), shifted, 2 heads, C = 16, batch 3.
+    config = BlockConfig(16, (8, 8), 2, (4, 4), (2, 2))
+    block = block_memory(config, 3, "ascend", FLOAT32)
+    tokens, c, hidden, scores = 3 * 64, 16, 64, 3 * 4 * 2 * 16 * 16
+    assert block.kept == tokens * c * (3 + 3 + 6 + 2) * 4 + tokens * hidden * 2 * 4
+    bias = 4 * 2 * 16 * 16 * 4  # bias-plus-mask per window and head (one per image)
+    # probabilities + bias + the mask constant + the CPB MLP's hidden layer (7 x 7 offsets x 512)
+    assert block.attention == scores * 4 + bias + 4 * 16 * 16 * 4 + 7 * 7 * 512 * 4
+    assert block.transient == max(2 * scores * 4 + 2 * bias, tokens * hidden * 8)
+    cpu = block_memory(config, 3, "cpu", FLOAT32, cpu_threads=5)
+    assert cpu.transient == max(2 * scores * 4 + 2 * bias + 5 * bias, tokens * hidden * 8)
+    assert block.block_input == tokens * c * 4
+
+
+def test_padding_is_counted_in_the_windowed_tensors():
+    unpadded = block_memory(BlockConfig(16, (8, 8), 2, (4, 4), (0, 0)), 1, "ascend", FLOAT32)
+    padded = block_memory(BlockConfig(16, (10, 10), 2, (4, 4), (0, 0)), 1, "ascend", FLOAT32)
+    # 10 x 10 pads to 12 x 12: 9 windows instead of 4; the MLP sees 100 tokens, not 144.
+    assert padded.attention == 9 * 2 * 16 * 16 * 4 + 2 * 16 * 16 * 4 + 7 * 7 * 512 * 4
+    windowed_per_token = 11 * 16 * 4  # qkv input, q/k/v, proj input and the normalisation operands
+    rest_per_token = 16 * 3 * 4 + 64 * 2 * 4
+    assert padded.kept == 144 * windowed_per_token + 100 * rest_per_token
+    assert unpadded.kept == 64 * (windowed_per_token + rest_per_token)
+
+
+def test_sequential_attention_keeps_no_probabilities_and_one_group_at_a_time():
+    batched = plan_memory(TINY_64, batch_size=4)
+    sequential = plan_memory({**TINY_64, "sequential_attention": 1, "sequential_attention_heads": 1}, batch_size=4)
+    position_biases = sum(config.num_heads * 16 * 16 * 4 + 7 * 7 * 512 * 4  # (h, N, N) and the CPB hidden layer
+                          for stage in stage_block_configs(**TINY_64) for config in stage)
+    masks = (16 + 4) * 16 * 16 * 4  # the shifted blocks' masks: 16 windows of 16 tokens (16 x 16 map), then 4
+    assert sequential.attention == position_biases + masks < batched.attention
+    assert sequential.activations == batched.activations
+
+
+def test_recompute_keeps_block_inputs_on_ascend_and_everything_on_cpu():
+    plain, checkpointed = plan_memory(TINY_64, batch_size=8), plan_memory(TINY_64, batch_size=8, recompute=True)
+    inputs = sum(8 * c.input_resolution[0] * c.input_resolution[1] * c.dim * 4
+                 for stage in stage_block_configs(**TINY_64) for c in stage)
+    assert checkpointed.attention == 0
+    assert checkpointed.activations - inputs == plain.activations - sum(
+        block_memory(c, 8, "ascend", 4).kept for stage in stage_block_configs(**TINY_64) for c in stage)
+    assert checkpointed.total < plain.total
+    cpu = plan_memory(TINY_64, batch_size=8, backend="cpu")
+    assert plan_memory(TINY_64, batch_size=8, recompute=True, backend="cpu") == cpu
+
+
+def test_amp_halves_the_matmul_operands():
+    full, half = plan_memory(TINY_64, batch_size=4), plan_memory(TINY_64, batch_size=4, amp_level="O2")
+    assert half.activations < full.activations
+    with pytest.raises(ValueError, match="amp_level"):
+        plan_memory(TINY_64, amp_level="O3")
+    with pytest.raises(ValueError, match="backend"):
+        plan_memory(TINY_64, backend="gpu")
+
+
+def test_largest_batch_is_the_boundary():
+    budget = plan_memory(TINY_64, batch_size=37).total
+    found = largest_batch(TINY_64, budget)
+    assert found == 37
+    assert plan_memory(TINY_64, batch_size=found + 1).total > budget
+    assert largest_batch(TINY_64, plan_memory(TINY_64).total - 1) == 0
+
+
+def test_paper_sizes_on_ascend_cards():
+    giant = model_arguments("swinv2_giant_window12_192", 1536, 32, sequential_attention=16)
+    # 3.0B float32 weights + gradients + a float16 copy alone exceed a 32 GB card.
+    assert largest_batch(giant, DEVICES["910A"], amp_level="O2", recompute=True, zero_ranks=64) == 0
+    assert largest_batch(giant, DEVICES["910B"], amp_level="O2", recompute=True, zero_ranks=64) >= 1
+    base = model_arguments("swinv2_base_window12_192", 384, 24)
+    # Swin-B at 384 px, batch 64: recompute is what makes it fit a 910A.
+    assert plan_memory(base, batch_size=64, amp_level="O2").total > DEVICES["910A"]
+    assert plan_memory(base, batch_size=64, amp_level="O2", recompute=True).total <= DEVICES["910A"]
+
+
+def test_table_has_every_model_and_size():
+    table = largest_batch_table("910B")
+    assert table.count("| swinv2_") == 6 * 5 and "1536 / 32" in table
+
+
+def test_command_prints_the_breakdown_and_the_verdict(capsys):
+    assert main(["--model", "swinv2_base_window12_192", "--img_size", "384", "--window_size", "24",
+                 "--batch_size", "64", "--amp_level", "O2", "--recompute", "--device", "910A"]) == 0
+    out = capsys.readouterr().out
+    for part in ("weights", "gradients", "optimizer", "activations", "attention", "total", "910A (32 GB): fits"):
+        assert part in out
+    assert main(["--model", "swinv2_nonexistent"]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert main(["--img_size", "100"]) == 2  # 25 x 25 patches cannot be halved three times
+    assert "img_size 100" in capsys.readouterr().err
+    assert GIB == 2 ** 30
