@@ -15,6 +15,7 @@ import difflib
 import math
 import os
 import re
+import sys
 import textwrap
 from typing import Any, Dict, List, NamedTuple, NoReturn, Optional, Sequence, Tuple
 
@@ -895,9 +896,11 @@ def parse_args(argv: Optional[List[str]] = None, *, script: str, description: st
     if model_from_checkpoint:
         description = f"{description}\n\n{_FROM_CHECKPOINT}"
     usage = f"%(prog)s [-h] [--config RECIPE] [--KEY VALUE ...]{f' [{positional} ...]' if positional else ''}"
-    parser = _Parser(prog=f"{script}.py", usage=usage, description=description,
-                                     epilog=("examples:\n" + textwrap.indent(examples, "  ")) if examples else None,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    launcher = os.path.basename(sys.argv[0])  # a console script (mindswin-train) names itself
+    parser = _Parser(prog=launcher if launcher.startswith("mindswin-") else f"{script}.py", usage=usage,
+                     description=description,
+                     epilog=("examples:\n" + textwrap.indent(examples, "  ")) if examples else None,
+                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--config", "-c", default="", metavar="RECIPE",
                         help=f"YAML recipe; the recipe(s) its {_BASE} names are read first, then overridden")
     if positional:

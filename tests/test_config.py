@@ -459,6 +459,22 @@ def test_every_entry_point_refuses_with_exit_2(script, argv, message):
     assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, result.stderr
 
 
+def test_console_scripts_are_installed_and_refuse_like_the_scripts():
+    from importlib.metadata import entry_points
+
+    scripts = {entry.name: entry for entry in entry_points(group="console_scripts")
+               if entry.name.startswith("mindswin")}
+    assert set(scripts) == {"mindswin-train", "mindswin-validate", "mindswin-infer", "mindswin-export",
+                            "mindswin-memory-plan"}
+    assert all(callable(entry.load()) for entry in scripts.values())
+    launcher = os.path.join(os.path.dirname(sys.executable), "mindswin-validate")
+    result = subprocess.run([str(launcher), "--data_dir", "d", "--ckpt_path", "c.ckpt", "--amp_level", "O3"],
+                            capture_output=True, text=True, cwd=str(ROOT), timeout=120)
+    assert result.returncode == 2 and result.stderr.startswith("error: command line: 'amp_level' cannot be 'O3'")
+    result = subprocess.run([str(launcher), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.stdout.startswith("usage: mindswin-validate")
+
+
 def _binary_recipe(tmp_path):
     (tmp_path / "r.yaml").write_bytes(bytes(range(256)))
     return ["train.py", "--config", str(tmp_path / "r.yaml"), "--data_dir", str(tmp_path)], "is not a text file"
