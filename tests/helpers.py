@@ -1,17 +1,243 @@
-"""Test data that several test modules write: damaged image files as real datasets contain them."""
+"""What several test modules share: the micro model and its random weights, the PyTorch reference
+cases, running the entry scripts (also under msrun), killing and resuming runs, and test data
+that real datasets contain (damaged image files, event files)."""
 from __future__ import annotations
 
 import glob
 import io
+import json
+import math
 import os
+import signal
 import struct
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+import mindspore as ms
 import numpy as np
+import pytest
+from mindspore import ops
 from PIL import Image
 
-__all__ = ["write_header_damaged_jpegs", "read_events"]
+import mindswin
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A model small enough to compile in seconds that still has shifted windows, patch merging
+# and a window clipped at the last stage.
+MICRO = dict(img_size=32, patch_size=2, embed_dim=24, depths=[1, 2, 1], num_heads=[2, 4, 8], window_size=4,
+             num_classes=5)
+MICRO_MS = dict(MICRO, pretrained_window_sizes=[0, 0, 0])
+
+# The official Swin V2 variants (the public contract); list_models() adds CPU variants.
+OFFICIAL_VARIANTS = (
+    "swinv2_tiny_window8_256", "swinv2_tiny_window16_256", "swinv2_small_window8_256",
+    "swinv2_small_window16_256", "swinv2_base_window8_256", "swinv2_base_window16_256",
+    "swinv2_base_window12_192", "swinv2_base_window12to16_192to256", "swinv2_base_window12to24_192to384",
+    "swinv2_large_window12_192", "swinv2_large_window12to16_192to256", "swinv2_large_window12to24_192to384",
+)
+# The paper's two largest, registered from the paper (no timm model, no published classification weights).
+PAPER_VARIANTS = ("swinv2_huge_window12_192", "swinv2_giant_window12_192")
+
+REFERENCE_CASES = [
+    {"name": "micro", "model": "swinv2_tiny_window8_256", "kwargs": MICRO, "batch": 3,
+     "layouts": ["timm", "official", "mmpretrain", "hf"]},
+    {"name": "tiny8", "model": "swinv2_tiny_window8_256", "batch": 2, "layouts": ["timm", "official"]},
+    {"name": "tiny16", "model": "swinv2_tiny_window16_256", "batch": 2, "seed": 3, "layouts": ["timm"]},
+    {"name": "base12to16", "model": "swinv2_base_window12to16_192to256", "batch": 1, "seed": 5, "layouts": ["timm"]},
+    # feature maps the window does not divide, padded (timm pads them in SwinTransformerV2Block._attn):
+    # 40 px gives stage maps 20, 10 (shifted blocks, padded to 12) and 5 (padded to 8); window 3 on
+    # 32 px pads 16, 8 and 4 to 18, 9 and 6
+    {"name": "micro_pad40", "model": "swinv2_tiny_window8_256", "kwargs": dict(MICRO, img_size=40), "batch": 2,
+     "seed": 11, "layouts": ["timm"]},
+    {"name": "micro_window3", "model": "swinv2_tiny_window8_256", "kwargs": dict(MICRO, window_size=3), "batch": 2,
+     "seed": 12, "layouts": ["timm"]},
+    {"name": "tiny8_to_384w12", "model": "swinv2_tiny_window8_256", "batch": 1, "weights_from": "tiny8",
+     "kwargs": {"img_size": 384, "window_size": 12, "pretrained_window_sizes": [8, 8, 8, 8]}, "layouts": []},
+]
+
+
+def torch_python() -> Path:
+    return Path(os.environ.get("MINDSWIN_TORCH_PYTHON", ROOT / ".venv-torchref" / "bin" / "python"))
+
+
+def require_torch_python() -> Path:
+    """The reference venv's python; without it the test skips, or fails under MINDSWIN_REQUIRE_REFERENCE (CI)."""
+    python = torch_python()
+    if not python.exists():
+        message = (f"torch reference venv not found at {python}; build it with "
+                   "tests/reference/setup_torch_reference.sh")
+        if os.environ.get("MINDSWIN_REQUIRE_REFERENCE"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return python
+
+
+def randomize(model, seed=0):
+    """Non-trivial weights: nonzero post-norms, logit scales on both sides of the clamp."""
+    rng = np.random.default_rng(seed)
+    for p in model.get_parameters():
+        if "logit_scale" in p.name:
+            value = rng.uniform(math.log(10) - 1, math.log(100) + 1, p.shape)
+        elif p.name.endswith("norm1.weight") or p.name.endswith("norm2.weight") or "norm.weight" in p.name:
+            value = 1 + 0.2 * rng.standard_normal(p.shape)
+        else:
+            value = 0.05 * rng.standard_normal(p.shape)
+        p.set_data(ms.Tensor(value.astype(np.float32)))
+    return model
+
+
+def micro(**kwargs):
+    """The test micro model (shifted windows, patch merging, a clipped last-stage window)."""
+    return mindswin.create_model("swinv2_tiny_window8_256", **{**MICRO_MS, **kwargs})
+
+
+def loss_and_grads(model, x, y):
+    """Cross-entropy of ``model(x)`` and its gradients w.r.t. the trainable parameters."""
+    def loss_fn(inputs, labels):
+        return ops.cross_entropy(model(inputs), labels)
+
+    return ms.value_and_grad(loss_fn, None, model.trainable_params())(x, y)
+
+
+PYTHON = sys.executable
+# train.py arguments of a quick deterministic-enough CPU run of the 32-px demo model, with EMA.
+BASE_ARGS = ["--model", "swinv2_micro_window4_32", "--batch_size", "16", "--epoch_size", "3", "--warmup_epochs", "1",
+             "--base_lr", "2e-3", "--lr_base_batch", "16", "--amp_level", "O0", "--auto_augment", "", "--mixup", "0",
+             "--cutmix", "0", "--re_prob", "0", "--crop_pct", "1.0", "--log_interval", "2", "--keep_checkpoint_max",
+             "2", "--drop_path_rate", "0.0", "--num_parallel_workers", "1", "--ema", "True", "--ema_decay", "0.9"]
+# The official recipe's training randomness on top of BASE_ARGS (which has EMA): RandAugment, random
+# erasing 0.25 (noise), mixup 0.8 / CutMix 1.0 with label smoothing, stochastic depth.
+OFFICIAL_AUGMENTATION = ["--auto_augment", "rand-m9-mstd0.5-inc1", "--re_prob", "0.25", "--mixup", "0.8",
+                         "--cutmix", "1.0", "--label_smoothing", "0.1", "--drop_path_rate", "0.2"]
+# Whole-image crops and no flips: every run sees the same pixels in the same order.
+DETERMINISTIC_DATA = ["--scale", "[1.0,1.0]", "--ratio", "[1.0,1.0]", "--hflip", "0"]
+NOISE = ("Traceback", "Exception ignored", "[WARNING]", "DeprecationWarning", "FutureWarning")
+
+
+def mid_epoch(state: Path, epoch: int):
+    """Predicate: ``state`` (a resume state) is saved in the middle of 0-based ``epoch``."""
+    from mindswin.engine.state import read_position
+
+    def holds() -> bool:
+        if not state.exists():
+            return False
+        position = read_position(str(state))
+        return position.epoch == epoch and position.batch_in_epoch > 0
+
+    return holds
+
+
+def killed_mid_epoch_and_resumed(args, tmp_path: Path, epoch: int = 1):
+    """train.py ``args`` straight through, and again SIGKILLed in the middle of 0-based ``epoch``
+    (``args`` save ``resume_save_steps``) and continued with ``--resume auto``.
+
+    Returns:
+        ``(straight ckpt_save_dir, resumed ckpt_save_dir, the resumed run's stdout)``.
+    """
+    straight, out = tmp_path / "straight", tmp_path / "killed"
+    run("train.py", *args, "--ckpt_save_dir", straight)
+    proc = subprocess.Popen([PYTHON, str(ROOT / "train.py"), *map(str, args), "--ckpt_save_dir", str(out)],
+                            cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(mid_epoch(out / "resume_state.ckpt", epoch), 300), f"run never reached the middle of " \
+                                                                            f"epoch {epoch + 1}"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    return straight, out, run("train.py", *args, "--resume", "auto", "--ckpt_save_dir", out).stdout
+
+
+def assert_same_state(first: Path, second: Path) -> None:
+    """The resume states in two ckpt_save_dirs hold bitwise equal tensors (weights, EMA, optimizer, scaler)."""
+    from mindswin.checkpoint.native import META_KEY
+
+    a, b = ms.load_checkpoint(str(first / "resume_state.ckpt")), ms.load_checkpoint(str(second / "resume_state.ckpt"))
+    assert set(a) == set(b)
+    for name, value in a.items():
+        if name != META_KEY:
+            assert np.array_equal(value.asnumpy(), b[name].asnumpy()), name
+
+
+def run(script, *args, check=True, env=None, cwd=ROOT, **popen):
+    """Run one of the entry scripts (``train.py``...) in a fresh process (in ``cwd``)."""
+    result = subprocess.run([PYTHON, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
+                            cwd=str(cwd), env=env, **popen)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def read_metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def msrun(script, *args, logs, workers=2, local_workers=None, node_rank=None, port=None, wait=True):
+    """Launch ``script`` under msrun on 127.0.0.1; returns (process result, concatenated worker logs).
+
+    ``local_workers`` < ``workers`` with a ``node_rank`` makes this one "node" of several
+    sharing ``port``; with ``wait=False`` the Popen is returned instead, to start the other.
+    """
+    env = dict(os.environ, PATH=f"{os.path.dirname(PYTHON)}:{os.environ.get('PATH', '')}")
+    command = [os.path.join(os.path.dirname(PYTHON), "msrun"), "--worker_num", str(workers), "--local_worker_num",
+               str(local_workers or workers), "--master_addr", "127.0.0.1", "--master_port", str(port or free_port()),
+               "--log_dir", str(logs), "--join", "True"]
+    if node_rank is not None:
+        command += ["--node_rank", str(node_rank)]
+    command += [str(ROOT / script) if not os.path.isabs(str(script)) else str(script), *map(str, args)]
+    if not wait:
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(ROOT),
+                                env=env)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=str(ROOT), env=env, timeout=600)
+    return result, worker_logs(logs)
+
+
+def wait_for(predicate, timeout: float) -> bool:
+    """Poll ``predicate`` every 50 ms until it holds (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def kill_processes_mentioning(text: str) -> int:
+    """SIGKILL every process whose command line contains ``text``; returns how many.
+
+    msrun's workers do not stay in the launcher's process group, so a crashed job is
+    emulated by killing each process that names the job's own output directory.
+    """
+    killed = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+    return killed
+
+
+def worker_logs(logs) -> str:
+    return "".join(p.read_text() for p in sorted(Path(logs).glob("worker_*.log")))
 
 
 def write_header_damaged_jpegs(folder: Path, count: int, seed: int = 0, prefix: str = "damaged") -> List[Path]:

@@ -2,7 +2,7 @@
 import ast
 from pathlib import Path
 
-from conftest import ROOT
+from helpers import ROOT
 
 PACKAGE = ROOT / "mindswin"
 

@@ -26,7 +26,7 @@ from mindswin.models.swin_v2 import (
     reuse_keys,
 )
 
-from conftest import MICRO_MS, randomize
+from helpers import MICRO_MS, randomize
 
 _PREFIX = "lazy_inline_ReusedSwinTransformerV2Block"
 

@@ -20,7 +20,7 @@ from mindswin.checkpoint import (
     save_checkpoint,
 )
 
-from conftest import MICRO_MS, ROOT, randomize
+from helpers import MICRO_MS, ROOT, randomize
 
 
 def micro(**kwargs):

@@ -11,7 +11,7 @@ import yaml
 
 from mindswin.config import DEFAULTS, SCRIPTS, ConfigError, check_geometry, load_config, parse_args, save_config
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 def test_cli_overrides_parse_lists_booleans_and_numbers(tmp_path):

@@ -28,8 +28,7 @@ from mindswin.data.dataset import KeyedImageSource
 from mindswin.data.folder import UNREADABLE
 from mindswin.data.transforms import RandomErasing, auto_augment_transform
 
-from conftest import ROOT
-from helpers import write_header_damaged_jpegs
+from helpers import ROOT, write_header_damaged_jpegs
 
 
 @pytest.fixture(scope="module")
@@ -494,7 +493,7 @@ def test_large_splits_are_checked_by_header_by_default(tmp_path, monkeypatch):
 def test_scan_once_under_msrun(tmp_path):
     import re
 
-    from conftest import msrun
+    from helpers import msrun
 
     root = _write_bad_folder(tmp_path / "data")
     result, logs = msrun("tests/msrun_scripts/scan_once.py", root / "val", logs=tmp_path / "logs")

@@ -12,7 +12,7 @@ from PIL import Image
 import mindswin
 from mindswin.data import make_demo_dataset
 
-from conftest import run
+from helpers import run
 
 # ONNX logits against mindswin's: the bound the project holds mindswin to against timm (test_parity):
 # onnxruntime computes the same graph in float32 with its own kernels (another summation order, an

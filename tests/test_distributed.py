@@ -11,7 +11,7 @@ import pytest
 from mindswin.checkpoint.native import META_KEY
 from mindswin.engine.state import read_position
 
-from conftest import (
+from helpers import (
     BASE_ARGS,
     DETERMINISTIC_DATA,
     OFFICIAL_AUGMENTATION,

@@ -20,7 +20,7 @@ from mindswin.engine.train_step import TrainStep
 from mindswin.models import kernels
 from mindswin.models.swin_v2 import MAX_LOGIT_SCALE, l2_normalize, relative_coords_table, relative_position_index
 
-from conftest import MICRO_MS, loss_and_grads, micro, randomize
+from helpers import MICRO_MS, loss_and_grads, micro, randomize
 
 WINDOWS, HEADS, TOKENS, HEAD_DIM = 6, 2, 4, 8
 WIDTH = HEADS * HEAD_DIM

@@ -13,7 +13,7 @@ from mindspore import nn
 import mindswin
 from mindswin.checkpoint import load_checkpoint, read_metadata
 
-from conftest import BASE_ARGS, read_metrics, run
+from helpers import BASE_ARGS, read_metrics, run
 
 # swinv2_micro_window4_32: 32 px, patch 2, dim 48, depths 2-2-2, heads 3-6-12, window 4
 MICRO = dict(image_size=32, patch_size=2, embed_dim=48, depths=[2, 2, 2], num_heads=[3, 6, 12], window_size=4,

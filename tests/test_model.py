@@ -12,7 +12,7 @@ from mindswin.models import count_flops, model_spec
 from mindswin.models.flops import count_parameters
 from mindswin.models.swin_v2 import relative_coords_table, shifted_window_mask
 
-from conftest import MICRO, OFFICIAL_VARIANTS, PAPER_VARIANTS, loss_and_grads, micro, randomize
+from helpers import MICRO, OFFICIAL_VARIANTS, PAPER_VARIANTS, loss_and_grads, micro, randomize
 
 
 def test_tiny_parameter_count_and_names():

@@ -47,7 +47,7 @@ np.savez(sys.argv[2], **{n: p.detach().numpy() for n, p in params.items()})
 def _timm_lamb(tmp_path, eps):
     import subprocess
 
-    from conftest import require_torch_python
+    from helpers import require_torch_python
 
     names = list(SHAPES)
     start = [p.asnumpy() for p in _params("")]

@@ -6,7 +6,7 @@ import pytest
 import mindswin
 from mindswin.checkpoint import load_checkpoint
 
-from conftest import MICRO_MS, OFFICIAL_VARIANTS
+from helpers import MICRO_MS, OFFICIAL_VARIANTS
 
 pytestmark = pytest.mark.reference
 TOLERANCE = 1e-4  # max abs difference of float32 logits

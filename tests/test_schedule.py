@@ -166,7 +166,7 @@ def test_official_schedulers_equal_timms_with_both_warmup_prefixes():
     import json
     import subprocess
 
-    from conftest import require_torch_python
+    from helpers import require_torch_python
 
     peak, final, start, spe, epochs, warmup = 1e-3, 1e-5, 1e-6, 5, 12, 2
     tables = json.loads(subprocess.run(

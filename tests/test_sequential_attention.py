@@ -15,7 +15,7 @@ from mindswin.amp import apply_amp
 from mindswin.models.kernels import cpu_kernels
 from mindswin.models.sequential_attention import SequentialAttentionCore, chunk_ranges
 
-from conftest import loss_and_grads, micro, randomize
+from helpers import loss_and_grads, micro, randomize
 
 EPS32 = float(np.finfo(np.float32).eps)
 MAX_TEMPERATURE = 100.0  # the logit-scale clamp, exp(log(100))

@@ -34,18 +34,18 @@ from mindswin.engine.reconstruction import local_mean_std
 from mindswin.models import build_model
 from mindswin.models.simmim import LocalTargetNorm, build_simmim, masked_l1_loss
 
-from conftest import (
+from helpers import (
     NOISE,
     ROOT,
     assert_same_state,
     killed_mid_epoch_and_resumed,
     msrun,
     randomize,
+    read_events,
     read_metrics,
     require_torch_python,
     run,
 )
-from helpers import read_events
 
 MICRO = "swinv2_micro_window4_32"  # 32 px, patch 2, depths 2-2-2, encoder stride 8
 # train.py arguments of a small SimMIM pre-training of the micro model (8-px squares: 10 of 16 masked)

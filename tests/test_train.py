@@ -24,7 +24,7 @@ from mindswin.engine.optim import AdamW
 from mindswin.engine.state import RunPosition, read_position
 from mindswin.engine.train_step import SoftTargetCrossEntropy, TrainStep
 
-from conftest import (
+from helpers import (
     BASE_ARGS,
     DETERMINISTIC_DATA,
     MICRO_MS,
@@ -35,11 +35,12 @@ from conftest import (
     assert_same_state,
     killed_mid_epoch_and_resumed,
     randomize,
+    read_events,
     read_metrics,
     run,
     wait_for,
+    write_header_damaged_jpegs,
 )
-from helpers import read_events, write_header_damaged_jpegs
 
 
 def test_run_writes_metrics_curves_config_and_checkpoints(trained):
