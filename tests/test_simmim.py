@@ -432,7 +432,7 @@ def _classification_files(tmp_path):
     state = str(tmp_path / "resume_state.ckpt")
     named = [(f"model.{name}", p) for name, p in model.parameters_and_names()]
     named.append(("optimizer.step", ms.Parameter(Tensor(6, ms.int32), name="step")))
-    save_tensors(state, named, dict(epoch=1, batch_in_epoch=0, best=50.0))
+    save_tensors(state, named, dict(epoch=1, batch_in_epoch=0, best=50.0, task="classification"))
     return weights, state
 
 

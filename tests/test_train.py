@@ -51,6 +51,8 @@ def test_run_writes_metrics_curves_config_and_checkpoints(trained):
     assert records[-1]["optimizer_step"] == 3 * (96 // 16)
     files = sorted(os.listdir(out))
     assert "curves.png" in files and "config.yaml" in files and "resume_state.ckpt" in files
+    position = read_position(str(out / "resume_state.ckpt"))
+    assert (position.epoch, position.task) == (3, "classification")  # the task is what a resume checks
     assert [f for f in files if f.endswith("-e0002.ckpt") or f.endswith("-e0003.ckpt")] and \
         not [f for f in files if f.endswith("-e0001.ckpt")]  # keep_checkpoint_max 2
     assert "swinv2_micro_window4_32-best.ckpt" in files

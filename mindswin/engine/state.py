@@ -35,11 +35,13 @@ __all__ = ["RunPosition", "TrainState", "read_position"]
 
 @dataclass
 class RunPosition:
-    """Where a run stands: epochs done, batches done in the current one, best monitored metric."""
+    """Where a run stands: epochs done, batches done in the current one, best monitored metric, and
+    the task whose run it is (the resume state's JSON says which task wrote it)."""
 
     epoch: int = 0
     batch_in_epoch: int = 0
     best: float = -math.inf
+    task: str = ""
 
 
 def read_position(path: str) -> RunPosition:
@@ -173,7 +175,7 @@ class TrainState:
         if rank == 0:
             return position
         # the best metric only matters where checkpoints are written: on rank 0
-        return RunPosition(epoch=int(epoch), batch_in_epoch=int(batch))
+        return RunPosition(epoch=int(epoch), batch_in_epoch=int(batch), task=position.task)
 
     def optimizer_step(self) -> int:
         return int(dict(self.named)["optimizer.step"].asnumpy())

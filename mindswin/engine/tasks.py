@@ -13,11 +13,11 @@ from __future__ import annotations
 import abc
 import logging
 import os
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import mindspore.dataset as ds
 import numpy as np
-from mindspore import Tensor, nn, ops
+from mindspore import Tensor, nn
 
 from ..checkpoint import CheckpointMetadata, LoadReport
 from ..checkpoint.metadata import ARCHITECTURE_KEYS
@@ -32,6 +32,7 @@ from ..models import SwinTransformerV2, model_spec, resolve_model_name
 from ..models.simmim import SimMIM
 from .builder import model_from_config, simmim_from_config
 from .checkpoints import find_resume_state
+from .collective import share_from_rank0
 from .evaluate import EvalStep, evaluate
 from .reconstruction import ReconstructionStep, evaluate_reconstruction, save_reconstruction_grid
 from .runtime import Runtime, apply_jit_config
@@ -43,7 +44,6 @@ __all__ = ["Task", "ClassificationTask", "SimMIMTask", "create_task"]
 _logger = logging.getLogger("mindswin.train")
 
 # A tensor only the resume state of a SimMIM run holds.
-_SIMMIM_STATE_KEY = "model.encoder.mask_token"
 # Keys each task does not read: set explicitly, they are reported as ignored.
 _CLASSIFICATION_ONLY = ("num_classes", "class_map", "val_map_file", "auto_augment", "re_prob", "re_value",
                         "color_jitter", "aug_repeats", "mixup", "cutmix", "cutmix_prob", "mixup_switch_prob",
@@ -103,12 +103,12 @@ class Task(abc.ABC):
         if not path:
             return
         meta = read_meta_json(path)
-        if "task" in meta:  # weights files carry CheckpointMetadata, resume states a RunPosition
-            raise ConfigError(f"--resume {path} is a weights file ({meta['task']} weights), not a resume state: "
-                              f"--resume continues a run from the resume_state.ckpt in its ckpt_save_dir; to start "
-                              f"from these weights pass --ckpt_path {path}")
-        writer = _resume_state_task(path)
-        if writer is not None and writer != self.name:
+        if "model" in meta:  # weights files carry CheckpointMetadata, resume states a RunPosition
+            raise ConfigError(f"--resume {path} is a weights file ({meta.get('task', 'classification')} weights), "
+                              "not a resume state: --resume continues a run from the resume_state.ckpt in its "
+                              f"ckpt_save_dir; to start from these weights pass --ckpt_path {path}")
+        writer = meta.get("task")  # None: a state written before resume states recorded their task
+        if writer and writer != self.name:
             raise ConfigError(f"{path} is the resume state of a {writer} run and this run's task is {self.name}: "
                               f"a run resumes only from its own task's state; to start {self.name} from that run's "
                               "weights pass one of its MODEL-eNNNN.ckpt files as --ckpt_path, with a new "
@@ -132,8 +132,8 @@ class Task(abc.ABC):
         """This rank's training pipeline, continuing from ``position``."""
 
     @abc.abstractmethod
-    def evaluate(self, model: SwinTransformerV2) -> Dict[str, Any]:
-        """Validation metrics of ``model`` over the whole split (``val_*`` keys)."""
+    def evaluate(self, model: SwinTransformerV2, epoch: int) -> Dict[str, Any]:
+        """Validation metrics of ``model`` after ``epoch`` epochs (1-based) over the whole split (``val_*`` keys)."""
 
     @abc.abstractmethod
     def metadata(self, epoch: int, metrics: Dict[str, Any]) -> CheckpointMetadata:
@@ -154,55 +154,6 @@ def model_fields(config: Config, preprocessing: Any, numerics: str) -> Dict[str,
                 window_size=config.window_size, pretrained_window_sizes=config.pretrained_window_sizes,
                 crop_pct=preprocessing.crop_pct, interpolation=preprocessing.interpolation, numerics=numerics,
                 **{key: getattr(config, key) for key in ARCHITECTURE_KEYS})
-
-
-def _resume_state_task(path: str) -> Optional[str]:
-    """The task whose run wrote the resume state ``path`` (None when the file cannot be read)."""
-    import mindspore as ms
-
-    try:  # every resume state holds optimizer.step (MindSpore refuses a selection that matches nothing)
-        found = ms.load_checkpoint(path, choice_func=lambda name: name in (_SIMMIM_STATE_KEY, "optimizer.step"))
-    except (RuntimeError, ValueError, TypeError, OSError):
-        return None  # TrainState.load reports the unreadable file
-    return SimMIMTask.name if _SIMMIM_STATE_KEY in found else ClassificationTask.name
-
-
-class _SumOverRanks(nn.Cell):
-    def __init__(self) -> None:
-        super().__init__()
-        self.all_reduce = ops.AllReduce()
-
-    def construct(self, x: Tensor) -> Tensor:
-        return self.all_reduce(x)
-
-
-def share_from_rank0(runtime: Runtime) -> Optional[Callable[[Callable[[], bytes]], bytes]]:
-    """The data layer's ``share``: rank 0 runs ``make()`` and every rank gets its bytes (None: one process).
-
-    Nodes need no shared storage, only the same dataset paths: the bytes (a scanned index)
-    travel through the collective backend, three bytes per float32 element (exact below 2**24)
-    as an all-reduce of rank 0's values and everyone else's zeros.
-    """
-    if not runtime.distributed:
-        return None
-
-    def share(make: Callable[[], bytes]) -> bytes:
-        reduce = _SumOverRanks()
-        data = make() if runtime.is_main else b""
-        size = len(data) if runtime.is_main else 0
-        length = reduce(Tensor(np.array([size >> 24, size & 0xFFFFFF], np.float32))).asnumpy()
-        count = int(round(float(length[0]))) << 24 | int(round(float(length[1])))
-        padded = -(-count // 3) * 3
-        if runtime.is_main:
-            raw = np.frombuffer(data + b"\0" * (padded - count), np.uint8).reshape(-1, 3).astype(np.int64)
-            packed = (raw[:, 0] << 16 | raw[:, 1] << 8 | raw[:, 2]).astype(np.float32)
-        else:
-            packed = np.zeros(padded // 3, np.float32)
-        summed = reduce(Tensor(packed)).asnumpy().astype(np.int64)
-        out = np.stack([summed >> 16 & 255, summed >> 8 & 255, summed & 255], axis=1).astype(np.uint8)
-        return out.tobytes()[:count]
-
-    return share
 
 
 class AugmentedLoss(nn.Cell):
@@ -320,7 +271,7 @@ class ClassificationTask(Task):
             path_noise_blocks=self.path_noise_blocks, repeats=max(config.aug_repeats, 1),
             **self.preprocessing.train_args())
 
-    def evaluate(self, model: SwinTransformerV2) -> Dict[str, Any]:
+    def evaluate(self, model: SwinTransformerV2, epoch: int) -> Dict[str, Any]:
         if self.val_index is None:
             return {}
         if self._evaluator is None:  # built at the first validation: the train graph compiles first
@@ -382,7 +333,6 @@ class SimMIMTask(Task):
         self.val_index: Optional[FolderIndex] = scan_images(val_dir, **options) if os.path.isdir(val_dir) else None
         if self.val_index is None and config.val_while_train:
             _logger.info("no %s: the reconstruction grid shows training images and there is no val_loss", val_dir)
-        self._position: Optional[RunPosition] = None
         self._evaluator: Optional[Tuple[ReconstructionStep, ds.Dataset]] = None
         self._grid_path: Optional[str] = None  # the last validation's reconstruction grid, not yet logged
 
@@ -402,7 +352,6 @@ class SimMIMTask(Task):
     def train_data(self, position: RunPosition) -> Tuple[ds.Dataset, DataInfo]:
         config, runtime, pre = self.config, self.runtime, self.preprocessing
         # The loop advances this object (epoch, batch): the grid file of each validation is named from it.
-        self._position = position
         return create_pretrain_dataset(
             self.index.root, image_size=pre.image_size, batch_size=config.batch_size,
             mask_generator=self.mask_generator, num_shards=runtime.group_size, shard_id=runtime.rank,
@@ -420,7 +369,7 @@ class SimMIMTask(Task):
         count = max(self.config.recon_grid_images, 1)
         return FolderIndex(root=self.index.root, class_names=[], samples=self.index.samples[:count])
 
-    def evaluate(self, model: SimMIM) -> Dict[str, Any]:
+    def evaluate(self, model: SimMIM, epoch: int) -> Dict[str, Any]:
         config, runtime, pre = self.config, self.runtime, self.preprocessing
         if self.val_index is None and not config.recon_grid_images:
             return {}
@@ -439,7 +388,6 @@ class SimMIMTask(Task):
             self._evaluator = step, data
         step, data = self._evaluator
         result = evaluate_reconstruction(step, data, in_chans=model.in_chans, progress=runtime.is_main)
-        epoch = self._position.epoch + 1 if self._position is not None else 0
         if runtime.is_main and config.recon_grid_images and result.images is not None:
             shown = np.flatnonzero(result.weights > 0)[:config.recon_grid_images]  # no padding copies
             path = os.path.join(config.ckpt_save_dir, f"recon_e{epoch:04d}.png")

@@ -12,7 +12,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
@@ -83,7 +83,7 @@ def train(config: Config) -> Dict[str, Any]:
     training = build_training(config, runtime, model, task.loss_network(model), task.num_samples)
     files = CheckpointManager(config.ckpt_save_dir, model.model_name, config.keep_checkpoint_max, runtime.is_main,
                               keep_best_by=task.monitor if config.ckpt_save_policy == "top_k" else None)
-    position = restore(config, runtime, training, files)
+    position = restore(config, runtime, training, files, task.name)
     _say_where_mindcvs_epoch_goes(config, position)
     if runtime.is_main:
         save_config(config, os.path.join(config.ckpt_save_dir, "config.yaml"))
@@ -104,7 +104,7 @@ def train(config: Config) -> Dict[str, Any]:
         record = train_one_epoch(run, epoch)
         if (epoch + 1) % config.val_interval == 0 or epoch + 1 == config.epoch_size:
             if config.val_while_train:
-                record.update(task.evaluate(training.eval_model))
+                record.update(task.evaluate(training.eval_model, epoch + 1))
                 training.step.set_train(True)
         end_epoch(run, record)
     events.close()
@@ -138,18 +138,19 @@ def sinking_step(config: Config, training: Training, train_data) -> Optional[Cal
     return ms.data_sink(training.step, train_data, sink_size=1, jit_config=jit_config(config))
 
 
-def restore(config: Config, runtime: Runtime, training: Training, files: CheckpointManager) -> RunPosition:
+def restore(config: Config, runtime: Runtime, training: Training, files: CheckpointManager,
+            task: str) -> RunPosition:
     """Load the resume state on rank 0 and give every rank rank 0's tensors and position.
 
     Only rank 0 writes checkpoints, so only its disk is asked: nodes need no shared
     storage. A fresh run broadcasts too: every replica starts from rank 0's initial weights.
     """
     state = training.state
-    position = RunPosition()
+    position = RunPosition(task=task)
     if runtime.is_main:
         path = find_resume_state(config.resume, config.ckpt_save_dir)
         if path:
-            position = state.load(path)
+            position = replace(state.load(path), task=task)  # Task.check_resume_state saw it is ours
             _logger.info("resumed from %s: epoch %d, batch %d, optimizer step %d", path, position.epoch,
                          position.batch_in_epoch, state.optimizer_step())
             files.truncate_metrics(position.epoch)

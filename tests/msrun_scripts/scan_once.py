@@ -14,7 +14,7 @@ from mindspore.communication import get_rank, init  # noqa: E402
 
 import mindswin.data.folder as folder  # noqa: E402
 from mindswin.data import DataError, scan_split  # noqa: E402
-from mindswin.engine.tasks import share_from_rank0  # noqa: E402
+from mindswin.engine.collective import share_from_rank0  # noqa: E402
 
 
 def main() -> None:
