@@ -65,15 +65,14 @@ def num_classes(data_dir: str) -> int:
 
 
 def mindswin_pipeline(data_dir: str, workers: int, batch: int, seed: int):
-    import inspect
+    from mindswin.data import Mixup, create_train_dataset
+    from mindswin.data.dataset import scan_data_split
+    from mindswin.data.transforms import TrainAugment
 
-    from mindswin.data import create_train_dataset
-
-    kwargs = dict(image_size=256, batch_size=batch, num_workers=workers, seed=seed, auto_augment=POLICY,
-                  re_prob=0.25, mixup=0.8, cutmix=1.0, label_smoothing=0.1, interpolation="bicubic")
-    if "device_augment" in inspect.signature(create_train_dataset).parameters:
-        kwargs["device_augment"] = True
-    dataset, _ = create_train_dataset(data_dir, **kwargs)
+    index = scan_data_split(data_dir, "train", num_workers=workers)
+    augment = TrainAugment(256, auto_augment=POLICY, re_prob=0.25, interpolation="bicubic", seed=seed, device=True)
+    mixer = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=len(index.class_names))
+    dataset, _ = create_train_dataset(index, augment, mixer, batch, seed=seed, num_workers=workers)
     return dataset
 
 

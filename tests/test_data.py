@@ -24,11 +24,21 @@ from mindswin.data import (
     scan_split,
     smooth_one_hot,
 )
-from mindswin.data.dataset import KeyedImageSource
+from mindswin.data.dataset import KeyedImageSource, scan_data_split
 from mindswin.data.folder import UNREADABLE
-from mindswin.data.transforms import RandomErasing, auto_augment_transform
+from mindswin.data.transforms import RandomErasing, TrainAugment, auto_augment_transform
 
 from helpers import ROOT, write_header_damaged_jpegs
+
+
+def train_dataset(root, image_size, batch_size, *, seed=0, num_workers=2, index=None, mixup=0.0, cutmix=0.0,
+                  label_smoothing=0.0, device_augment=False, **augment):
+    """``create_train_dataset`` of ``root/train`` with the augmentation and mixing built from keywords."""
+    index = index or scan_data_split(root, "train")
+    mixer = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing,
+                  num_classes=len(index.class_names))
+    augment = TrainAugment(image_size, seed=seed, device=device_augment, **augment)
+    return create_train_dataset(index, augment, mixer, batch_size, seed=seed, num_workers=num_workers)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +54,7 @@ def _batches(dataset, columns=None):
 
 def test_train_batches_shapes_types_ranges(demo):
     ds.config.set_seed(1)
-    dataset, info = create_train_dataset(demo, image_size=32, batch_size=8, auto_augment="rand-m9-mstd0.5-inc1",
+    dataset, info = train_dataset(demo, image_size=32, batch_size=8, auto_augment="rand-m9-mstd0.5-inc1",
                                          re_prob=0.25, mixup=0.8, cutmix=1.0, label_smoothing=0.1)
     batches = _batches(dataset)
     assert len(batches) == info.batches_per_epoch == 96 // 8
@@ -67,7 +77,7 @@ def test_eval_batches_and_crop(demo):
 def test_train_order_is_deterministic_for_a_seed(demo):
     def run(seed):
         ds.config.set_seed(seed)
-        dataset, _ = create_train_dataset(demo, image_size=32, batch_size=8, seed=seed, num_workers=1)
+        dataset, _ = train_dataset(demo, image_size=32, batch_size=8, seed=seed, num_workers=1)
         return np.concatenate([t for _, t in _batches(dataset)])
 
     assert np.array_equal(run(3), run(3))
@@ -169,7 +179,7 @@ def test_missing_and_empty_data_errors(tmp_path):
     with pytest.raises(DataError, match="without images: cats"):
         create_eval_dataset(str(tmp_path), image_size=32, batch_size=2)
     with pytest.raises(DataError, match="data split not found"):
-        create_train_dataset(str(tmp_path), image_size=32, batch_size=2)
+        train_dataset(str(tmp_path), image_size=32, batch_size=2)
 
 
 @pytest.mark.parametrize("mode", ["batch", "pair", "elem"])
@@ -236,12 +246,13 @@ def test_sources_give_pillows_rgb_pixels_for_every_mode(tmp_path):
 
 _DAMAGED_RUN = """
 import json, os, sys
-from mindswin.data import create_eval_dataset, create_train_dataset, scan_split
+from mindswin.data import Mixup, create_eval_dataset, create_train_dataset, scan_split
+from mindswin.data.transforms import TrainAugment
 root, verify = sys.argv[1], sys.argv[2]
 index = scan_split(os.path.join(root, "train"), verify=verify)
-train, train_info = create_train_dataset(root, image_size=16, batch_size=4, index=index, num_workers=2,
-                                         auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25, mixup=0.8,
-                                         cutmix=1.0, device_augment=True)
+augment = TrainAugment(16, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25, device=True)
+mixer = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.0, num_classes=len(index.class_names))
+train, train_info = create_train_dataset(index, augment, mixer, 4, num_workers=2)
 batches = sum(1 for _ in train.create_tuple_iterator(num_epochs=1))
 val, val_info = create_eval_dataset(root, image_size=16, batch_size=4, class_names=index.class_names,
                                     num_workers=2, device_augment=True, verify=verify)
@@ -312,7 +323,7 @@ def test_train_files_bad_at_decode_time_are_reported_with_worker_processes(tmp_p
     good = (split / "a" / "0.jpg").read_bytes()
     (split / "b" / "broken.jpg").write_bytes(good[: len(good) // 2])
     index = scan_split(str(split), verify="header")
-    dataset, info = create_train_dataset(str(tmp_path), image_size=16, batch_size=4, index=index, num_workers=2,
+    dataset, info = train_dataset(str(tmp_path), image_size=16, batch_size=4, index=index, num_workers=2,
                                          auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.5, mixup=0.8, cutmix=1.0,
                                          device_augment=True)
     assert len(_batches(dataset)) == info.batches_per_epoch
@@ -334,7 +345,7 @@ def twins(tmp_path_factory):
 
 
 def _augmented(root, seed, workers, device=True):
-    dataset, _ = create_train_dataset(root, image_size=24, batch_size=8, seed=seed, num_workers=workers,
+    dataset, _ = train_dataset(root, image_size=24, batch_size=8, seed=seed, num_workers=workers,
                                       auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.9, mixup=0.8, cutmix=1.0,
                                       label_smoothing=0.1, device_augment=device)
     return [np.concatenate(column) for column in zip(*_batches(dataset))]
@@ -435,7 +446,7 @@ def test_device_normalise_erase_mix_matches_the_host_reference(mode):
 
 
 def test_device_batches_have_the_documented_columns(demo):
-    dataset, info = create_train_dataset(demo, image_size=32, batch_size=8, auto_augment="rand-m9-mstd0.5-inc1",
+    dataset, info = train_dataset(demo, image_size=32, batch_size=8, auto_augment="rand-m9-mstd0.5-inc1",
                                          re_prob=0.25, mixup=0.8, cutmix=1.0, label_smoothing=0.1,
                                          device_augment=True)
     images, erase, cutbox, blend, targets = _batches(dataset)[0]

@@ -25,10 +25,10 @@ from mindswin.checkpoint import (
 )
 from mindswin.checkpoint.loader import load_simmim_checkpoint
 from mindswin.checkpoint.native import save_tensors
-from mindswin.data.dataset import EpochShardSampler, path_noise
+from mindswin.data.dataset import FROM_THE_START, ONE_SHARD, EpochShardSampler, Shard, StartPoint, path_noise
 from mindswin.data.folder import scan_images
 from mindswin.data.masking import MaskGenerator, mask_geometry_problem, train_mask_rng
-from mindswin.data.pretrain import create_pretrain_dataset
+from mindswin.data.pretrain import create_pretrain_dataset, pretrain_augment
 from mindswin.engine.optim import AdamW, layer_decay_scales, layer_ids
 from mindswin.engine.reconstruction import local_mean_std
 from mindswin.models import build_model
@@ -130,10 +130,16 @@ def test_mask_ratio_and_patch_geometry():
             MaskGenerator(**bad)
 
 
-def _masks(data_dir, epochs=2, **kwargs):
-    dataset, info = create_pretrain_dataset(os.path.join(data_dir, "train"), image_size=32, batch_size=16,
-                                            mask_generator=MaskGenerator(32, 8, 2, 0.6), seed=5, num_workers=1,
-                                            scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0, **kwargs)
+def _pretrain_dataset(data_dir, batch_size, seed, **options):
+    """``create_pretrain_dataset`` of ``data_dir/train`` with the official SimMIM augmentation."""
+    augment = pretrain_augment(32, seed=seed, **options.pop("augment", {}))
+    return create_pretrain_dataset(scan_images(os.path.join(data_dir, "train")), augment,
+                                   MaskGenerator(32, 8, 2, 0.6), batch_size, seed=seed, num_workers=1, **options)
+
+
+def _masks(data_dir, epochs=2, start=FROM_THE_START, shard=ONE_SHARD):
+    dataset, info = _pretrain_dataset(data_dir, 16, 5, start=start, shard=shard,
+                                      augment=dict(scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0))
     batches = []
     for _ in range(epochs):
         batches += [(digest(images.asnumpy()), digest(masks.asnumpy()))
@@ -146,11 +152,10 @@ def test_masks_are_reproducible_from_the_seed_differ_per_rank_and_resume_where_t
     assert len(first) == 2 * info.batches_per_epoch == 12
     assert first == _masks(data_dir)[0]  # same seed, same images and masks
     assert first[:6] != first[6:]  # a new order and new masks every epoch
-    rank0, rank1 = _masks(data_dir, epochs=1, num_shards=2, shard_id=0)[0], _masks(data_dir, epochs=1, num_shards=2,
-                                                                                      shard_id=1)[0]
+    rank0, rank1 = (_masks(data_dir, epochs=1, shard=Shard(2, rank))[0] for rank in (0, 1))
     assert not {m for _, m in rank0} & {m for _, m in rank1}
     # resumed after 2 batches of epoch 2: the remaining 4 batches, images and masks as uninterrupted
-    resumed = _masks(data_dir, epochs=1, start_epoch=1, skip_batches=2)[0]
+    resumed = _masks(data_dir, epochs=1, start=StartPoint(1, 2))[0]
     assert resumed[:4] == first[8:]
 
 
@@ -386,9 +391,7 @@ def test_pretraining_killed_mid_epoch_resumes_bitwise_with_drop_path_and_ema(dat
 
 
 def test_pretraining_batches_are_uint8_with_per_sample_masks_and_path_noise(data_dir):
-    dataset, info = create_pretrain_dataset(os.path.join(data_dir, "train"), image_size=32, batch_size=8,
-                                            mask_generator=MaskGenerator(32, 8, 2, 0.6), seed=3, num_workers=1,
-                                            path_noise_blocks=6)
+    dataset, info = _pretrain_dataset(data_dir, 8, 3, path_noise_blocks=6)
     images, masks, noise = next(dataset.create_tuple_iterator(num_epochs=1, output_numpy=True))
     assert images.dtype == np.uint8 and images.shape == (8, 32, 32, 3)  # normalised in the graph
     assert masks.shape == (8, 16, 16) and noise.shape == (8, 6, 2)
@@ -481,9 +484,7 @@ def test_msrun_simmim_ranks_end_equal_and_draw_their_own_masks(data_dir, tmp_pat
     assert [r["rank"] for r in reports] == [0, 1]
     assert reports[0]["masks"] != reports[1]["masks"]  # each rank masks its own way...
     for report in reports:  # ...reproducibly: the same masks from the seed in this process
-        dataset, _ = create_pretrain_dataset(os.path.join(data_dir, "train"), image_size=32, batch_size=8,
-                                             mask_generator=MaskGenerator(32, 8, 2, 0.6), num_shards=2,
-                                             shard_id=report["rank"], seed=11, num_workers=1)
+        dataset, _ = _pretrain_dataset(data_dir, 8, 11, shard=Shard(2, report["rank"]))
         _, masks = next(dataset.create_tuple_iterator(num_epochs=1))
         assert digest(masks.asnumpy()) == report["masks"]
         assert report["ratio"] == pytest.approx(10 / 16)

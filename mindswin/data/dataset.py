@@ -35,7 +35,7 @@ import math
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import mindspore.dataset as ds
 import numpy as np
@@ -44,9 +44,9 @@ from .folder import UNREADABLE, DataError, FolderIndex, decode_rgb, scan_split
 from .mixup import Mixup
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, TrainAugment, build_eval_transforms
 
-__all__ = ["DataInfo", "EpochShardSampler", "ImageSource", "KeyedImageSource", "create_train_dataset",
-           "create_eval_dataset", "eval_shard_indices", "path_noise", "batch_path_noise", "collect_keys",
-           "keyed_augmented_samples"]
+__all__ = ["DataInfo", "EpochShardSampler", "ImageSource", "KeyedImageSource", "Shard", "StartPoint",
+           "create_train_dataset", "create_eval_dataset", "eval_shard_indices", "path_noise", "batch_path_noise",
+           "collect_keys", "keyed_training_samples", "scan_data_split"]
 
 _logger = logging.getLogger(__name__)
 
@@ -227,15 +227,6 @@ def eval_shard_indices(num_samples: int, num_shards: int, shard_id: int,
     return own + [0] * (padded - len(own)), [1.0] * len(own) + [0.0] * (padded - len(own))
 
 
-def _scan(data_dir: str, split: str, class_names: Optional[Sequence[str]], verify: str, strict: bool,
-          num_workers: int) -> FolderIndex:
-    if not data_dir or not os.path.isdir(data_dir):
-        raise DataError(f"data_dir not found: {data_dir!r} (pass --data_dir DIR with DIR/train/<class>/... and "
-                        "DIR/val/<class>/...; `python -m mindswin.data DIR` writes a demo dataset)")
-    return scan_split(os.path.join(data_dir, split), class_names=class_names, verify=verify, strict=strict,
-                      num_workers=num_workers)
-
-
 def path_noise(seed: int, key: int, blocks: int) -> np.ndarray:
     """``(blocks, 2)`` float32 uniforms in [0, 1): sample ``key``'s stochastic-depth draws, from ``(seed, key)``."""
     return np.random.default_rng([int(seed), 0xD7A7, int(key)]).random((blocks, 2), dtype=np.float32)
@@ -255,13 +246,37 @@ def batch_path_noise(seed: int, keys, blocks: int) -> np.ndarray:
     return np.stack([path_noise(seed, key, blocks) for key in collect_keys(keys)])
 
 
-def keyed_augmented_samples(index: FolderIndex, sampler: EpochShardSampler, augment: TrainAugment,
-                            num_workers: int, multiprocessing: bool = True) -> Tuple[ds.Dataset, KeyedImageSource]:
-    """The training stages every task shares, before batching: columns ``image, label, erase, key``.
+class Shard(NamedTuple):
+    """This process's part of every epoch: shard ``shard_id`` of ``num_shards`` (the data-parallel rank)."""
 
-    The source threads decode the sampler's samples (a damaged file is replaced and reported),
-    and ``augment`` transforms each one in worker processes from ``(seed, key)``.
+    num_shards: int = 1
+    shard_id: int = 0
+
+
+class StartPoint(NamedTuple):
+    """Where a training pipeline's sample order starts: ``batches`` into 0-based ``epoch`` (a resumed run)."""
+
+    epoch: int = 0
+    batches: int = 0
+
+
+ONE_SHARD = Shard()  # one process reads all the data
+FROM_THE_START = StartPoint()  # a fresh run
+
+def keyed_training_samples(index: FolderIndex, augment: TrainAugment, batch_size: int, *, seed: int,
+                           shard: Shard = ONE_SHARD, start: StartPoint = FROM_THE_START, repeats: int = 1,
+                           num_workers: int = 2, multiprocessing: bool = True) -> Tuple[ds.Dataset, DataInfo]:
+    """The stages every training pipeline shares, before batching: columns ``image, label, erase, key``.
+
+    The sampler deals this shard's keys from ``start`` on (``repeats`` above 1: repeated
+    augmentation, :class:`EpochShardSampler`); the source threads decode them (a damaged file
+    is replaced and reported) and ``augment`` transforms each one in worker processes from
+    ``(seed, key)``. Returns the unbatched dataset and the :class:`DataInfo` of its batches.
     """
+    sampler = EpochShardSampler(len(index), shard.num_shards, shard.shard_id, seed, shuffle=True,
+                                start_epoch=start.epoch, skip=start.batches * batch_size, repeats=repeats)
+    if sampler.per_shard < batch_size:
+        raise DataError(f"{index.root}: {sampler.per_shard} samples per shard is fewer than batch_size {batch_size}")
     workers = _python_workers(num_workers)
     source = KeyedImageSource(index.samples)
     dataset = ds.GeneratorDataset(source, column_names=["image", "label", "key", "weight"], sampler=sampler,
@@ -269,50 +284,44 @@ def keyed_augmented_samples(index: FolderIndex, sampler: EpochShardSampler, augm
     dataset = dataset.project(["image", "label", "key"])
     dataset = dataset.map(augment, input_columns=["image", "key"], output_columns=["image", "erase", "key"],
                           num_parallel_workers=workers, python_multiprocessing=multiprocessing)
-    return dataset, source
+    info = DataInfo(class_names=index.class_names, num_samples=len(index), batch_size=batch_size,
+                    batches_per_epoch=sampler.per_shard // batch_size, bad_files=list(index.bad_files),
+                    source=source)
+    return dataset, info
 
 
-def create_train_dataset(data_dir: str, *, image_size: int, batch_size: int, split: str = "train",
-                         num_shards: int = 1, shard_id: int = 0, seed: int = 0, num_workers: int = 2,
-                         start_epoch: int = 0, skip_batches: int = 0, auto_augment: Optional[str] = None,
-                         re_prob: float = 0.0, color_jitter: Optional[float] = None, hflip: float = 0.5,
-                         scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
-                         interpolation: str = "bicubic", mixup: float = 0.0, cutmix: float = 0.0,
-                         mixup_prob: float = 1.0, mixup_switch_prob: float = 0.5, mixup_mode: str = "batch",
-                         label_smoothing: float = 0.0, verify: str = "auto", strict: bool = False,
-                         index: Optional[FolderIndex] = None, mean: Sequence[float] = IMAGENET_MEAN,
-                         std: Sequence[float] = IMAGENET_STD, device_augment: bool = False,
-                         path_noise_blocks: int = 0, repeats: int = 1,
+def create_train_dataset(index: FolderIndex, augment: TrainAugment, mixer: Mixup, batch_size: int, *,
+                         seed: int = 0, shard: Shard = ONE_SHARD, start: StartPoint = FROM_THE_START,
+                         path_noise_blocks: int = 0, repeats: int = 1, num_workers: int = 2,
                          multiprocessing: bool = True) -> Tuple[ds.Dataset, DataInfo]:
     """Training dataset of soft-target batches (columns: see the module docstring).
 
-    ``start_epoch``/``skip_batches`` resume the sample order of an interrupted run (and,
-    since every draw depends on the sample's key, its augmentation too).
-    ``device_augment`` leaves normalise/erase/mix to :class:`~mindswin.data.device.DeviceAugment`;
-    with ``path_noise_blocks`` (the model's block count, when it trains with stochastic depth)
-    each batch also carries ``path_noise`` ``(B, blocks, 2)``: the model's stochastic-depth
-    uniforms, drawn from each sample's key (``SwinTransformerV2.forward_stages``).
-    ``repeats`` above 1 is repeated augmentation (:class:`EpochShardSampler`).
-    ``multiprocessing=False`` runs the Python transform in threads (for debugging).
+    Args:
+        index: The scanned split (:func:`~mindswin.data.folder.scan_split`).
+        augment: The per-sample augmentation; with ``augment.device`` it leaves normalise/erase/mix
+            to :class:`~mindswin.data.device.DeviceAugment` and the batches carry their draws.
+        mixer: Mixup/CutMix and label smoothing, drawn per batch from the samples' keys.
+        batch_size: Images per batch of this shard.
+        seed: The run's seed: sample order, augmentation and mixing all derive from ``(seed, key)``.
+        shard: This process's part of the data.
+        start: Where a resumed run continues (the same order and augmentation it would have had).
+        path_noise_blocks: With stochastic depth, the model's block count: each batch also carries
+            ``path_noise`` ``(B, blocks, 2)``, the model's stochastic-depth uniforms drawn from each
+            sample's key (``SwinTransformerV2.forward_stages``).
+        repeats: Above 1, repeated augmentation (:class:`EpochShardSampler`).
+        num_workers: Decoding threads and augmentation processes.
+        multiprocessing: False runs the Python transform in threads (for debugging).
     """
-    index = index or _scan(data_dir, split, None, verify, strict, num_workers)
-    sampler = EpochShardSampler(len(index), num_shards, shard_id, seed, shuffle=True, start_epoch=start_epoch,
-                                skip=skip_batches * batch_size, repeats=repeats)
-    if sampler.per_shard < batch_size:
-        raise DataError(f"{index.root}: {sampler.per_shard} samples per shard is fewer than batch_size {batch_size}")
-    augment = TrainAugment(image_size, scale=scale, ratio=ratio, hflip=hflip, auto_augment=auto_augment,
-                           interpolation=interpolation, re_prob=re_prob, color_jitter=color_jitter, seed=seed,
-                           mean=mean, std=std, device=device_augment)
-    dataset, source = keyed_augmented_samples(index, sampler, augment, num_workers, multiprocessing)
-    mixer = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=mixup_prob, switch_prob=mixup_switch_prob,
-                  mode=mixup_mode, label_smoothing=label_smoothing, num_classes=len(index.class_names))
+    dataset, info = keyed_training_samples(index, augment, batch_size, seed=seed, shard=shard, start=start,
+                                           repeats=repeats, num_workers=num_workers, multiprocessing=multiprocessing)
+    size = augment.image_size
 
     def batch_rng(keys) -> np.random.Generator:
         return np.random.default_rng([seed, 0x313C, *collect_keys(keys)])
 
-    if device_augment:
+    if augment.device:
         def draw(labels, keys, _batch_info):
-            params = mixer.draw(len(labels), image_size, image_size, batch_rng(keys))
+            params = mixer.draw(len(labels), size, size, batch_rng(keys))
             drawn = (mixer.targets(np.asarray(labels), params.lam), params.cutbox, params.blend)
             return (*drawn, batch_path_noise(seed, keys, path_noise_blocks)) if path_noise_blocks else drawn
 
@@ -323,16 +332,23 @@ def create_train_dataset(data_dir: str, *, image_size: int, batch_size: int, spl
     else:
         def mix(images, labels, keys, _batch_info):
             images = np.stack(images)
-            params = mixer.draw(len(labels), image_size, image_size, batch_rng(keys))
+            params = mixer.draw(len(labels), size, size, batch_rng(keys))
             return Mixup.apply(images, params), mixer.targets(np.asarray(labels), params.lam)
 
         dataset = dataset.batch(batch_size, drop_remainder=True, per_batch_map=mix,
                                 input_columns=["image", "label", "key"], output_columns=["image", "label"])
         dataset = dataset.project(["image", "label"])
-    info = DataInfo(class_names=index.class_names, num_samples=len(index), batch_size=batch_size,
-                    batches_per_epoch=sampler.per_shard // batch_size, bad_files=list(index.bad_files),
-                    source=source)
     return dataset, info
+
+
+def scan_data_split(data_dir: str, split: str, class_names: Optional[Sequence[str]] = None, verify: str = "auto",
+                    strict: bool = False, num_workers: int = 2) -> FolderIndex:
+    """:func:`~mindswin.data.folder.scan_split` of ``data_dir/split``, with the fix when ``data_dir`` is missing."""
+    if not data_dir or not os.path.isdir(data_dir):
+        raise DataError(f"data_dir not found: {data_dir!r} (pass --data_dir DIR with DIR/train/<class>/... and "
+                        "DIR/val/<class>/...; `python -m mindswin.data DIR` writes a demo dataset)")
+    return scan_split(os.path.join(data_dir, split), class_names=class_names, verify=verify, strict=strict,
+                      num_workers=num_workers)
 
 
 def create_eval_dataset(data_dir: str, *, image_size: int, batch_size: int, split: str = "val",
@@ -347,7 +363,7 @@ def create_eval_dataset(data_dir: str, *, image_size: int, batch_size: int, spli
     :class:`~mindswin.data.device.DeviceNormalize`. Decoding runs in the source threads (Pillow),
     resizing and cropping in MindSpore's C++ threads.
     """
-    index = index or _scan(data_dir, split, class_names, verify, strict, num_workers)
+    index = index or scan_data_split(data_dir, split, class_names, verify, strict, num_workers)
     positions, weights = eval_shard_indices(len(index), num_shards, shard_id, batch_size)
     source = KeyedImageSource([index.samples[i] for i in positions], weights)
     workers = _python_workers(num_workers)

@@ -21,50 +21,52 @@ import mindspore.dataset as ds
 import numpy as np
 
 from .dataset import (
+    FROM_THE_START,
+    ONE_SHARD,
     DataInfo,
-    EpochShardSampler,
     ImageSource,
+    Shard,
+    StartPoint,
     batch_path_noise,
     collect_keys,
     eval_shard_indices,
-    keyed_augmented_samples,
+    keyed_training_samples,
 )
-from .folder import DataError, FolderIndex, scan_images
+from .folder import FolderIndex, scan_images
 from .masking import MaskGenerator, train_mask_rng, val_mask_rng
 from .transforms import TrainAugment, build_eval_transforms
 
-__all__ = ["create_pretrain_dataset", "create_masked_eval_dataset"]
+__all__ = ["create_pretrain_dataset", "create_masked_eval_dataset", "pretrain_augment"]
 
 _logger = logging.getLogger(__name__)
 
 
-def create_pretrain_dataset(folder: str, *, image_size: int, batch_size: int, mask_generator: MaskGenerator,
-                            num_shards: int = 1, shard_id: int = 0, seed: int = 0, num_workers: int = 2,
-                            start_epoch: int = 0, skip_batches: int = 0, hflip: float = 0.5,
-                            scale: Sequence[float] = (0.67, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
-                            interpolation: str = "bilinear", verify: str = "auto", strict: bool = False,
-                            index: Optional[FolderIndex] = None, path_noise_blocks: int = 0,
+def pretrain_augment(image_size: int, *, seed: int = 0, hflip: float = 0.5, scale: Sequence[float] = (0.67, 1.0),
+                     ratio: Sequence[float] = (3 / 4, 4 / 3), interpolation: str = "bilinear") -> TrainAugment:
+    """The official SimMIM augmentation: random resized crop and flip, uint8 for the device's normalisation."""
+    return TrainAugment(image_size, scale=scale, ratio=ratio, hflip=hflip, interpolation=interpolation, seed=seed,
+                        device=True)
+
+
+def create_pretrain_dataset(index: FolderIndex, augment: TrainAugment, mask_generator: MaskGenerator,
+                            batch_size: int, *, seed: int = 0, shard: Shard = ONE_SHARD,
+                            start: StartPoint = FROM_THE_START, path_noise_blocks: int = 0, num_workers: int = 2,
                             multiprocessing: bool = True) -> Tuple[ds.Dataset, DataInfo]:
     """Training dataset yielding ``image`` (B, S, S, 3) uint8 and ``mask`` (B, S/p, S/p) float32.
 
-    The classification pipeline's stages (:func:`~mindswin.data.dataset.keyed_augmented_samples`:
-    decoding in the source threads, the crop and flip in worker processes) with the official
-    SimMIM augmentation; the graph normalises (:class:`~mindswin.data.device.DeviceNormalize`).
-    Every draw of a sample, its crop, flip, mask and (with ``path_noise_blocks``, a
-    ``path_noise`` column as in classification) stochastic depth, comes from ``(seed, key)``:
-    ``start_epoch``/``skip_batches`` resume an interrupted run with exactly what it would have drawn.
+    The classification pipeline's stages (:func:`~mindswin.data.dataset.keyed_training_samples`:
+    the sharded, resumable sample order, decoding in the source threads, the crop and flip in
+    worker processes) with ``augment`` (:func:`pretrain_augment`); the graph normalises
+    (:class:`~mindswin.data.device.DeviceNormalize`). Every draw of a sample, its crop, flip,
+    mask and (with ``path_noise_blocks``, a ``path_noise`` column as in classification)
+    stochastic depth, comes from ``(seed, key)``: ``start`` resumes an interrupted run with
+    exactly what it would have drawn. ``index``: :func:`~mindswin.data.folder.scan_images`.
     """
-    index = index or scan_images(folder, verify=verify, strict=strict, num_workers=num_workers)
-    if mask_generator.input_size != image_size:
+    if mask_generator.input_size != augment.image_size:
         raise ValueError(f"the mask generator is for {mask_generator.input_size} px images, the dataset makes "
-                         f"{image_size} px ones")
-    sampler = EpochShardSampler(len(index), num_shards, shard_id, seed, shuffle=True, start_epoch=start_epoch,
-                                skip=skip_batches * batch_size)
-    if sampler.per_shard < batch_size:
-        raise DataError(f"{index.root}: {sampler.per_shard} images per shard is fewer than batch_size {batch_size}")
-    augment = TrainAugment(image_size, scale=scale, ratio=ratio, hflip=hflip, interpolation=interpolation,
-                           seed=seed, device=True)
-    dataset, source = keyed_augmented_samples(index, sampler, augment, num_workers, multiprocessing)
+                         f"{augment.image_size} px ones")
+    dataset, info = keyed_training_samples(index, augment, batch_size, seed=seed, shard=shard, start=start,
+                                           num_workers=num_workers, multiprocessing=multiprocessing)
 
     def draw(keys, _batch_info):
         masks = np.stack([mask_generator(train_mask_rng(seed, key)) for key in collect_keys(keys)])
@@ -73,10 +75,7 @@ def create_pretrain_dataset(folder: str, *, image_size: int, batch_size: int, ma
     extra = ["path_noise"] if path_noise_blocks else []
     dataset = dataset.batch(batch_size, drop_remainder=True, per_batch_map=draw, input_columns=["key"],
                             output_columns=["mask", *extra])
-    dataset = dataset.project(["image", "mask", *extra])
-    info = DataInfo(class_names=[], num_samples=len(index), batch_size=batch_size,
-                    batches_per_epoch=sampler.per_shard // batch_size, bad_files=list(index.bad_files), source=source)
-    return dataset, info
+    return dataset.project(["image", "mask", *extra]), info
 
 
 class _MaskedSource:

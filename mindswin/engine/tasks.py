@@ -24,10 +24,13 @@ from ..checkpoint.metadata import ARCHITECTURE_KEYS
 from ..checkpoint.native import read_meta_json
 from ..config import Config, ConfigError
 from ..data import DataInfo, FolderIndex, create_eval_dataset, create_train_dataset, resolve_data_config, scan_split
+from ..data.dataset import Shard, StartPoint
 from ..data.device import DeviceAugment, DeviceNormalize
 from ..data.folder import scan_images, scan_map_file
 from ..data.masking import MaskGenerator
-from ..data.pretrain import create_masked_eval_dataset, create_pretrain_dataset
+from ..data.mixup import Mixup
+from ..data.pretrain import create_masked_eval_dataset, create_pretrain_dataset, pretrain_augment
+from ..data.transforms import TrainAugment
 from ..models import SwinTransformerV2, model_spec, resolve_model_name
 from ..models.simmim import SimMIM
 from .builder import model_from_config, simmim_from_config
@@ -81,6 +84,11 @@ class Task(abc.ABC):
             else None
         return dict(verify=config.verify_images, strict=config.strict_data, num_workers=config.num_parallel_workers,
                     share=share_from_rank0(self.runtime), cache_dir=cache_dir)
+
+    @property
+    def shard(self) -> Shard:
+        """This rank's part of the data."""
+        return Shard(self.runtime.group_size, self.runtime.rank)
 
     @property
     def path_noise_blocks(self) -> int:
@@ -259,17 +267,18 @@ class ClassificationTask(Task):
         return AugmentedLoss(augment, model, classification_loss(self.config.loss))
 
     def train_data(self, position: RunPosition) -> Tuple[ds.Dataset, DataInfo]:
-        config, runtime = self.config, self.runtime
-        return create_train_dataset(
-            config.data_dir, batch_size=config.batch_size, num_shards=runtime.group_size, shard_id=runtime.rank,
-            seed=config.seed, start_epoch=position.epoch, skip_batches=position.batch_in_epoch,
-            auto_augment=config.auto_augment or None, re_prob=config.re_prob, color_jitter=config.color_jitter,
-            hflip=config.hflip, scale=config.scale, ratio=config.ratio, mixup=config.mixup, cutmix=config.cutmix,
-            mixup_prob=config.cutmix_prob, mixup_switch_prob=config.mixup_switch_prob, mixup_mode=config.mixup_mode,
-            label_smoothing=config.label_smoothing, index=self.index, split=config.train_split,
-            num_workers=config.num_parallel_workers, device_augment=True,
-            path_noise_blocks=self.path_noise_blocks, repeats=max(config.aug_repeats, 1),
-            **self.preprocessing.train_args())
+        config, pre = self.config, self.preprocessing
+        augment = TrainAugment(pre.image_size, scale=config.scale, ratio=config.ratio, hflip=config.hflip,
+                               auto_augment=config.auto_augment or None, interpolation=pre.interpolation,
+                               re_prob=config.re_prob, color_jitter=config.color_jitter, seed=config.seed,
+                               mean=pre.mean, std=pre.std, device=True)
+        mixer = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.cutmix_prob,
+                      switch_prob=config.mixup_switch_prob, mode=config.mixup_mode,
+                      label_smoothing=config.label_smoothing, num_classes=len(self.index.class_names))
+        return create_train_dataset(self.index, augment, mixer, config.batch_size, seed=config.seed,
+                                    shard=self.shard, start=StartPoint(position.epoch, position.batch_in_epoch),
+                                    path_noise_blocks=self.path_noise_blocks, repeats=max(config.aug_repeats, 1),
+                                    num_workers=config.num_parallel_workers)
 
     def evaluate(self, model: SwinTransformerV2, epoch: int) -> Dict[str, Any]:
         if self.val_index is None:
@@ -350,14 +359,13 @@ class SimMIMTask(Task):
         return MaskedImageLoss(DeviceNormalize(pre.mean, pre.std), model)
 
     def train_data(self, position: RunPosition) -> Tuple[ds.Dataset, DataInfo]:
-        config, runtime, pre = self.config, self.runtime, self.preprocessing
-        # The loop advances this object (epoch, batch): the grid file of each validation is named from it.
-        return create_pretrain_dataset(
-            self.index.root, image_size=pre.image_size, batch_size=config.batch_size,
-            mask_generator=self.mask_generator, num_shards=runtime.group_size, shard_id=runtime.rank,
-            seed=config.seed, num_workers=config.num_parallel_workers, start_epoch=position.epoch,
-            skip_batches=position.batch_in_epoch, hflip=config.hflip, scale=config.scale, ratio=config.ratio,
-            interpolation=pre.interpolation, index=self.index, path_noise_blocks=self.path_noise_blocks)
+        config, pre = self.config, self.preprocessing
+        augment = pretrain_augment(pre.image_size, seed=config.seed, hflip=config.hflip, scale=config.scale,
+                                   ratio=config.ratio, interpolation=pre.interpolation)
+        return create_pretrain_dataset(self.index, augment, self.mask_generator, config.batch_size, seed=config.seed,
+                                       shard=self.shard, start=StartPoint(position.epoch, position.batch_in_epoch),
+                                       path_noise_blocks=self.path_noise_blocks,
+                                       num_workers=config.num_parallel_workers)
 
     def _grid_index(self) -> FolderIndex:
         """The split validated: val when there is one, else the first training images (grid only)."""

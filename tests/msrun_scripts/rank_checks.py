@@ -18,6 +18,7 @@ Usage: msrun ... rank_checks.py DATA_DIR SEED [on|off]   (the fused CPU kernels;
 """
 import hashlib
 import json
+import os
 import sys
 
 import mindspore as ms
@@ -26,7 +27,8 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from mindswin import create_model
 from mindswin.config import load_config
-from mindswin.data import create_train_dataset
+from mindswin.data import Mixup, create_train_dataset, scan_split
+from mindswin.data.transforms import TrainAugment
 from mindswin.engine.optim import AdamW, create_optimizer
 from mindswin.engine.runtime import setup_runtime
 from mindswin.engine.state import RunPosition, TrainState
@@ -135,7 +137,9 @@ def main(data_dir: str, seed: int, kernels: bool) -> None:
     model.set_train(True)
     report["drop_path"] = digest([model(images).asnumpy()])
 
-    dataset, _ = create_train_dataset(data_dir, image_size=32, batch_size=8, seed=seed, num_workers=1)
+    index = scan_split(os.path.join(data_dir, "train"))
+    mixer = Mixup(mixup_alpha=0.0, cutmix_alpha=0.0, label_smoothing=0.0, num_classes=len(index.class_names))
+    dataset, _ = create_train_dataset(index, TrainAugment(32, seed=seed), mixer, 8, seed=seed, num_workers=1)
     first_batch, _ = next(dataset.create_tuple_iterator(num_epochs=1))
     report["augment"] = digest([first_batch.asnumpy()])
 
