@@ -130,19 +130,21 @@ def run_validate(argv: Optional[List[str]] = None) -> int:
         runtime = setup_runtime(config)
         setup_logging(runtime)
         from .data import create_eval_dataset, resolve_data_config
+        from .data.dataset import Shard, scan_data_split
         from .data.folder import scan_map_file
         from .engine.evaluate import EvalStep, evaluate
         from .engine.runtime import apply_jit_config
 
-        index = scan_map_file(os.path.join(config.data_dir, config.val_map_file), config.data_dir,
-                              num_classes=config.num_classes or metadata.num_classes, verify=config.verify_images,
-                              strict=config.strict_data, num_workers=config.num_parallel_workers) \
-            if config.val_map_file else None
-        dataset, info = create_eval_dataset(
-            config.data_dir, batch_size=config.val_batch_size or config.batch_size, split=config.val_split,
-            class_names=metadata.class_names, num_shards=runtime.group_size, shard_id=runtime.rank,
-            num_workers=config.num_parallel_workers, verify=config.verify_images, strict=config.strict_data,
-            index=index, **resolve_data_config(config).eval_args())
+        if config.val_map_file:
+            index = scan_map_file(os.path.join(config.data_dir, config.val_map_file), config.data_dir,
+                                  num_classes=config.num_classes or metadata.num_classes, verify=config.verify_images,
+                                  strict=config.strict_data, num_workers=config.num_parallel_workers)
+        else:
+            index = scan_data_split(config.data_dir, config.val_split, metadata.class_names, config.verify_images,
+                                    config.strict_data, config.num_parallel_workers)
+        dataset, info = create_eval_dataset(index, resolve_data_config(config), config.val_batch_size or
+                                            config.batch_size, shard=Shard(runtime.group_size, runtime.rank),
+                                            num_workers=config.num_parallel_workers)
         model = _eval_model(config, config.num_classes or metadata.num_classes or info.num_classes)
         step = apply_jit_config(EvalStep(model, distributed=runtime.distributed), config)
         result = evaluate(step, dataset, info.batches_per_epoch,

@@ -16,6 +16,7 @@ from mindswin.data import (
     DataError,
     ImageSource,
     Mixup,
+    Preprocessing,
     create_eval_dataset,
     create_train_dataset,
     decode_rgb,
@@ -24,9 +25,9 @@ from mindswin.data import (
     scan_split,
     smooth_one_hot,
 )
-from mindswin.data.dataset import KeyedImageSource, scan_data_split
+from mindswin.data.dataset import ONE_SHARD, KeyedImageSource, Shard, scan_data_split
 from mindswin.data.folder import UNREADABLE
-from mindswin.data.transforms import RandomErasing, TrainAugment, auto_augment_transform
+from mindswin.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomErasing, TrainAugment, auto_augment_transform
 
 from helpers import ROOT, write_header_damaged_jpegs
 
@@ -39,6 +40,15 @@ def train_dataset(root, image_size, batch_size, *, seed=0, num_workers=2, index=
                   num_classes=len(index.class_names))
     augment = TrainAugment(image_size, seed=seed, device=device_augment, **augment)
     return create_train_dataset(index, augment, mixer, batch_size, seed=seed, num_workers=num_workers)
+
+
+def eval_dataset(root, image_size, batch_size, *, crop_pct=0.9, shard=ONE_SHARD, index=None, class_names=None,
+                 num_workers=2, device_augment=False, verify="auto"):
+    """``create_eval_dataset`` of ``root/val`` with ImageNet preprocessing at ``image_size``."""
+    index = index or scan_data_split(root, "val", class_names, verify, num_workers=num_workers)
+    preprocessing = Preprocessing(image_size, crop_pct, "bicubic", IMAGENET_MEAN, IMAGENET_STD)
+    return create_eval_dataset(index, preprocessing, batch_size, shard=shard, num_workers=num_workers,
+                               normalize=not device_augment)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +77,7 @@ def test_train_batches_shapes_types_ranges(demo):
 
 
 def test_eval_batches_and_crop(demo):
-    dataset, info = create_eval_dataset(demo, image_size=32, batch_size=8, crop_pct=0.875)
+    dataset, info = eval_dataset(demo, image_size=32, batch_size=8, crop_pct=0.875)
     batches = _batches(dataset)
     images, labels, weights = batches[0]
     assert images.shape == (8, 3, 32, 32) and labels.dtype == np.int32 and weights.dtype == np.float32
@@ -99,7 +109,7 @@ def test_eval_shards_cover_every_sample_once(num_samples, shards, batch):
 def test_two_val_shards_through_the_pipeline(demo):
     seen = []
     for shard in range(2):
-        dataset, info = create_eval_dataset(demo, image_size=32, batch_size=8, num_shards=2, shard_id=shard)
+        dataset, info = eval_dataset(demo, image_size=32, batch_size=8, shard=Shard(2, shard))
         for images, labels, weights in _batches(dataset):
             seen += [(float(images[i].sum()), int(labels[i])) for i in range(len(labels)) if weights[i] > 0]
     assert len(seen) == 44 and len(set(seen)) == 44
@@ -129,7 +139,7 @@ def _write_bad_folder(root):
 def test_bad_files_are_reported_by_name_and_the_rest_is_yielded(tmp_path, caplog):
     root = _write_bad_folder(tmp_path)
     with caplog.at_level(logging.WARNING):
-        dataset, info = create_eval_dataset(str(root), image_size=32, batch_size=2)
+        dataset, info = eval_dataset(str(root), image_size=32, batch_size=2)
     bad = sorted(p.rsplit("/", 1)[-1] for p, _ in info.bad_files)
     assert bad == ["text.jpg", "truncated.jpg", "zero.jpg"]
     for name in bad:
@@ -169,15 +179,15 @@ def test_decompression_bomb_is_skipped_and_reported_when_scanned_and_when_decode
 
 def test_missing_and_empty_data_errors(tmp_path):
     with pytest.raises(DataError, match="data_dir not found"):
-        create_eval_dataset(str(tmp_path / "nope"), image_size=32, batch_size=2)
+        eval_dataset(str(tmp_path / "nope"), image_size=32, batch_size=2)
     (tmp_path / "val").mkdir()
     with pytest.raises(DataError, match="no class folders"):
-        create_eval_dataset(str(tmp_path), image_size=32, batch_size=2)
+        eval_dataset(str(tmp_path), image_size=32, batch_size=2)
     (tmp_path / "val" / "cats").mkdir()
     (tmp_path / "val" / "dogs").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "val" / "dogs" / "a.png")
     with pytest.raises(DataError, match="without images: cats"):
-        create_eval_dataset(str(tmp_path), image_size=32, batch_size=2)
+        eval_dataset(str(tmp_path), image_size=32, batch_size=2)
     with pytest.raises(DataError, match="data split not found"):
         train_dataset(str(tmp_path), image_size=32, batch_size=2)
 
@@ -246,16 +256,17 @@ def test_sources_give_pillows_rgb_pixels_for_every_mode(tmp_path):
 
 _DAMAGED_RUN = """
 import json, os, sys
-from mindswin.data import Mixup, create_eval_dataset, create_train_dataset, scan_split
-from mindswin.data.transforms import TrainAugment
+from mindswin.data import Mixup, Preprocessing, create_eval_dataset, create_train_dataset, scan_split
+from mindswin.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TrainAugment
 root, verify = sys.argv[1], sys.argv[2]
 index = scan_split(os.path.join(root, "train"), verify=verify)
 augment = TrainAugment(16, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25, device=True)
 mixer = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.0, num_classes=len(index.class_names))
 train, train_info = create_train_dataset(index, augment, mixer, 4, num_workers=2)
 batches = sum(1 for _ in train.create_tuple_iterator(num_epochs=1))
-val, val_info = create_eval_dataset(root, image_size=16, batch_size=4, class_names=index.class_names,
-                                    num_workers=2, device_augment=True, verify=verify)
+val_index = scan_split(os.path.join(root, "val"), class_names=index.class_names, verify=verify)
+preprocessing = Preprocessing(16, 0.9, "bicubic", IMAGENET_MEAN, IMAGENET_STD)
+val, val_info = create_eval_dataset(val_index, preprocessing, 4, num_workers=2, normalize=False)
 weight = sum(float(b[2].sum()) for b in val.create_tuple_iterator(num_epochs=1, output_numpy=True))
 bad = train_info.all_bad_files() + val_info.all_bad_files()
 print(json.dumps(dict(batches=batches, expected=train_info.batches_per_epoch, val_weight=weight,
@@ -305,7 +316,7 @@ def test_files_bad_at_decode_time_are_reported_from_the_pipeline(tmp_path, caplo
     index = scan_split(str(root / "val"), verify="header")  # truncated.jpg passes a header check
     assert "truncated.jpg" in {p.rsplit("/", 1)[-1] for p, _ in index.samples}
     with caplog.at_level(logging.WARNING):
-        dataset, info = create_eval_dataset(str(root), image_size=16, batch_size=2, index=index, num_workers=2,
+        dataset, info = eval_dataset(str(root), image_size=16, batch_size=2, index=index, num_workers=2,
                                             device_augment=True)
         batches = _batches(dataset)
     assert len(batches) == info.batches_per_epoch and batches[0][0].dtype == np.uint8

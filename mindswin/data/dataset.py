@@ -42,7 +42,8 @@ import numpy as np
 
 from .folder import UNREADABLE, DataError, FolderIndex, decode_rgb, scan_split
 from .mixup import Mixup
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, TrainAugment, build_eval_transforms
+from .preprocess import Preprocessing
+from .transforms import TrainAugment
 
 __all__ = ["DataInfo", "EpochShardSampler", "ImageSource", "KeyedImageSource", "Shard", "StartPoint",
            "create_train_dataset", "create_eval_dataset", "eval_shard_indices", "path_noise", "batch_path_noise",
@@ -351,27 +352,24 @@ def scan_data_split(data_dir: str, split: str, class_names: Optional[Sequence[st
                       num_workers=num_workers)
 
 
-def create_eval_dataset(data_dir: str, *, image_size: int, batch_size: int, split: str = "val",
-                        class_names: Optional[Sequence[str]] = None, num_shards: int = 1, shard_id: int = 0,
-                        num_workers: int = 2, crop_pct: float = 0.9, interpolation: str = "bicubic",
-                        verify: str = "auto", strict: bool = False, mean: Sequence[float] = IMAGENET_MEAN,
-                        std: Sequence[float] = IMAGENET_STD, device_augment: bool = False,
-                        index: Optional[FolderIndex] = None) -> Tuple[ds.Dataset, DataInfo]:
+def create_eval_dataset(index: FolderIndex, preprocessing: Preprocessing, batch_size: int, *,
+                        shard: Shard = ONE_SHARD, num_workers: int = 2,
+                        normalize: bool = True) -> Tuple[ds.Dataset, DataInfo]:
     """Evaluation dataset yielding ``image``, ``label`` (B,) int32 and ``weight`` (B,) float32.
 
-    ``image`` is (B, 3, S, S) float32, or with ``device_augment`` (B, S, S, 3) uint8 for
-    :class:`~mindswin.data.device.DeviceNormalize`. Decoding runs in the source threads (Pillow),
-    resizing and cropping in MindSpore's C++ threads.
+    ``index``: the scanned split (:func:`scan_data_split`). ``image`` is (B, 3, S, S) float32
+    after ``preprocessing``'s resize, centre crop and normalisation, or without ``normalize``
+    (B, S, S, 3) uint8 for :class:`~mindswin.data.device.DeviceNormalize`. Decoding runs in the
+    source threads (Pillow), resizing and cropping in MindSpore's C++ threads. The shard's
+    batches are padded with zero-weight copies to the same count on every shard.
     """
-    index = index or scan_data_split(data_dir, split, class_names, verify, strict, num_workers)
-    positions, weights = eval_shard_indices(len(index), num_shards, shard_id, batch_size)
+    positions, weights = eval_shard_indices(len(index), shard.num_shards, shard.shard_id, batch_size)
     source = KeyedImageSource([index.samples[i] for i in positions], weights)
     workers = _python_workers(num_workers)
     dataset = ds.GeneratorDataset(source, column_names=["image", "label", "key", "weight"], shuffle=False,
                                   num_parallel_workers=workers, python_multiprocessing=False)
     dataset = dataset.project(["image", "label", "weight"])
-    ops = build_eval_transforms(image_size, crop_pct=crop_pct, interpolation=interpolation, mean=mean, std=std,
-                                normalize=not device_augment)
+    ops = preprocessing.eval_transforms(normalize)
     dataset = dataset.map(ops, input_columns="image", num_parallel_workers=workers)
     dataset = dataset.batch(batch_size, drop_remainder=True)
     info = DataInfo(class_names=index.class_names, num_samples=len(index), batch_size=batch_size,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Callable, Dict, Mapping, Tuple, Union
+from typing import Any, Callable, Mapping, Tuple, Union
 
 import numpy as np
 
@@ -39,18 +39,15 @@ class Preprocessing:
     mean: Tuple[float, float, float]
     std: Tuple[float, float, float]
 
-    def train_args(self) -> Dict[str, Any]:
-        """Keyword arguments of ``create_train_dataset`` / ``build_train_transforms``."""
-        return dict(image_size=self.image_size, interpolation=self.interpolation, mean=self.mean, std=self.std)
-
-    def eval_args(self) -> Dict[str, Any]:
-        """Keyword arguments of ``create_eval_dataset`` / ``build_eval_transforms``."""
-        return dict(self.train_args(), crop_pct=self.crop_pct)
+    def eval_transforms(self, normalize: bool = True) -> list:
+        """The evaluation transforms (resize, centre crop, [normalise and CHW]): :func:`build_eval_transforms`."""
+        return build_eval_transforms(self.image_size, crop_pct=self.crop_pct, interpolation=self.interpolation,
+                                     mean=self.mean, std=self.std, normalize=normalize)
 
     @cached_property
     def eval_transform(self) -> Callable[[np.ndarray], np.ndarray]:
         """HWC uint8 RGB array -> the model's CHW float32 input (resize, crop, normalise); built once."""
-        ops = build_eval_transforms(**self.eval_args())
+        ops = self.eval_transforms()
 
         def apply(image: np.ndarray) -> np.ndarray:
             for op in ops:

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import mindspore.dataset as ds
 import numpy as np
@@ -32,9 +32,10 @@ from .dataset import (
     eval_shard_indices,
     keyed_training_samples,
 )
-from .folder import FolderIndex, scan_images
+from .folder import FolderIndex
 from .masking import MaskGenerator, train_mask_rng, val_mask_rng
-from .transforms import TrainAugment, build_eval_transforms
+from .preprocess import Preprocessing
+from .transforms import TrainAugment
 
 __all__ = ["create_pretrain_dataset", "create_masked_eval_dataset", "pretrain_augment"]
 
@@ -96,26 +97,22 @@ class _MaskedSource:
         return image, self.mask_generator(val_mask_rng(self.seed, self.indices[position])), weight
 
 
-def create_masked_eval_dataset(folder: str, *, image_size: int, batch_size: int, mask_generator: MaskGenerator,
-                               num_shards: int = 1, shard_id: int = 0, seed: int = 0, num_workers: int = 2,
-                               crop_pct: float = 1.0, interpolation: str = "bicubic", verify: str = "auto",
-                               strict: bool = False,
-                               index: Optional[FolderIndex] = None) -> Tuple[ds.Dataset, DataInfo]:
+def create_masked_eval_dataset(index: FolderIndex, preprocessing: Preprocessing, mask_generator: MaskGenerator,
+                               batch_size: int, *, seed: int = 0, shard: Shard = ONE_SHARD,
+                               num_workers: int = 2) -> Tuple[ds.Dataset, DataInfo]:
     """Evaluation dataset yielding ``image`` (B, S, S, 3) uint8, ``mask`` (fixed per image) and ``weight`` (B,).
 
-    As the classification evaluation set: the graph normalises (``ReconstructionStep``). Shard
-    ``k`` holds images ``k, k + num_shards, ...``, padded with zero-weight copies to whole
-    batches of the same count on every shard.
+    As the classification evaluation set (``preprocessing``'s resize and centre crop; the graph
+    normalises: ``ReconstructionStep``). Shard ``k`` holds images ``k, k + num_shards, ...``,
+    padded with zero-weight copies to whole batches of the same count on every shard.
     """
-    index = index or scan_images(folder, verify=verify, strict=strict, num_workers=num_workers)
-    positions, weights = eval_shard_indices(len(index), num_shards, shard_id, batch_size)
+    positions, weights = eval_shard_indices(len(index), shard.num_shards, shard.shard_id, batch_size)
     images = ImageSource([index.samples[i] for i in positions], weights)
     source = _MaskedSource(images, positions, mask_generator, seed)
     dataset = ds.GeneratorDataset(source, column_names=["image", "mask", "weight"], shuffle=False,
                                   num_parallel_workers=num_workers, python_multiprocessing=False)
-    dataset = dataset.map(build_eval_transforms(image_size, crop_pct=crop_pct, interpolation=interpolation,
-                                                normalize=False),
-                          input_columns="image", num_parallel_workers=num_workers, python_multiprocessing=False)
+    dataset = dataset.map(preprocessing.eval_transforms(normalize=False), input_columns="image",
+                          num_parallel_workers=num_workers, python_multiprocessing=False)
     dataset = dataset.batch(batch_size, drop_remainder=True)
     info = DataInfo(class_names=[], num_samples=len(index), batch_size=batch_size,
                     batches_per_epoch=len(positions) // batch_size, bad_files=list(index.bad_files), source=images)

@@ -285,11 +285,9 @@ class ClassificationTask(Task):
             return {}
         if self._evaluator is None:  # built at the first validation: the train graph compiles first
             config, runtime = self.config, self.runtime
-            data, info = create_eval_dataset(
-                config.data_dir, batch_size=config.val_batch_size or config.batch_size, split=config.val_split,
-                class_names=self.index.class_names, num_shards=runtime.group_size, shard_id=runtime.rank,
-                num_workers=config.num_parallel_workers, device_augment=True, index=self.val_index,
-                **self.preprocessing.eval_args())
+            data, info = create_eval_dataset(self.val_index, self.preprocessing,
+                                             config.val_batch_size or config.batch_size, shard=self.shard,
+                                             num_workers=config.num_parallel_workers, normalize=False)
             pre = self.preprocessing
             step = apply_jit_config(EvalStep(model, distributed=runtime.distributed,
                                              preprocess=DeviceNormalize(pre.mean, pre.std)), config)
@@ -386,11 +384,8 @@ class SimMIMTask(Task):
             batch = config.val_batch_size or config.batch_size
             if self.val_index is None:
                 batch = len(index)
-            data, _ = create_masked_eval_dataset(
-                index.root, image_size=pre.image_size, batch_size=batch, mask_generator=self.mask_generator,
-                num_shards=runtime.group_size, shard_id=runtime.rank, seed=config.seed,
-                num_workers=config.num_parallel_workers, crop_pct=pre.crop_pct, interpolation=pre.interpolation,
-                index=index)
+            data, _ = create_masked_eval_dataset(index, pre, self.mask_generator, batch, seed=config.seed,
+                                                 shard=self.shard, num_workers=config.num_parallel_workers)
             step = apply_jit_config(ReconstructionStep(model, distributed=runtime.distributed,
                                                        preprocess=DeviceNormalize(pre.mean, pre.std)), config)
             self._evaluator = step, data
