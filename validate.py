@@ -3,12 +3,9 @@
 Also ``--model NAME`` without a config, ``--output results.json``, and under msrun with
 ``--distribute True`` (sharded, all-reduced, every sample counted once).
 """
-import os
 import sys
 
-os.environ.setdefault("GLOG_v", "3")  # before mindspore is imported: keep its log to errors
-
-from mindswin.cli import run_validate  # noqa: E402
+from mindswin.cli import run_validate
 
 if __name__ == "__main__":
     sys.exit(run_validate(sys.argv[1:]))

@@ -1,16 +1,58 @@
-"""Entry points behind train.py, validate.py, infer.py and export.py (kept thin there)."""
+"""Entry points behind train.py, validate.py, infer.py and export.py (kept thin there) and the console scripts.
+
+Every command runs in one frame (:func:`command`): MindSpore's log kept to errors, a user error
+(bad config, checkpoint, data, missing file, full disk) printed as one ``error:`` line with exit
+status 2, the log flushed at the end.
+"""
 from __future__ import annotations
 
-import logging
-import sys
-from typing import List, Optional
+import os
 
-from .checkpoint import CheckpointError, CheckpointMetadata
-from .config import ConfigError, check_geometry, parse_args, require
-from .data import DataError
-from .fileio import DiskFullError, atomic_write_json
+# Read when mindspore is first imported, which the imports below do: keep its log to errors
+# (unless the user set it). The package's own __init__ imports nothing, so this line runs first.
+os.environ.setdefault("GLOG_v", "3")
 
-__all__ = ["run_train", "run_validate", "run_infer", "run_export"]
+import argparse  # noqa: E402
+import functools  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from typing import Callable, List, Optional  # noqa: E402
+
+import mindspore as ms  # noqa: E402
+import numpy as np  # noqa: E402
+from mindspore import ops  # noqa: E402
+
+from .checkpoint import CheckpointError, CheckpointMetadata, read_metadata, read_state_dict  # noqa: E402
+from .checkpoint.convert import convert_checkpoint  # noqa: E402
+from .config import ConfigError, add_option, check_geometry, load_config, parse_args, require  # noqa: E402
+from .data import (  # noqa: E402
+    IMAGE_EXTENSIONS,
+    DataError,
+    create_eval_dataset,
+    decode_rgb,
+    load_image,
+    resolve_data_config,
+)
+from .data.dataset import Shard, scan_data_split  # noqa: E402
+from .data.folder import scan_map_file  # noqa: E402
+from .engine.builder import model_from_config  # noqa: E402
+from .engine.cam import GradCAM, cam_on_image, save_cam_picture  # noqa: E402
+from .engine.evaluate import EvalStep, evaluate  # noqa: E402
+from .engine.onnx_batch import batch_dynamic_model  # noqa: E402
+from .engine.runtime import (  # noqa: E402
+    apply_jit_config,
+    evaluate_alone_unless_launched,
+    quiet_framework,
+    setup_logging,
+    setup_runtime,
+)
+from .engine.throughput import as_records, measure_throughput  # noqa: E402
+from .engine.trainer import train  # noqa: E402
+from .fileio import DiskFullError, atomic_write, atomic_write_json  # noqa: E402
+from .models.kernels import cpu_kernels  # noqa: E402
+
+__all__ = ["command", "run_train", "run_validate", "run_infer", "run_export", "run_convert_weights"]
 
 _USER_ERRORS = (ConfigError, CheckpointError, DataError, FileNotFoundError, DiskFullError)
 
@@ -22,38 +64,45 @@ def _fail(exc: BaseException) -> int:
     return 2
 
 
-def run_train(argv: Optional[List[str]] = None) -> int:
-    """``train.py``: parse the config, train, report."""
-    from .engine.runtime import quiet_framework, setup_logging
+def command(body: Callable[[Optional[List[str]]], None]) -> Callable[[Optional[List[str]]], int]:
+    """The frame of every command: ``body(argv)`` does the work and raises a user error as such.
 
-    quiet_framework()
-    try:
-        config = parse_args(argv, script="train", description="Train or fine-tune Swin V2 with MindSpore", examples=(
-            "python train.py --config configs/demo/swinv2_micro_shapes_cpu.yaml --data_dir demo_data\n"
-            "msrun --worker_num 8 --local_worker_num 8 train.py --config "
-            "configs/swinv2/swinv2_tiny_window8_256_in1k.yaml --data_dir /data/imagenet --distribute True\n"
-            "python train.py --config configs/swinv2/swinv2_base_window12to16_192to256_22kto1k_ft.yaml"
-            " --data_dir /data/imagenet --ckpt_path swinv2_base_patch4_window12_192_22k.pth\n"
-            "python train.py --config RECIPE.yaml --data_dir DIR --ckpt_save_dir OUT --resume auto"))
-        import os
-
-        if os.path.exists(config.ckpt_save_dir) and not os.path.isdir(config.ckpt_save_dir):
-            raise ConfigError(f"--ckpt_save_dir {config.ckpt_save_dir} is a file, not a folder: pass a folder for "
-                              "the checkpoints (it is created if missing)")
-        setup_logging()
-        from .engine.trainer import train
-
+    Returns the command ``(argv) -> exit status``: 0, or 2 after one ``error:`` line.
+    """
+    @functools.wraps(body)
+    def run(argv: Optional[List[str]] = None) -> int:
+        quiet_framework()
         try:
-            train(config)
-        except RuntimeError as exc:
-            error = _out_of_memory(exc, config)
-            if error is exc:
-                raise
-            raise error from exc
-    except _USER_ERRORS as exc:
-        return _fail(exc)
-    logging.shutdown()
-    return 0
+            body(argv)
+        except _USER_ERRORS as exc:
+            return _fail(exc)
+        logging.shutdown()
+        return 0
+
+    return run
+
+
+@command
+def run_train(argv: Optional[List[str]] = None) -> None:
+    """``train.py``: parse the config, train, report."""
+    config = parse_args(argv, script="train", description="Train or fine-tune Swin V2 with MindSpore", examples=(
+        "python train.py --config configs/demo/swinv2_micro_shapes_cpu.yaml --data_dir demo_data\n"
+        "msrun --worker_num 8 --local_worker_num 8 train.py --config "
+        "configs/swinv2/swinv2_tiny_window8_256_in1k.yaml --data_dir /data/imagenet --distribute True\n"
+        "python train.py --config configs/swinv2/swinv2_base_window12to16_192to256_22kto1k_ft.yaml"
+        " --data_dir /data/imagenet --ckpt_path swinv2_base_patch4_window12_192_22k.pth\n"
+        "python train.py --config RECIPE.yaml --data_dir DIR --ckpt_save_dir OUT --resume auto"))
+    if os.path.exists(config.ckpt_save_dir) and not os.path.isdir(config.ckpt_save_dir):
+        raise ConfigError(f"--ckpt_save_dir {config.ckpt_save_dir} is a file, not a folder: pass a folder for "
+                          "the checkpoints (it is created if missing)")
+    setup_logging()
+    try:
+        train(config)
+    except RuntimeError as exc:
+        error = _out_of_memory(exc, config)
+        if error is exc:
+            raise
+        raise error from exc
 
 
 # What MindSpore's runtime says when the device (or host, on CPU) memory cannot hold the step.
@@ -75,10 +124,6 @@ def _checkpoint_metadata(config) -> CheckpointMetadata:
 
     Evaluation defaults to float32 (``amp_level`` O0) unless set.
     """
-    import os
-
-    from .checkpoint import read_metadata
-
     if not os.path.exists(config.ckpt_path):
         raise CheckpointError(f"checkpoint not found: {config.ckpt_path}; refusing to run random weights")
     metadata = read_metadata(config.ckpt_path)
@@ -97,60 +142,45 @@ def _checkpoint_metadata(config) -> CheckpointMetadata:
 
 def _eval_model(config, num_classes: int):
     """The model with ``ckpt_path`` loaded strictly: a head of another class count is an error."""
-    from .engine.builder import model_from_config
-
     return model_from_config(config, num_classes, training=False, strict_head=True)[0]
 
 
-def run_validate(argv: Optional[List[str]] = None) -> int:
+@command
+def run_validate(argv: Optional[List[str]] = None) -> None:
     """``validate.py``: top-1/top-5/loss of a checkpoint over the val split."""
-    import os
-
-    from .engine.runtime import evaluate_alone_unless_launched, quiet_framework, setup_logging, setup_runtime
-
-    quiet_framework()
-    try:
-        config = parse_args(argv, script="validate", description="Top-1/top-5/loss of a Swin V2 checkpoint on "
-                            "DATA_DIR/VAL_SPLIT (one folder per class)", examples=(
-                                "python validate.py --data_dir demo_data --ckpt_path demo_output/"
-                                "swinv2_micro_window4_32-best.ckpt --output results.json\n"
-                                "python validate.py --model swinv2_tiny_window8_256 --data_dir /data/imagenet"
-                                " --ckpt_path swinv2_tiny_patch4_window8_256.pth\n"
-                                "msrun --worker_num 2 --local_worker_num 2 validate.py --data_dir DIR --ckpt_path CKPT"
-                                " --distribute True\n"
-                                "python validate.py --throughput True --config configs/swinv2/"
-                                "swinv2_tiny_window8_256_in1k.yaml"),
-                            model_from_checkpoint=True)
-        setup_logging()
-        evaluate_alone_unless_launched(config)
-        if config.throughput:
-            return _run_throughput(config)
-        require(config, ("ckpt_path", "data_dir"))
-        metadata = _checkpoint_metadata(config)
-        runtime = setup_runtime(config)
-        setup_logging(runtime)
-        from .data import create_eval_dataset, resolve_data_config
-        from .data.dataset import Shard, scan_data_split
-        from .data.folder import scan_map_file
-        from .engine.evaluate import EvalStep, evaluate
-        from .engine.runtime import apply_jit_config
-
-        if config.val_map_file:
-            index = scan_map_file(os.path.join(config.data_dir, config.val_map_file), config.data_dir,
-                                  num_classes=config.num_classes or metadata.num_classes, verify=config.verify_images,
-                                  strict=config.strict_data, num_workers=config.num_parallel_workers)
-        else:
-            index = scan_data_split(config.data_dir, config.val_split, metadata.class_names, config.verify_images,
-                                    config.strict_data, config.num_parallel_workers)
-        dataset, info = create_eval_dataset(index, resolve_data_config(config), config.val_batch_size or
-                                            config.batch_size, shard=Shard(runtime.group_size, runtime.rank),
-                                            num_workers=config.num_parallel_workers)
-        model = _eval_model(config, config.num_classes or metadata.num_classes or info.num_classes)
-        step = apply_jit_config(EvalStep(model, distributed=runtime.distributed), config)
-        result = evaluate(step, dataset, info.batches_per_epoch,
-                          progress=runtime.is_main)
-    except _USER_ERRORS as exc:
-        return _fail(exc)
+    config = parse_args(argv, script="validate", description="Top-1/top-5/loss of a Swin V2 checkpoint on "
+                        "DATA_DIR/VAL_SPLIT (one folder per class)", examples=(
+                            "python validate.py --data_dir demo_data --ckpt_path demo_output/"
+                            "swinv2_micro_window4_32-best.ckpt --output results.json\n"
+                            "python validate.py --model swinv2_tiny_window8_256 --data_dir /data/imagenet"
+                            " --ckpt_path swinv2_tiny_patch4_window8_256.pth\n"
+                            "msrun --worker_num 2 --local_worker_num 2 validate.py --data_dir DIR --ckpt_path CKPT"
+                            " --distribute True\n"
+                            "python validate.py --throughput True --config configs/swinv2/"
+                            "swinv2_tiny_window8_256_in1k.yaml"),
+                        model_from_checkpoint=True)
+    setup_logging()
+    evaluate_alone_unless_launched(config)
+    if config.throughput:
+        _run_throughput(config)
+        return
+    require(config, ("ckpt_path", "data_dir"))
+    metadata = _checkpoint_metadata(config)
+    runtime = setup_runtime(config)
+    setup_logging(runtime)
+    if config.val_map_file:
+        index = scan_map_file(os.path.join(config.data_dir, config.val_map_file), config.data_dir,
+                              num_classes=config.num_classes or metadata.num_classes, verify=config.verify_images,
+                              strict=config.strict_data, num_workers=config.num_parallel_workers)
+    else:
+        index = scan_data_split(config.data_dir, config.val_split, metadata.class_names, config.verify_images,
+                                config.strict_data, config.num_parallel_workers)
+    dataset, info = create_eval_dataset(index, resolve_data_config(config), config.val_batch_size or
+                                        config.batch_size, shard=Shard(runtime.group_size, runtime.rank),
+                                        num_workers=config.num_parallel_workers)
+    model = _eval_model(config, config.num_classes or metadata.num_classes or info.num_classes)
+    step = apply_jit_config(EvalStep(model, distributed=runtime.distributed), config)
+    result = evaluate(step, dataset, info.batches_per_epoch, progress=runtime.is_main)
     if runtime.is_main:
         summary = dict(top1=round(result.top1, 4), top5=round(result.top5, 4), loss=round(result.loss, 6),
                        num_samples=result.num_samples, ckpt=config.ckpt_path, model=model.model_name,
@@ -160,30 +190,19 @@ def run_validate(argv: Optional[List[str]] = None) -> int:
               f"{result.images_per_second:.1f} img/s)")
         if config.output:
             atomic_write_json(config.output, summary)
-    logging.shutdown()
-    return 0
 
 
-def _run_throughput(config) -> int:
+def _run_throughput(config) -> None:
     """``validate.py --throughput``: the recipe's model, timed (weights optional: they do not change the speed)."""
-    from .engine.runtime import setup_logging, setup_runtime
-    from .engine.throughput import as_records, measure_throughput
-
-    try:
-        setup_logging()
-        check_geometry(config)
-        runtime = setup_runtime(config)
-        setup_logging(runtime)
-        results = measure_throughput(config, runtime)
-    except _USER_ERRORS as exc:
-        return _fail(exc)
+    check_geometry(config)
+    runtime = setup_runtime(config)
+    setup_logging(runtime)
+    results = measure_throughput(config, runtime)
     if runtime.is_main:
         for result in results:
             print(result.line())
         if config.output:
             atomic_write_json(config.output, as_records(results))
-    logging.shutdown()
-    return 0
 
 
 def _class_names(config, metadata, num_classes: Optional[int]) -> List[str]:
@@ -203,10 +222,6 @@ def _class_names(config, metadata, num_classes: Optional[int]) -> List[str]:
 
 
 def _collect_images(inputs: List[str]) -> List[str]:
-    import os
-
-    from .data import IMAGE_EXTENSIONS
-
     files = []
     for item in inputs:
         if os.path.isdir(item):
@@ -221,63 +236,45 @@ def _collect_images(inputs: List[str]) -> List[str]:
     return files
 
 
-def run_infer(argv: Optional[List[str]] = None) -> int:
+@command
+def run_infer(argv: Optional[List[str]] = None) -> None:
     """``infer.py``: top-k classes with probabilities for images, eval preprocessing."""
-
-    import numpy as np
-
-    from .engine.runtime import quiet_framework, setup_logging, setup_runtime
-
-    quiet_framework()
-    try:
-        config = parse_args(argv, script="infer", description="Predict classes of images (files or folders) with "
-                            "a Swin V2 checkpoint", examples=(
-                                "python infer.py --ckpt_path demo_output/swinv2_micro_window4_32-best.ckpt --topk 2"
-                                " demo_data/val/checkerboard/00000.png\n"
-                                "python infer.py --model swinv2_tiny_window8_256 --ckpt_path "
-                                "swinv2_tiny_patch4_window8_256.pth --class_names_file names.txt --output preds.json"
-                                " photos/"),
-                            required=("ckpt_path",), positional="inputs", model_from_checkpoint=True)
-        if not config.inputs:
-            raise ConfigError("give one or more images or folders after the options")
-        setup_logging()
-        metadata = _checkpoint_metadata(config)
-        setup_runtime(config)
-        # a file without mindswin metadata is read for its head's rows (a damaged one is named as such)
-        names = _class_names(config, metadata, config.num_classes or metadata.num_classes or
-                             _num_classes_in(config.ckpt_path))
-        model = _eval_model(config, len(names))
-        files = _collect_images(config.inputs)
-
-        import mindspore as ms
-        from mindspore import ops
-
-        from .data import load_image, resolve_data_config
-
-        preprocessing = resolve_data_config(config)
-        batch = min(len(files), 16)
-        k = min(config.topk, len(names))
-        forward = model
-        if config.cam:
-            from .engine.cam import GradCAM
-
-            forward = GradCAM(model)  # the logits and, from the same graph, the maps
-        results = []
-        for start in range(0, len(files), batch):
-            chunk = files[start:start + batch]
-            arrays = [load_image(path, preprocessing) for path in chunk]
-            arrays += [arrays[0]] * (batch - len(arrays))  # static batch shape: pad the last chunk
-            outputs = forward(ms.Tensor(np.stack(arrays).astype(np.float32)))
-            logits, cams = outputs if config.cam else (outputs, None)
-            probs = ops.softmax(logits, axis=-1).asnumpy()
-            for i, (path, p) in enumerate(zip(chunk, probs)):
-                top = np.argsort(-p)[:k]
-                results.append({"image": path, "top": [{"class": names[j], "index": int(j),
-                                                         "probability": round(float(p[j]), 6)} for j in top]})
-                if cams is not None:
-                    _write_cam(config.cam, path, cams[i].asnumpy(), results[-1]["top"], preprocessing)
-    except _USER_ERRORS as exc:
-        return _fail(exc)
+    config = parse_args(argv, script="infer", description="Predict classes of images (files or folders) with "
+                        "a Swin V2 checkpoint", examples=(
+                            "python infer.py --ckpt_path demo_output/swinv2_micro_window4_32-best.ckpt --topk 2"
+                            " demo_data/val/checkerboard/00000.png\n"
+                            "python infer.py --model swinv2_tiny_window8_256 --ckpt_path "
+                            "swinv2_tiny_patch4_window8_256.pth --class_names_file names.txt --output preds.json"
+                            " photos/"),
+                        required=("ckpt_path",), positional="inputs", model_from_checkpoint=True)
+    if not config.inputs:
+        raise ConfigError("give one or more images or folders after the options")
+    setup_logging()
+    metadata = _checkpoint_metadata(config)
+    setup_runtime(config)
+    # a file without mindswin metadata is read for its head's rows (a damaged one is named as such)
+    names = _class_names(config, metadata, config.num_classes or metadata.num_classes or
+                         _num_classes_in(config.ckpt_path))
+    model = _eval_model(config, len(names))
+    files = _collect_images(config.inputs)
+    preprocessing = resolve_data_config(config)
+    batch = min(len(files), 16)
+    k = min(config.topk, len(names))
+    forward = GradCAM(model) if config.cam else model  # with cam: the logits and, from the same graph, the maps
+    results = []
+    for start in range(0, len(files), batch):
+        chunk = files[start:start + batch]
+        arrays = [load_image(path, preprocessing) for path in chunk]
+        arrays += [arrays[0]] * (batch - len(arrays))  # static batch shape: pad the last chunk
+        outputs = forward(ms.Tensor(np.stack(arrays).astype(np.float32)))
+        logits, cams = outputs if config.cam else (outputs, None)
+        probs = ops.softmax(logits, axis=-1).asnumpy()
+        for i, (path, p) in enumerate(zip(chunk, probs)):
+            top = np.argsort(-p)[:k]
+            results.append({"image": path, "top": [{"class": names[j], "index": int(j),
+                                                     "probability": round(float(p[j]), 6)} for j in top]})
+            if cams is not None:
+                _write_cam(config.cam, path, cams[i].asnumpy(), results[-1]["top"], preprocessing)
     for item in results:
         best = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in item["top"])
         print(f"{item['image']}: {best}")
@@ -285,19 +282,10 @@ def run_infer(argv: Optional[List[str]] = None) -> int:
         print(f"Grad-CAM pictures in {config.cam} (IMAGE_cam.png; the maps as IMAGE_cam.npy)")
     if config.output:
         atomic_write_json(config.output, results)
-    logging.shutdown()
-    return 0
 
 
 def _write_cam(folder: str, path: str, cam, top, preprocessing) -> None:
     """``folder/STEM_cam.png`` (the image, the map over it, the top-k) and the map as ``STEM_cam.npy``."""
-    import os
-
-    import numpy as np
-
-    from .data import decode_rgb
-    from .engine.cam import cam_on_image, save_cam_picture
-
     image = np.asarray(decode_rgb(path))
     heat = cam_on_image(cam, image.shape[0], image.shape[1], preprocessing.image_size, preprocessing.crop_pct)
     stem = os.path.join(folder, os.path.splitext(os.path.basename(path))[0])
@@ -306,77 +294,82 @@ def _write_cam(folder: str, path: str, cam, top, preprocessing) -> None:
     save_cam_picture(f"{stem}_cam.png", image, heat, [(t["class"], t["probability"]) for t in top])
 
 
-def run_export(argv: Optional[List[str]] = None) -> int:
+@command
+def run_export(argv: Optional[List[str]] = None) -> None:
     """``export.py``: MindIR or ONNX of a checkpoint, with a dynamic batch unless --batch_size is given."""
-    import os
-
-    import numpy as np
-
-    from .engine.runtime import quiet_framework, setup_logging, setup_runtime
-
-    quiet_framework()
+    config = parse_args(argv, script="export", description="Export a Swin V2 checkpoint to MindIR or ONNX "
+                        "(a dynamic batch unless --batch_size is given)", examples=(
+                            "python export.py --ckpt_path demo_output/swinv2_micro_window4_32-best.ckpt\n"
+                            "python export.py --model swinv2_tiny_window8_256 --ckpt_path "
+                            "swinv2_tiny_patch4_window8_256.pth --batch_size 8 --export_file swinv2_tiny\n"
+                            "python export.py --ckpt_path CKPT --file_format ONNX --batch_size 1"),
+                        required=("ckpt_path",), model_from_checkpoint=True)
+    setup_logging()
+    metadata = _checkpoint_metadata(config)
+    setup_runtime(config)
+    num_classes = config.num_classes or metadata.num_classes or _num_classes_in(config.ckpt_path)
+    onnx = config.file_format == "ONNX"
+    dynamic = config.dynamic_batch if config.dynamic_batch is not None else "batch_size" not in config.explicit
+    # The exported graph must run anywhere: no ops from this machine's compiled library.
+    with cpu_kernels(False):
+        model = _eval_model(config, num_classes)
+    if onnx:
+        model.set_portable()  # Erf and Rsqrt have no ONNX converter in MindSpore 2.10
+    size = resolve_data_config(config).image_size
+    batch = config.batch_size if "batch_size" in config.explicit else 1
+    target = config.export_file or os.path.splitext(config.ckpt_path)[0]
     try:
-        config = parse_args(argv, script="export", description="Export a Swin V2 checkpoint to MindIR or ONNX "
-                            "(a dynamic batch unless --batch_size is given)", examples=(
-                                "python export.py --ckpt_path demo_output/swinv2_micro_window4_32-best.ckpt\n"
-                                "python export.py --model swinv2_tiny_window8_256 --ckpt_path "
-                                "swinv2_tiny_patch4_window8_256.pth --batch_size 8 --export_file swinv2_tiny\n"
-                                "python export.py --ckpt_path CKPT --file_format ONNX --batch_size 1"),
-                            required=("ckpt_path",), model_from_checkpoint=True)
-        setup_logging()
-        metadata = _checkpoint_metadata(config)
-        setup_runtime(config)
-        num_classes = config.num_classes or metadata.num_classes or _num_classes_in(config.ckpt_path)
-        from .models.kernels import cpu_kernels
-
-        onnx = config.file_format == "ONNX"
-        dynamic = config.dynamic_batch if config.dynamic_batch is not None else "batch_size" not in config.explicit
-        # The exported graph must run anywhere: no ops from this machine's compiled library.
-        with cpu_kernels(False):
-            model = _eval_model(config, num_classes)
-        if onnx:
-            model.set_portable()  # Erf and Rsqrt have no ONNX converter in MindSpore 2.10
-        import mindspore as ms
-
-        from .data import resolve_data_config
-
-        size = resolve_data_config(config).image_size
-        batch = config.batch_size if "batch_size" in config.explicit else 1
-        target = config.export_file or os.path.splitext(config.ckpt_path)[0]
-        try:
-            if onnx and dynamic:
-                _export_onnx_any_batch(model, size, target)
-            else:
-                sample = (ms.Tensor(shape=[None, 3, size, size], dtype=ms.float32) if dynamic
-                          else ms.Tensor(np.zeros((batch, 3, size, size), np.float32)))
-                ms.export(model, sample, file_name=target, file_format=config.file_format)
-        except (RuntimeError, TypeError, ValueError) as exc:
-            raise ConfigError(f"MindSpore {ms.__version__} could not export this model as {config.file_format}: "
-                              f"{str(exc).splitlines()[0]}") from exc
-    except _USER_ERRORS as exc:
-        return _fail(exc)
+        if onnx and dynamic:
+            _export_onnx_any_batch(model, size, target)
+        else:
+            sample = (ms.Tensor(shape=[None, 3, size, size], dtype=ms.float32) if dynamic
+                      else ms.Tensor(np.zeros((batch, 3, size, size), np.float32)))
+            ms.export(model, sample, file_name=target, file_format=config.file_format)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ConfigError(f"MindSpore {ms.__version__} could not export this model as {config.file_format}: "
+                          f"{str(exc).splitlines()[0]}") from exc
     print(f"wrote {target}.{config.file_format.lower()} (input {'N' if dynamic else batch}x3x{size}x{size}, "
           f"{model.model_name})")
-    logging.shutdown()
-    return 0
+
+
+# The config keys the conversion builds the model with; the output loads with the same values.
+CONVERT_MODEL_KEYS = ("model", "num_classes", "image_resize", "window_size", "pretrained_window_sizes", "class_map")
+
+
+@command
+def run_convert_weights(argv: Optional[List[str]] = None) -> None:
+    """``tools/convert_weights.py``: official / timm / Hugging Face / mmpretrain weights to a mindswin .ckpt."""
+    parser = argparse.ArgumentParser(description="Convert official / timm / Hugging Face / mmpretrain Swin V2 "
+                                                 "weights to a mindswin .ckpt")
+    parser.add_argument("--src", required=True, help="checkpoint file (.pth/.bin/.safetensors/.ckpt) or HF directory")
+    parser.add_argument("--out", required=True, help="output .ckpt")
+    for key in CONVERT_MODEL_KEYS:
+        add_option(parser, key, required=key == "model")
+    options = vars(parser.parse_args(argv))
+    src, out = options.pop("src"), options.pop("out")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    config = load_config(overrides=options)
+    try:
+        report = convert_checkpoint(src, config.model, out, class_map=config.class_map or None,
+                                    num_classes=config.num_classes, img_size=config.image_resize,
+                                    window_size=config.window_size,
+                                    pretrained_window_sizes=config.pretrained_window_sizes)
+    except ValueError as exc:  # a model argument the weights do not fit
+        raise exc if isinstance(exc, ConfigError) else ConfigError(str(exc)) from exc
+    print(report.summary())
+    if report.dropped:
+        print(f"dropped: {', '.join(report.dropped[:8])}{' ...' if len(report.dropped) > 8 else ''}")
+    print(f"wrote {out}")
 
 
 def _export_onnx_any_batch(model, size: int, target: str) -> None:
     """ONNX whose batch is free: two fixed exports, merged by :func:`engine.onnx_batch.batch_dynamic_model`."""
-    import os
-    import tempfile
-
-    import mindspore as ms
-    import numpy as np
-
     try:
-        import onnx
+        import onnx  # optional: only this export needs it
     except ImportError as exc:
         raise ConfigError("a dynamic-batch ONNX file needs the onnx package (pip install onnx==1.17.0; 1.18 and "
                           "later need numpy 2, which MindSpore 2.10 does not run with), or pass --batch_size N "
                           "for a fixed batch") from exc
-    from .engine.onnx_batch import batch_dynamic_model
-
     batches = (2, 3)
     with tempfile.TemporaryDirectory() as folder:
         exports = []
@@ -386,14 +379,10 @@ def _export_onnx_any_batch(model, size: int, target: str) -> None:
                       file_format="ONNX")
             exports.append(onnx.load(stem + ".onnx"))
         merged = batch_dynamic_model(exports[0], exports[1], batches)
-    from .fileio import atomic_write
-
     atomic_write(f"{target}.onnx", lambda tmp: onnx.save(merged, tmp))
 
 
 def _num_classes_in(path: str) -> int:
-    from .checkpoint import read_state_dict
-
     state, _, _ = read_state_dict(path)
     if "head.weight" not in state:
         raise ConfigError(f"{path} has no classifier head; pass --num_classes")

@@ -465,7 +465,7 @@ def test_console_scripts_are_installed_and_refuse_like_the_scripts():
     scripts = {entry.name: entry for entry in entry_points(group="console_scripts")
                if entry.name.startswith("mindswin")}
     assert set(scripts) == {"mindswin-train", "mindswin-validate", "mindswin-infer", "mindswin-export",
-                            "mindswin-memory-plan"}
+                            "mindswin-convert-weights", "mindswin-memory-plan"}
     assert all(callable(entry.load()) for entry in scripts.values())
     launcher = os.path.join(os.path.dirname(sys.executable), "mindswin-validate")
     result = subprocess.run([str(launcher), "--data_dir", "d", "--ckpt_path", "c.ckpt", "--amp_level", "O3"],

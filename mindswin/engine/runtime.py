@@ -35,7 +35,9 @@ def quiet_framework() -> None:
     """Silence what a user would otherwise have to interpret.
 
     * MindSpore's INFO/WARNING log lines (GLOG_v=3 keeps errors), unless the user set
-      GLOG_v themselves; it must run before mindspore is first imported;
+      GLOG_v themselves. MindSpore reads it when first imported: the commands set it on
+      :mod:`mindswin.cli`'s first line, before any import; here it reaches only a process that
+      has not imported MindSpore yet;
     * ``Exception ignored in: Cell.__del__`` tracebacks printed at interpreter exit, when
       MindSpore's module globals are torn down before the cells that reference them.
     """
