@@ -4,7 +4,7 @@
 
 Builds ``mindswin/models/csrc/cpu_kernels.c`` once per ``--march`` value (``native`` is this
 CPU; ``znver3`` is an AVX2-only AMD EPYC, the same as ``"native -mno-avx512f"`` on a Zen 4;
-see ``MINDSWIN_KERNEL_MARCH`` in mindswin/models/kernels.py) and calls every entry point the
+see ``MINDSWIN_KERNEL_MARCH`` in mindswin/models/kernel_library.py) and calls every entry point the
 way MindSpore does (through ctypes), at the first-stage sizes of the two benchmark shapes of
 bench/run_bench.py, on one thread (the library default on 2 cores). Libraries are called in
 turn within each repeat, so their ratio is measured side by side; the time is the median.
@@ -33,24 +33,24 @@ SHAPES = {
 
 
 def build(march: str) -> str:
-    """Path of the kernel library built for ``march`` (through kernels.py's cache); a ``.so`` path as is.
+    """Path of the kernel library built for ``march`` (through kernel_library.py's cache); a ``.so`` path as is.
 
     A path compares another build (an older source, other flags) with the current one.
     """
-    from mindswin.models import kernels
+    from mindswin.models import kernel_library
 
     if march.endswith(".so"):
         return march
 
-    previous = os.environ.get(kernels.MARCH_ENV)
-    os.environ[kernels.MARCH_ENV] = "" if march == "native" else march
+    previous = os.environ.get(kernel_library.MARCH_ENV)
+    os.environ[kernel_library.MARCH_ENV] = "" if march == "native" else march
     try:
-        path = kernels.compiled_library.__wrapped__()
+        path = kernel_library.compiled_library.__wrapped__()
     finally:
         if previous is None:
-            del os.environ[kernels.MARCH_ENV]
+            del os.environ[kernel_library.MARCH_ENV]
         else:
-            os.environ[kernels.MARCH_ENV] = previous
+            os.environ[kernel_library.MARCH_ENV] = previous
     if path is None:
         raise SystemExit(f"could not build the kernels for {march}")
     return path

@@ -45,7 +45,7 @@ def mindswin_step(size: int, window: int, extra: dict):
 
     import mindswin
     from mindswin.amp import apply_amp
-    from mindswin.models.kernels import cpu_kernels
+    from mindswin.models.kernel_library import cpu_kernels
     from mindswin.models.threads import set_cpu_threads
 
     extra = dict(extra)

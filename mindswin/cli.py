@@ -50,7 +50,7 @@ from .engine.runtime import (  # noqa: E402
 from .engine.throughput import as_records, measure_throughput  # noqa: E402
 from .engine.trainer import train  # noqa: E402
 from .fileio import DiskFullError, atomic_write, atomic_write_json  # noqa: E402
-from .models.kernels import cpu_kernels  # noqa: E402
+from .models.kernel_library import cpu_kernels  # noqa: E402
 
 __all__ = ["command", "run_train", "run_validate", "run_infer", "run_export", "run_convert_weights"]
 

@@ -16,7 +16,7 @@ from mindswin.config import ConfigError, load_config
 from mindswin.engine import runtime
 from mindswin.engine.builder import model_from_config
 from mindswin.models import layers, list_models, model_spec, swin_v2
-from mindswin.models.kernels import cpu_kernels
+from mindswin.models.kernel_library import cpu_kernels
 from mindswin.models.swin_v2 import (
     BasicLayer,
     BlockConfig,

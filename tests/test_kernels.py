@@ -17,7 +17,7 @@ from mindspore import nn, ops
 import mindswin
 from mindswin.engine.optim import AdamW
 from mindswin.engine.train_step import TrainStep
-from mindswin.models import kernels
+from mindswin.models import kernel_library, kernels
 from mindswin.models.swin_v2 import MAX_LOGIT_SCALE, l2_normalize, relative_coords_table, relative_position_index
 
 from helpers import MICRO_MS, loss_and_grads, micro, randomize
@@ -125,7 +125,7 @@ def test_model_with_cpu_kernels_matches_native_ops():
     y = ms.Tensor(np.array([1, 3], np.int32))
     results = []
     for enabled in (True, False):
-        with kernels.cpu_kernels(enabled):
+        with kernel_library.cpu_kernels(enabled):
             model = randomize(micro(), seed=4)
         assert (model.layers[0].blocks[0].attn.qkv_heads is not None) == enabled
         model.set_train(False)
@@ -149,10 +149,10 @@ def test_model_with_cpu_kernels_matches_native_ops():
 
 def test_kernel_library_is_built_once_and_reused(tmp_path, monkeypatch):
     monkeypatch.setenv("MINDSWIN_CACHE_DIR", str(tmp_path))
-    built = kernels.compiled_library.__wrapped__()
+    built = kernel_library.compiled_library.__wrapped__()
     assert built is not None and os.path.dirname(built) == str(tmp_path)
     stamp = os.stat(built).st_mtime_ns
-    assert kernels.compiled_library.__wrapped__() == built
+    assert kernel_library.compiled_library.__wrapped__() == built
     assert os.stat(built).st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(built)]  # no temporary files left
 
@@ -161,7 +161,7 @@ def test_failed_kernel_build_falls_back_to_native_ops_with_a_warning(tmp_path, m
     monkeypatch.setenv("MINDSWIN_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CC", "false")  # a compiler that always fails
     with caplog.at_level(logging.WARNING):
-        assert kernels.compiled_library.__wrapped__() is None
+        assert kernel_library.compiled_library.__wrapped__() is None
     assert "building the fused CPU kernels with false failed" in caplog.text
     assert not list(tmp_path.glob("*.so"))
 
@@ -178,7 +178,8 @@ def test_failed_kernel_build_falls_back_to_native_ops_with_a_warning(tmp_path, m
 EPS = float(np.finfo(np.float32).eps)
 LIBM_ULPS = 4  # glibc's stated bound for its vector math (libmvec: erff, expf); its scalar functions are closer
 THREADS = 3  # several parts: the split of the rows and the merge of per-part sums both run
-PARALLEL_MIN_ELEMENTS = int(re.search(r"#define PARALLEL_MIN_ELEMENTS (\d+)", kernels.SOURCE.read_text()).group(1))
+PARALLEL_MIN_ELEMENTS = int(re.search(r"#define PARALLEL_MIN_ELEMENTS (\d+)",
+                                      kernel_library.SOURCE.read_text()).group(1))
 KERNELS = ["LayerNormForward", "LayerNormBackward", "GeluForward", "GeluBackward", "BiasAddForward", "BiasAddBackward",
            "BiasSoftmaxForward", "BiasSoftmaxBackward", "QkvHeadsForward", "QkvHeadsBackward", "CpbBiasForward",
            "CpbBiasBackward"]
@@ -207,15 +208,15 @@ def threaded_library(request, tmp_path_factory) -> ctypes.CDLL:
     it now. The copy sits beside the original, a directory shared libraries load from.
     """
     if request.param == "native":
-        original = Path(kernels.compiled_library())
+        original = Path(kernel_library.compiled_library())
     else:
         needed = {"avx2", "fma", "f16c", "bmi1", "bmi2", "movbe", "abm", "xsave"}  # x86-64-v3
         if platform.machine() != "x86_64" or not needed <= set(_cpu_flags()):
             pytest.skip(f"this CPU cannot run {request.param} code")
         with pytest.MonkeyPatch.context() as patch:
-            patch.setenv(kernels.MARCH_ENV, request.param)
+            patch.setenv(kernel_library.MARCH_ENV, request.param)
             patch.setenv("MINDSWIN_CACHE_DIR", str(tmp_path_factory.mktemp(request.param)))
-            built = kernels.compiled_library.__wrapped__()
+            built = kernel_library.compiled_library.__wrapped__()
         assert built is not None, f"the kernels do not build for {request.param}"
         original = Path(built)
     copy = original.with_name(f"threads-{os.getpid()}-{original.name}")
@@ -237,15 +238,40 @@ def run_kernel(library: ctypes.CDLL, name: str, inputs: List[np.ndarray],
     outputs = [np.full(shape, np.nan, np.float32) for shape in output_shapes]
     arrays = [np.ascontiguousarray(a) for a in inputs] + outputs
     assert all(a.dtype in (np.float32, np.int32) for a in arrays), "the kernels read float32 and int32 only"
+    status = call_kernel(library, name, arrays)
+    assert status == 0, f"{name} returned {status}"
+    return outputs
+
+
+def call_kernel(library: ctypes.CDLL, name: str, arrays: List[np.ndarray]) -> int:
+    """The status of entry point ``name`` on ``arrays`` (inputs then outputs), with MindSpore's arguments."""
     count = len(arrays)
     shapes = [(ctypes.c_int64 * max(a.ndim, 1))(*a.shape) for a in arrays]
-    status = getattr(library, name)(
+    return getattr(library, name)(
         count, (ctypes.c_void_p * count)(*[a.ctypes.data for a in arrays]),
         (ctypes.c_int * count)(*[a.ndim for a in arrays]),
         (ctypes.POINTER(ctypes.c_int64) * count)(*[ctypes.cast(s, ctypes.POINTER(ctypes.c_int64)) for s in shapes]),
         (ctypes.c_char_p * count)(*[str(a.dtype).encode() for a in arrays]), None, None)
-    assert status == 0, f"{name} returned {status}"
-    return outputs
+
+
+def test_kernels_refuse_dtypes_they_were_not_written_for(threaded_library):
+    """The dtype check at every entry point: a float16 tensor, or a float index, is refused (status 2), not misread."""
+    x, weight = np.ones((4, 8), np.float32), np.ones(8, np.float32)
+
+    def status(name, arrays):
+        return call_kernel(threaded_library, name, arrays)
+
+    assert status("BiasAddForward", [x, weight, np.empty_like(x)]) == 0
+    assert status("BiasAddForward", [x.astype(np.float16), weight, np.empty_like(x)]) == 2
+    assert status("BiasAddForward", [x, weight, np.empty((4, 8), np.float64)]) == 2  # outputs are checked too
+    table, w1, b1, w2 = np.ones((9, 2), np.float32), np.ones((4, 2), np.float32), np.ones(4, np.float32), \
+        np.ones((2, 4), np.float32)
+    outputs = [np.empty((2, 4, 4), np.float32), np.empty((9, 4), np.float32)]
+    assert status("CpbBiasForward", [table, w1, b1, w2, np.zeros(16, np.int32), *outputs]) == 0
+    assert status("CpbBiasForward", [table, w1, b1, w2, np.zeros(16, np.float32), *outputs]) == 2
+    # through MindSpore: the graph raises the kernel's status
+    with pytest.raises(RuntimeError, match="BiasAddForward.* is 2"):
+        kernels.BiasAddKernel()(ms.Tensor(x.astype(np.float16)), ms.Tensor(weight.astype(np.float16)))
 
 
 def sum_error(terms: np.ndarray, axis: Union[int, Tuple[int, ...]], roundings: int = 0) -> np.ndarray:
@@ -604,7 +630,7 @@ def test_position_bias_kernel_matches_float64():
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "native"])
 def test_an_inf_in_the_batch_skips_the_step(fused):
     """A float32 step whose batch holds an inf: not finite, weights and step count unchanged."""
-    with kernels.cpu_kernels(fused):
+    with kernel_library.cpu_kernels(fused):
         model = randomize(mindswin.create_model("swinv2_tiny_window8_256", **MICRO_MS), seed=5)
     assert (model.layers[0].blocks[0].attn.position_bias_kernel is not None) == fused
     model.set_train(True)
@@ -629,8 +655,8 @@ def test_kernel_cache_is_keyed_by_instruction_set(tmp_path, monkeypatch):
     built = {}
     avx512, avx2 = "-march=znver4 -mavx2 -mavx512f", "-march=znver2 -mavx2 -mno-avx512f"
     for isa in (avx512, avx2, avx512):
-        monkeypatch.setattr(kernels, "_isa_fingerprint", lambda compiler, march=None, isa=isa: isa)
-        path = kernels.compiled_library.__wrapped__()
+        monkeypatch.setattr(kernel_library, "_isa_fingerprint", lambda compiler, march=None, isa=isa: isa)
+        path = kernel_library.compiled_library.__wrapped__()
         if isa in built:  # back on the first machine type: its own library, untouched by the other's build
             assert path == built[isa][0] and os.stat(path).st_mtime_ns == built[isa][1]
         built.setdefault(isa, (path, os.stat(path).st_mtime_ns))
@@ -644,27 +670,27 @@ def test_isa_fingerprint_is_what_march_native_resolves_to():
     compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         pytest.skip("no C compiler")
-    fingerprint = kernels._isa_fingerprint(compiler).split()
+    fingerprint = kernel_library._isa_fingerprint(compiler).split()
     cpu_flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
     if platform.machine() == "x86_64" and any(token.startswith("-march=") for token in fingerprint):  # GCC
         for feature in ("avx2", "avx512f"):
             assert (f"-m{feature}" in fingerprint) == (feature in cpu_flags.split()), feature
-    assert kernels._isa_fingerprint("false") == cpu_flags  # no compiler answer: the CPU's own flags
+    assert kernel_library._isa_fingerprint("false") == cpu_flags  # no compiler answer: the CPU's own flags
 
 
 def test_kernel_march_override_is_keyed_into_the_cache(monkeypatch):
     """MINDSWIN_KERNEL_MARCH (benchmarks, tests) swaps -march=native for its target, and its own library."""
-    monkeypatch.delenv(kernels.MARCH_ENV, raising=False)
-    assert "-march=native" in kernels.compile_flags()
+    monkeypatch.delenv(kernel_library.MARCH_ENV, raising=False)
+    assert "-march=native" in kernel_library.compile_flags()
     compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if compiler is None:
         pytest.skip("no C compiler")
-    native_key = kernels._machine_key(compiler)
-    monkeypatch.setenv(kernels.MARCH_ENV, "native -mno-avx512f")
-    flags = kernels.compile_flags()
+    native_key = kernel_library._machine_key(compiler)
+    monkeypatch.setenv(kernel_library.MARCH_ENV, "native -mno-avx512f")
+    flags = kernel_library.compile_flags()
     assert flags[flags.index("-march=native") + 1] == "-mno-avx512f"
-    assert kernels._machine_key(compiler) != native_key
+    assert kernel_library._machine_key(compiler) != native_key
     for bad in ("-march=znver3", "znver3 -O0", "znver3 -march=native"):
-        monkeypatch.setenv(kernels.MARCH_ENV, bad)
-        with pytest.raises(ValueError, match=kernels.MARCH_ENV):
-            kernels.compile_flags()
+        monkeypatch.setenv(kernel_library.MARCH_ENV, bad)
+        with pytest.raises(ValueError, match=kernel_library.MARCH_ENV):
+            kernel_library.compile_flags()

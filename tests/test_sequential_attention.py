@@ -12,7 +12,7 @@ import pytest
 from mindspore import nn, ops
 
 from mindswin.amp import apply_amp
-from mindswin.models.kernels import cpu_kernels
+from mindswin.models.kernel_library import cpu_kernels
 from mindswin.models.sequential_attention import SequentialAttentionCore, chunk_ranges
 
 from helpers import loss_and_grads, micro, randomize

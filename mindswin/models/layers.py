@@ -20,7 +20,8 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.ops.auto_generate.gen_ops_prim import GeluExt
 
-from .kernels import BiasAddKernel, GeluKernel, LayerNormKernel, use_cpu_kernels
+from .kernel_library import use_cpu_kernels
+from .kernels import BiasAddKernel, GeluKernel, LayerNormKernel
 
 __all__ = [
     "expand_to",

@@ -24,7 +24,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
-from .kernels import BiasSoftmaxKernel, PositionBiasKernel, QkvHeadsKernel, use_cpu_kernels
+from .kernel_library import use_cpu_kernels
+from .kernels import BiasSoftmaxKernel, PositionBiasKernel, QkvHeadsKernel
 from .layers import DropPath, InputRateDropPath, LayerNorm, Linear, Mlp, PatchProjection, expand_to
 from .sequential_attention import SequentialAttentionCore
 

@@ -34,7 +34,7 @@ from mindswin.engine.runtime import setup_runtime
 from mindswin.engine.state import RunPosition, TrainState
 from mindswin.engine.train_step import TrainStep
 from mindswin.engine.zero import Sharding, sharded_clip_by_global_norm
-from mindswin.models.kernels import cpu_kernels
+from mindswin.models.kernel_library import cpu_kernels
 
 
 class StepWithFaultyRank(TrainStep):

@@ -8,7 +8,7 @@ import sys
 os.environ.setdefault("GLOG_v", "3")  # before mindspore is imported
 
 from mindswin.cli import run_train  # noqa: E402
-from mindswin.models.kernels import cpu_kernels  # noqa: E402
+from mindswin.models.kernel_library import cpu_kernels  # noqa: E402
 
 if __name__ == "__main__":
     with cpu_kernels(False):

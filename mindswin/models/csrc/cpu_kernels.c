@@ -32,11 +32,30 @@ float erff(float) __attribute__((simd("notinbranch")));
 #endif
 #endif
 
-/* MindSpore's aot entry signature; each kernel reads only some of the arguments. */
-#define AOT_KERNEL(name)                                                                                   \
-  int name(int nparam __attribute__((unused)), void **params, int *ndims __attribute__((unused)),          \
-           int64_t **shapes, const char **dtypes __attribute__((unused)), void *stream __attribute__((unused)), \
-           void *extra __attribute__((unused)))
+/* Status returned for an input or output that is not of the kernel's dtype (MindSpore raises on it). */
+#define WRONG_DTYPE 2
+
+/* Every input and output must be float32, except those whose bit is set in `int32_params` (int32):
+ * the boundary check the official CUDA kernels make with CHECK_INPUT, here on dtypes. */
+static int check_dtypes(int nparam, const char **dtypes, unsigned int32_params) {
+  for (int i = 0; i < nparam; ++i) {
+    const char *expected = (int32_params >> i) & 1u ? "int32" : "float32";
+    if (dtypes == NULL || dtypes[i] == NULL || strcmp(dtypes[i], expected) != 0) return WRONG_DTYPE;
+  }
+  return 0;
+}
+
+/* MindSpore's aot entry signature, checking dtypes before the body runs; each body reads only
+ * some of the arguments. AOT_KERNEL_INT32(name, mask): parameters in `mask` are int32. */
+#define AOT_KERNEL_INT32(name, int32_params)                                                            \
+  static int name##_body(void **params, int *ndims, int64_t **shapes);                                  \
+  int name(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,                \
+           void *stream __attribute__((unused)), void *extra __attribute__((unused))) {                 \
+    const int status = check_dtypes(nparam, dtypes, int32_params);                                      \
+    return status ? status : name##_body(params, ndims, shapes);                                        \
+  }                                                                                                     \
+  static int name##_body(void **params, int *ndims __attribute__((unused)), int64_t **shapes)
+#define AOT_KERNEL(name) AOT_KERNEL_INT32(name, 0u)
 
 #define MAX_PARTS 64
 /* Below this many elements a kernel runs on the calling thread only. */
@@ -118,11 +137,25 @@ static int64_t leading(int ndim, const int64_t *shape) {
 
 static int64_t numel(int ndim, const int64_t *shape) { return leading(ndim, shape) * shape[ndim - 1]; }
 
+/* Per-thread partial sums: `parts` blocks of `stride` floats, zeroed (NULL when out of memory).
+ * Each part of a parallel_for accumulates into its own block; reduce_parts adds them up. */
+static float *partial_sums(int parts, int64_t stride) { return calloc((size_t)parts * (size_t)stride, sizeof(float)); }
+
+/* out[i] = the sum over parts p, in order, of partial[p * stride + offset + i], for i < count. */
+static void reduce_parts(const float *partial, int parts, int64_t stride, int64_t offset, int64_t count,
+                         float *out) {
+  for (int64_t i = 0; i < count; ++i) {
+    float sum = 0.f;
+    for (int p = 0; p < parts; ++p) sum += partial[(int64_t)p * stride + offset + i];
+    out[i] = sum;
+  }
+}
+
 /* ---------------------------------------------------------------- LayerNorm (last axis) */
 
 typedef struct {
-  const float *x, *w, *b, *dy, *mean, *rstd;
-  float *y, *dx, *partial;
+  const float *x, *w, *b, *dy, *mean, *rstd;  /* inputs (mean and rstd: of the backward pass) */
+  float *y, *mean_out, *rstd_out, *dx, *partial;
   float eps;
   int64_t cols;
 } layer_norm_ctx;
@@ -141,8 +174,8 @@ static void layer_norm_forward_rows(void *arg, int64_t begin, int64_t end, int p
     for (int64_t i = 0; i < n; ++i) var += (x[i] - mean) * (x[i] - mean);
     const float rstd = 1.f / sqrtf(var / (float)n + c->eps);
     for (int64_t i = 0; i < n; ++i) y[i] = (x[i] - mean) * rstd * c->w[i] + c->b[i];
-    ((float *)c->mean)[r] = mean;
-    ((float *)c->rstd)[r] = rstd;
+    c->mean_out[r] = mean;
+    c->rstd_out[r] = rstd;
   }
 }
 
@@ -150,7 +183,7 @@ static void layer_norm_forward_rows(void *arg, int64_t begin, int64_t end, int p
 AOT_KERNEL(LayerNormForward) {
   layer_norm_ctx c = {0};
   c.x = params[0]; c.w = params[1]; c.b = params[2]; c.eps = *(const float *)params[3];
-  c.y = params[4]; c.mean = params[5]; c.rstd = params[6];
+  c.y = params[4]; c.mean_out = params[5]; c.rstd_out = params[6];
   c.cols = shapes[0][ndims[0] - 1];
   parallel_for(layer_norm_forward_rows, &c, leading(ndims[0], shapes[0]), c.cols);
   return 0;
@@ -192,17 +225,11 @@ AOT_KERNEL(LayerNormBackward) {
   c.cols = shapes[1][ndims[1] - 1];
   const int64_t rows = leading(ndims[1], shapes[1]);
   const int parts = part_count(rows, c.cols);
-  c.partial = calloc((size_t)parts * 2 * (size_t)c.cols, sizeof(float));
+  c.partial = partial_sums(parts, 2 * c.cols);
   if (c.partial == NULL) return 1;
   parallel_for(layer_norm_backward_rows, &c, rows, c.cols);
-  memset(d_weight, 0, (size_t)c.cols * sizeof(float));
-  memset(d_bias, 0, (size_t)c.cols * sizeof(float));
-  for (int p = 0; p < parts; ++p) {
-    for (int64_t i = 0; i < c.cols; ++i) {
-      d_weight[i] += c.partial[(int64_t)p * 2 * c.cols + i];
-      d_bias[i] += c.partial[(int64_t)p * 2 * c.cols + c.cols + i];
-    }
-  }
+  reduce_parts(c.partial, parts, 2 * c.cols, 0, c.cols, d_weight);
+  reduce_parts(c.partial, parts, 2 * c.cols, c.cols, c.cols, d_bias);
   free(c.partial);
   return 0;
 }
@@ -277,40 +304,38 @@ static void gelu_backward_rows(void *arg, int64_t begin, int64_t end, int part) 
 /* Run a row kernel that accumulates per-part column sums, then reduce them into `sums`. */
 static int with_column_sums(range_fn fn, bias_ctx *c, int64_t rows, float *sums) {
   const int parts = part_count(rows, c->cols);
-  c->partial = calloc((size_t)parts * (size_t)c->cols, sizeof(float));
+  c->partial = partial_sums(parts, c->cols);
   if (c->partial == NULL) return 1;
   parallel_for(fn, c, rows, c->cols);
-  for (int64_t i = 0; i < c->cols; ++i) {
-    sums[i] = 0.f;
-    for (int p = 0; p < parts; ++p) sums[i] += c->partial[(int64_t)p * c->cols + i];
-  }
+  reduce_parts(c->partial, parts, c->cols, 0, c->cols, sums);
   free(c->partial);
   return 0;
 }
 
 /* inputs x (..., N), bias (N); output x + bias */
 AOT_KERNEL(BiasAddForward) {
-  bias_ctx c = {params[0], params[1], NULL, params[2], NULL, shapes[0][ndims[0] - 1]};
+  bias_ctx c = {.x = params[0], .bias = params[1], .out = params[2], .cols = shapes[0][ndims[0] - 1]};
   parallel_for(bias_add_rows, &c, leading(ndims[0], shapes[0]), c.cols);
   return 0;
 }
 
 /* input dy (..., N); output d_bias (N): the column sums */
 AOT_KERNEL(BiasAddBackward) {
-  bias_ctx c = {NULL, NULL, params[0], NULL, NULL, shapes[0][ndims[0] - 1]};
+  bias_ctx c = {.dy = params[0], .cols = shapes[0][ndims[0] - 1]};
   return with_column_sums(column_sum_rows, &c, leading(ndims[0], shapes[0]), params[1]);
 }
 
 /* inputs x (..., N), bias (N); output gelu(x + bias) */
 AOT_KERNEL(GeluForward) {
-  bias_ctx c = {params[0], params[1], NULL, params[2], NULL, shapes[0][ndims[0] - 1]};
+  bias_ctx c = {.x = params[0], .bias = params[1], .out = params[2], .cols = shapes[0][ndims[0] - 1]};
   parallel_for(gelu_forward_rows, &c, leading(ndims[0], shapes[0]), c.cols);
   return 0;
 }
 
 /* inputs dy, x (..., N), bias (N); outputs dx, d_bias (N) */
 AOT_KERNEL(GeluBackward) {
-  bias_ctx c = {params[1], params[2], params[0], params[3], NULL, shapes[0][ndims[0] - 1]};
+  bias_ctx c = {.dy = params[0], .x = params[1], .bias = params[2], .out = params[3],
+                .cols = shapes[0][ndims[0] - 1]};
   return with_column_sums(gelu_backward_rows, &c, leading(ndims[0], shapes[0]), params[4]);
 }
 
@@ -414,13 +439,10 @@ AOT_KERNEL(BiasSoftmaxBackward) {
   c.bias_rows = bias_size / c.cols;
   const int64_t rows = leading(ndims[0], shapes[0]);
   const int parts = part_count(rows, c.cols);
-  c.partial = calloc((size_t)parts * (size_t)bias_size, sizeof(float));
+  c.partial = partial_sums(parts, bias_size);
   if (c.partial == NULL) return 1;
   parallel_for(bias_softmax_backward_rows, &c, rows, c.cols);
-  for (int64_t i = 0; i < bias_size; ++i) {
-    d_bias[i] = 0.f;
-    for (int p = 0; p < parts; ++p) d_bias[i] += c.partial[(int64_t)p * bias_size + i];
-  }
+  reduce_parts(c.partial, parts, bias_size, 0, bias_size, d_bias);
   free(c.partial);
   return 0;
 }
@@ -571,21 +593,12 @@ AOT_KERNEL(QkvHeadsBackward) {
   const int64_t width = c.heads * c.head_dim;
   const int parts = part_count(windows, c.tokens * 3 * width);
   const int64_t stride = 2 * width + c.heads;
-  c.partial = calloc((size_t)parts * (size_t)stride, sizeof(float));
+  c.partial = partial_sums(parts, stride);
   if (c.partial == NULL) return 1;
   parallel_for(qkv_heads_backward_windows, &c, windows, c.tokens * 3 * width);
-  for (int64_t i = 0; i < width; ++i) {
-    d_q_bias[i] = 0.f;
-    d_v_bias[i] = 0.f;
-    for (int p = 0; p < parts; ++p) {
-      d_q_bias[i] += c.partial[p * stride + i];
-      d_v_bias[i] += c.partial[p * stride + width + i];
-    }
-  }
-  for (int64_t h = 0; h < c.heads; ++h) {
-    d_scale[h] = 0.f;
-    for (int p = 0; p < parts; ++p) d_scale[h] += c.partial[p * stride + 2 * width + h];
-  }
+  reduce_parts(c.partial, parts, stride, 0, width, d_q_bias);
+  reduce_parts(c.partial, parts, stride, width, width, d_v_bias);
+  reduce_parts(c.partial, parts, stride, 2 * width, c.heads, d_scale);
   free(c.partial);
   return 0;
 }
@@ -596,7 +609,7 @@ AOT_KERNEL(QkvHeadsBackward) {
  * run on one thread; one op instead of about twenty graph nodes per block. */
 
 /* inputs table (T, 2), w1 (K, 2), b1 (K), w2 (H, K), index (P) int32; outputs bias (H, ...P), hidden (T, K) */
-AOT_KERNEL(CpbBiasForward) {
+AOT_KERNEL_INT32(CpbBiasForward, 1u << 4) {
   const float *table = params[0], *w1 = params[1], *b1 = params[2], *w2 = params[3];
   const int32_t *index = params[4];
   float *bias = params[5], *hidden = params[6];
@@ -622,7 +635,7 @@ AOT_KERNEL(CpbBiasForward) {
 }
 
 /* inputs d_bias (H, ...P), bias, table (T, 2), hidden (T, K), w2 (H, K), index (P); outputs d_w1, d_b1, d_w2 */
-AOT_KERNEL(CpbBiasBackward) {
+AOT_KERNEL_INT32(CpbBiasBackward, 1u << 5) {
   const float *d_bias = params[0], *bias = params[1], *table = params[2], *hidden = params[3], *w2 = params[4];
   const int32_t *index = params[5];
   float *d_w1 = params[6], *d_b1 = params[7], *d_w2 = params[8];
