@@ -1,0 +1,102 @@
+"""The resolved config and one value's conversion to its key's type and rule, with the fix named.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Any, Sequence, Tuple
+
+import yaml
+
+from .keys import DEFAULTS, RETIRED
+from .rules import ConfigError
+
+__all__ = ["Config", "COMMAND_LINE", "checked", "suggest", "parse_cli_value"]
+
+
+COMMAND_LINE = "command line"
+
+
+class Config(dict):
+    """Resolved configuration: a dict with attribute access.
+
+    ``explicit`` holds the keys set by the recipe or the command line (not defaults).
+    """
+
+    explicit: frozenset = frozenset()
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        if key == "explicit":
+            object.__setattr__(self, key, value)
+        else:
+            self[key] = value
+
+
+def suggest(key: str) -> str:
+    if key in RETIRED:
+        return f" {RETIRED[key]}."
+    close = difflib.get_close_matches(key, DEFAULTS, n=3, cutoff=0.6)
+    # a key with the same letters (two swapped) before one a letter away: 'modle' is 'model', not 'mode'
+    close.sort(key=lambda candidate: sorted(candidate) != sorted(key))
+    return f" Did you mean '{close[0]}'?" if close else " Run with --help to list the valid keys."
+
+
+def _fix(key: str, source: str) -> str:
+    """How to correct ``key``, given where its value came from."""
+    default = DEFAULTS[key].default
+    where = f"change --{key}" if source == COMMAND_LINE else f"change '{key}' in {source} or override it with --{key}"
+    return f"{where} (default: {default!r})" if default is not None else where
+
+
+def checked(key: str, value: Any, source: str) -> Any:
+    """``value`` converted to ``key``'s type and checked against its rule."""
+    default, kind, allowed = DEFAULTS[key].default, DEFAULTS[key].kind, DEFAULTS[key].allowed
+    if value is None:
+        if default is None or DEFAULTS[key].null is not None:
+            return DEFAULTS[key].null
+        raise ConfigError(f"{source}: '{key}' cannot be empty (null); {_fix(key, source)}")
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    value = _typed(key, value, kinds, source)
+    problem = allowed.problem(value) if allowed is not None else None
+    if problem:
+        raise ConfigError(f"{source}: '{key}' {problem}; {_fix(key, source)}")
+    return value
+
+
+def _typed(key: str, value: Any, kinds: Tuple[type, ...], source: str) -> Any:
+    if isinstance(value, bool) and bool not in kinds:
+        raise ConfigError(f"{source}: '{key}' must be {_type_names(kinds)}, got the boolean {value}; "
+                          f"{_fix(key, source)}")
+    if isinstance(value, kinds):
+        return value
+    if float in kinds and isinstance(value, int):
+        return float(value)
+    if float in kinds and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
+        except ValueError:
+            pass
+    if list in kinds and isinstance(value, tuple):
+        return list(value)
+    raise ConfigError(f"{source}: '{key}' must be {_type_names(kinds)}, got {value!r} "
+                      f"({type(value).__name__}); {_fix(key, source)}")
+
+
+def _type_names(kinds: Sequence[type]) -> str:
+    names = {int: "an integer", float: "a number", bool: "true/false", str: "a string", list: "a list"}
+    return " or ".join(names[k] for k in kinds)
+
+
+def parse_cli_value(text: str) -> Any:
+    """YAML-parse a command-line value: ``True``, ``3``, ``1e-3``, ``[12,12,12,6]``; ``''`` stays empty."""
+    if not text.strip():
+        return ""  # YAML reads an empty string as null; on a command line it means "none"
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
