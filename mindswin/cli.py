@@ -17,7 +17,7 @@ import functools  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-from typing import Callable, List, Optional  # noqa: E402
+from typing import Callable, List, Optional, Tuple  # noqa: E402
 
 import mindspore as ms  # noqa: E402
 import numpy as np  # noqa: E402
@@ -25,7 +25,7 @@ from mindspore import ops  # noqa: E402
 
 from .checkpoint import CheckpointError, CheckpointMetadata, read_metadata, read_state_dict  # noqa: E402
 from .checkpoint.convert import convert_checkpoint  # noqa: E402
-from .config import ConfigError, add_option, check_geometry, load_config, parse_args, require  # noqa: E402
+from .config import Config, ConfigError, add_option, check_geometry, load_config, parse_args, require  # noqa: E402
 from .data import (  # noqa: E402
     IMAGE_EXTENSIONS,
     DataError,
@@ -119,8 +119,8 @@ def _out_of_memory(exc: RuntimeError, config) -> BaseException:
                        "--recompute True; checkpoints already saved are untouched")
 
 
-def _checkpoint_metadata(config) -> CheckpointMetadata:
-    """Read ``ckpt_path``'s metadata and take the model keys the user did not set from it.
+def _checkpoint_metadata(config) -> Tuple[Config, CheckpointMetadata]:
+    """Read ``ckpt_path``'s metadata; the config with the model keys the user did not set taken from it.
 
     Evaluation defaults to float32 (``amp_level`` O0) unless set.
     """
@@ -131,13 +131,12 @@ def _checkpoint_metadata(config) -> CheckpointMetadata:
         raise CheckpointError(f"{config.ckpt_path} holds SimMIM pre-training weights (task simmim): an encoder with no "
                               "classifier, so there is nothing to evaluate, predict or export; fine-tune it first: "
                               f"train.py --config RECIPE --data_dir DIR --ckpt_path {config.ckpt_path}")
-    for key, value in metadata.model_config().items():
-        if key not in config.explicit:
-            config[key] = value
-    check_geometry(config)
+    taken = {key: value for key, value in metadata.model_config().items() if key not in config.explicit}
     if "amp_level" not in config.explicit:
-        config.amp_level = "O0"
-    return metadata
+        taken["amp_level"] = "O0"
+    config = config.replace(f"{config.ckpt_path}'s metadata", **taken)
+    check_geometry(config)
+    return config, metadata
 
 
 def _eval_model(config, num_classes: int):
@@ -160,12 +159,12 @@ def run_validate(argv: Optional[List[str]] = None) -> None:
                             "swinv2_tiny_window8_256_in1k.yaml"),
                         model_from_checkpoint=True)
     setup_logging()
-    evaluate_alone_unless_launched(config)
+    config = evaluate_alone_unless_launched(config)
     if config.throughput:
         _run_throughput(config)
         return
     require(config, ("ckpt_path", "data_dir"))
-    metadata = _checkpoint_metadata(config)
+    config, metadata = _checkpoint_metadata(config)
     runtime = setup_runtime(config)
     setup_logging(runtime)
     if config.val_map_file:
@@ -250,7 +249,7 @@ def run_infer(argv: Optional[List[str]] = None) -> None:
     if not config.inputs:
         raise ConfigError("give one or more images or folders after the options")
     setup_logging()
-    metadata = _checkpoint_metadata(config)
+    config, metadata = _checkpoint_metadata(config)
     setup_runtime(config)
     # a file without mindswin metadata is read for its head's rows (a damaged one is named as such)
     names = _class_names(config, metadata, config.num_classes or metadata.num_classes or
@@ -305,7 +304,7 @@ def run_export(argv: Optional[List[str]] = None) -> None:
                             "python export.py --ckpt_path CKPT --file_format ONNX --batch_size 1"),
                         required=("ckpt_path",), model_from_checkpoint=True)
     setup_logging()
-    metadata = _checkpoint_metadata(config)
+    config, metadata = _checkpoint_metadata(config)
     setup_runtime(config)
     num_classes = config.num_classes or metadata.num_classes or _num_classes_in(config.ckpt_path)
     onnx = config.file_format == "ONNX"

@@ -1,5 +1,6 @@
 """Recipes and command-line overrides: parsing, types, typos, ranges, model geometry, Ascend-only keys,
 recipe inheritance (``_base_``), per-script options and help."""
+import argparse
 import glob
 import os
 import re
@@ -9,7 +10,17 @@ import sys
 import pytest
 import yaml
 
-from mindswin.config import DEFAULTS, SCRIPTS, ConfigError, check_geometry, load_config, parse_args, save_config
+from mindswin.config import (
+    DEFAULTS,
+    SCRIPTS,
+    ConfigError,
+    add_option,
+    check_geometry,
+    choices,
+    load_config,
+    parse_args,
+    save_config,
+)
 
 from helpers import ROOT
 
@@ -298,8 +309,34 @@ def test_geometry_can_wait_for_the_checkpoints_model():
     config = load_config(overrides={"pretrained_window_sizes": [0, 0, 0]}, defer_geometry=True)
     with pytest.raises(ConfigError, match="has 3 entries but swinv2_tiny_window8_256 has 4 stages"):
         check_geometry(config)
-    config.model = "swinv2_micro_window4_32"
-    check_geometry(config)
+    check_geometry(config.replace(model="swinv2_micro_window4_32"))
+
+
+def test_the_resolved_config_is_read_only_and_replace_checks_what_it_changes():
+    config = load_config(overrides={"batch_size": 8})
+    for change in (lambda: setattr(config, "batch_size", 4), lambda: config.__setitem__("batch_size", 4),
+                   lambda: config.update(batch_size=4), lambda: config.pop("batch_size")):
+        with pytest.raises(TypeError, match="read-only"):
+            change()
+    changed = config.replace(batch_size=4, inputs=["a.png"])
+    assert (config.batch_size, changed.batch_size, changed.inputs) == (8, 4, ["a.png"])
+    assert changed.explicit == config.explicit == {"batch_size"}
+    with pytest.raises(ConfigError, match="c.ckpt's metadata: 'batch_size' must be"):
+        config.replace("c.ckpt's metadata", batch_size=0)
+
+
+def test_task_membership_is_stated_once_in_the_table():
+    from mindswin.config.keys import TASKS, task_only_keys
+    from mindswin.engine.tasks import TASKS as TASK_CLASSES
+
+    assert set(TASK_CLASSES) == set(TASKS) == set(choices("task"))
+    assert {"mask_ratio", "recon_grid_images"} <= set(task_only_keys("classification"))
+    assert {"mixup", "label_smoothing", "num_classes"} <= set(task_only_keys("simmim"))
+    assert not set(task_only_keys("classification")) & set(task_only_keys("simmim"))
+    # --help says it from the table
+    parser = argparse.ArgumentParser()
+    add_option(parser, "mask_ratio")
+    assert "task simmim: fraction of the squares masked" in " ".join(parser.format_help().split())
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import sys
 import textwrap
 from typing import Any, List, NoReturn, Optional, Sequence
 
-from .keys import ALIASES, DEFAULTS, SCRIPTS
+from .keys import ALIASES, DEFAULTS, SCRIPTS, TASKS
 from .recipes import BASE_KEY, load_config
 from .rules import ConfigError
 from .values import Config, parse_cli_value, suggest
@@ -28,12 +28,13 @@ def add_option(parser: argparse._ActionsContainer, key: str, *, required: bool =
         hidden: Parsed but left out of ``--help``.
     """
     option = DEFAULTS[key]
+    tasks = f"task {' or '.join(option.tasks)}: " if option.tasks != TASKS else ""
     allowed = f"; allowed: {option.allowed.describe()}" if option.allowed is not None else ""
     default = "" if required else f" (default: {option.default!r})"
     flags = [f"--{key}"] + [f"--{alias}" for alias, aliased in ALIASES.items() if aliased == key]
     parser.add_argument(*flags, dest=key, type=parse_cli_value, default=argparse.SUPPRESS, required=required,
                         metavar=_metavar(option.kind),
-                        help=argparse.SUPPRESS if hidden else f"{option.help}{allowed}{default}")
+                        help=argparse.SUPPRESS if hidden else f"{tasks}{option.help}{allowed}{default}")
 
 
 def _metavar(kind: Any) -> str:
@@ -109,9 +110,7 @@ def parse_args(argv: Optional[List[str]] = None, *, script: str, description: st
             raise ConfigError(f"--{key} is an option of {users}; {script}.py does not use it")
     config = load_config(args.config or None, overrides, defer_geometry=model_from_checkpoint)
     require(config, required)
-    if positional:
-        config[positional] = getattr(args, positional)
-    return config
+    return config.replace(**{positional: getattr(args, positional)}) if positional else config
 
 
 def require(config: Config, keys: Sequence[str]) -> None:

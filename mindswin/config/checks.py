@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .keys import DEFAULTS
+from .keys import DEFAULTS, SIMMIM
 from .rules import ConfigError, RegisteredModel
 from .values import Config
 
@@ -20,7 +20,7 @@ def check_combinations(config: Config) -> None:
         raise ConfigError("hccl_buffsize is an Ascend (HCCL) setting; remove it on "
                           f"device_target {config.device_target}")
     _check_learning_rates(config)
-    if config.ckpt_save_policy == "top_k" and config.task == "simmim":
+    if config.ckpt_save_policy == "top_k" and config.task == SIMMIM:
         raise ConfigError("ckpt_save_policy top_k keeps the checkpoints of the best val_top1, and SimMIM "
                           "pre-training has no such score: use latest_k")
     if config.val_amp_level is not None and config.val_amp_level != config.amp_level:
@@ -86,7 +86,7 @@ def check_geometry(config: Config) -> None:
         nearest = [s for s in fitting if s < image][-1:] + [s for s in fitting if s > image][:1]
         raise ConfigError(f"'image_resize' {image} does not fit {what}: {problem}; set --image_resize to e.g. "
                           f"{' or '.join(map(str, nearest))} (any window fits: feature maps are padded to it)")
-    if config.task == "simmim":
+    if config.task == SIMMIM:
         _check_masks(config, image, patch, what)
     pretrained = config.pretrained_window_sizes
     if pretrained is not None and len(pretrained) != stages:

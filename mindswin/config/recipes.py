@@ -89,8 +89,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] 
         explicit.add(key)
     if values["device_target"] is None:
         values["device_target"] = _installed_backend()
-    config = Config(values)
-    config.explicit = frozenset(explicit)
+    config = Config(values, frozenset(explicit))
     check_combinations(config)
     if not defer_geometry:
         check_geometry(config)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any, Sequence, Tuple
+from typing import Any, Dict, NoReturn, Sequence, Tuple
 
 import yaml
 
@@ -17,12 +17,16 @@ COMMAND_LINE = "command line"
 
 
 class Config(dict):
-    """Resolved configuration: a dict with attribute access.
+    """Resolved configuration: a read-only dict with attribute access.
 
-    ``explicit`` holds the keys set by the recipe or the command line (not defaults).
+    ``explicit`` holds the keys set by the recipe or the command line (not defaults). Once
+    resolved nothing changes it in place: :meth:`replace` returns a new config whose values
+    are checked like a recipe's, so what a run saves next to its checkpoints is what it read.
     """
 
-    explicit: frozenset = frozenset()
+    def __init__(self, values: Dict[str, Any], explicit: frozenset = frozenset()) -> None:
+        super().__init__(values)
+        object.__setattr__(self, "explicit", frozenset(explicit))
 
     def __getattr__(self, key: str) -> Any:
         try:
@@ -30,11 +34,24 @@ class Config(dict):
         except KeyError:
             raise AttributeError(key) from None
 
-    def __setattr__(self, key: str, value: Any) -> None:
-        if key == "explicit":
-            object.__setattr__(self, key, value)
-        else:
-            self[key] = value
+    def _frozen(self, *_args: Any, **_kwargs: Any) -> NoReturn:
+        raise TypeError("the resolved config is read-only: config.replace(key=value) returns a changed copy")
+
+    __setattr__ = __setitem__ = __delitem__ = _frozen
+    update = setdefault = pop = popitem = clear = _frozen
+
+    def __reduce__(self):
+        return Config, (dict(self), self.explicit)
+
+    def replace(self, source: str = "resolved config", **changes: Any) -> Config:
+        """A copy with ``changes``; a key of the table is checked and named with ``source`` if wrong.
+
+        Other names (a script's positional arguments, e.g. infer.py's ``inputs``) are kept as given.
+        """
+        values = dict(self)
+        for key, value in changes.items():
+            values[key] = checked(key, value, source) if key in DEFAULTS else value
+        return Config(values, self.explicit)
 
 
 def suggest(key: str) -> str:

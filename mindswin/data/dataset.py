@@ -30,6 +30,7 @@ otherwise the host does it and the batch is ``(image (B, 3, S, S) float32, label
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -233,8 +234,17 @@ def path_noise(seed: int, key: int, blocks: int) -> np.ndarray:
     return np.random.default_rng([int(seed), 0xD7A7, int(key)]).random((blocks, 2), dtype=np.float32)
 
 
-def _python_workers(num_workers: int) -> int:
-    return max(1, num_workers)
+def python_workers(num_workers: int) -> int:
+    """``num_workers``, at least 1 and at most this machine's cores (MindSpore's datasets refuse more)."""
+    cores = os.cpu_count() or 1
+    if num_workers > cores:
+        _say_fewer_workers(num_workers, cores)
+    return max(1, min(num_workers, cores))
+
+
+@functools.cache
+def _say_fewer_workers(asked: int, cores: int) -> None:
+    _logger.info("num_parallel_workers %d is more than this machine's %d cores: using %d", asked, cores, cores)
 
 
 def collect_keys(keys) -> List[int]:
@@ -278,7 +288,7 @@ def keyed_training_samples(index: FolderIndex, augment: TrainAugment, batch_size
                                 start_epoch=start.epoch, skip=start.batches * batch_size, repeats=repeats)
     if sampler.per_shard < batch_size:
         raise DataError(f"{index.root}: {sampler.per_shard} samples per shard is fewer than batch_size {batch_size}")
-    workers = _python_workers(num_workers)
+    workers = python_workers(num_workers)
     source = KeyedImageSource(index.samples)
     dataset = ds.GeneratorDataset(source, column_names=["image", "label", "key", "weight"], sampler=sampler,
                                   num_parallel_workers=workers, python_multiprocessing=False)
@@ -365,7 +375,7 @@ def create_eval_dataset(index: FolderIndex, preprocessing: Preprocessing, batch_
     """
     positions, weights = eval_shard_indices(len(index), shard.num_shards, shard.shard_id, batch_size)
     source = KeyedImageSource([index.samples[i] for i in positions], weights)
-    workers = _python_workers(num_workers)
+    workers = python_workers(num_workers)
     dataset = ds.GeneratorDataset(source, column_names=["image", "label", "key", "weight"], shuffle=False,
                                   num_parallel_workers=workers, python_multiprocessing=False)
     dataset = dataset.project(["image", "label", "weight"])

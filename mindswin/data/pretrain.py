@@ -31,6 +31,7 @@ from .dataset import (
     collect_keys,
     eval_shard_indices,
     keyed_training_samples,
+    python_workers,
 )
 from .folder import FolderIndex
 from .masking import MaskGenerator, train_mask_rng, val_mask_rng
@@ -109,10 +110,11 @@ def create_masked_eval_dataset(index: FolderIndex, preprocessing: Preprocessing,
     positions, weights = eval_shard_indices(len(index), shard.num_shards, shard.shard_id, batch_size)
     images = ImageSource([index.samples[i] for i in positions], weights)
     source = _MaskedSource(images, positions, mask_generator, seed)
+    workers = python_workers(num_workers)
     dataset = ds.GeneratorDataset(source, column_names=["image", "mask", "weight"], shuffle=False,
-                                  num_parallel_workers=num_workers, python_multiprocessing=False)
+                                  num_parallel_workers=workers, python_multiprocessing=False)
     dataset = dataset.map(preprocessing.eval_transforms(normalize=False), input_columns="image",
-                          num_parallel_workers=num_workers, python_multiprocessing=False)
+                          num_parallel_workers=workers, python_multiprocessing=False)
     dataset = dataset.batch(batch_size, drop_remainder=True)
     info = DataInfo(class_names=[], num_samples=len(index), batch_size=batch_size,
                     batches_per_epoch=len(positions) // batch_size, bad_files=list(index.bad_files), source=images)

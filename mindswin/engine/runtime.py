@@ -184,25 +184,18 @@ def launched_by_msrun() -> bool:
     return "MS_WORKER_NUM" in os.environ or "RANK_TABLE_FILE" in os.environ
 
 
-def evaluate_alone_unless_launched(config) -> None:
+def evaluate_alone_unless_launched(config):
     """``distribute`` from a training recipe, in an evaluation not started by msrun: one device, said once.
 
     mindcv's ``validate.py`` takes a training recipe (``distribute: True``) as it is and
     evaluates in the one process it runs in; mindswin does the same instead of refusing.
+    Returns the config to evaluate with.
     """
     if config.distribute and not launched_by_msrun():
         logging.getLogger("mindswin").info("distribute is True but this process was not started by msrun: "
                                            "evaluating on this one device")
-        config.distribute = False
-
-
-def _fit_workers_to_cores(config) -> None:
-    """A recipe's num_parallel_workers, at most this machine's cores (MindSpore's datasets refuse more)."""
-    cores = os.cpu_count() or 1
-    if config.get("num_parallel_workers", 1) > cores:
-        logging.getLogger("mindswin").info("num_parallel_workers %d is more than this machine's %d cores: using %d",
-                                           config.num_parallel_workers, cores, cores)
-        config.num_parallel_workers = cores
+        return config.replace(distribute=False)
+    return config
 
 
 def setup_runtime(config) -> Runtime:
@@ -218,7 +211,6 @@ def setup_runtime(config) -> Runtime:
                           f"({str(exc).strip().splitlines()[0]}); use --device_target CPU or a MindSpore build "
                           f"for {config.device_target}") from exc
     apply_ascend_precision(config)
-    _fit_workers_to_cores(config)
     if config.device_target == "CPU":
         try:
             set_cpu_threads(int(os.environ.get("MS_WORKER_NUM", "1")) if config.distribute else 1)

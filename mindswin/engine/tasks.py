@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 import logging
 import os
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import mindspore.dataset as ds
 import numpy as np
@@ -23,6 +23,7 @@ from ..checkpoint import CheckpointMetadata, LoadReport
 from ..checkpoint.metadata import ARCHITECTURE_KEYS
 from ..checkpoint.native import read_meta_json
 from ..config import Config, ConfigError
+from ..config.keys import CLASSIFICATION, SIMMIM, task_only_keys
 from ..data import DataInfo, FolderIndex, create_eval_dataset, create_train_dataset, resolve_data_config, scan_split
 from ..data.dataset import Shard, StartPoint
 from ..data.device import DeviceAugment, DeviceNormalize
@@ -48,12 +49,6 @@ _logger = logging.getLogger("mindswin.train")
 
 # A tensor only the resume state of a SimMIM run holds.
 # Keys each task does not read: set explicitly, they are reported as ignored.
-_CLASSIFICATION_ONLY = ("num_classes", "class_map", "val_map_file", "auto_augment", "re_prob", "re_value",
-                        "color_jitter", "aug_repeats", "mixup", "cutmix", "cutmix_prob", "mixup_switch_prob",
-                        "mixup_mode", "label_smoothing", "loss")
-_SIMMIM_ONLY = ("mask_patch_size", "mask_ratio", "norm_target_patch_size", "recon_grid_images")
-
-
 class Task(abc.ABC):
     """One kind of training run.
 
@@ -65,14 +60,12 @@ class Task(abc.ABC):
 
     name: str
     monitor: Optional[str]
-    # Config keys this task does not read (reported when set).
-    unused_keys: Sequence[str] = ()
 
     def __init__(self, config: Config, runtime: Runtime) -> None:
         self.config = config
         self.runtime = runtime
         self.preprocessing = resolve_data_config(config)
-        ignored = [key for key in self.unused_keys if key in config.explicit]
+        ignored = [key for key in task_only_keys(self.name) if key in config.explicit]
         if ignored:
             _logger.warning("task %s does not use %s: ignored", self.name, ", ".join(ignored))
         self.check_resume_state()
@@ -203,9 +196,8 @@ class ClassificationTask(Task):
     evaluation step), with parameters drawn on the host next to the soft targets.
     """
 
-    name = "classification"
+    name = CLASSIFICATION
     monitor = "val_top1"
-    unused_keys = _SIMMIM_ONLY
 
     def __init__(self, config: Config, runtime: Runtime) -> None:
         super().__init__(config, runtime)
@@ -318,9 +310,8 @@ class SimMIMTask(Task):
     (``num_classes`` 0): ``validate.py`` refuses them, ``train.py --ckpt_path`` fine-tunes them.
     """
 
-    name = "simmim"
+    name = SIMMIM
     monitor = None  # as the official pre-training: periodic weights, no "best" reconstruction
-    unused_keys = _CLASSIFICATION_ONLY
 
     def __init__(self, config: Config, runtime: Runtime) -> None:
         super().__init__(config, runtime)
