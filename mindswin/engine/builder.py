@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import mindspore as ms
 from mindspore import Tensor, nn
@@ -50,22 +50,41 @@ def _model_options(config: Config) -> dict:
                 sequential_attention_heads=config.sequential_attention_heads)
 
 
-def _architecture(config: Config, num_classes: int, drop_path_rate: float) -> SwinTransformerV2:
-    return build_model(config.model, num_classes=num_classes, img_size=resolve_data_config(config).image_size,
-                        window_size=config.window_size, pretrained_window_sizes=config.pretrained_window_sizes,
-                        drop_path_rate=drop_path_rate, reuse_blocks=_reuse_blocks(config), **_model_options(config))
+def _model_arguments(config: Config, training: bool) -> dict:
+    """What every model of ``config`` is built with: geometry, architecture and options; evaluation
+    builds without stochastic depth."""
+    return dict(img_size=resolve_data_config(config).image_size, window_size=config.window_size,
+                pretrained_window_sizes=config.pretrained_window_sizes,
+                drop_path_rate=config.drop_path_rate if training else 0.0, reuse_blocks=_reuse_blocks(config),
+                **_model_options(config))
+
+
+def _classifier(config: Config, num_classes: int, training: bool) -> SwinTransformerV2:
+    return build_model(config.model, num_classes=num_classes, **_model_arguments(config, training))
+
+
+def _simmim(config: Config, training: bool) -> SimMIM:
+    return build_simmim(config.model, norm_target_patch_size=config.norm_target_patch_size,
+                        **_model_arguments(config, training))
+
+
+def _compute_settings(config: Config, model: nn.Cell) -> nn.Cell:
+    """``amp_level`` and the jit level on ``model`` (before it first runs)."""
+    apply_amp(model, config.amp_level, config.amp_dtype)
+    return apply_jit_config(model, config)
+
+
+def _from_config(config: Config, model: nn.Cell,
+                 load: Callable[[nn.Cell, str], LoadReport]) -> Tuple[nn.Cell, Optional[LoadReport]]:
+    """The one path both tasks' models take: ``load`` the ``ckpt_path`` weights if any, then the
+    compute settings."""
+    report = load(model, config.ckpt_path) if config.ckpt_path else None
+    return _compute_settings(config, model), report
 
 
 def _swin(model: nn.Cell) -> SwinTransformerV2:
     """The Swin V2 of a classifier (itself) or of a SimMIM model (its encoder)."""
     return model.encoder if isinstance(model, SimMIM) else model
-
-
-def _simmim_architecture(config: Config, drop_path_rate: float) -> SimMIM:
-    return build_simmim(config.model, img_size=resolve_data_config(config).image_size, window_size=config.window_size,
-                        pretrained_window_sizes=config.pretrained_window_sizes, drop_path_rate=drop_path_rate,
-                        norm_target_patch_size=config.norm_target_patch_size, reuse_blocks=_reuse_blocks(config),
-                        **_model_options(config))
 
 
 def simmim_from_config(config: Config, *, training: bool) -> Tuple[SimMIM, Optional[LoadReport]]:
@@ -74,11 +93,7 @@ def simmim_from_config(config: Config, *, training: bool) -> Tuple[SimMIM, Optio
     ``ckpt_path``/``pretrained`` may be a SimMIM checkpoint (everything loads) or a
     classification one (the encoder loads; mask token and decoder keep their init).
     """
-    model = _simmim_architecture(config, config.drop_path_rate if training else 0.0)
-    weights = config.ckpt_path
-    report = load_simmim_checkpoint(model, weights) if weights else None
-    apply_amp(model, config.amp_level, config.amp_dtype)
-    return apply_jit_config(model, config), report
+    return _from_config(config, _simmim(config, training), load_simmim_checkpoint)
 
 
 def model_from_config(config: Config, num_classes: int, *, training: bool,
@@ -95,15 +110,12 @@ def model_from_config(config: Config, num_classes: int, *, training: bool,
     Returns:
         The model and the load report (None when no weights were given).
     """
-    model = _architecture(config, num_classes, config.drop_path_rate if training else 0.0)
-    weights = config.ckpt_path
-    report = None
-    if weights:
+    def load(model: SwinTransformerV2, weights: str) -> LoadReport:
         # training fine-tunes headless (SimMIM, backbone) weights with a fresh head; evaluation never does
-        report = load_checkpoint(model, weights, class_map=config.class_map or None, strict_head=strict_head,
-                                 init_missing_head=training and not strict_head)
-    apply_amp(model, config.amp_level, config.amp_dtype)
-    return apply_jit_config(model, config), report
+        return load_checkpoint(model, weights, class_map=config.class_map or None, strict_head=strict_head,
+                               init_missing_head=training and not strict_head)
+
+    return _from_config(config, _classifier(config, num_classes, training), load)
 
 
 @dataclass
@@ -186,11 +198,10 @@ def build_training(config: Config, runtime: Runtime, model: SwinTransformerV2, l
         scaler = ms.amp.StaticLossScaler(config.loss_scale if config.amp_level == "O2" else 1.0)
     ema_model = ema = None
     if config.ema:
-        ema_model = (_simmim_architecture(config, 0.0) if isinstance(model, SimMIM)
-                     else _architecture(config, model.num_classes, 0.0))
+        ema_model = (_simmim(config, training=False) if isinstance(model, SimMIM)
+                     else _classifier(config, model.num_classes, training=False))
         _swin(ema_model).set_numerics(_swin(model).numerics)  # as the loaded weights asked
-        apply_amp(ema_model, config.amp_level, config.amp_dtype)
-        apply_jit_config(ema_model, config)
+        _compute_settings(config, ema_model)
         ema = EMA(model, ema_model, config.ema_decay, warmup=config.ema_warmup)
     model.set_train(True)
     step = TrainStep(model, optimizer, Tensor(lr_table), scaler, loss_network=loss_network,
