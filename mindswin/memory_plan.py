@@ -212,8 +212,7 @@ def plan_memory(model_args: Dict[str, Any], batch_size: int = 1, amp_level: str 
         raise ValueError(f"amp_level must be 'O0' or 'O2', got {amp_level!r}")
     if batch_size < 1 or zero_ranks < 1:
         raise ValueError(f"batch_size and zero_ranks must be at least 1, got {batch_size} and {zero_ranks}")
-    problem = geometry_problem(model_args.get("img_size", 256), model_args.get("patch_size", 4),
-                               len(model_args.get("depths", (2, 2, 6, 2))))
+    problem = geometry_problem(model_args.get("img_size", 256), model_args.get("patch_size", 4))
     if problem:
         raise ValueError(f"img_size {model_args.get('img_size')}: {problem}")
     compute_bytes = FLOAT32 if amp_level == "O0" else 2

@@ -53,6 +53,10 @@ REFERENCE_CASES = [
     # 32 px pads 16, 8 and 4 to 18, 9 and 6
     {"name": "micro_pad40", "model": "swinv2_tiny_window8_256", "kwargs": dict(MICRO, img_size=40), "batch": 2,
      "seed": 11, "layouts": ["timm"]},
+    # odd maps before a patch merging, padded by one row and column (timm's PatchMerging): 36 px gives
+    # 18, 9 and 5, the last two also padded to the window (12 and 8)
+    {"name": "micro_odd36", "model": "swinv2_tiny_window8_256", "kwargs": dict(MICRO, img_size=36), "batch": 2,
+     "seed": 13, "layouts": ["timm"]},
     {"name": "micro_window3", "model": "swinv2_tiny_window8_256", "kwargs": dict(MICRO, window_size=3), "batch": 2,
      "seed": 12, "layouts": ["timm"]},
     {"name": "tiny8_to_384w12", "model": "swinv2_tiny_window8_256", "batch": 1, "weights_from": "tiny8",

@@ -122,6 +122,6 @@ def test_command_prints_the_breakdown_and_the_verdict(capsys):
         assert part in out
     assert main(["--model", "swinv2_nonexistent"]) == 2
     assert "unknown model" in capsys.readouterr().err
-    assert main(["--img_size", "100"]) == 2  # 25 x 25 patches cannot be halved three times
-    assert "img_size 100" in capsys.readouterr().err
+    assert main(["--img_size", "102"]) == 2  # not a multiple of the patch
+    assert "img_size 102: it is not a multiple of the patch size 4" in capsys.readouterr().err
     assert GIB == 2 ** 30

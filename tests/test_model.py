@@ -10,6 +10,7 @@ import mindswin
 from mindswin.amp import apply_amp
 from mindswin.models import count_flops, model_spec
 from mindswin.models.flops import count_parameters
+from mindswin.models.simmim import build_simmim
 from mindswin.models.swin_v2 import relative_coords_table, shifted_window_mask
 
 from helpers import MICRO, OFFICIAL_VARIANTS, PAPER_VARIANTS, loss_and_grads, micro, randomize
@@ -101,8 +102,20 @@ def test_one_by_one_last_stage_is_finite():
 def test_geometry_errors_are_clear():
     with pytest.raises(ValueError, match="img_size 30 .*not a multiple of the patch size 4"):
         mindswin.create_model("swinv2_tiny_window8_256", img_size=30)
-    with pytest.raises(ValueError, match="img_size 36 .*multiple of 4 x 2\\^3 = 32"):
-        mindswin.create_model("swinv2_tiny_window8_256", img_size=36)
+    # a map the patch merging halves unevenly is padded, as in timm: 36 px gives 9, 5, 3 and 2
+    model = mindswin.create_model("swinv2_tiny_window8_256", img_size=36, window_size=4)
+    assert model.stage_resolutions() == [(9, 9), (5, 5), (3, 3), (2, 2)]
+    with pytest.raises(ValueError, match="SimMIM's decoder .*multiple of 4 x 2\\^3 = 32"):
+        build_simmim("swinv2_tiny_window8_256", img_size=36, window_size=4)
+
+
+def test_odd_maps_are_padded_in_graph_mode_forward_and_backward():
+    model = randomize(micro(img_size=36))  # stage maps 18, 9 (odd: padded to 10 by the merging), 5
+    model.set_train(True)
+    x = ms.Tensor(np.random.default_rng(0).standard_normal((2, 3, 36, 36)).astype(np.float32))
+    loss, grads = loss_and_grads(model, x, ms.Tensor(np.array([0, 1], np.int32)))
+    assert np.isfinite(loss.asnumpy()) and all(np.isfinite(g.asnumpy()).all() for g in grads)
+    assert all(np.abs(g.asnumpy()).max() > 0 for g in grads)  # every weight, the last stage's included, learns
 
 
 def test_features_only_shapes_tiny_256():

@@ -24,6 +24,7 @@ def _logits(model, x: np.ndarray) -> np.ndarray:
      {"img_size": 384, "window_size": 12, "pretrained_window_sizes": [8, 8, 8, 8]}),
     ("micro_pad40", "swinv2_tiny_window8_256", dict(MICRO_MS, img_size=40)),
     ("micro_window3", "swinv2_tiny_window8_256", dict(MICRO_MS, window_size=3)),
+    ("micro_odd36", "swinv2_tiny_window8_256", dict(MICRO_MS, img_size=36)),
 ])
 def test_timm_parity(reference_dir, case, name, kwargs):
     ref = np.load(reference_dir / f"{case}.npz")

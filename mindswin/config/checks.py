@@ -2,7 +2,7 @@
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from .keys import DEFAULTS, SIMMIM
 from .rules import ConfigError, RegisteredModel
@@ -70,7 +70,7 @@ def check_geometry(config: Config) -> None:
         ConfigError: naming the key to change and values that fit.
     """
     from ..models.registry import model_spec  # imports MindSpore: only once a model is concerned
-    from ..models.swin_v2 import geometry_problem
+    from ..models.swin_v2 import geometry_problem, whole_maps_problem
 
     problem = RegisteredModel().problem(config.model)
     if problem:  # a model name read from a checkpoint's metadata is checked here first
@@ -79,13 +79,18 @@ def check_geometry(config: Config) -> None:
     stages, patch = _check_architecture(config, spec), spec.patch_size
     image = config.image_resize or spec.img_size
     what = f"{spec.name} (patch {patch}, {stages} stages)"
-    problem = geometry_problem(image, patch, stages)
+    def rule(size: int) -> Optional[str]:  # SimMIM's decoder also needs maps halved exactly
+        return geometry_problem(size, patch) or (whole_maps_problem(size, patch, stages)
+                                                 if config.task == SIMMIM else None)
+
+    problem = rule(image)
     if problem:
-        sizes = range(patch, 2 * image + patch, patch)
-        fitting = [s for s in sizes if geometry_problem(s, patch, stages) is None]
+        fitting = [s for s in range(patch, 2 * image + patch, patch) if rule(s) is None]
         nearest = [s for s in fitting if s < image][-1:] + [s for s in fitting if s > image][:1]
+        padded = ("any window fits: feature maps are padded to it" if config.task != SIMMIM else
+                  "SimMIM reconstructs the image from the last map by a pixel shuffle")
         raise ConfigError(f"'image_resize' {image} does not fit {what}: {problem}; set --image_resize to e.g. "
-                          f"{' or '.join(map(str, nearest))} (any window fits: feature maps are padded to it)")
+                          f"{' or '.join(map(str, nearest))} ({padded})")
     if config.task == SIMMIM:
         _check_masks(config, image, patch, what)
     pretrained = config.pretrained_window_sizes

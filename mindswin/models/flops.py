@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .swin_v2 import SwinTransformerV2, has_extra_norm, num_windows
+from .swin_v2 import SwinTransformerV2, has_extra_norm, merged_resolution, num_windows
 
 __all__ = ["count_flops", "count_parameters"]
 
@@ -36,7 +36,8 @@ def count_flops(model: SwinTransformerV2) -> int:
             flops += 2 * h * w * dim * block.mlp.fc1.out_features  # fc1 + fc2
             flops += 2 * dim * h * w  # norm1 + norm2
         if layer.downsample is not None:
-            flops += (h // 2) * (w // 2) * 4 * dim * 2 * dim + h * w * dim // 2
+            merged_h, merged_w = merged_resolution((h, w))
+            flops += merged_h * merged_w * (4 * dim * 2 * dim + 2 * dim)  # reduction + norm
     last_h, last_w = model.layers[-1].input_resolution
     flops += model.num_features * last_h * last_w  # final norm / pooling
     flops += model.num_features * model.num_classes

@@ -29,7 +29,7 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from .layers import Linear, expand_to, trunc_normal
 from .registry import build_model_with_cfg, geometry_overrides
-from .swin_v2 import SwinTransformerV2
+from .swin_v2 import SwinTransformerV2, whole_maps_problem
 
 __all__ = ["SwinTransformerV2ForSimMIM", "PointwiseConv", "PixelShuffle", "LocalTargetNorm", "SimMIM",
            "build_simmim", "masked_l1_loss", "upsample_mask"]
@@ -201,6 +201,10 @@ class SimMIM(nn.Cell):
         self.in_chans = encoder.in_chans
         self.img_size = encoder.img_size
         self.encoder_stride = self.patch_size * 2 ** (encoder.num_stages - 1)
+        problem = whole_maps_problem(self.img_size, self.patch_size, encoder.num_stages)
+        if problem:
+            raise ValueError(f"img_size {self.img_size}: SimMIM's decoder reconstructs the image from the last map "
+                             f"by a pixel shuffle of {self.encoder_stride}, and {problem}")
         self.decoder = nn.SequentialCell([PointwiseConv(encoder.num_features, self.encoder_stride ** 2 * self.in_chans),
                                           PixelShuffle(self.encoder_stride, self.in_chans)])
         self.norm_target_patch_size = norm_target_patch_size

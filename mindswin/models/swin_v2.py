@@ -33,6 +33,8 @@ __all__ = [
     "SwinTransformerV2",
     "SwinTransformerV2Block",
     "geometry_problem",
+    "whole_maps_problem",
+    "merged_resolution",
     "padded_resolution",
     "SharedGraphBlock",
     "ReusedSwinTransformerV2Block",
@@ -115,22 +117,37 @@ def relative_position_index(window_size: Tuple[int, int]) -> np.ndarray:
     return index.reshape(-1).astype(np.int32)
 
 
-def geometry_problem(img_size: IntOrPair, patch_size: int, num_stages: int) -> Optional[str]:
-    """Why a :class:`SwinTransformerV2` of ``num_stages`` stages cannot take images of ``img_size``, or None.
+def geometry_problem(img_size: IntOrPair, patch_size: int) -> Optional[str]:
+    """Why a :class:`SwinTransformerV2` cannot take images of ``img_size``, or None.
 
-    The one statement of the rule (the model raises with it, the config check calls it). The
-    patch embedding needs sides divisible by the patch and each of the ``num_stages - 1``
-    patch mergings halves an even map. Any window fits any map: a map the window does not
+    The one statement of the rule (the model raises with it, the config check calls it): the
+    patch embedding needs sides divisible by the patch. Everything else fits, as in timm: a
+    patch merging pads an odd map by one row or column of zeros, a map the window does not
     divide is padded to a window multiple, and a window larger than the map is clipped to it.
     """
     h, w = to_pair(img_size)
     if h % patch_size or w % patch_size:
         return f"it is not a multiple of the patch size {patch_size}"
+    return None
+
+
+def whole_maps_problem(img_size: IntOrPair, patch_size: int, num_stages: int) -> Optional[str]:
+    """Why ``img_size`` is not halved exactly by the ``num_stages - 1`` patch mergings, or None.
+
+    What SimMIM needs on top of :func:`geometry_problem`: its decoder turns the last map back
+    into the image with a pixel shuffle by ``patch_size * 2^(num_stages - 1)``.
+    """
+    h, w = to_pair(img_size)
     step = patch_size * 2 ** (num_stages - 1)
     if h % step or w % step:
-        return (f"its {h // patch_size}x{w // patch_size} patch grid cannot be halved by {num_stages - 1} patch "
-                f"merging(s): the side must be a multiple of {patch_size} x 2^{num_stages - 1} = {step}")
+        return (f"its {h // patch_size}x{w // patch_size} patch grid is not halved exactly by {num_stages - 1} "
+                f"patch merging(s): the side must be a multiple of {patch_size} x 2^{num_stages - 1} = {step}")
     return None
+
+
+def merged_resolution(resolution: Tuple[int, int]) -> Tuple[int, int]:
+    """The map after a patch merging: halved, an odd side padded first (timm's ``PatchMerging``)."""
+    return (resolution[0] + 1) // 2, (resolution[1] + 1) // 2
 
 
 def padded_resolution(resolution: Tuple[int, int], window_size: Tuple[int, int]) -> Tuple[int, int]:
@@ -596,7 +613,7 @@ class PatchMerging(nn.Cell):
     """V2 patch merging: 2x2 neighbourhood concat -> Linear(4C, 2C) -> LayerNorm(2C).
 
     The concat order is the official one: (h even, w even), (h odd, w even),
-    (h even, w odd), (h odd, w odd).
+    (h even, w odd), (h odd, w odd). An odd map is zero-padded by one row/column first, as in timm.
     """
 
     def __init__(self, dim: int, out_dim: Optional[int] = None) -> None:
@@ -608,6 +625,9 @@ class PatchMerging(nn.Cell):
 
     def construct(self, x: Tensor) -> Tensor:
         b, h, w, c = x.shape
+        if h % 2 or w % 2:  # timm pads an odd map at the bottom and right
+            x = ops.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+            h, w = h + h % 2, w + w % 2
         x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 4, 2, 5).reshape(b, h // 2, w // 2, 4 * c)
         return self.norm(self.reduction(x))
 
@@ -661,7 +681,7 @@ def stage_block_configs(img_size: IntOrPair = 256, patch_size: int = 4, embed_di
                                    (sequential_attention, sequential_attention_heads),
                                    has_extra_norm(j, extra_norm_period))
                        for j in range(depth)])
-        resolution = (resolution[0] // 2, resolution[1] // 2)
+        resolution = merged_resolution(resolution)
     return stages
 
 
@@ -756,10 +776,9 @@ class SwinTransformerV2(nn.Cell):
         if len(pretrained_window_sizes) != num_stages:
             raise ValueError(f"pretrained_window_sizes needs {num_stages} entries, "
                              f"got {tuple(pretrained_window_sizes)}")
-        problem = geometry_problem(img_size, patch_size, num_stages)
+        problem = geometry_problem(img_size, patch_size)
         if problem:
-            raise ValueError(f"img_size {img_size} does not fit a {num_stages}-stage model with patch {patch_size}: "
-                             f"{problem}")
+            raise ValueError(f"img_size {img_size} does not fit a model with patch {patch_size}: {problem}")
         self.img_size = to_pair(img_size)
         self.window_size = to_pair(window_size)
         self.in_chans = in_chans
