@@ -13,7 +13,7 @@ CPU, GPU and Ascend.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import mindspore as ms
 import numpy as np
@@ -99,6 +99,7 @@ class Linear(nn.Cell):
         self.out_features = out_features
         self.weight = Parameter(Tensor(trunc_normal((out_features, in_features))), name="weight")
         self.bias = Parameter(Tensor(np.zeros(out_features, np.float32)), name="bias") if bias else None
+        self.has_bias = bias  # forward_with reads no parameter, not even to test it against None
         self.compute_dtype = ms.float32
         self.matmul = ops.MatMul(transpose_b=True)
         self.bias_add = BiasAddKernel() if bias and use_cpu_kernels() else None
@@ -110,16 +111,16 @@ class Linear(nn.Cell):
             y = add_bias(y, bias, self.bias_add)
         return y.reshape(x.shape[:-1] + (weight.shape[0],))
 
+    def weights(self) -> Tuple[Parameter, ...]:
+        """``(weight, bias)``, or ``(weight,)`` without a bias: what :meth:`forward_with` takes."""
+        return (self.weight, self.bias) if self.has_bias else (self.weight,)
+
+    def forward_with(self, weights: Tuple[Tensor, ...], x: Tensor) -> Tensor:
+        """The layer computed with ``weights`` (laid out as :meth:`weights`) instead of its parameters."""
+        return self._project(x, weights[0], weights[1] if self.has_bias else None)
+
     def construct(self, x: Tensor) -> Tensor:
-        return self._project(x, self.weight, self.bias)
-
-    def without_bias(self, x: Tensor) -> Tensor:
-        """``x @ W.T``: for a consumer that adds the bias itself (a fused kernel)."""
-        return self._project(x, self.weight, None)
-
-    def rows(self, x: Tensor, start: int, stop: int, bias: Optional[Tensor] = None) -> Tensor:
-        """Output features ``start:stop`` only: ``x @ W[start:stop].T (+ bias)``."""
-        return self._project(x, self.weight[start:stop], bias)
+        return self.forward_with(self.weights(), x)
 
     def extend_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -151,9 +152,17 @@ class LayerNorm(nn.Cell):
         else:
             self.layer_norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
 
-    def construct(self, x: Tensor) -> Tensor:
-        y, _, _ = self.layer_norm(x.reshape(-1, self.dim).astype(ms.float32), self.weight, self.bias)
+    def weights(self) -> Tuple[Parameter, Parameter]:
+        """``(weight, bias)``: what :meth:`forward_with` takes."""
+        return self.weight, self.bias
+
+    def forward_with(self, weights: Tuple[Tensor, Tensor], x: Tensor) -> Tensor:
+        """The norm computed with ``weights = (weight, bias)`` instead of its parameters."""
+        y, _, _ = self.layer_norm(x.reshape(-1, self.dim).astype(ms.float32), weights[0], weights[1])
         return y.reshape(x.shape)
+
+    def construct(self, x: Tensor) -> Tensor:
+        return self.forward_with(self.weights(), x)
 
     def extend_repr(self) -> str:
         return f"dim={self.dim}, eps={self.eps}"
@@ -217,17 +226,26 @@ class Mlp(nn.Cell):
             raise ValueError(f"gelu_approximate must be 'none' or 'tanh', got {approximate!r}")
         self.gelu_approximate = approximate
 
-    def construct(self, x: Tensor) -> Tensor:
+    def weights(self) -> Tuple[Parameter, ...]:
+        """fc1's and fc2's ``(weight, bias)``: what :meth:`forward_with` takes."""
+        return self.fc1.weights() + self.fc2.weights()
+
+    def forward_with(self, weights: Tuple[Tensor, ...], x: Tensor) -> Tensor:
+        """The MLP computed with ``weights`` (laid out as :meth:`weights`) instead of its parameters."""
+        fc1, fc2 = weights[:2], weights[2:]
         if self.gelu_approximate == "tanh":  # the fused kernels compute the exact GELU only
-            return self.fc2(ops.gelu(self.fc1(x), approximate="tanh"))
+            return self.fc2.forward_with(fc2, ops.gelu(self.fc1.forward_with(fc1, x), approximate="tanh"))
         if self.portable:
-            return self.fc2(portable_gelu(self.fc1(x)))
+            return self.fc2.forward_with(fc2, portable_gelu(self.fc1.forward_with(fc1, x)))
         if self.gelu_ext is not None:
-            return self.fc2(self.gelu_ext(self.fc1(x), "none"))
+            return self.fc2.forward_with(fc2, self.gelu_ext(self.fc1.forward_with(fc1, x), "none"))
         if self.gelu is None:
-            return self.fc2(ops.gelu(self.fc1(x), approximate="none"))
-        hidden = self.fc1.without_bias(x)
-        return self.fc2(self.gelu(hidden.astype(ms.float32), self.fc1.bias).astype(hidden.dtype))
+            return self.fc2.forward_with(fc2, ops.gelu(self.fc1.forward_with(fc1, x), approximate="none"))
+        hidden = self.fc1._project(x, fc1[0], None)
+        return self.fc2.forward_with(fc2, self.gelu(hidden.astype(ms.float32), fc1[1]).astype(hidden.dtype))
+
+    def construct(self, x: Tensor) -> Tensor:
+        return self.forward_with(self.weights(), x)
 
 
 def keep_mask(x: Tensor, keep_prob, uniform: Tensor) -> Tensor:

@@ -231,16 +231,40 @@ class TokenGather(nn.Cell):
         self.backward_index = Tensor(backward_index.astype(np.int32))
         self.pad_input = bool((index == input_length).any())
         self.pad_gradient = bool((backward_index == len(index)).any())
+        # Primitive instances, not ops.gather / ops.concat: those functions' graphs break when a
+        # BlockCheckpoint's backward pass differentiates the block again (MindSpore 2.10,
+        # "The func graph is empty").
+        self.gather = ops.Gather()
+        self.concat = ops.Concat(1)
+        self.zeros = ops.Zeros()
 
-    @staticmethod
-    def _with_zero_token(x: Tensor) -> Tensor:
-        return ops.concat((x, ops.zeros((x.shape[0], 1, x.shape[2]), x.dtype)), 1)
+    def _with_zero_token(self, x: Tensor) -> Tensor:
+        return self.concat((x, self.zeros((x.shape[0], 1, x.shape[2]), x.dtype)))
 
     def construct(self, x: Tensor) -> Tensor:
-        return ops.gather(self._with_zero_token(x) if self.pad_input else x, self.index, 1)
+        return self.gather(self._with_zero_token(x) if self.pad_input else x, self.index, 1)
 
     def bprop(self, x: Tensor, out: Tensor, dout: Tensor):
-        return (ops.gather(self._with_zero_token(dout) if self.pad_gradient else dout, self.backward_index, 1),)
+        return (self.gather(self._with_zero_token(dout) if self.pad_gradient else dout, self.backward_index, 1),)
+
+
+def token_gather(index: np.ndarray, input_length: int) -> TokenGather:
+    """A :class:`TokenGather` by ``index`` that reads each input token at most once; its backward gathers back.
+
+    Also how the models rearrange large tensors instead of ``Transpose``: MindSpore 2.10's CPU
+    Transpose keeps a workspace of about twice its output for the life of the compiled graph,
+    one per op, so every transpose in a block (and in its recomputation) would add memory that
+    activation checkpointing cannot free; a gather keeps none (docs/memory.md).
+    """
+    reads = index < input_length
+    backward_index = np.full(input_length, len(index), np.int64)
+    backward_index[index[reads]] = np.nonzero(reads)[0]
+    return TokenGather(index, backward_index, input_length)
+
+
+def swap_axes_gather(rows: int, columns: int) -> TokenGather:
+    """Rows of a ``(B, rows * columns, D)`` tensor read as ``(rows, columns)``, reordered to ``(columns, rows)``."""
+    return token_gather(np.arange(rows * columns).reshape(rows, columns).T.reshape(-1), rows * columns)
 
 
 def window_gathers(resolution: Tuple[int, int], window_size: Tuple[int, int],
@@ -251,7 +275,21 @@ def window_gathers(resolution: Tuple[int, int], window_size: Tuple[int, int],
     real = np.nonzero(order < tokens)[0]
     back = np.empty(tokens, np.int64)
     back[order[real]] = real
-    return TokenGather(order, back, tokens), TokenGather(back, order, len(order))
+    return token_gather(order, tokens), token_gather(back, len(order))
+
+
+def merging_order(resolution: Tuple[int, int]) -> np.ndarray:
+    """Source token of every row of V2 patch merging's concatenation, ``H * W`` (a zero token) in the padding.
+
+    Row ``(i * Wp/2 + j) * 4 + 2 * dw + dh`` takes token ``(2i + dh, 2j + dw)`` of the row-major
+    ``(H, W)`` map padded at the bottom and right to even sides: the official concat order
+    ``x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2], x[1::2, 1::2]``.
+    """
+    h, w = resolution
+    hp, wp = merged_resolution(resolution)
+    i, j, dw, dh = np.meshgrid(np.arange(hp), np.arange(wp), np.arange(2), np.arange(2), indexing="ij")
+    rows, cols = 2 * i + dh, 2 * j + dw
+    return np.where((rows < h) & (cols < w), rows * w + cols, h * w).reshape(-1).astype(np.int32)
 
 
 def l2_normalize(x: Tensor) -> Tensor:
@@ -295,6 +333,7 @@ class WindowAttention(nn.Cell):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.window_area = window_size[0] * window_size[1]
+        self.qkv_bias = qkv_bias
 
         self.logit_scale = Parameter(Tensor(np.full((num_heads, 1, 1), math.log(10.0), np.float32)),
                                      name="logit_scale")
@@ -318,6 +357,8 @@ class WindowAttention(nn.Cell):
         position_index = relative_position_index(window_size)
         self.relative_coords_table = Tensor(coords_table)
         self.relative_position_index = Tensor(position_index)
+        self.split_heads = swap_axes_gather(self.window_area, num_heads)
+        self.merge_heads = swap_axes_gather(num_heads, self.window_area)
         self.qk_matmul = ops.BatchMatMul(transpose_b=True)
         self.av_matmul = ops.BatchMatMul()
         cpu = use_cpu_kernels()
@@ -341,20 +382,36 @@ class WindowAttention(nn.Cell):
         self.sequential = SequentialAttentionCore(num_windows, self.num_heads, attn_chunks[0], attn_chunks[1],
                                                   masked, fused=self.bias_softmax is not None)
 
-    def position_bias(self) -> Tensor:
-        """``16 * sigmoid(cpb_mlp(coords))`` gathered to ``(heads, N, N)``, float32."""
+    def weights(self) -> Tuple[Parameter, ...]:
+        """Every parameter, in the order :meth:`forward_with` reads them: ``logit_scale``, the CPB
+        MLP's three, ``qkv.weight``, ``q_bias`` and ``v_bias`` (when learnt), ``proj``'s two."""
+        qv_biases = (self.q_bias, self.v_bias) if self.qkv_bias else ()
+        return ((self.logit_scale, self.cpb_mlp[0].weight, self.cpb_mlp[0].bias, self.cpb_mlp[2].weight,
+                 self.qkv.weight) + qv_biases + self.proj.weights())
+
+    def position_bias(self, cpb_weights: Optional[Tuple[Tensor, Tensor, Tensor]] = None) -> Tensor:
+        """``16 * sigmoid(cpb_mlp(coords))`` gathered to ``(heads, N, N)``, float32.
+
+        ``cpb_weights``: the CPB MLP's ``(fc1 weight, fc1 bias, fc2 weight)`` to compute with (its
+        own parameters if None).
+        """
+        if cpb_weights is None:
+            cpb_weights = (self.cpb_mlp[0].weight, self.cpb_mlp[0].bias, self.cpb_mlp[2].weight)
         if self.position_bias_kernel is not None:
-            return self.position_bias_kernel(self.cpb_mlp[0].weight, self.cpb_mlp[0].bias, self.cpb_mlp[2].weight)[0]
-        table = self.cpb_mlp(self.relative_coords_table)
+            return self.position_bias_kernel(cpb_weights[0], cpb_weights[1], cpb_weights[2])[0]
+        hidden = self.cpb_mlp[1](self.cpb_mlp[0].forward_with(cpb_weights[:2], self.relative_coords_table))
+        table = self.cpb_mlp[2].forward_with(cpb_weights[2:], hidden)
         bias = ops.gather(table, self.relative_position_index, 0)
         bias = bias.transpose(1, 0).reshape(self.num_heads, self.window_area, self.window_area)
         return 16.0 * ops.sigmoid(bias)
 
     def _heads(self, x: Tensor) -> Tensor:
         """``(B_, N, C)`` -> ``(B_, heads, N, head_dim)``."""
-        return x.reshape(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+        rows = self.split_heads(x.reshape(x.shape[0], x.shape[1] * self.num_heads, self.head_dim))
+        return rows.reshape(x.shape[0], self.num_heads, x.shape[1], self.head_dim)
 
-    def _queries_keys_values(self, x: Tensor, temperature: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def _queries_keys_values(self, x: Tensor, temperature: Tensor, qkv_weight: Tensor, q_bias: Optional[Tensor],
+                             v_bias: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
         """``(B_, heads, N, head_dim)`` q (unit, times the temperature), k (unit) and v.
 
         The temperature multiplies the unit queries rather than the (N / head_dim times
@@ -362,25 +419,25 @@ class WindowAttention(nn.Cell):
         normalisation runs in float32 and q/k go back to the matmul dtype.
         """
         if self.qkv_heads is not None:
-            q_bias = self.zero_bias if self.q_bias is None else self.q_bias
-            v_bias = self.zero_bias if self.v_bias is None else self.v_bias
-            q, k, v, _, _ = self.qkv_heads(self.qkv(x).astype(ms.float32), q_bias, v_bias, temperature)
+            q_bias = self.zero_bias if q_bias is None else q_bias
+            v_bias = self.zero_bias if v_bias is None else v_bias
+            qkv = self.qkv.forward_with((qkv_weight,), x)
+            q, k, v, _, _ = self.qkv_heads(qkv.astype(ms.float32), q_bias, v_bias, temperature)
             dtype = self.qkv.compute_dtype
             return q.astype(dtype), k.astype(dtype), v.astype(dtype)
         c = x.shape[-1]
         # Three projections with row blocks of qkv.weight: slicing the small weight is cheap,
         # slicing the large fused output (StridedSlice) is slow.
-        q = self._heads(self.qkv.rows(x, 0, c, self.q_bias))
-        k = self._heads(self.qkv.rows(x, c, 2 * c))
-        v = self._heads(self.qkv.rows(x, 2 * c, 3 * c, self.v_bias))
+        q = self._heads(self.qkv._project(x, qkv_weight[:c], q_bias))
+        k = self._heads(self.qkv._project(x, qkv_weight[c:2 * c], None))
+        v = self._heads(self.qkv._project(x, qkv_weight[2 * c:], v_bias))
         normalize = portable_l2_normalize if self.portable else l2_normalize
         q = normalize(q)
         return (q * expand_to(temperature.reshape(1, self.num_heads, 1, 1), q)).astype(v.dtype), \
             normalize(k).astype(v.dtype), v
 
-    def _logit_bias(self, mask: Optional[Tensor]) -> Tensor:
+    def _logit_bias(self, bias: Tensor, mask: Optional[Tensor]) -> Tensor:
         """Position bias ``(heads, N, N)``, plus the mask as ``(num_windows, heads, N, N)``."""
-        bias = self.position_bias()
         if mask is None:
             return bias
         shape = (mask.shape[0], self.num_heads, self.window_area, self.window_area)
@@ -409,23 +466,28 @@ class WindowAttention(nn.Cell):
         Returns:
             ``(B * num_windows, N, C)``.
         """
+        return self.forward_with(self.weights(), x, mask)
+
+    def forward_with(self, weights: Tuple[Tensor, ...], x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        """:meth:`construct` computed with ``weights`` (laid out as :meth:`weights`) instead of the parameters."""
         batch_windows, n, c = x.shape
-        temperature = ops.exp(ops.minimum(self.logit_scale, MAX_LOGIT_SCALE))
-        q, k, v = self._queries_keys_values(x, temperature)
+        q_bias, v_bias = (weights[5], weights[6]) if self.qkv_bias else (None, None)
+        temperature = ops.exp(ops.minimum(weights[0], MAX_LOGIT_SCALE))
+        q, k, v = self._queries_keys_values(x, temperature, weights[4], q_bias, v_bias)
+        bias = self.position_bias(weights[1:4])
         if self.sequential is not None:
-            bias = self.position_bias()
             x = self.sequential(q, k, v, bias, bias if mask is None else mask)
         else:
-            x = self._batched(q, k, v, mask)
-        x = x.transpose(0, 2, 1, 3).reshape(batch_windows, n, c)
-        x = self.proj(x)
+            x = self._batched(q, k, v, bias, mask)
+        x = self.merge_heads(x.reshape(batch_windows, self.num_heads * n, self.head_dim)).reshape(batch_windows, n, c)
+        x = self.proj.forward_with(weights[-2:], x)
         if self.proj_drop is not None:
             x = self.proj_drop(x)
         return x
 
-    def _batched(self, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor]) -> Tensor:
+    def _batched(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: Optional[Tensor]) -> Tensor:
         """Every window and head in one matmul: ``(B_, heads, N, head_dim)``."""
-        attn = self._softmax_with_bias(self.qk_matmul(q, k).astype(ms.float32), self._logit_bias(mask))
+        attn = self._softmax_with_bias(self.qk_matmul(q, k).astype(ms.float32), self._logit_bias(bias, mask))
         if self.attn_drop is not None:
             attn = self.attn_drop(attn)
         return self.av_matmul(attn.astype(v.dtype), v)
@@ -484,6 +546,8 @@ class SwinTransformerV2Block(nn.Cell):
                                      masked=mask is not None)
         self.to_windows, self.from_windows = window_gathers(self.input_resolution, self.window_size,
                                                             self.shift_size)
+        self.checkpoint = None  # use_checkpoint: a BlockCheckpoint
+        self.uniform = ops.UniformReal()
 
     def _calc_window_shift(self, window_size: Tuple[int, int],
                            shift_size: Tuple[int, int]) -> Tuple[Tuple[int, int], Tuple[int, int]]:
@@ -494,24 +558,67 @@ class SwinTransformerV2Block(nn.Cell):
         """Mask for this block's shifted windows (None for unshifted blocks)."""
         return shifted_window_mask(self.input_resolution, self.window_size, self.shift_size)
 
-    def _attn(self, x: Tensor) -> Tensor:
+    def use_checkpoint(self) -> None:
+        """Keep only the block's input for the backward pass and recompute the rest there (see :class:`BlockCheckpoint`).
+
+        Random draws inside the block would differ when recomputed: stochastic depth then takes
+        its uniforms as an input (drawn outside when the caller passes none), and dropout is refused.
+        """
+        if self.attn.attn_drop is not None or self.attn.proj_drop is not None:
+            raise ValueError("recompute reruns each block's forward in the backward pass, where dropout would draw "
+                             "other noise; set attn_drop_rate and proj_drop_rate 0 (the official values) or turn "
+                             "recompute off")
+        self.checkpoint = BlockCheckpoint(self)
+
+    def weights(self) -> Tuple[Parameter, ...]:
+        """Every parameter of the block, in the order :meth:`forward_with` reads them."""
+        extra = () if self.norm3 is None else self.norm3.weights()
+        return self.attn.weights() + self.norm1.weights() + self.mlp.weights() + self.norm2.weights() + extra
+
+    def _attn(self, weights: Tuple[Tensor, ...], x: Tensor) -> Tensor:
         b, h, w, c = x.shape
         windows = self.to_windows(x.reshape(b, h * w, c)).reshape(-1, self.attn.window_area, c)
-        windows = self.attn(windows, self.attn_mask)
+        windows = self.attn.forward_with(weights, windows, self.attn_mask)
         padded_tokens = self.padded_resolution[0] * self.padded_resolution[1]
         return self.from_windows(windows.reshape(b, padded_tokens, c)).reshape(b, h, w, c)
 
-    def _residual(self, branch: Tensor, uniform: Optional[Tensor]) -> Tensor:
-        return branch if self.drop_path is None else self.drop_path(branch, uniform)
+    def _residual(self, branch: Tensor, draws: Tuple[Tensor, ...], which: int) -> Tensor:
+        """Stochastic depth on ``branch``; ``draws``: ``()`` or ``(path_noise,)`` (see :meth:`_draws`)."""
+        if self.drop_path is None:
+            return branch
+        return self.drop_path(branch, draws[0][:, which] if draws else None)
+
+    def forward_with(self, weights: Tuple[Tensor, ...], x: Tensor, draws: Tuple[Tensor, ...]) -> Tensor:
+        """The block computed with ``weights`` (laid out as :meth:`weights`) instead of its parameters.
+
+        A pure function of its inputs, so :class:`BlockCheckpoint` can rerun it in the backward pass.
+        """
+        a = len(self.attn.weights())
+        x = x + self._residual(self.norm1.forward_with(weights[a:a + 2], self._attn(weights[:a], x)), draws, 0)
+        x = x + self._residual(self.norm2.forward_with(weights[a + 6:a + 8],
+                                                       self.mlp.forward_with(weights[a + 2:a + 6], x)), draws, 1)
+        return x if self.norm3 is None else self.norm3.forward_with(weights[a + 8:], x)
+
+    def _draws(self, x: Tensor, path_noise: Optional[Tensor]) -> Tuple[Tensor, ...]:
+        """The stochastic-depth inputs of :meth:`forward_with`: ``(path_noise,)`` or ``()``.
+
+        A checkpointed block draws its ``(B, 2)`` uniforms here, outside the recomputed function,
+        when the caller passes none: the recomputation must drop what the forward pass dropped.
+        """
+        if self.drop_path is None:
+            return ()
+        if path_noise is None and self.checkpoint is not None and self.training:
+            path_noise = self.uniform((x.shape[0], 2))
+        return () if path_noise is None else (path_noise,)
+
+    def _run(self, x: Tensor, draws: Tuple[Tensor, ...]) -> Tensor:
+        if self.checkpoint is None:
+            return self.forward_with(self.weights(), x, draws)
+        return self.checkpoint(self.weights(), x, draws)
 
     def construct(self, x: Tensor, path_noise: Optional[Tensor] = None) -> Tensor:
         """``path_noise``: ``(B, 2)`` uniforms for the two stochastic-depth draws (see :class:`DropPath`)."""
-        attn_draw, mlp_draw = (None, None) if path_noise is None else (path_noise[:, 0], path_noise[:, 1])
-        x = x + self._residual(self.norm1(self._attn(x)), attn_draw)
-        return self._main_branch_norm(x + self._residual(self.norm2(self.mlp(x)), mlp_draw))
-
-    def _main_branch_norm(self, x: Tensor) -> Tensor:
-        return x if self.norm3 is None else self.norm3(x)
+        return self._run(x, self._draws(x, path_noise))
 
     def extend_repr(self) -> str:
         return (f"dim={self.dim}, input_resolution={self.input_resolution}, "
@@ -565,6 +672,47 @@ def block_reuse_key(config: BlockConfig) -> tuple:
             config.drop_path > 0, tuple(int(c) for c in config.attn_chunks), bool(config.extra_norm))
 
 
+class BlockFunction(nn.Cell):
+    """A block's :meth:`~SwinTransformerV2Block.forward_with` as a cell whose graph reads no parameter.
+
+    The block is held outside the cell tree, so its parameters keep their names and are not
+    listed twice.
+    """
+
+    def __init__(self, block: SwinTransformerV2Block) -> None:
+        super().__init__(auto_prefix=False)
+        object.__setattr__(self, "block", block)
+
+    def construct(self, weights: Tuple[Tensor, ...], x: Tensor, draws: Tuple[Tensor, ...]) -> Tensor:
+        return self.block.forward_with(weights, x, draws)
+
+
+class BlockCheckpoint(nn.Cell):
+    """Activation checkpointing of one block: its forward keeps nothing, its backward reruns it.
+
+    The backward pass recomputes the block from its input and weights under a nested
+    ``GradOperation`` once the output's gradient exists, so only block inputs live between the
+    forward and backward passes, as with ``torch.utils.checkpoint``. MindSpore 2.10's own
+    ``Cell.recompute()`` keeps most of a Swin block's intermediates on CPU (see
+    docs/memory.md), and a custom ``bprop`` may not read parameters: the weights are inputs here.
+    """
+
+    def __init__(self, block: SwinTransformerV2Block) -> None:
+        super().__init__()
+        self.function = BlockFunction(block)
+        self.gradients = ops.GradOperation(get_all=True, sens_param=True)
+
+    def construct(self, weights: Tuple[Tensor, ...], x: Tensor, draws: Tuple[Tensor, ...]) -> Tensor:
+        return self.function(weights, x, draws)
+
+    def bprop(self, weights: Tuple[Tensor, ...], x: Tensor, draws: Tuple[Tensor, ...], out: Tensor, dout: Tensor):
+        # Recompute only once the output's gradient exists: the executor would otherwise be free
+        # to rerun every block's forward as soon as its input is ready.
+        grads = self.gradients(self.function)(weights, ops.depend(x, dout), draws, dout)
+        # GradOperation returns nothing for an empty tuple input; the bprop must still answer for it.
+        return grads if draws else grads + ((),)
+
+
 class SharedGraphBlock(SwinTransformerV2Block):
     """A block whose stochastic-depth rate is a ``construct`` input (``block(x, keep_prob)``).
 
@@ -582,13 +730,14 @@ class SharedGraphBlock(SwinTransformerV2Block):
         self.drop_path = InputRateDropPath() if config.drop_path > 0 else None
         self.reuse_key = block_reuse_key(config)
 
-    def _residual_at(self, branch: Tensor, keep_prob: Tensor, uniform: Optional[Tensor]) -> Tensor:
-        return branch if self.drop_path is None else self.drop_path(branch, keep_prob, uniform)
+    def _residual(self, branch: Tensor, draws: Tuple[Tensor, ...], which: int) -> Tensor:
+        """``draws``: ``(keep_prob,)`` or ``(keep_prob, path_noise)``."""
+        if self.drop_path is None:
+            return branch
+        return self.drop_path(branch, draws[0], draws[1][:, which] if len(draws) > 1 else None)
 
     def construct(self, x: Tensor, keep_prob: Tensor, path_noise: Optional[Tensor] = None) -> Tensor:
-        attn_draw, mlp_draw = (None, None) if path_noise is None else (path_noise[:, 0], path_noise[:, 1])
-        x = x + self._residual_at(self.norm1(self._attn(x)), keep_prob, attn_draw)
-        return self._main_branch_norm(x + self._residual_at(self.norm2(self.mlp(x)), keep_prob, mlp_draw))
+        return self._run(x, (keep_prob,) + self._draws(x, path_noise))
 
 
 class ReusedSwinTransformerV2Block(SharedGraphBlock):
@@ -613,22 +762,28 @@ class PatchMerging(nn.Cell):
     """V2 patch merging: 2x2 neighbourhood concat -> Linear(4C, 2C) -> LayerNorm(2C).
 
     The concat order is the official one: (h even, w even), (h odd, w even),
-    (h even, w odd), (h odd, w odd). An odd map is zero-padded by one row/column first, as in timm.
+    (h even, w odd), (h odd, w odd). An odd map is zero-padded by one row/column first, as in
+    timm. Padding and concatenation are one gather (:func:`merging_order`).
+
+    Args:
+        dim: Input width.
+        input_resolution: Input map (height, width).
+        out_dim: Output width (``2 * dim`` if None).
     """
 
-    def __init__(self, dim: int, out_dim: Optional[int] = None) -> None:
+    def __init__(self, dim: int, input_resolution: Tuple[int, int], out_dim: Optional[int] = None) -> None:
         super().__init__()
         self.dim = dim
+        self.input_resolution = input_resolution
         self.out_dim = out_dim or 2 * dim
+        self.neighbourhoods = token_gather(merging_order(input_resolution), input_resolution[0] * input_resolution[1])
         self.reduction = Linear(4 * dim, self.out_dim, bias=False)
         self.norm = LayerNorm(self.out_dim)
 
     def construct(self, x: Tensor) -> Tensor:
         b, h, w, c = x.shape
-        if h % 2 or w % 2:  # timm pads an odd map at the bottom and right
-            x = ops.pad(x, (0, 0, 0, w % 2, 0, h % 2))
-            h, w = h + h % 2, w + w % 2
-        x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 4, 2, 5).reshape(b, h // 2, w // 2, 4 * c)
+        hp, wp = merged_resolution((h, w))
+        x = self.neighbourhoods(x.reshape(b, h * w, c)).reshape(b, hp, wp, 4 * c)
         return self.norm(self.reduction(x))
 
 
@@ -701,7 +856,7 @@ class BasicLayer(nn.Cell):
         # Reused blocks take their stochastic-depth keep probability as an input (one scalar each).
         self.keep_probs = (tuple(Tensor(1.0 - float(config.drop_path), ms.float32) for config in blocks)
                            if issubclass(block_class, SharedGraphBlock) else None)
-        self.downsample = PatchMerging(self.dim) if downsample else None
+        self.downsample = PatchMerging(self.dim, self.input_resolution) if downsample else None
 
     def construct(self, x: Tensor, path_noise: Optional[Tensor] = None) -> Tensor:
         """``path_noise``: ``(B, depth, 2)`` stochastic-depth uniforms of this stage's blocks, or None."""
@@ -848,13 +1003,10 @@ class SwinTransformerV2(nn.Cell):
                 cell.portable = True
 
     def enable_recompute(self) -> None:
-        """Recompute block activations in backward (saves memory, costs one forward).
-
-        MindSpore offers no way to switch it off again once a cell is marked.
-        """
+        """Checkpoint every block: keep its input only and recompute it in backward (costs one forward)."""
         for layer in self.layers:
             for block in layer.blocks:
-                block.recompute()
+                block.use_checkpoint()
 
     def no_weight_decay(self) -> Set[str]:
         """Parameter names the official recipe trains without weight decay.
