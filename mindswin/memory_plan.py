@@ -16,10 +16,10 @@ What a step holds at its peak, in five parts:
   shifted blocks' bias-plus-mask), and **transient**: the largest live set of one block's
   backward pass (or, with recompute, one block's recomputed forward).
 
-Two backends, because they run different graphs: ``"ascend"`` (MindSpore's own ops, where
-``recompute`` keeps only each block's input) and ``"cpu"`` (the fused CPU kernels, where
-MindSpore 2.10's recompute pass was measured to keep every block's activations: see
-docs/memory.md, so the plan counts them). ``runtime`` is what the process holds besides:
+Two backends, because they run different graphs: ``"ascend"`` (MindSpore's own ops) and
+``"cpu"`` (the fused CPU kernels). On both, ``recompute`` (a
+:class:`~mindswin.models.swin_v2.BlockCheckpoint` per block) keeps only each block's input
+and reruns one block at a time in the backward pass. ``runtime`` is what the process holds besides:
 on CPU the framework, the compiled graph and allocator pools (measured by
 ``bench/memory_plan_check.py``, which checks the plan against measured peaks); on Ascend a
 reserve for the runtime, HCCL buffers and kernel workspaces that is an assumption, not a
@@ -220,8 +220,7 @@ def plan_memory(model_args: Dict[str, Any], batch_size: int = 1, amp_level: str 
     stages = stage_block_configs(**model_args)
     threads = cpu_threads or os.cpu_count() or 1
     blocks = [block_memory(config, batch_size, backend, compute_bytes, threads) for stage in stages for config in stage]
-    checkpointed = recompute and backend == "ascend"
-    if checkpointed:
+    if recompute:
         activations = sum(block.block_input for block in blocks)
         attention = 0
         transient = max(block.kept + block.attention + block.transient for block in blocks)

@@ -3,6 +3,8 @@
 The plan's agreement with measured peaks is a benchmark (``bench/memory_plan_check.py``,
 docs/memory_plan.md), not a test: a peak RSS depends on the machine and the allocator.
 """
+import os
+
 import pytest
 
 from mindswin.memory_plan import (
@@ -69,16 +71,18 @@ def test_sequential_attention_keeps_no_probabilities_and_one_group_at_a_time():
     assert sequential.activations == batched.activations
 
 
-def test_recompute_keeps_block_inputs_on_ascend_and_everything_on_cpu():
-    plain, checkpointed = plan_memory(TINY_64, batch_size=8), plan_memory(TINY_64, batch_size=8, recompute=True)
-    inputs = sum(8 * c.input_resolution[0] * c.input_resolution[1] * c.dim * 4
-                 for stage in stage_block_configs(**TINY_64) for c in stage)
+@pytest.mark.parametrize("backend", ["ascend", "cpu"])
+def test_recompute_keeps_block_inputs_and_reruns_one_block(backend):
+    plain = plan_memory(TINY_64, batch_size=8, backend=backend)
+    checkpointed = plan_memory(TINY_64, batch_size=8, recompute=True, backend=backend)
+    configs = [c for stage in stage_block_configs(**TINY_64) for c in stage]
+    inputs = sum(8 * c.input_resolution[0] * c.input_resolution[1] * c.dim * 4 for c in configs)
     assert checkpointed.attention == 0
     assert checkpointed.activations - inputs == plain.activations - sum(
-        block_memory(c, 8, "ascend", 4).kept for stage in stage_block_configs(**TINY_64) for c in stage)
+        block_memory(c, 8, backend, 4, os.cpu_count() or 1).kept for c in configs)
+    blocks = [block_memory(c, 8, backend, 4, os.cpu_count() or 1) for c in configs]
+    assert checkpointed.transient == max(b.kept + b.attention + b.transient for b in blocks)
     assert checkpointed.total < plain.total
-    cpu = plan_memory(TINY_64, batch_size=8, backend="cpu")
-    assert plan_memory(TINY_64, batch_size=8, recompute=True, backend="cpu") == cpu
 
 
 def test_amp_halves_the_matmul_operands():

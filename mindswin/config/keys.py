@@ -162,7 +162,8 @@ DEFAULTS: Dict[str, Option] = {
         "recompute": Option(
             default=False,
             kind=bool,
-            help="recompute block activations in backward",
+            help="activation checkpointing: keep each block's input only and rerun the "
+                 "block in the backward pass (one extra forward; see docs/memory.md)",
         ),
         "sequential_attention": Option(
             default=0,
