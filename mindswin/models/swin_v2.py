@@ -32,6 +32,12 @@ from .sequential_attention import SequentialAttentionCore
 __all__ = [
     "SwinTransformerV2",
     "SwinTransformerV2Block",
+    "BlockCheckpoint",
+    "BlockFunction",
+    "TokenGather",
+    "token_gather",
+    "swap_axes_gather",
+    "merging_order",
     "geometry_problem",
     "whole_maps_problem",
     "merged_resolution",
@@ -559,7 +565,7 @@ class SwinTransformerV2Block(nn.Cell):
         return shifted_window_mask(self.input_resolution, self.window_size, self.shift_size)
 
     def use_checkpoint(self) -> None:
-        """Keep only the block's input for the backward pass and recompute the rest there (see :class:`BlockCheckpoint`).
+        """Keep only the block's input for the backward pass and rerun the block there (:class:`BlockCheckpoint`).
 
         Random draws inside the block would differ when recomputed: stochastic depth then takes
         its uniforms as an input (drawn outside when the caller passes none), and dropout is refused.
