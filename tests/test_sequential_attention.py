@@ -33,14 +33,14 @@ def test_chunk_ranges_cover_every_item_once():
 class BatchedAttention(nn.Cell):
     """The reference: one softmax over all windows and heads, MindSpore's own autodiff."""
 
-    def __init__(self, num_windows: int, num_heads: int):
+    def __init__(self, num_windows: int, num_heads: int, mask: ms.Tensor):
         super().__init__()
-        self.num_windows, self.num_heads = num_windows, num_heads
+        self.num_windows, self.num_heads, self.mask = num_windows, num_heads, mask
 
-    def construct(self, q, k, v, bias, mask):
+    def construct(self, q, k, v, bias):
         n = q.shape[2]
         logits = ops.BatchMatMul(transpose_b=True)(q, k).reshape(-1, self.num_windows, self.num_heads, n, n)
-        logits = logits + bias.reshape(1, 1, self.num_heads, n, n) + mask.reshape(1, self.num_windows, 1, n, n)
+        logits = logits + bias.reshape(1, 1, self.num_heads, n, n) + self.mask.reshape(1, self.num_windows, 1, n, n)
         return ops.BatchMatMul()(ops.softmax(logits, -1).reshape(q.shape[:2] + (n, n)), v)
 
 
@@ -76,11 +76,13 @@ def value_and_gradients(cell, inputs, dout, dtype):
 @pytest.mark.parametrize("window_chunk,head_chunk", [(3, 0), (2, 3), (0, 1)])
 def test_core_matches_float64_attention(fused, window_chunk, head_chunk):
     images, windows, heads, n, d = 2, 7, 4, 16, 8
-    inputs = attention_inputs(images, windows, heads, n, d)
+    *inputs, mask = attention_inputs(images, windows, heads, n, d)
     dout = np.random.default_rng(1).standard_normal((images * windows, heads, n, d))
-    reference, reference_grads = value_and_gradients(BatchedAttention(windows, heads), inputs, dout, np.float64)
+    reference, reference_grads = value_and_gradients(BatchedAttention(windows, heads, ms.Tensor(mask)), inputs,
+                                                     dout, np.float64)
     with cpu_kernels(fused):
-        core = SequentialAttentionCore(windows, heads, window_chunk, head_chunk, masked=True, fused=fused)
+        core = SequentialAttentionCore(windows, heads, window_chunk, head_chunk, ms.Tensor(mask.astype(np.float32)),
+                                       fused=fused)
     out, grads = value_and_gradients(core, inputs, dout, np.float32)
     # float32 against float64: logits off by T * D * eps, probabilities by twice that relative,
     # the output matmul adds N * eps; gradients pass the logits twice (4x). Relative to the
@@ -91,14 +93,16 @@ def test_core_matches_float64_attention(fused, window_chunk, head_chunk):
         assert np.abs(got - want).max() <= 4 * bound * np.abs(want).max(), name
 
 
-def test_core_reads_no_mask_when_unmasked():
+def test_core_adds_the_mask_it_holds_and_none_without():
     images, windows, heads, n, d = 1, 4, 2, 16, 8
     q, k, v, bias, mask = attention_inputs(images, windows, heads, n, d)
-    core = SequentialAttentionCore(windows, heads, 2, 0, masked=False, fused=False)
     as_tensors = [ms.Tensor(x.astype(np.float32)) for x in (q, k, v, bias)]
-    with_mask = core(*as_tensors, ms.Tensor(mask.astype(np.float32))).asnumpy()
-    without = core(*as_tensors, ms.Tensor(np.zeros_like(mask, np.float32))).asnumpy()
-    np.testing.assert_array_equal(with_mask, without)
+    unmasked = SequentialAttentionCore(windows, heads, 2, 0, None, fused=False)(*as_tensors).asnumpy()
+    zero_mask = ms.Tensor(np.zeros_like(mask, np.float32))
+    zero_masked = SequentialAttentionCore(windows, heads, 2, 0, zero_mask)(*as_tensors).asnumpy()
+    np.testing.assert_array_equal(unmasked, zero_masked)
+    masked = SequentialAttentionCore(windows, heads, 2, 0, ms.Tensor(mask.astype(np.float32)))(*as_tensors).asnumpy()
+    assert np.abs(masked - unmasked).max() > 1e-3
 
 
 def model_pair(**kwargs):

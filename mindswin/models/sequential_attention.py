@@ -20,7 +20,7 @@ before any softmax.
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import mindspore as ms
 from mindspore import Tensor, nn, ops
@@ -46,23 +46,27 @@ class SequentialAttentionCore(nn.Cell):
         num_heads: Attention heads.
         window_chunk: Windows per group (0: all).
         head_chunk: Heads per group (0: all).
-        masked: Whether a shifted-window mask is added (otherwise ``mask`` is ignored).
+        mask: The ``(num_windows, N, N)`` float32 shifted-window mask, or None.
         fused: Softmax and its gradient in the fused CPU kernel (:class:`BiasSoftmaxKernel`).
 
     Inputs are parameter-free tensors (a custom ``bprop`` may not read parameters): ``q``, ``k``,
-    ``v`` ``(B * num_windows, heads, N, head_dim)`` in the matmul dtype, ``bias`` ``(heads, N, N)``
-    and ``mask`` ``(num_windows, N, N)`` in float32. Softmax and its gradient run in float32, as
-    in the batched path.
+    ``v`` ``(B * num_windows, heads, N, head_dim)`` in the matmul dtype and ``bias``
+    ``(heads, N, N)`` in float32. Softmax and its gradient run in float32, as in the batched path.
+
+    The mask is a constant of the cell, gated on the bias (``ops.depend``) before it is sliced and
+    broadcast: MindSpore folds an op whose inputs are all constants at compile time, and would
+    keep each group's ``(w, h, N, N)`` broadcast mask, the whole ``(windows, heads, N, N)`` per
+    block, for the life of the graph.
     """
 
     def __init__(self, num_windows: int, num_heads: int, window_chunk: int = 0, head_chunk: int = 0,
-                 masked: bool = False, fused: bool = False) -> None:
+                 mask: Optional[Tensor] = None, fused: bool = False) -> None:
         super().__init__()
         self.num_windows = num_windows
         self.num_heads = num_heads
         self.window_groups = chunk_ranges(num_windows, window_chunk)
         self.head_groups = chunk_ranges(num_heads, head_chunk)
-        self.masked = masked
+        self.mask = mask
         self.bias_softmax = BiasSoftmaxKernel() if fused else None
         self.qk_matmul = ops.BatchMatMul(transpose_b=True)
         self.av_matmul = ops.BatchMatMul()
@@ -77,16 +81,17 @@ class SequentialAttentionCore(nn.Cell):
         part = x[:, windows[0]:windows[1], heads[0]:heads[1]]
         return part.reshape((-1,) + part.shape[2:])
 
-    def _group_bias(self, bias: Tensor, mask: Tensor, windows: Tuple[int, int], heads: Tuple[int, int]) -> Tensor:
+    def _group_bias(self, bias: Tensor, windows: Tuple[int, int], heads: Tuple[int, int]) -> Tensor:
         """What one group's logits add: the ``(h, N, N)`` position bias, shared by every window, or
         with a mask the ``(w, h, N, N)`` bias plus mask, shared by every image."""
         head_bias = bias[heads[0]:heads[1]]
-        if not self.masked:
+        if self.mask is None:
             return head_bias
         n = bias.shape[-1]
         shape = (windows[1] - windows[0], heads[1] - heads[0], n, n)
+        mask = ops.depend(self.mask, bias)[windows[0]:windows[1]]
         return ops.broadcast_to(head_bias.reshape((1,) + shape[1:]), shape) + \
-            ops.broadcast_to(mask[windows[0]:windows[1]].reshape(shape[0], 1, n, n), shape)
+            ops.broadcast_to(mask.reshape(shape[0], 1, n, n), shape)
 
     def _probabilities(self, q: Tensor, k: Tensor, group_bias: Tensor) -> Tensor:
         """Float32 probabilities ``(B * w, h, N, N)`` of one group."""
@@ -115,7 +120,7 @@ class SequentialAttentionCore(nn.Cell):
         out = rows[0] if len(rows) == 1 else ops.concat(rows, axis=1)
         return out.reshape(like.shape)
 
-    def construct(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: Tensor) -> Tensor:
+    def construct(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
         q5, k5, v5 = self._by_window(q), self._by_window(k), self._by_window(v)
         groups = []
         previous = bias
@@ -124,13 +129,13 @@ class SequentialAttentionCore(nn.Cell):
             for heads in self.head_groups:
                 qg = self._group(ops.depend(q5, previous), windows, heads)
                 kg, vg = self._group(k5, windows, heads), self._group(v5, windows, heads)
-                probs = self._probabilities(qg, kg, self._group_bias(bias, mask, windows, heads))
+                probs = self._probabilities(qg, kg, self._group_bias(bias, windows, heads))
                 previous = self.av_matmul(probs.astype(vg.dtype), vg)
                 row.append(previous)
             groups.append(row)
         return self._assemble(groups, v)
 
-    def bprop(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: Tensor, out: Tensor, dout: Tensor):
+    def bprop(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, out: Tensor, dout: Tensor):
         q5, k5, v5, d5 = self._by_window(q), self._by_window(k), self._by_window(v), self._by_window(dout)
         dq_groups, dk_groups, dv_groups, dbias_groups = [], [], [], []
         previous = dout
@@ -140,12 +145,12 @@ class SequentialAttentionCore(nn.Cell):
                 qg = self._group(ops.depend(q5, previous), windows, heads)
                 kg, vg, dg = self._group(k5, windows, heads), self._group(v5, windows, heads), \
                     self._group(d5, windows, heads)
-                group_bias = self._group_bias(bias, mask, windows, heads)
+                group_bias = self._group_bias(bias, windows, heads)
                 probs = self._probabilities(qg, kg, group_bias)
                 dv_row.append(self.ta_matmul(probs.astype(dg.dtype), dg))
                 dlogits, dgroup_bias = self._softmax_backward(self.qk_matmul(dg, vg).astype(ms.float32), probs,
                                                               group_bias)
-                dbias_row.append(dgroup_bias.sum(axis=0) if self.masked else dgroup_bias)  # (h, N, N)
+                dbias_row.append(dgroup_bias if self.mask is None else dgroup_bias.sum(axis=0))  # (h, N, N)
                 dlogits = dlogits.astype(qg.dtype)
                 dq_row.append(self.av_matmul(dlogits, kg))
                 previous = self.ta_matmul(dlogits, qg)
@@ -155,7 +160,7 @@ class SequentialAttentionCore(nn.Cell):
             dv_groups.append(dv_row)
             dbias_groups.append(dbias_row)
         return (self._assemble(dq_groups, q), self._assemble(dk_groups, k), self._assemble(dv_groups, v),
-                self._bias_gradient(dbias_groups), ops.zeros_like(mask))
+                self._bias_gradient(dbias_groups))
 
     def _bias_gradient(self, groups: List[List[Tensor]]) -> Tensor:
         """Sum the ``[window group][head group]`` partial bias gradients over window groups, concat heads."""

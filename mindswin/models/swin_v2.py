@@ -375,7 +375,7 @@ class WindowAttention(nn.Cell):
         self.portable = False  # set_portable: the cosine normalisation without Rsqrt
         self.sequential = None  # use_sequential: a SequentialAttentionCore
 
-    def use_sequential(self, num_windows: int, attn_chunks: Tuple[int, int], masked: bool) -> None:
+    def use_sequential(self, num_windows: int, attn_chunks: Tuple[int, int], mask: Optional[Tensor]) -> None:
         """Attend ``attn_chunks = (windows, heads)`` at a time (0: all), probabilities recomputed in backward.
 
         See :mod:`~mindswin.models.sequential_attention`. Attention dropout would draw other
@@ -386,7 +386,7 @@ class WindowAttention(nn.Cell):
                              "where dropout would draw other noise; set attn_drop_rate 0 (the official value) or "
                              "turn sequential attention off")
         self.sequential = SequentialAttentionCore(num_windows, self.num_heads, attn_chunks[0], attn_chunks[1],
-                                                  masked, fused=self.bias_softmax is not None)
+                                                  mask, fused=self.bias_softmax is not None)
 
     def weights(self) -> Tuple[Parameter, ...]:
         """Every parameter, in the order :meth:`forward_with` reads them: ``logit_scale``, the CPB
@@ -443,12 +443,18 @@ class WindowAttention(nn.Cell):
             normalize(k).astype(v.dtype), v
 
     def _logit_bias(self, bias: Tensor, mask: Optional[Tensor]) -> Tensor:
-        """Position bias ``(heads, N, N)``, plus the mask as ``(num_windows, heads, N, N)``."""
+        """Position bias ``(heads, N, N)``, plus the mask as ``(num_windows, heads, N, N)``.
+
+        The mask, a constant, is gated on the bias first: MindSpore folds an op whose inputs are
+        all constants at compile time and would keep the broadcast mask, as large as the sum,
+        for the life of the graph (docs/memory.md).
+        """
         if mask is None:
             return bias
         shape = (mask.shape[0], self.num_heads, self.window_area, self.window_area)
+        mask = ops.depend(mask, bias).reshape(mask.shape[0], 1, self.window_area, self.window_area)
         return ops.broadcast_to(bias.reshape(1, self.num_heads, self.window_area, self.window_area), shape) + \
-            ops.broadcast_to(mask.reshape(mask.shape[0], 1, self.window_area, self.window_area), shape)
+            ops.broadcast_to(mask, shape)
 
     def _softmax_with_bias(self, logits: Tensor, bias: Tensor) -> Tensor:
         """``softmax(logits + bias)`` with the per-image ``bias`` broadcast over images.
@@ -482,7 +488,7 @@ class WindowAttention(nn.Cell):
         q, k, v = self._queries_keys_values(x, temperature, weights[4], q_bias, v_bias)
         bias = self.position_bias(weights[1:4])
         if self.sequential is not None:
-            x = self.sequential(q, k, v, bias, bias if mask is None else mask)
+            x = self.sequential(q, k, v, bias)
         else:
             x = self._batched(q, k, v, bias, mask)
         x = self.merge_heads(x.reshape(batch_windows, self.num_heads * n, self.head_dim)).reshape(batch_windows, n, c)
@@ -549,11 +555,11 @@ class SwinTransformerV2Block(nn.Cell):
         self.attn_mask = Tensor(mask) if mask is not None else None
         if any(attn_chunks):
             self.attn.use_sequential(num_windows(self.input_resolution, self.window_size), tuple(attn_chunks),
-                                     masked=mask is not None)
+                                     self.attn_mask)
         self.to_windows, self.from_windows = window_gathers(self.input_resolution, self.window_size,
                                                             self.shift_size)
         self.checkpoint = None  # use_checkpoint: a BlockCheckpoint
-        self.uniform = ops.UniformReal()
+        self.uniform = None  # use_checkpoint: draws stochastic depth outside the rerun block
 
     def _calc_window_shift(self, window_size: Tuple[int, int],
                            shift_size: Tuple[int, int]) -> Tuple[Tuple[int, int], Tuple[int, int]]:
@@ -575,6 +581,9 @@ class SwinTransformerV2Block(nn.Cell):
                              "other noise; set attn_drop_rate and proj_drop_rate 0 (the official values) or turn "
                              "recompute off")
         self.checkpoint = BlockCheckpoint(self)
+        # Made only here: every random op created takes the next of MindSpore's op seeds, so one
+        # more per block would change what the other random ops of a model without recompute draw.
+        self.uniform = ops.UniformReal() if self.drop_path is not None else None
 
     def weights(self) -> Tuple[Parameter, ...]:
         """Every parameter of the block, in the order :meth:`forward_with` reads them."""
@@ -613,7 +622,7 @@ class SwinTransformerV2Block(nn.Cell):
         """
         if self.drop_path is None:
             return ()
-        if path_noise is None and self.checkpoint is not None and self.training:
+        if path_noise is None and self.uniform is not None and self.training:
             path_noise = self.uniform((x.shape[0], 2))
         return () if path_noise is None else (path_noise,)
 
