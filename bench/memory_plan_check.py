@@ -35,6 +35,9 @@ CONFIGS = [
     ("T 1024/16, batch 1", 1024, 16, {"recompute": False}),
     ("T 1024/32, batch 1, sequential 16", 1024, 32, {"recompute": False, "sequential_attention": 16}),
     ("T 1024/32, batch 1", 1024, 32, {"recompute": False}),
+    ("T 512/16, batch 1, recompute", 512, 16, {"recompute": True}),
+    ("T 1024/32, batch 1, recompute", 1024, 32, {"recompute": True}),
+    ("T 1024/32, batch 1, sequential 16, recompute", 1024, 32, {"recompute": True, "sequential_attention": 16}),
 ]
 
 
