@@ -68,6 +68,7 @@ class BlockMemory:
     attention: int  # probabilities and bias-plus-mask: windows x heads x N^2
     transient: int  # largest live set beyond what is kept, forward or backward
     block_input: int  # what recompute keeps instead of ``kept + attention``
+    constants: int = 0  # the shifted-window mask, held by the graph with or without recompute
 
 
 @dataclass(frozen=True)
@@ -166,10 +167,9 @@ def block_memory(config: BlockConfig, batch_size: int, backend: str, compute_byt
         group_bias = bias
     if backend == "cpu":
         attention_transient += cpu_threads * group_bias
-    if any(shift):
-        attention += windows * n * n * FLOAT32  # the shifted-window mask, a constant of the graph
+    mask = windows * n * n * FLOAT32 if any(shift) else 0  # a constant of the graph
     transient = max(attention_transient, tokens * hidden * (FLOAT32 + a))
-    return BlockMemory(kept, attention, transient, tokens * dim * FLOAT32)
+    return BlockMemory(kept, attention, transient, tokens * dim * FLOAT32, mask)
 
 
 def _stem_and_merging_bytes(model_args: Dict[str, Any], stages: List[List[BlockConfig]], batch_size: int,
@@ -220,13 +220,14 @@ def plan_memory(model_args: Dict[str, Any], batch_size: int = 1, amp_level: str 
     stages = stage_block_configs(**model_args)
     threads = cpu_threads or os.cpu_count() or 1
     blocks = [block_memory(config, batch_size, backend, compute_bytes, threads) for stage in stages for config in stage]
+    constants = sum(block.constants for block in blocks)
     if recompute:
         activations = sum(block.block_input for block in blocks)
-        attention = 0
+        attention = constants
         transient = max(block.kept + block.attention + block.transient for block in blocks)
     else:
         activations = sum(block.kept for block in blocks)
-        attention = sum(block.attention for block in blocks)
+        attention = sum(block.attention for block in blocks) + constants
         transient = max(block.transient for block in blocks)
     activations += _stem_and_merging_bytes(model_args, stages, batch_size, compute_bytes)
     if runtime_bytes is None:

@@ -42,8 +42,9 @@ def test_one_block_counted_by_hand():
     tokens, c, hidden, scores = 3 * 64, 16, 64, 3 * 4 * 2 * 16 * 16
     assert block.kept == tokens * c * (3 + 3 + 6 + 2) * 4 + tokens * hidden * 2 * 4
     bias = 4 * 2 * 16 * 16 * 4  # bias-plus-mask per window and head (one per image)
-    # probabilities + bias + the mask constant + the CPB MLP's hidden layer (7 x 7 offsets x 512)
-    assert block.attention == scores * 4 + bias + 4 * 16 * 16 * 4 + 7 * 7 * 512 * 4
+    # probabilities + bias + the CPB MLP's hidden layer (7 x 7 offsets x 512); the mask is a constant
+    assert block.attention == scores * 4 + bias + 7 * 7 * 512 * 4
+    assert block.constants == 4 * 16 * 16 * 4
     assert block.transient == max(2 * scores * 4 + 2 * bias, tokens * hidden * 8)
     cpu = block_memory(config, 3, "cpu", FLOAT32, cpu_threads=5)
     assert cpu.transient == max(2 * scores * 4 + 2 * bias + 5 * bias, tokens * hidden * 8)
@@ -77,7 +78,8 @@ def test_recompute_keeps_block_inputs_and_reruns_one_block(backend):
     checkpointed = plan_memory(TINY_64, batch_size=8, recompute=True, backend=backend)
     configs = [c for stage in stage_block_configs(**TINY_64) for c in stage]
     inputs = sum(8 * c.input_resolution[0] * c.input_resolution[1] * c.dim * 4 for c in configs)
-    assert checkpointed.attention == 0
+    masks = sum(block_memory(c, 8, backend, 4).constants for c in configs)
+    assert masks > 0 and checkpointed.attention == masks  # the graph's mask constants stay either way
     assert checkpointed.activations - inputs == plain.activations - sum(
         block_memory(c, 8, backend, 4, os.cpu_count() or 1).kept for c in configs)
     blocks = [block_memory(c, 8, backend, 4, os.cpu_count() or 1) for c in configs]
