@@ -6,7 +6,10 @@ Each case runs in its own process: a graph of four ops in a row on a 256 MB floa
 peak RSS above the process after its inputs are made, in units of one output. The finding
 behind ``mindswin.models.layers.expand_to`` (docs/memory.md): a broadcasting Add/Mul keeps
 about 4x its output for the life of the graph, one workspace per op; ``BroadcastTo`` and a
-same-shape op keep none.
+same-shape op keep none. Two more cases: a transpose keeps about twice its output, and a
+broadcast of a *constant* is folded at compile time into a constant as large as the output,
+kept for the life of the graph, unless the constant is first gated on a runtime value
+(``ops.depend``), as the models do with the shifted-window mask.
 """
 import json
 import os
@@ -23,6 +26,8 @@ CASES = {
     "add of broadcast_to(b)": ((1024, 256, 256), (256,), "expand_add"),
     "BiasAdd": ((1024, 256, 256), (256,), "bias_add"),
     "transpose": ((16, 65536, 64), (1,), "transpose"),
+    "add of broadcast_to(constant)": ((1024, 256, 256), (1024, 1, 256), "constant_add"),
+    "add of broadcast_to(depend(constant, a))": ((1024, 256, 256), (1024, 1, 256), "gated_constant_add"),
 }
 OUTPUT_MB = 256.0
 
@@ -39,15 +44,21 @@ def worker(name: str) -> None:
         def __init__(self):
             super().__init__()
             self.bias_add = ops.BiasAdd()
+            # four distinct constants, so that folding cannot share one result
+            self.constants = [ms.Tensor(np.full(shape_b, i + 1.0, np.float32)) for i in range(4)]
 
         def construct(self, a, b):
-            for _ in range(4):
+            for i in range(4):
                 if op == "add":
                     a = a + b
                 elif op == "mul":
                     a = a * b
                 elif op == "expand_add":
                     a = a + ops.broadcast_to(b, a.shape)
+                elif op == "constant_add":
+                    a = a + ops.broadcast_to(self.constants[i], a.shape)
+                elif op == "gated_constant_add":
+                    a = a + ops.broadcast_to(ops.depend(self.constants[i], a), a.shape)
                 elif op == "bias_add":
                     a = self.bias_add(a.reshape(-1, a.shape[-1]), b).reshape(a.shape)
                 else:
