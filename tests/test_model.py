@@ -11,7 +11,7 @@ from mindswin.amp import apply_amp
 from mindswin.models import count_flops, model_spec
 from mindswin.models.flops import count_parameters
 from mindswin.models.simmim import build_simmim
-from mindswin.models.swin_v2 import relative_coords_table, shifted_window_mask
+from mindswin.models.swin_v2 import SwinTransformerV2Block, relative_coords_table, shifted_window_mask
 
 from helpers import MICRO, OFFICIAL_VARIANTS, PAPER_VARIANTS, loss_and_grads, micro, randomize
 
@@ -253,3 +253,13 @@ def test_extra_norm_every_sixth_block_of_a_stage():
     # the block's output is layer-normalised over channels (variance var / (var + 1e-5) ~ 1)
     assert np.abs(out.mean(axis=-1)).max() <= 1e-5
     assert np.abs(out.var(axis=-1) - 1).max() <= 1e-3
+
+
+def test_block_weights_are_laid_out_as_forward_with_reads_them():
+    # forward_with slices a block's flat weight tuple by counts known at init; a checkpointed
+    # block reruns it with exactly these tensors.
+    for qkv_bias in (True, False):
+        block = SwinTransformerV2Block(16, (8, 8), 2, (4, 4), (2, 2), qkv_bias=qkv_bias, extra_norm=True)
+        assert block.attn.num_weights == len(block.attn.weights())
+        names = [p.name for p in block.weights()]
+        assert sorted(names) == sorted(p.name for p in block.trainable_params())

@@ -340,6 +340,7 @@ class WindowAttention(nn.Cell):
         self.head_dim = dim // num_heads
         self.window_area = window_size[0] * window_size[1]
         self.qkv_bias = qkv_bias
+        self.num_weights = 9 if qkv_bias else 7  # len(weights()), known without reading a parameter
 
         self.logit_scale = Parameter(Tensor(np.full((num_heads, 1, 1), math.log(10.0), np.float32)),
                                      name="logit_scale")
@@ -395,14 +396,11 @@ class WindowAttention(nn.Cell):
         return ((self.logit_scale, self.cpb_mlp[0].weight, self.cpb_mlp[0].bias, self.cpb_mlp[2].weight,
                  self.qkv.weight) + qv_biases + self.proj.weights())
 
-    def position_bias(self, cpb_weights: Optional[Tuple[Tensor, Tensor, Tensor]] = None) -> Tensor:
+    def position_bias(self, cpb_weights: Tuple[Tensor, Tensor, Tensor]) -> Tensor:
         """``16 * sigmoid(cpb_mlp(coords))`` gathered to ``(heads, N, N)``, float32.
 
-        ``cpb_weights``: the CPB MLP's ``(fc1 weight, fc1 bias, fc2 weight)`` to compute with (its
-        own parameters if None).
+        ``cpb_weights``: the CPB MLP's ``(fc1 weight, fc1 bias, fc2 weight)`` to compute with.
         """
-        if cpb_weights is None:
-            cpb_weights = (self.cpb_mlp[0].weight, self.cpb_mlp[0].bias, self.cpb_mlp[2].weight)
         if self.position_bias_kernel is not None:
             return self.position_bias_kernel(cpb_weights[0], cpb_weights[1], cpb_weights[2])[0]
         hidden = self.cpb_mlp[1](self.cpb_mlp[0].forward_with(cpb_weights[:2], self.relative_coords_table))
@@ -608,7 +606,7 @@ class SwinTransformerV2Block(nn.Cell):
 
         A pure function of its inputs, so :class:`BlockCheckpoint` can rerun it in the backward pass.
         """
-        a = len(self.attn.weights())
+        a = self.attn.num_weights
         x = x + self._residual(self.norm1.forward_with(weights[a:a + 2], self._attn(weights[:a], x)), draws, 0)
         x = x + self._residual(self.norm2.forward_with(weights[a + 6:a + 8],
                                                        self.mlp.forward_with(weights[a + 2:a + 6], x)), draws, 1)
