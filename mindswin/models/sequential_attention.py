@@ -14,9 +14,10 @@ The position bias ``(heads, N, N)`` and the shifted-window mask ``(windows, N, N
 expanded to ``(windows, heads, N, N)``: each group adds its own ``(w, h, N, N)`` slice, shared
 by the images of the batch.
 
-Groups run one after another: each group's queries depend (``ops.depend``) on the previous
-group's output, since a dataflow graph is otherwise free to compute every group's logits
-before any softmax.
+Groups run one after another: each group's inputs (its slices of ``q``, ``k``, ``v`` and its
+bias) depend (``ops.depend``) on the previous group's output, since a dataflow graph is
+otherwise free to compute every group's logits before any softmax, or every group's bias up
+front.
 """
 from __future__ import annotations
 
@@ -93,6 +94,18 @@ class SequentialAttentionCore(nn.Cell):
         return ops.broadcast_to(head_bias.reshape((1,) + shape[1:]), shape) + \
             ops.broadcast_to(mask.reshape(shape[0], 1, n, n), shape)
 
+    def _group_inputs(self, tensors: Tuple[Tensor, ...], previous: Tensor, windows: Tuple[int, int],
+                      heads: Tuple[int, int]) -> Tuple[Tensor, ...]:
+        """One group's slices of the ``(B, windows, heads, N, D)`` ``tensors[:-1]`` and its bias from ``tensors[-1]``.
+
+        Each is gated on the previous group's result: slices and bias depend on nothing else, so
+        a dataflow executor would otherwise make every group's at once and hold them all (with a
+        mask, the whole ``(windows, heads, N, N)`` bias per block).
+        """
+        gated = [ops.depend(x, previous) for x in tensors]
+        return tuple(self._group(x, windows, heads) for x in gated[:-1]) + \
+            (self._group_bias(gated[-1], windows, heads),)
+
     def _probabilities(self, q: Tensor, k: Tensor, group_bias: Tensor) -> Tensor:
         """Float32 probabilities ``(B * w, h, N, N)`` of one group."""
         logits = self.qk_matmul(q, k).astype(ms.float32)
@@ -127,9 +140,8 @@ class SequentialAttentionCore(nn.Cell):
         for windows in self.window_groups:
             row = []
             for heads in self.head_groups:
-                qg = self._group(ops.depend(q5, previous), windows, heads)
-                kg, vg = self._group(k5, windows, heads), self._group(v5, windows, heads)
-                probs = self._probabilities(qg, kg, self._group_bias(bias, windows, heads))
+                qg, kg, vg, group_bias = self._group_inputs((q5, k5, v5, bias), previous, windows, heads)
+                probs = self._probabilities(qg, kg, group_bias)
                 previous = self.av_matmul(probs.astype(vg.dtype), vg)
                 row.append(previous)
             groups.append(row)
@@ -142,10 +154,7 @@ class SequentialAttentionCore(nn.Cell):
         for windows in self.window_groups:
             dq_row, dk_row, dv_row, dbias_row = [], [], [], []
             for heads in self.head_groups:
-                qg = self._group(ops.depend(q5, previous), windows, heads)
-                kg, vg, dg = self._group(k5, windows, heads), self._group(v5, windows, heads), \
-                    self._group(d5, windows, heads)
-                group_bias = self._group_bias(bias, windows, heads)
+                qg, kg, vg, dg, group_bias = self._group_inputs((q5, k5, v5, d5, bias), previous, windows, heads)
                 probs = self._probabilities(qg, kg, group_bias)
                 dv_row.append(self.ta_matmul(probs.astype(dg.dtype), dg))
                 dlogits, dgroup_bias = self._softmax_backward(self.qk_matmul(dg, vg).astype(ms.float32), probs,

@@ -484,7 +484,10 @@ class WindowAttention(nn.Cell):
         q_bias, v_bias = (weights[5], weights[6]) if self.qkv_bias else (None, None)
         temperature = ops.exp(ops.minimum(weights[0], MAX_LOGIT_SCALE))
         q, k, v = self._queries_keys_values(x, temperature, weights[4], q_bias, v_bias)
-        bias = self.position_bias(weights[1:4])
+        # Gated on the tokens: the bias depends on weights only, so in a checkpointed block's rerun
+        # the executor would build it (and, shifted, the (windows, heads, N, N) bias + mask) for
+        # every block as soon as the backward pass starts, and hold them all (docs/memory.md).
+        bias = self.position_bias((ops.depend(weights[1], x),) + weights[2:4])
         if self.sequential is not None:
             x = self.sequential(q, k, v, bias)
         else:
