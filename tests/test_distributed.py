@@ -240,10 +240,11 @@ def _straight_and_killed_mid_epoch(script, args, tmp_path):
 
 
 def test_official_augmentation_two_workers_killed_mid_epoch_resume_bitwise(data_dir, tmp_path):
-    # RandAugment, erasing noise, mixup/CutMix, drop path and EMA on two ranks, killed with SIGKILL
-    # in the middle of epoch 2: each rank must redraw exactly what it drew in the uninterrupted run
-    args = [*BASE_ARGS, *OFFICIAL_AUGMENTATION, "--epoch_size", "2", "--batch_size", "8", "--distribute", "True",
-            "--resume_save_steps", "2", "--data_dir", data_dir]
+    # RandAugment, erasing noise, mixup/CutMix, drop path and EMA on two ranks, with every block
+    # checkpointed (its rerun must drop what its forward pass dropped), killed with SIGKILL in the
+    # middle of epoch 2: each rank must redraw exactly what it drew in the uninterrupted run
+    args = [*BASE_ARGS, *OFFICIAL_AUGMENTATION, "--recompute", "True", "--epoch_size", "2", "--batch_size", "8",
+            "--distribute", "True", "--resume_save_steps", "2", "--data_dir", data_dir]
     straight, out, position, logs = _straight_and_killed_mid_epoch("train.py", args, tmp_path)
     for rank in (0, 1):
         assert f"rank {rank} starts at epoch 1 batch {position.batch_in_epoch} " in logs
@@ -252,18 +253,15 @@ def test_official_augmentation_two_workers_killed_mid_epoch_resume_bitwise(data_
         assert np.array_equal(value, resumed[name]), name
 
 
-@pytest.mark.parametrize("script, recompute", [("train.py", "False"),
-                                               (ROOT / "tests" / "msrun_scripts" / "train_native_ops.py", "True")],
-                         ids=["kernels_on", "kernels_off_recompute"])
-def test_sequential_attention_on_padded_windows_two_workers_resume_bitwise(data_dir, tmp_path, script, recompute):
+@pytest.mark.parametrize("script", ["train.py", ROOT / "tests" / "msrun_scripts" / "train_native_ops.py"],
+                         ids=["kernels_on", "kernels_off"])
+def test_sequential_attention_on_padded_windows_two_workers_resume_bitwise(data_dir, tmp_path, script):
     # window 3 on the 32 px model pads every stage map (16, 8, 4 -> 18, 9, 6) and sequential attention
-    # runs 3 windows x 2 heads per group (uneven groups), under the official augmentation (drop path
-    # included) and EMA, with MindSpore's own ops also under the block checkpoint, whose rerun must
-    # drop what the forward pass dropped; the ranks stay in sync and a run killed mid-epoch resumes
-    # bit for bit
+    # runs 3 windows x 2 heads per group (uneven groups), under the official augmentation and EMA;
+    # the ranks stay in sync and a run killed mid-epoch resumes bit for bit
     args = [*BASE_ARGS, *OFFICIAL_AUGMENTATION, "--window_size", "3", "--sequential_attention", "3",
-            "--sequential_attention_heads", "2", "--recompute", recompute, "--epoch_size", "2", "--batch_size", "8",
-            "--distribute", "True", "--resume_save_steps", "2", "--data_dir", data_dir]
+            "--sequential_attention_heads", "2", "--epoch_size", "2", "--batch_size", "8", "--distribute", "True",
+            "--resume_save_steps", "2", "--data_dir", data_dir]
     straight, out, position, logs = _straight_and_killed_mid_epoch(script, args, tmp_path)
     digests = _digest_lines(logs)
     assert len(digests) == 2 and digests[0] == digests[1]
