@@ -19,11 +19,14 @@ What a step holds at its peak, in five parts:
 Two backends, because they run different graphs: ``"ascend"`` (MindSpore's own ops) and
 ``"cpu"`` (the fused CPU kernels). On both, ``recompute`` (a
 :class:`~mindswin.models.swin_v2.BlockCheckpoint` per block) keeps only each block's input
-and reruns one block at a time in the backward pass. ``runtime`` is what the process holds besides:
-on CPU the framework, the compiled graph and allocator pools (measured by
-``bench/memory_plan_check.py``, which checks the plan against measured peaks); on Ascend a
-reserve for the runtime, HCCL buffers and kernel workspaces that is an assumption, not a
-measurement (no card here).
+and reruns one block at a time in the backward pass. ``graph`` is the compiled graph, which the
+CPU backend holds in the same memory as the tensors: a fixed amount per block graph, more for a
+checkpointed block (its rerun is a second copy of the block) and per sequential-attention group
+(see :func:`cpu_graph_bytes`); on Ascend the graph lives in host memory, not on the card.
+``runtime`` is what the process holds besides: on CPU the framework and allocator pools
+(measured by ``bench/memory_plan_check.py``, which checks the plan against measured peaks); on
+Ascend a reserve for the runtime, HCCL buffers and kernel workspaces that is an assumption, not
+a measurement (no card here).
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from .models.flops import count_parameters
 from .models.registry import model_spec
+from .models.sequential_attention import chunk_ranges
 from .models.swin_v2 import (
     BlockConfig,
     clip_window_shift,
@@ -45,7 +49,8 @@ from .models.swin_v2 import (
     to_pair,
 )
 
-__all__ = ["DEVICES", "MemoryPlan", "BlockMemory", "block_memory", "plan_memory", "largest_batch", "model_arguments"]
+__all__ = ["DEVICES", "MemoryPlan", "BlockMemory", "block_memory", "cpu_graph_bytes", "sequential_groups",
+           "plan_memory", "largest_batch", "model_arguments"]
 
 GIB = 2 ** 30
 MIB = 2 ** 20
@@ -54,9 +59,17 @@ FLOAT32 = 4
 DEVICES = {"910A": 32 * GIB, "910B": 64 * GIB}
 # Held on a card besides the step (runtime context, HCCL buffers, kernel workspaces): assumed, not measured.
 ASCEND_RUNTIME = 2 * GIB
-# Measured by bench/memory_plan_check.py (MindSpore 2.10, AMD EPYC, Swin V2-T at 128 px): framework,
-# compiled graph and allocator pools of a one-step process.
-CPU_RUNTIME = 1100 * MIB
+# Measured by bench/memory_plan_check.py (MindSpore 2.10, Swin V2-T at 128 px): framework, the graph
+# outside the blocks (stem, head, loss, AdamW) and allocator pools of a one-step process.
+CPU_RUNTIME = 300 * MIB
+# Host memory of the compiled graph on MindSpore 2.10's CPU backend: the process's growth from the
+# built model to the end of the second step, Swin V2-T at 128 px (tensors of a few MB), 8 against 12
+# blocks, recompute off and on, sequential groups of 64 and 16 windows (one and up to four groups
+# per block); the same growth was measured at 256 px and, compile only, at 1,024 px.
+CPU_GRAPH_PER_BLOCK = 52 * MIB
+CPU_GRAPH_PER_CHECKPOINTED_BLOCK = 83 * MIB  # the block, its rerun and the rerun's backward
+CPU_GRAPH_PER_SEQUENTIAL_GROUP = 35 * MIB  # each group is unrolled in the forward and the backward pass
+CPU_GRAPH_PER_CHECKPOINTED_CORE = 20 * MIB  # a sequential core inside a checkpointed block, once
 BACKENDS = ("ascend", "cpu")
 
 
@@ -82,6 +95,7 @@ class MemoryPlan:
     activations: int
     attention: int
     transient: int
+    graph: int
     runtime: int
 
     @property
@@ -109,7 +123,10 @@ def block_memory(config: BlockConfig, batch_size: int, backend: str, compute_byt
       inputs (``T C 4``, three with the extra norm), the fc1 input (``T C a``), the fc2 input
       (``T M a``);
     * cpu (fused kernels): unit q and k from the qkv kernel (``2 Tp C 4``), their matmul-dtype
-      copies under O2 (``2 Tp C a``), the GELU kernel's float32 input (``T M 4``);
+      copies under O2 (``2 Tp C a``), the GELU kernel's float32 input (``T M 4``); under O2 also
+      the float32 tensors that a cell with its own ``bprop`` keeps as its outputs before they are
+      cast for a matmul (in float32 they are the matmul's input itself): the GELU kernel's output
+      (``T M 4``), the qkv kernel's v and the window gather's output (``2 Tp C 4``);
     * ascend (MindSpore ops): the cosine normalisation's operands, float32 q and k, their
       broadcast inverse norms, unit q and its broadcast temperature (``6 Tp C 4``), matmul-dtype
       q and k (``2 Tp C a``), the GELU input (``T M a``);
@@ -138,10 +155,8 @@ def block_memory(config: BlockConfig, batch_size: int, backend: str, compute_byt
     amp_copy = a if a != FLOAT32 else 0
     if backend == "cpu":
         kept += padded_tokens * dim * (2 * FLOAT32 + 2 * amp_copy) + tokens * hidden * FLOAT32
-        # A cell with its own bprop keeps every input and output it is called with, used or not
-        # (measured: 23 ``T C`` float32 tensors per block, not 16): the block input and the proj
-        # output (the two window gathers), both LayerNorm outputs, the float32 qkv.
-        kept += (tokens * 3 + padded_tokens * 4) * dim * FLOAT32
+        if amp_copy:
+            kept += tokens * hidden * FLOAT32 + padded_tokens * dim * 2 * FLOAT32
     else:
         kept += padded_tokens * dim * (6 * FLOAT32 + 2 * a) + tokens * hidden * a
     window_chunk, head_chunk = config.attn_chunks
@@ -170,6 +185,31 @@ def block_memory(config: BlockConfig, batch_size: int, backend: str, compute_byt
     mask = windows * n * n * FLOAT32 if any(shift) else 0  # a constant of the graph
     transient = max(attention_transient, tokens * hidden * (FLOAT32 + a))
     return BlockMemory(kept, attention, transient, tokens * dim * FLOAT32, mask)
+
+
+def sequential_groups(config: BlockConfig) -> int:
+    """Groups (windows x heads) the sequential attention of a block computes one after another (0: batched)."""
+    window_chunk, head_chunk = config.attn_chunks
+    if not (window_chunk or head_chunk):
+        return 0
+    window, _ = clip_window_shift(config.input_resolution, config.window_size, config.shift_size)
+    windows = num_windows(config.input_resolution, window)
+    return len(chunk_ranges(windows, window_chunk)) * len(chunk_ranges(config.num_heads, head_chunk))
+
+
+def cpu_graph_bytes(blocks: Sequence[BlockConfig], recompute: bool) -> int:
+    """Host memory of the blocks' compiled graph on MindSpore's CPU backend (kernels, their launch
+    state, the IR): it grows with the number of kernels, not with the tensors, so a deep model or a
+    sequential attention of many groups pays it at any resolution. The sequential core unrolls its
+    groups twice (forward, and the backward that recomputes each group's probabilities)."""
+    per_block = CPU_GRAPH_PER_CHECKPOINTED_BLOCK if recompute else CPU_GRAPH_PER_BLOCK
+    total = 0
+    for config in blocks:
+        groups = sequential_groups(config)
+        total += per_block + groups * CPU_GRAPH_PER_SEQUENTIAL_GROUP
+        if groups and recompute:
+            total += CPU_GRAPH_PER_CHECKPOINTED_CORE
+    return total
 
 
 def _stem_and_merging_bytes(model_args: Dict[str, Any], stages: List[List[BlockConfig]], batch_size: int,
@@ -232,10 +272,11 @@ def plan_memory(model_args: Dict[str, Any], batch_size: int = 1, amp_level: str 
     activations += _stem_and_merging_bytes(model_args, stages, batch_size, compute_bytes)
     if runtime_bytes is None:
         runtime_bytes = CPU_RUNTIME if backend == "cpu" else ASCEND_RUNTIME
+    graph = cpu_graph_bytes([config for stage in stages for config in stage], recompute) if backend == "cpu" else 0
     return MemoryPlan(weights=params * (FLOAT32 + (compute_bytes if compute_bytes != FLOAT32 else 0)),
                       gradients=params * FLOAT32, optimizer=-(-2 * params * FLOAT32 // zero_ranks),
                       ema=params * FLOAT32 if ema else 0, activations=activations, attention=attention,
-                      transient=transient, runtime=runtime_bytes)
+                      transient=transient, graph=graph, runtime=runtime_bytes)
 
 
 def largest_batch(model_args: Dict[str, Any], budget_bytes: int, limit: int = 4096, **options: Any) -> int:

@@ -8,6 +8,10 @@ import os
 import pytest
 
 from mindswin.memory_plan import (
+    CPU_GRAPH_PER_BLOCK,
+    CPU_GRAPH_PER_CHECKPOINTED_BLOCK,
+    CPU_GRAPH_PER_CHECKPOINTED_CORE,
+    CPU_GRAPH_PER_SEQUENTIAL_GROUP,
     DEVICES,
     FLOAT32,
     GIB,
@@ -17,6 +21,7 @@ from mindswin.memory_plan import (
     main,
     model_arguments,
     plan_memory,
+    sequential_groups,
 )
 from mindswin.models.flops import count_parameters
 from mindswin.models.swin_v2 import BlockConfig, stage_block_configs
@@ -84,7 +89,26 @@ def test_recompute_keeps_block_inputs_and_reruns_one_block(backend):
         block_memory(c, 8, backend, 4, os.cpu_count() or 1).kept for c in configs)
     blocks = [block_memory(c, 8, backend, 4, os.cpu_count() or 1) for c in configs]
     assert checkpointed.transient == max(b.kept + b.attention + b.transient for b in blocks)
-    assert checkpointed.total < plain.total
+    # what the step holds falls; on CPU the graph grows by the reruns (test_cpu_graph_...)
+    assert checkpointed.total - checkpointed.graph < plain.total - plain.graph
+
+
+def test_cpu_graph_grows_with_blocks_reruns_and_sequential_groups():
+    blocks = 4  # TINY_64: depths 2, 2
+    assert plan_memory(TINY_64).graph == 0  # on Ascend the graph is in host memory, not on the card
+    assert plan_memory(TINY_64, backend="cpu").graph == blocks * CPU_GRAPH_PER_BLOCK
+    assert plan_memory(TINY_64, backend="cpu", recompute=True).graph == blocks * CPU_GRAPH_PER_CHECKPOINTED_BLOCK
+    one_by_one = {**TINY_64, "sequential_attention": 1, "sequential_attention_heads": 1}
+    # 16 x 16 map, window 4: 16 windows x 2 heads per stage-1 block; 8 x 8: 4 windows x 4 heads
+    groups = 2 * 16 * 2 + 2 * 4 * 4
+    assert [sequential_groups(c) for stage in stage_block_configs(**one_by_one) for c in stage] == [32, 32, 16, 16]
+    assert plan_memory(one_by_one, backend="cpu").graph == blocks * CPU_GRAPH_PER_BLOCK + \
+        groups * CPU_GRAPH_PER_SEQUENTIAL_GROUP
+    assert plan_memory(one_by_one, backend="cpu", recompute=True).graph == blocks * (
+        CPU_GRAPH_PER_CHECKPOINTED_BLOCK + CPU_GRAPH_PER_CHECKPOINTED_CORE) + groups * CPU_GRAPH_PER_SEQUENTIAL_GROUP
+    # one group per block: windows and heads both whole
+    whole = {**TINY_64, "sequential_attention": 16}
+    assert [sequential_groups(c) for stage in stage_block_configs(**whole) for c in stage] == [1, 1, 1, 1]
 
 
 def test_amp_halves_the_matmul_operands():
@@ -124,7 +148,8 @@ def test_command_prints_the_breakdown_and_the_verdict(capsys):
     assert main(["--model", "swinv2_base_window12_192", "--img_size", "384", "--window_size", "24",
                  "--batch_size", "64", "--amp_level", "O2", "--recompute", "--device", "910A"]) == 0
     out = capsys.readouterr().out
-    for part in ("weights", "gradients", "optimizer", "activations", "attention", "total", "910A (32 GB): fits"):
+    for part in ("weights", "gradients", "optimizer", "activations", "attention", "graph", "total",
+                 "910A (32 GB): fits"):
         assert part in out
     assert main(["--model", "swinv2_nonexistent"]) == 2
     assert "unknown model" in capsys.readouterr().err
