@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from .models.flops import count_parameters
 from .models.registry import model_spec
-from .models.sequential_attention import chunk_ranges
+from .models.sequential_attention import chunk_ranges, sequential_pays_under_checkpoint
 from .models.swin_v2 import (
     BlockConfig,
     clip_window_shift,
@@ -259,7 +259,11 @@ def plan_memory(model_args: Dict[str, Any], batch_size: int = 1, amp_level: str 
     params = count_parameters(**model_args)
     stages = stage_block_configs(**model_args)
     threads = cpu_threads or os.cpu_count() or 1
-    blocks = [block_memory(config, batch_size, backend, compute_bytes, threads) for stage in stages for config in stage]
+    configs = [config for stage in stages for config in stage]
+    if recompute:  # a checkpointed block attends in one batch where one group is all it would have
+        configs = [config if sequential_pays_under_checkpoint(sequential_groups(config))
+                   else config._replace(attn_chunks=(0, 0)) for config in configs]
+    blocks = [block_memory(config, batch_size, backend, compute_bytes, threads) for config in configs]
     constants = sum(block.constants for block in blocks)
     if recompute:
         activations = sum(block.block_input for block in blocks)
@@ -272,7 +276,7 @@ def plan_memory(model_args: Dict[str, Any], batch_size: int = 1, amp_level: str 
     activations += _stem_and_merging_bytes(model_args, stages, batch_size, compute_bytes)
     if runtime_bytes is None:
         runtime_bytes = CPU_RUNTIME if backend == "cpu" else ASCEND_RUNTIME
-    graph = cpu_graph_bytes([config for stage in stages for config in stage], recompute) if backend == "cpu" else 0
+    graph = cpu_graph_bytes(configs, recompute) if backend == "cpu" else 0
     return MemoryPlan(weights=params * (FLOAT32 + (compute_bytes if compute_bytes != FLOAT32 else 0)),
                       gradients=params * FLOAT32, optimizer=-(-2 * params * FLOAT32 // zero_ranks),
                       ema=params * FLOAT32 if ema else 0, activations=activations, attention=attention,

@@ -111,6 +111,19 @@ def test_cpu_graph_grows_with_blocks_reruns_and_sequential_groups():
     assert [sequential_groups(c) for stage in stage_block_configs(**whole) for c in stage] == [1, 1, 1, 1]
 
 
+def test_recompute_counts_single_group_attention_as_batched():
+    # TINY_64's maps have 16 and 4 windows: groups of 16 windows are one group per block, and a
+    # checkpointed block then attends in one batch (the model does the same, test_sequential_attention)
+    one_group = {**TINY_64, "sequential_attention": 16}
+    for backend in ("ascend", "cpu"):
+        assert plan_memory(one_group, recompute=True, backend=backend) == plan_memory(TINY_64, recompute=True,
+                                                                                        backend=backend)
+        assert plan_memory(one_group, backend=backend) != plan_memory(TINY_64, backend=backend)
+    split = {**TINY_64, "sequential_attention": 4}  # 4 groups in stage 1, one in stage 2
+    assert plan_memory(split, recompute=True, backend="cpu").graph == 4 * CPU_GRAPH_PER_CHECKPOINTED_BLOCK + \
+        2 * (CPU_GRAPH_PER_CHECKPOINTED_CORE + 4 * CPU_GRAPH_PER_SEQUENTIAL_GROUP)
+
+
 def test_amp_halves_the_matmul_operands():
     full, half = plan_memory(TINY_64, batch_size=4), plan_memory(TINY_64, batch_size=4, amp_level="O2")
     assert half.activations < full.activations

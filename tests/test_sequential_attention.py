@@ -154,6 +154,17 @@ def test_amp_o2_sequential_matches_batched():
     assert_same_training_signal(batched, sequential, MODEL_BOUND)
 
 
+def test_checkpoint_attends_in_one_batch_where_one_group_is_all():
+    # the micro model's maps have 16, 4 and 1 windows: groups of 4 windows make 4, 1 and 1 groups
+    plain, checkpointed = micro(sequential_attention=4), micro(sequential_attention=4, recompute=True)
+    depths = [len(layer.blocks) for layer in plain.layers]
+    assert [[b.attn.sequential.num_groups for b in layer.blocks] for layer in plain.layers] == \
+        [[groups] * depth for groups, depth in zip((4, 1, 1), depths)]
+    # inside a checkpoint one group holds what batched attention holds; only the split stage stays sequential
+    assert [[b.attn.sequential is not None for b in layer.blocks] for layer in checkpointed.layers] == \
+        [[split] * depth for split, depth in zip((True, False, False), depths)]
+
+
 def test_attention_dropout_is_refused():
     with pytest.raises(ValueError, match="attn_drop_rate 0"):
         micro(sequential_attention=2, attn_drop_rate=0.1)

@@ -29,7 +29,7 @@ from mindspore import Tensor, nn, ops
 from .kernels import BiasSoftmaxKernel
 from .layers import expand_to
 
-__all__ = ["SequentialAttentionCore", "chunk_ranges"]
+__all__ = ["SequentialAttentionCore", "chunk_ranges", "sequential_pays_under_checkpoint"]
 
 
 def chunk_ranges(total: int, chunk: int) -> Tuple[Tuple[int, int], ...]:
@@ -37,6 +37,16 @@ def chunk_ranges(total: int, chunk: int) -> Tuple[Tuple[int, int], ...]:
     if chunk <= 0 or chunk >= total:
         return ((0, total),)
     return tuple((start, min(start + chunk, total)) for start in range(0, total, chunk))
+
+
+def sequential_pays_under_checkpoint(num_groups: int) -> bool:
+    """Whether sequential attention of ``num_groups`` groups still saves memory in a checkpointed block.
+
+    A checkpointed block's rerun frees the attention probabilities after its own backward pass
+    either way, so a single group holds there what batched attention holds, and recomputing its
+    probabilities once more would only cost time (a ``q k^T`` and a softmax) and compiled graph.
+    """
+    return num_groups > 1
 
 
 class SequentialAttentionCore(nn.Cell):
@@ -72,6 +82,11 @@ class SequentialAttentionCore(nn.Cell):
         self.qk_matmul = ops.BatchMatMul(transpose_b=True)
         self.av_matmul = ops.BatchMatMul()
         self.ta_matmul = ops.BatchMatMul(transpose_a=True)
+
+    @property
+    def num_groups(self) -> int:
+        """Groups of windows x heads computed one after another."""
+        return len(self.window_groups) * len(self.head_groups)
 
     def _by_window(self, x: Tensor) -> Tensor:
         """``(B * windows, heads, N, D)`` -> ``(B, windows, heads, N, D)``."""

@@ -27,7 +27,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from .kernel_library import use_cpu_kernels
 from .kernels import BiasSoftmaxKernel, PositionBiasKernel, QkvHeadsKernel
 from .layers import DropPath, InputRateDropPath, LayerNorm, Linear, Mlp, PatchProjection, expand_to
-from .sequential_attention import SequentialAttentionCore
+from .sequential_attention import SequentialAttentionCore, sequential_pays_under_checkpoint
 
 __all__ = [
     "SwinTransformerV2",
@@ -576,11 +576,15 @@ class SwinTransformerV2Block(nn.Cell):
 
         Random draws inside the block would differ when recomputed: stochastic depth then takes
         its uniforms as an input (drawn outside when the caller passes none), and dropout is refused.
+        Sequential attention of a single group goes back to batched attention, which holds the
+        same inside a checkpoint (:func:`~mindswin.models.sequential_attention.sequential_pays_under_checkpoint`).
         """
         if self.attn.attn_drop is not None or self.attn.proj_drop is not None:
             raise ValueError("recompute reruns each block's forward in the backward pass, where dropout would draw "
                              "other noise; set attn_drop_rate and proj_drop_rate 0 (the official values) or turn "
                              "recompute off")
+        if self.attn.sequential is not None and not sequential_pays_under_checkpoint(self.attn.sequential.num_groups):
+            self.attn.sequential = None
         self.checkpoint = BlockCheckpoint(self)
         # Made only here: every random op created takes the next of MindSpore's op seeds, so one
         # more per block would change what the other random ops of a model without recompute draw.
