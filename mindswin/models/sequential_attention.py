@@ -1,4 +1,4 @@
-"""Sequential self-attention (Swin V2 paper, section 3.4): window attention chunk by chunk.
+"""Sequential self-attention (Swin V2 paper, section 3.4): window attention group by group.
 
 The batched attention of :class:`~mindswin.models.swin_v2.WindowAttention` holds the logits
 and probabilities of every window and head at once, ``B * windows * heads * N**2`` floats,
@@ -14,14 +14,18 @@ The position bias ``(heads, N, N)`` and the shifted-window mask ``(windows, N, N
 expanded to ``(windows, heads, N, N)``: each group adds its own ``(w, h, N, N)`` slice, shared
 by the images of the batch.
 
-Groups run one after another: each group's inputs (its slices of ``q``, ``k``, ``v`` and its
-bias) depend (``ops.depend``) on the previous group's output, since a dataflow graph is
-otherwise free to compute every group's logits before any softmax, or every group's bias up
-front.
+Groups run one after another, unrolled: each group's inputs depend (``ops.depend``) on the
+previous group's output, since a dataflow graph is otherwise free to compute every group's
+logits before any softmax. A group reads its ``(row, head)`` pairs with one ``GatherNd`` and
+writes its output with one ``TensorScatterUpdate``: MindSpore's CPU backend keeps every
+compiled kernel in host memory, next to the tensors, and a group of 5-D slices and
+concatenations cost about 30 MB of graph there, a gathered group about 4 MB. (A graph-mode
+``while`` loop over the groups compiles one body whatever their number, but the runtime then
+held about 0.7 GB more per Swin V2-T step at 512 px.)
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import mindspore as ms
 from mindspore import Tensor, nn, ops
@@ -64,10 +68,9 @@ class SequentialAttentionCore(nn.Cell):
     ``v`` ``(B * num_windows, heads, N, head_dim)`` in the matmul dtype and ``bias``
     ``(heads, N, N)`` in float32. Softmax and its gradient run in float32, as in the batched path.
 
-    The mask is a constant of the cell, gated on the bias (``ops.depend``) before it is sliced and
-    broadcast: MindSpore folds an op whose inputs are all constants at compile time, and would
-    keep each group's ``(w, h, N, N)`` broadcast mask, the whole ``(windows, heads, N, N)`` per
-    block, for the life of the graph.
+    The mask is a constant of the cell, gated on the bias (``ops.depend``) before it is gathered
+    and broadcast: MindSpore folds an op whose inputs are all constants at compile time, and would
+    keep each group's ``(w, h, N, N)`` broadcast mask for the life of the graph.
     """
 
     def __init__(self, num_windows: int, num_heads: int, window_chunk: int = 0, head_chunk: int = 0,
@@ -82,44 +85,44 @@ class SequentialAttentionCore(nn.Cell):
         self.qk_matmul = ops.BatchMatMul(transpose_b=True)
         self.av_matmul = ops.BatchMatMul()
         self.ta_matmul = ops.BatchMatMul(transpose_a=True)
+        # Primitive instances: a nested GradOperation (BlockCheckpoint) inside a bprop fails on
+        # some functional ops ("The func graph is empty").
+        self.zeros_like = ops.ZerosLike()
+        self.gather = ops.Gather()
+        self.gather_pairs = ops.GatherNd()
+        self.scatter_pairs = ops.TensorScatterUpdate()
+        self.scatter_add = ops.TensorScatterAdd()
+        self.concat_last = ops.Concat(axis=-1)
 
     @property
     def num_groups(self) -> int:
         """Groups of windows x heads computed one after another."""
         return len(self.window_groups) * len(self.head_groups)
 
-    def _by_window(self, x: Tensor) -> Tensor:
-        """``(B * windows, heads, N, D)`` -> ``(B, windows, heads, N, D)``."""
-        return x.reshape((-1, self.num_windows) + x.shape[1:])
+    def _group_indices(self, windows: Tuple[int, int], heads: Tuple[int, int],
+                       images: int) -> Tuple[Tensor, Tensor, Tensor]:
+        """The group's ``(images * w, h, 2)`` (row, head) pairs in the ``(images * windows, heads)``
+        layout, image-major, and its ``(w,)`` windows and ``(h,)`` heads (constants of the graph)."""
+        window_index = Tensor(tuple(range(windows[0], windows[1])), ms.int32)
+        head_index = Tensor(tuple(range(heads[0], heads[1])), ms.int32)
+        image_rows = Tensor(tuple(range(0, images * self.num_windows, self.num_windows)), ms.int32)
+        rows = (image_rows.reshape(-1, 1) + window_index.reshape(1, -1)).reshape(-1, 1, 1)
+        heads_column = head_index.reshape(1, -1, 1)
+        # Adding zeros of the other's shape broadcasts each to (images * w, h, 1).
+        pairs = self.concat_last((rows + heads_column * 0, heads_column + rows * 0))
+        return pairs, window_index, head_index
 
-    def _group(self, x: Tensor, windows: Tuple[int, int], heads: Tuple[int, int]) -> Tensor:
-        """One group ``(B * w, h, N, D)`` of a ``(B, windows, heads, N, D)`` tensor."""
-        part = x[:, windows[0]:windows[1], heads[0]:heads[1]]
-        return part.reshape((-1,) + part.shape[2:])
-
-    def _group_bias(self, bias: Tensor, windows: Tuple[int, int], heads: Tuple[int, int]) -> Tensor:
+    def _group_bias(self, bias: Tensor, window_index: Tensor, head_index: Tensor) -> Tensor:
         """What one group's logits add: the ``(h, N, N)`` position bias, shared by every window, or
         with a mask the ``(w, h, N, N)`` bias plus mask, shared by every image."""
-        head_bias = bias[heads[0]:heads[1]]
+        head_bias = self.gather(bias, head_index, 0)
         if self.mask is None:
             return head_bias
         n = bias.shape[-1]
-        shape = (windows[1] - windows[0], heads[1] - heads[0], n, n)
-        mask = ops.depend(self.mask, bias)[windows[0]:windows[1]]
+        shape = (window_index.shape[0], head_index.shape[0], n, n)
+        mask = self.gather(ops.depend(self.mask, bias), window_index, 0)
         return ops.broadcast_to(head_bias.reshape((1,) + shape[1:]), shape) + \
             ops.broadcast_to(mask.reshape(shape[0], 1, n, n), shape)
-
-    def _group_inputs(self, tensors: Tuple[Tensor, ...], previous: Tensor, windows: Tuple[int, int],
-                      heads: Tuple[int, int]) -> Tuple[Tensor, ...]:
-        """One group's slices of the ``(B, windows, heads, N, D)`` ``tensors[:-1]`` and its bias from ``tensors[-1]``.
-
-        Each is gated on the previous group's result: slices and bias depend on nothing else, so
-        a dataflow executor would otherwise make every group's at once and hold them all (with a
-        mask, the whole ``(windows, heads, N, N)`` bias per block).
-        """
-        gated = [ops.depend(x, previous) for x in tensors]
-        return tuple(self._group(x, windows, heads) for x in gated[:-1]) + \
-            (self._group_bias(gated[-1], windows, heads),)
 
     def _probabilities(self, q: Tensor, k: Tensor, group_bias: Tensor) -> Tensor:
         """Float32 probabilities ``(B * w, h, N, N)`` of one group."""
@@ -138,60 +141,48 @@ class SequentialAttentionCore(nn.Cell):
         dlogits = probs * (dprobs - expand_to(dot, dprobs))
         return dlogits, dlogits.reshape(-1, group_bias.size).sum(axis=0).reshape(group_bias.shape)
 
-    def _assemble(self, groups: List[List[Tensor]], like: Tensor) -> Tensor:
-        """Groups ``[window group][head group]`` of ``(B * w, h, N, D)`` -> ``(B * windows, heads, N, D)``."""
-        rows = []
-        for w in range(len(self.window_groups)):
-            width = self.window_groups[w][1] - self.window_groups[w][0]
-            parts = [part.reshape((-1, width) + part.shape[1:]) for part in groups[w]]
-            rows.append(parts[0] if len(parts) == 1 else ops.concat(parts, axis=2))
-        out = rows[0] if len(rows) == 1 else ops.concat(rows, axis=1)
-        return out.reshape(like.shape)
+    def _attend_group(self, windows: Tuple[int, int], heads: Tuple[int, int], q: Tensor, k: Tensor, v: Tensor,
+                      bias: Tensor, out: Tensor) -> Tensor:
+        """``out`` with the attention output of the group of ``windows`` x ``heads`` written in."""
+        q, k, v, bias = ops.depend(q, out), ops.depend(k, out), ops.depend(v, out), ops.depend(bias, out)
+        pairs, window_index, head_index = self._group_indices(windows, heads, q.shape[0] // self.num_windows)
+        qg, kg, vg = self.gather_pairs(q, pairs), self.gather_pairs(k, pairs), self.gather_pairs(v, pairs)
+        probs = self._probabilities(qg, kg, self._group_bias(bias, window_index, head_index))
+        return self.scatter_pairs(out, pairs, self.av_matmul(probs.astype(vg.dtype), vg))
+
+    def _backward_group(self, windows: Tuple[int, int], heads: Tuple[int, int], inputs: Tuple[Tensor, ...],
+                        grads: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
+        """``grads`` (of ``q``, ``k``, ``v``, ``bias``) with the part of the group of ``windows`` x
+        ``heads`` added, from ``inputs`` ``(q, k, v, bias, dout)``."""
+        dq, dk, dv, dbias = grads
+        q, k, v, bias, dout = (ops.depend(inputs[0], dk), ops.depend(inputs[1], dk), ops.depend(inputs[2], dk),
+                               ops.depend(inputs[3], dk), ops.depend(inputs[4], dk))
+        pairs, window_index, head_index = self._group_indices(windows, heads, q.shape[0] // self.num_windows)
+        qg, kg, vg, dg = (self.gather_pairs(q, pairs), self.gather_pairs(k, pairs), self.gather_pairs(v, pairs),
+                          self.gather_pairs(dout, pairs))
+        group_bias = self._group_bias(bias, window_index, head_index)
+        probs = self._probabilities(qg, kg, group_bias)
+        dv = self.scatter_pairs(dv, pairs, self.ta_matmul(probs.astype(dg.dtype), dg))
+        dlogits, dgroup_bias = self._softmax_backward(self.qk_matmul(dg, vg).astype(ms.float32), probs, group_bias)
+        if self.mask is not None:
+            dgroup_bias = dgroup_bias.sum(axis=0)  # (h, N, N)
+        dbias = self.scatter_add(dbias, head_index.reshape(-1, 1), dgroup_bias)
+        dlogits = dlogits.astype(qg.dtype)
+        dq = self.scatter_pairs(dq, pairs, self.av_matmul(dlogits, kg))
+        dk = self.scatter_pairs(dk, pairs, self.ta_matmul(dlogits, qg))
+        return dq, dk, dv, dbias
 
     def construct(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
-        q5, k5, v5 = self._by_window(q), self._by_window(k), self._by_window(v)
-        groups = []
-        previous = bias
+        out = self.zeros_like(v)
         for windows in self.window_groups:
-            row = []
             for heads in self.head_groups:
-                qg, kg, vg, group_bias = self._group_inputs((q5, k5, v5, bias), previous, windows, heads)
-                probs = self._probabilities(qg, kg, group_bias)
-                previous = self.av_matmul(probs.astype(vg.dtype), vg)
-                row.append(previous)
-            groups.append(row)
-        return self._assemble(groups, v)
+                out = self._attend_group(windows, heads, q, k, v, bias, out)
+        return out
 
     def bprop(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, out: Tensor, dout: Tensor):
-        q5, k5, v5, d5 = self._by_window(q), self._by_window(k), self._by_window(v), self._by_window(dout)
-        dq_groups, dk_groups, dv_groups, dbias_groups = [], [], [], []
-        previous = dout
+        inputs = (q, k, v, bias, dout)
+        grads = (self.zeros_like(q), self.zeros_like(k), self.zeros_like(v), self.zeros_like(bias))
         for windows in self.window_groups:
-            dq_row, dk_row, dv_row, dbias_row = [], [], [], []
             for heads in self.head_groups:
-                qg, kg, vg, dg, group_bias = self._group_inputs((q5, k5, v5, d5, bias), previous, windows, heads)
-                probs = self._probabilities(qg, kg, group_bias)
-                dv_row.append(self.ta_matmul(probs.astype(dg.dtype), dg))
-                dlogits, dgroup_bias = self._softmax_backward(self.qk_matmul(dg, vg).astype(ms.float32), probs,
-                                                              group_bias)
-                dbias_row.append(dgroup_bias if self.mask is None else dgroup_bias.sum(axis=0))  # (h, N, N)
-                dlogits = dlogits.astype(qg.dtype)
-                dq_row.append(self.av_matmul(dlogits, kg))
-                previous = self.ta_matmul(dlogits, qg)
-                dk_row.append(previous)
-            dq_groups.append(dq_row)
-            dk_groups.append(dk_row)
-            dv_groups.append(dv_row)
-            dbias_groups.append(dbias_row)
-        return (self._assemble(dq_groups, q), self._assemble(dk_groups, k), self._assemble(dv_groups, v),
-                self._bias_gradient(dbias_groups))
-
-    def _bias_gradient(self, groups: List[List[Tensor]]) -> Tensor:
-        """Sum the ``[window group][head group]`` partial bias gradients over window groups, concat heads."""
-        heads = []
-        for h in range(len(self.head_groups)):
-            total = groups[0][h]
-            for w in range(1, len(self.window_groups)):
-                total = total + groups[w][h]
-            heads.append(total)
-        return heads[0] if len(heads) == 1 else ops.concat(heads, axis=0)
+                grads = self._backward_group(windows, heads, inputs, grads)
+        return grads
