@@ -11,7 +11,12 @@ from mindswin.amp import apply_amp
 from mindswin.models import count_flops, model_spec
 from mindswin.models.flops import count_parameters
 from mindswin.models.simmim import build_simmim
-from mindswin.models.swin_v2 import SwinTransformerV2Block, relative_coords_table, shifted_window_mask
+from mindswin.models.swin_v2 import (
+    SwinTransformerV2Block,
+    relative_coords_table,
+    shifted_window_mask,
+    shifted_window_mask_factors,
+)
 
 from helpers import MICRO, OFFICIAL_VARIANTS, PAPER_VARIANTS, loss_and_grads, micro, randomize
 
@@ -71,6 +76,16 @@ def test_shift_mask_blocks_cross_region_pairs():
     assert not mask[0].any()  # top-left window holds one region only
     assert set(np.unique(mask[3])) == {0.0, -100.0}
     assert shifted_window_mask((8, 8), (4, 4), (0, 0)) is None
+
+
+@pytest.mark.parametrize("resolution,window,shift", [((8, 8), (4, 4), (2, 2)), ((12, 20), (8, 8), (4, 4)),
+                                                     ((64, 64), (32, 32), (16, 16))])
+def test_mask_factors_multiply_to_the_mask_exactly(resolution, window, shift):
+    # products of 10, 1 and -100 summed: small integers, exact in any float format and order
+    factors = shifted_window_mask_factors(resolution, window, shift)
+    product = ms.ops.BatchMatMul(transpose_b=True)(ms.Tensor(factors[0]), ms.Tensor(factors[1])).asnumpy()
+    np.testing.assert_array_equal(product, shifted_window_mask(resolution, window, shift))
+    assert shifted_window_mask_factors(resolution, window, (0, 0)) is None
 
 
 def test_pynative_and_graph_give_same_logits():

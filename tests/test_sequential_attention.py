@@ -61,6 +61,11 @@ def attention_inputs(images, windows, heads, n, d, seed=0):
     return q, k, v, bias, mask
 
 
+def as_factors(mask):
+    """``(2, windows, N, N)`` factors of any ``(windows, N, N)`` mask: the mask and the identity."""
+    return ms.Tensor(np.stack([mask, np.broadcast_to(np.eye(mask.shape[-1]), mask.shape)]).astype(np.float32))
+
+
 def value_and_gradients(cell, inputs, dout, dtype):
     tensors = [ms.Tensor(x.astype(dtype)) for x in inputs]
 
@@ -81,7 +86,7 @@ def test_core_matches_float64_attention(fused, window_chunk, head_chunk):
     reference, reference_grads = value_and_gradients(BatchedAttention(windows, heads, ms.Tensor(mask)), inputs,
                                                      dout, np.float64)
     with cpu_kernels(fused):
-        core = SequentialAttentionCore(windows, heads, window_chunk, head_chunk, ms.Tensor(mask.astype(np.float32)),
+        core = SequentialAttentionCore(windows, heads, window_chunk, head_chunk, as_factors(mask),
                                        fused=fused)
     out, grads = value_and_gradients(core, inputs, dout, np.float32)
     # float32 against float64: logits off by T * D * eps, probabilities by twice that relative,
@@ -98,10 +103,10 @@ def test_core_adds_the_mask_it_holds_and_none_without():
     q, k, v, bias, mask = attention_inputs(images, windows, heads, n, d)
     as_tensors = [ms.Tensor(x.astype(np.float32)) for x in (q, k, v, bias)]
     unmasked = SequentialAttentionCore(windows, heads, 2, 0, None, fused=False)(*as_tensors).asnumpy()
-    zero_mask = ms.Tensor(np.zeros_like(mask, np.float32))
+    zero_mask = as_factors(np.zeros_like(mask))
     zero_masked = SequentialAttentionCore(windows, heads, 2, 0, zero_mask)(*as_tensors).asnumpy()
     np.testing.assert_array_equal(unmasked, zero_masked)
-    masked = SequentialAttentionCore(windows, heads, 2, 0, ms.Tensor(mask.astype(np.float32)))(*as_tensors).asnumpy()
+    masked = SequentialAttentionCore(windows, heads, 2, 0, as_factors(mask))(*as_tensors).asnumpy()
     assert np.abs(masked - unmasked).max() > 1e-3
 
 

@@ -25,6 +25,7 @@ from .kernels import BiasAddKernel, GeluKernel, LayerNormKernel
 
 __all__ = [
     "expand_to",
+    "mask_from_factors",
     "Linear",
     "LayerNorm",
     "Mlp",
@@ -46,6 +47,20 @@ def expand_to(small: Tensor, like: Tensor) -> Tensor:
     broadcast of a large tensor in the models goes through here.
     """
     return ops.broadcast_to(small, like.shape)
+
+
+_FACTOR_PRODUCT = ops.BatchMatMul(transpose_b=True)
+
+
+def mask_from_factors(factors: Tensor, gate: Tensor) -> Tensor:
+    """The ``(windows, N, N)`` mask ``factors[0] @ factors[1]^T`` of ``(2, windows, N, k)`` factors
+    (:func:`~mindswin.models.swin_v2.shifted_window_mask_factors`), computed after ``gate``.
+
+    The factors are constants, and MindSpore folds an op whose inputs are all constants at
+    compile time: ungated, the product would be a constant of the graph, as large as the mask.
+    """
+    factors = ops.depend(factors, gate)
+    return _FACTOR_PRODUCT(factors[0], factors[1])
 
 
 def add_bias(y: Tensor, bias: Tensor, kernel: Optional[BiasAddKernel]) -> Tensor:

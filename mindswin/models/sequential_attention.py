@@ -10,9 +10,10 @@ and ``k``. A block's attention then needs one group's probabilities at a time, f
 backward, whatever the number of windows: memory that MindSpore's own ``recompute`` does not
 cut (see docs/memory.md).
 
-The position bias ``(heads, N, N)`` and the shifted-window mask ``(windows, N, N)`` are never
-expanded to ``(windows, heads, N, N)``: each group adds its own ``(w, h, N, N)`` slice, shared
-by the images of the batch.
+The position bias ``(heads, N, N)`` and the shifted-window mask are never expanded to
+``(windows, heads, N, N)``: each group adds its own ``(w, h, N, N)`` slice, shared by the images
+of the batch, and makes its ``(w, N, N)`` part of the mask from the mask's factors
+(:func:`~mindswin.models.layers.mask_from_factors`).
 
 Groups run one after another, unrolled: each group's inputs depend (``ops.depend``) on the
 previous group's output, since a dataflow graph is otherwise free to compute every group's
@@ -31,7 +32,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from .kernels import BiasSoftmaxKernel
-from .layers import expand_to
+from .layers import expand_to, mask_from_factors
 
 __all__ = ["SequentialAttentionCore", "chunk_ranges", "sequential_pays_under_checkpoint"]
 
@@ -61,26 +62,25 @@ class SequentialAttentionCore(nn.Cell):
         num_heads: Attention heads.
         window_chunk: Windows per group (0: all).
         head_chunk: Heads per group (0: all).
-        mask: The ``(num_windows, N, N)`` float32 shifted-window mask, or None.
+        mask_factors: The ``(2, num_windows, N, k)`` float32 factors of the shifted-window mask
+            (:func:`~mindswin.models.swin_v2.shifted_window_mask_factors`), or None.
         fused: Softmax and its gradient in the fused CPU kernel (:class:`BiasSoftmaxKernel`).
 
     Inputs are parameter-free tensors (a custom ``bprop`` may not read parameters): ``q``, ``k``,
     ``v`` ``(B * num_windows, heads, N, head_dim)`` in the matmul dtype and ``bias``
     ``(heads, N, N)`` in float32. Softmax and its gradient run in float32, as in the batched path.
 
-    The mask is a constant of the cell, gated on the bias (``ops.depend``) before it is gathered
-    and broadcast: MindSpore folds an op whose inputs are all constants at compile time, and would
-    keep each group's ``(w, h, N, N)`` broadcast mask for the life of the graph.
+    The mask factors are constants of the cell; each group multiplies its windows' after the bias.
     """
 
     def __init__(self, num_windows: int, num_heads: int, window_chunk: int = 0, head_chunk: int = 0,
-                 mask: Optional[Tensor] = None, fused: bool = False) -> None:
+                 mask_factors: Optional[Tensor] = None, fused: bool = False) -> None:
         super().__init__()
         self.num_windows = num_windows
         self.num_heads = num_heads
         self.window_groups = chunk_ranges(num_windows, window_chunk)
         self.head_groups = chunk_ranges(num_heads, head_chunk)
-        self.mask = mask
+        self.mask_factors = mask_factors
         self.bias_softmax = BiasSoftmaxKernel() if fused else None
         self.qk_matmul = ops.BatchMatMul(transpose_b=True)
         self.av_matmul = ops.BatchMatMul()
@@ -116,11 +116,11 @@ class SequentialAttentionCore(nn.Cell):
         """What one group's logits add: the ``(h, N, N)`` position bias, shared by every window, or
         with a mask the ``(w, h, N, N)`` bias plus mask, shared by every image."""
         head_bias = self.gather(bias, head_index, 0)
-        if self.mask is None:
+        if self.mask_factors is None:
             return head_bias
         n = bias.shape[-1]
         shape = (window_index.shape[0], head_index.shape[0], n, n)
-        mask = self.gather(ops.depend(self.mask, bias), window_index, 0)
+        mask = mask_from_factors(self.gather(self.mask_factors, window_index, 1), bias)
         return ops.broadcast_to(head_bias.reshape((1,) + shape[1:]), shape) + \
             ops.broadcast_to(mask.reshape(shape[0], 1, n, n), shape)
 
@@ -164,7 +164,7 @@ class SequentialAttentionCore(nn.Cell):
         probs = self._probabilities(qg, kg, group_bias)
         dv = self.scatter_pairs(dv, pairs, self.ta_matmul(probs.astype(dg.dtype), dg))
         dlogits, dgroup_bias = self._softmax_backward(self.qk_matmul(dg, vg).astype(ms.float32), probs, group_bias)
-        if self.mask is not None:
+        if self.mask_factors is not None:
             dgroup_bias = dgroup_bias.sum(axis=0)  # (h, N, N)
         dbias = self.scatter_add(dbias, head_index.reshape(-1, 1), dgroup_bias)
         dlogits = dlogits.astype(qg.dtype)

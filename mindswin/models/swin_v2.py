@@ -26,7 +26,7 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from .kernel_library import use_cpu_kernels
 from .kernels import BiasSoftmaxKernel, PositionBiasKernel, QkvHeadsKernel
-from .layers import DropPath, InputRateDropPath, LayerNorm, Linear, Mlp, PatchProjection, expand_to
+from .layers import DropPath, InputRateDropPath, LayerNorm, Linear, Mlp, PatchProjection, expand_to, mask_from_factors
 from .sequential_attention import SequentialAttentionCore, sequential_pays_under_checkpoint
 
 __all__ = [
@@ -54,6 +54,8 @@ __all__ = [
     "relative_coords_table",
     "relative_position_index",
     "shifted_window_mask",
+    "shifted_window_mask_factors",
+    "shifted_window_regions",
     "window_token_order",
     "NUMERICS",
 ]
@@ -167,20 +169,20 @@ def num_windows(resolution: Tuple[int, int], window_size: Tuple[int, int]) -> in
     return (padded[0] // window_size[0]) * (padded[1] // window_size[1])
 
 
-def shifted_window_mask(resolution: Tuple[int, int], window_size: Tuple[int, int],
-                        shift_size: Tuple[int, int]) -> Optional[np.ndarray]:
-    """Attention mask for shifted windows: 0 within a region, ``MASK_VALUE`` across.
+def shifted_window_regions(resolution: Tuple[int, int], window_size: Tuple[int, int],
+                           shift_size: Tuple[int, int]) -> Optional[np.ndarray]:
+    """Region of every token of every shifted window: tokens of different regions may not attend.
 
     Regions are cut from the map padded to a window multiple, as timm cuts them; the padding
     tokens themselves are not masked (timm attends to them too).
 
     Returns:
-        float32 array ``(num_windows, N, N)`` with ``N = Wh*Ww``, or None without shift.
+        int32 array ``(num_windows, N)`` with ``N = Wh*Ww`` and regions 0-8, or None without shift.
     """
     if not any(shift_size):
         return None
     h, w = padded_resolution(resolution, window_size)
-    region = np.zeros((h, w), np.float32)
+    region = np.zeros((h, w), np.int32)
     count = 0
     for hs in (slice(0, -window_size[0]), slice(-window_size[0], -shift_size[0] or None),
                slice(-shift_size[0] or h, None)):
@@ -189,9 +191,39 @@ def shifted_window_mask(resolution: Tuple[int, int], window_size: Tuple[int, int
             region[hs, ws] = count
             count += 1
     windows = region.reshape(h // window_size[0], window_size[0], w // window_size[1], window_size[1])
-    windows = windows.transpose(0, 2, 1, 3).reshape(-1, window_size[0] * window_size[1])
-    diff = windows[:, None, :] - windows[:, :, None]
-    return np.where(diff != 0, MASK_VALUE, 0.0).astype(np.float32)
+    return windows.transpose(0, 2, 1, 3).reshape(-1, window_size[0] * window_size[1])
+
+
+def shifted_window_mask(resolution: Tuple[int, int], window_size: Tuple[int, int],
+                        shift_size: Tuple[int, int]) -> Optional[np.ndarray]:
+    """Attention mask for shifted windows: 0 within a region, ``MASK_VALUE`` across.
+
+    Returns:
+        float32 array ``(num_windows, N, N)``, or None without shift.
+    """
+    regions = shifted_window_regions(resolution, window_size, shift_size)
+    if regions is None:
+        return None
+    return np.where(regions[:, None, :] != regions[:, :, None], MASK_VALUE, 0.0).astype(np.float32)
+
+
+def shifted_window_mask_factors(resolution: Tuple[int, int], window_size: Tuple[int, int],
+                                shift_size: Tuple[int, int]) -> Optional[np.ndarray]:
+    """Factors ``(2, num_windows, N, 10)`` of the shifted-window mask: ``f[0] @ f[1]^T`` is
+    :func:`shifted_window_mask`, exactly (None without shift).
+
+    ``f[0] = [10 * onehot(region), 1]`` and ``f[1] = [10 * onehot(region), MASK_VALUE]``: a pair
+    of tokens sums ``100 * same_region + MASK_VALUE``, small integers that every float format adds
+    exactly. The model keeps these (40 floats per token) rather than the mask (``N`` per token,
+    268 MB for a stage-1 block at 1,024 px / window 32) and multiplies them where the mask is used.
+    """
+    regions = shifted_window_regions(resolution, window_size, shift_size)
+    if regions is None:
+        return None
+    scale = math.sqrt(-MASK_VALUE)
+    onehot = scale * (regions[..., None] == np.arange(9)).astype(np.float32)
+    ones = np.ones(regions.shape + (1,), np.float32)
+    return np.stack([np.concatenate([onehot, ones], -1), np.concatenate([onehot, MASK_VALUE * ones], -1)])
 
 
 def window_token_order(resolution: Tuple[int, int], window_size: Tuple[int, int],
@@ -376,7 +408,7 @@ class WindowAttention(nn.Cell):
         self.portable = False  # set_portable: the cosine normalisation without Rsqrt
         self.sequential = None  # use_sequential: a SequentialAttentionCore
 
-    def use_sequential(self, num_windows: int, attn_chunks: Tuple[int, int], mask: Optional[Tensor]) -> None:
+    def use_sequential(self, num_windows: int, attn_chunks: Tuple[int, int], mask_factors: Optional[Tensor]) -> None:
         """Attend ``attn_chunks = (windows, heads)`` at a time (0: all), probabilities recomputed in backward.
 
         See :mod:`~mindswin.models.sequential_attention`. Attention dropout would draw other
@@ -387,7 +419,7 @@ class WindowAttention(nn.Cell):
                              "where dropout would draw other noise; set attn_drop_rate 0 (the official value) or "
                              "turn sequential attention off")
         self.sequential = SequentialAttentionCore(num_windows, self.num_heads, attn_chunks[0], attn_chunks[1],
-                                                  mask, fused=self.bias_softmax is not None)
+                                                  mask_factors, fused=self.bias_softmax is not None)
 
     def weights(self) -> Tuple[Parameter, ...]:
         """Every parameter, in the order :meth:`forward_with` reads them: ``logit_scale``, the CPB
@@ -440,17 +472,16 @@ class WindowAttention(nn.Cell):
         return (q * expand_to(temperature.reshape(1, self.num_heads, 1, 1), q)).astype(v.dtype), \
             normalize(k).astype(v.dtype), v
 
-    def _logit_bias(self, bias: Tensor, mask: Optional[Tensor]) -> Tensor:
-        """Position bias ``(heads, N, N)``, plus the mask as ``(num_windows, heads, N, N)``.
+    def _logit_bias(self, bias: Tensor, mask_factors: Optional[Tensor]) -> Tensor:
+        """Position bias ``(heads, N, N)``, plus the shifted-window mask as ``(num_windows, heads, N, N)``.
 
-        The mask, a constant, is gated on the bias first: MindSpore folds an op whose inputs are
-        all constants at compile time and would keep the broadcast mask, as large as the sum,
-        for the life of the graph (docs/memory.md).
+        The mask is made from its factors after the bias (:func:`~mindswin.models.layers.mask_from_factors`).
         """
-        if mask is None:
+        if mask_factors is None:
             return bias
-        shape = (mask.shape[0], self.num_heads, self.window_area, self.window_area)
-        mask = ops.depend(mask, bias).reshape(mask.shape[0], 1, self.window_area, self.window_area)
+        windows = mask_factors.shape[1]
+        shape = (windows, self.num_heads, self.window_area, self.window_area)
+        mask = mask_from_factors(mask_factors, bias).reshape(windows, 1, self.window_area, self.window_area)
         return ops.broadcast_to(bias.reshape(1, self.num_heads, self.window_area, self.window_area), shape) + \
             ops.broadcast_to(mask, shape)
 
@@ -466,19 +497,20 @@ class WindowAttention(nn.Cell):
         flat = flat + expand_to(bias.reshape(1, -1), flat)
         return ops.softmax(flat.reshape(logits.shape), axis=-1)
 
-    def construct(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    def construct(self, x: Tensor, mask_factors: Optional[Tensor] = None) -> Tensor:
         """Attend within windows.
 
         Args:
             x: ``(B * num_windows, N, C)`` window tokens.
-            mask: ``(num_windows, N, N)`` shifted-window mask, or None.
+            mask_factors: ``(2, num_windows, N, k)`` factors of the shifted-window mask
+                (:func:`shifted_window_mask_factors`), or None.
 
         Returns:
             ``(B * num_windows, N, C)``.
         """
-        return self.forward_with(self.weights(), x, mask)
+        return self.forward_with(self.weights(), x, mask_factors)
 
-    def forward_with(self, weights: Tuple[Tensor, ...], x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    def forward_with(self, weights: Tuple[Tensor, ...], x: Tensor, mask_factors: Optional[Tensor] = None) -> Tensor:
         """:meth:`construct` computed with ``weights`` (laid out as :meth:`weights`) instead of the parameters."""
         batch_windows, n, c = x.shape
         q_bias, v_bias = (weights[5], weights[6]) if self.qkv_bias else (None, None)
@@ -491,16 +523,16 @@ class WindowAttention(nn.Cell):
         if self.sequential is not None:
             x = self.sequential(q, k, v, bias)
         else:
-            x = self._batched(q, k, v, bias, mask)
+            x = self._batched(q, k, v, bias, mask_factors)
         x = self.merge_heads(x.reshape(batch_windows, self.num_heads * n, self.head_dim)).reshape(batch_windows, n, c)
         x = self.proj.forward_with(weights[-2:], x)
         if self.proj_drop is not None:
             x = self.proj_drop(x)
         return x
 
-    def _batched(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: Optional[Tensor]) -> Tensor:
+    def _batched(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask_factors: Optional[Tensor]) -> Tensor:
         """Every window and head in one matmul: ``(B_, heads, N, head_dim)``."""
-        attn = self._softmax_with_bias(self.qk_matmul(q, k).astype(ms.float32), self._logit_bias(bias, mask))
+        attn = self._softmax_with_bias(self.qk_matmul(q, k).astype(ms.float32), self._logit_bias(bias, mask_factors))
         if self.attn_drop is not None:
             attn = self.attn_drop(attn)
         return self.av_matmul(attn.astype(v.dtype), v)
@@ -552,11 +584,11 @@ class SwinTransformerV2Block(nn.Cell):
         self.norm2 = LayerNorm(dim)
         self.norm3 = LayerNorm(dim) if extra_norm else None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else None
-        mask = self.get_attn_mask()
-        self.attn_mask = Tensor(mask) if mask is not None else None
+        mask_factors = self.get_attn_mask_factors()
+        self.attn_mask_factors = Tensor(mask_factors) if mask_factors is not None else None
         if any(attn_chunks):
             self.attn.use_sequential(num_windows(self.input_resolution, self.window_size), tuple(attn_chunks),
-                                     self.attn_mask)
+                                     self.attn_mask_factors)
         self.to_windows, self.from_windows = window_gathers(self.input_resolution, self.window_size,
                                                             self.shift_size)
         self.checkpoint = None  # use_checkpoint: a BlockCheckpoint
@@ -567,9 +599,10 @@ class SwinTransformerV2Block(nn.Cell):
         """Clip the window to the feature map; no shift along an axis the window covers."""
         return clip_window_shift(self.input_resolution, window_size, shift_size)
 
-    def get_attn_mask(self) -> Optional[np.ndarray]:
-        """Mask for this block's shifted windows (None for unshifted blocks)."""
-        return shifted_window_mask(self.input_resolution, self.window_size, self.shift_size)
+    def get_attn_mask_factors(self) -> Optional[np.ndarray]:
+        """Factors of the mask of this block's shifted windows (None for unshifted blocks; see
+        :func:`shifted_window_mask_factors`)."""
+        return shifted_window_mask_factors(self.input_resolution, self.window_size, self.shift_size)
 
     def use_checkpoint(self) -> None:
         """Keep only the block's input for the backward pass and rerun the block there (:class:`BlockCheckpoint`).
@@ -598,7 +631,7 @@ class SwinTransformerV2Block(nn.Cell):
     def _attn(self, weights: Tuple[Tensor, ...], x: Tensor) -> Tensor:
         b, h, w, c = x.shape
         windows = self.to_windows(x.reshape(b, h * w, c)).reshape(-1, self.attn.window_area, c)
-        windows = self.attn.forward_with(weights, windows, self.attn_mask)
+        windows = self.attn.forward_with(weights, windows, self.attn_mask_factors)
         padded_tokens = self.padded_resolution[0] * self.padded_resolution[1]
         return self.from_windows(windows.reshape(b, padded_tokens, c)).reshape(b, h, w, c)
 
