@@ -32,7 +32,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from .kernels import BiasSoftmaxKernel
-from .layers import expand_to, mask_from_factors
+from .layers import expand_to, mask_from_factors, tile_to
 
 __all__ = ["SequentialAttentionCore", "chunk_ranges", "sequential_pays_under_checkpoint"]
 
@@ -121,8 +121,7 @@ class SequentialAttentionCore(nn.Cell):
         n = bias.shape[-1]
         shape = (window_index.shape[0], head_index.shape[0], n, n)
         mask = mask_from_factors(self.gather(self.mask_factors, window_index, 1), bias)
-        return ops.broadcast_to(head_bias.reshape((1,) + shape[1:]), shape) + \
-            ops.broadcast_to(mask.reshape(shape[0], 1, n, n), shape)
+        return tile_to(head_bias.reshape((1,) + shape[1:]), shape) + tile_to(mask.reshape(shape[0], 1, n, n), shape)
 
     def _probabilities(self, q: Tensor, k: Tensor, group_bias: Tensor) -> Tensor:
         """Float32 probabilities ``(B * w, h, N, N)`` of one group."""

@@ -26,7 +26,17 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from .kernel_library import use_cpu_kernels
 from .kernels import BiasSoftmaxKernel, PositionBiasKernel, QkvHeadsKernel
-from .layers import DropPath, InputRateDropPath, LayerNorm, Linear, Mlp, PatchProjection, expand_to, mask_from_factors
+from .layers import (
+    DropPath,
+    InputRateDropPath,
+    LayerNorm,
+    Linear,
+    Mlp,
+    PatchProjection,
+    expand_to,
+    mask_from_factors,
+    tile_to,
+)
 from .sequential_attention import SequentialAttentionCore, sequential_pays_under_checkpoint
 
 __all__ = [
@@ -482,8 +492,8 @@ class WindowAttention(nn.Cell):
         windows = mask_factors.shape[1]
         shape = (windows, self.num_heads, self.window_area, self.window_area)
         mask = mask_from_factors(mask_factors, bias).reshape(windows, 1, self.window_area, self.window_area)
-        return ops.broadcast_to(bias.reshape(1, self.num_heads, self.window_area, self.window_area), shape) + \
-            ops.broadcast_to(mask, shape)
+        head_bias = bias.reshape(1, self.num_heads, self.window_area, self.window_area)
+        return tile_to(head_bias, shape) + tile_to(mask, shape)
 
     def _softmax_with_bias(self, logits: Tensor, bias: Tensor) -> Tensor:
         """``softmax(logits + bias)`` with the per-image ``bias`` broadcast over images.
