@@ -50,6 +50,7 @@ from .models.swin_v2 import (
 )
 
 __all__ = ["DEVICES", "MemoryPlan", "BlockMemory", "block_memory", "cpu_graph_bytes", "sequential_groups",
+           "sequential_group_scores",
            "plan_memory", "largest_batch", "model_arguments"]
 
 GIB = 2 ** 30
@@ -68,8 +69,13 @@ CPU_RUNTIME = 300 * MIB
 # per block); the same growth was measured at 256 px and, compile only, at 1,024 px.
 CPU_GRAPH_PER_BLOCK = 52 * MIB
 CPU_GRAPH_PER_CHECKPOINTED_BLOCK = 83 * MIB  # the block, its rerun and the rerun's backward
-CPU_GRAPH_PER_SEQUENTIAL_GROUP = 35 * MIB  # each group is unrolled in the forward and the backward pass
 CPU_GRAPH_PER_CHECKPOINTED_CORE = 20 * MIB  # a sequential core inside a checkpointed block, once
+# Each sequential group (unrolled in the forward and the backward pass): a fixed part and a part
+# that grows with the group's float32 scores (w h N^2 4). Fitted to the compile step of Swin V2-T
+# with recompute and groups of 8 windows (16 groups), over the batched model's: +183 MB at
+# 256 px / window 8 (N = 64) and +608 MB at 1,024 px / window 32 (N = 1,024).
+CPU_GRAPH_PER_SEQUENTIAL_GROUP = 9 * MIB
+CPU_GRAPH_PER_GROUP_SCORE_BYTE = 0.26
 BACKENDS = ("ascend", "cpu")
 
 
@@ -81,7 +87,6 @@ class BlockMemory:
     attention: int  # probabilities and bias-plus-mask: windows x heads x N^2
     transient: int  # largest live set beyond what is kept, forward or backward
     block_input: int  # what recompute keeps instead of ``kept + attention``
-    constants: int = 0  # the shifted-window mask, held by the graph with or without recompute
 
 
 @dataclass(frozen=True)
@@ -168,23 +173,34 @@ def block_memory(config: BlockConfig, batch_size: int, backend: str, compute_byt
         group_heads = min(head_chunk or heads, heads)
         attention = position_bias + cpb_hidden
         # A group's probabilities, their gradient and the logits' gradient; with the mask, also
-        # the group's bias-plus-mask, its two broadcast operands and its gradient (per image).
+        # the group's mask, bias-plus-mask, its two tiled operands and its gradient (per image).
         attention_transient = batch_size * group_windows * group_heads * n * n * (3 * FLOAT32 + amp_copy)
         group_bias = (group_windows if any(shift) else 1) * group_heads * n * n * FLOAT32
         if any(shift):
-            attention_transient += 4 * group_bias
+            attention_transient += 4 * group_bias + group_windows * n * n * FLOAT32
     else:
         bias = (windows if any(shift) else 1) * position_bias
         attention = scores * (FLOAT32 + amp_copy) + bias + cpb_hidden
         # Backward: the probabilities' and logits' gradients, the bias gradient before and after
-        # its reduction over images (forward: logits, and the bias's two broadcast operands).
+        # its reduction over images (forward: logits, the mask made from its factors, and the
+        # bias's two tiled operands).
         attention_transient = scores * (2 * FLOAT32 + amp_copy) + 2 * bias
+        if any(shift):
+            attention_transient += windows * n * n * FLOAT32
         group_bias = bias
     if backend == "cpu":
         attention_transient += cpu_threads * group_bias
-    mask = windows * n * n * FLOAT32 if any(shift) else 0  # a constant of the graph
     transient = max(attention_transient, tokens * hidden * (FLOAT32 + a))
-    return BlockMemory(kept, attention, transient, tokens * dim * FLOAT32, mask)
+    return BlockMemory(kept, attention, transient, tokens * dim * FLOAT32)
+
+
+def sequential_group_scores(config: BlockConfig) -> int:
+    """Float32 bytes of one sequential group's ``(w, h, N, N)`` scores, per image."""
+    window, _ = clip_window_shift(config.input_resolution, config.window_size, config.shift_size)
+    windows, n = num_windows(config.input_resolution, window), window[0] * window[1]
+    window_chunk, head_chunk = config.attn_chunks
+    return min(window_chunk or windows, windows) * min(head_chunk or config.num_heads, config.num_heads) * \
+        n * n * FLOAT32
 
 
 def sequential_groups(config: BlockConfig) -> int:
@@ -199,14 +215,18 @@ def sequential_groups(config: BlockConfig) -> int:
 
 def cpu_graph_bytes(blocks: Sequence[BlockConfig], recompute: bool) -> int:
     """Host memory of the blocks' compiled graph on MindSpore's CPU backend (kernels, their launch
-    state, the IR): it grows with the number of kernels, not with the tensors, so a deep model or a
+    state, the IR): it grows with the number of kernels, hardly with the tensors, so a deep model or a
     sequential attention of many groups pays it at any resolution. The sequential core unrolls its
-    groups twice (forward, and the backward that recomputes each group's probabilities)."""
+    groups twice (forward, and the backward that recomputes each group's probabilities); a group
+    costs more at larger windows (:data:`CPU_GRAPH_PER_GROUP_SCORE_BYTE`)."""
     per_block = CPU_GRAPH_PER_CHECKPOINTED_BLOCK if recompute else CPU_GRAPH_PER_BLOCK
     total = 0
     for config in blocks:
         groups = sequential_groups(config)
-        total += per_block + groups * CPU_GRAPH_PER_SEQUENTIAL_GROUP
+        total += per_block
+        if groups:
+            total += groups * (CPU_GRAPH_PER_SEQUENTIAL_GROUP +
+                               int(CPU_GRAPH_PER_GROUP_SCORE_BYTE * sequential_group_scores(config)))
         if groups and recompute:
             total += CPU_GRAPH_PER_CHECKPOINTED_CORE
     return total
@@ -264,14 +284,13 @@ def plan_memory(model_args: Dict[str, Any], batch_size: int = 1, amp_level: str 
         configs = [config if sequential_pays_under_checkpoint(sequential_groups(config))
                    else config._replace(attn_chunks=(0, 0)) for config in configs]
     blocks = [block_memory(config, batch_size, backend, compute_bytes, threads) for config in configs]
-    constants = sum(block.constants for block in blocks)
     if recompute:
         activations = sum(block.block_input for block in blocks)
-        attention = constants
+        attention = 0  # each block's, rerun one at a time, is in its transient
         transient = max(block.kept + block.attention + block.transient for block in blocks)
     else:
         activations = sum(block.kept for block in blocks)
-        attention = sum(block.attention for block in blocks) + constants
+        attention = sum(block.attention for block in blocks)
         transient = max(block.transient for block in blocks)
     activations += _stem_and_merging_bytes(model_args, stages, batch_size, compute_bytes)
     if runtime_bytes is None:

@@ -11,6 +11,7 @@ from mindswin.memory_plan import (
     CPU_GRAPH_PER_BLOCK,
     CPU_GRAPH_PER_CHECKPOINTED_BLOCK,
     CPU_GRAPH_PER_CHECKPOINTED_CORE,
+    CPU_GRAPH_PER_GROUP_SCORE_BYTE,
     CPU_GRAPH_PER_SEQUENTIAL_GROUP,
     DEVICES,
     FLOAT32,
@@ -47,12 +48,12 @@ def test_one_block_counted_by_hand():
     tokens, c, hidden, scores = 3 * 64, 16, 64, 3 * 4 * 2 * 16 * 16
     assert block.kept == tokens * c * (3 + 3 + 6 + 2) * 4 + tokens * hidden * 2 * 4
     bias = 4 * 2 * 16 * 16 * 4  # bias-plus-mask per window and head (one per image)
-    # probabilities + bias + the CPB MLP's hidden layer (7 x 7 offsets x 512); the mask is a constant
+    # probabilities + bias + the CPB MLP's hidden layer (7 x 7 offsets x 512)
     assert block.attention == scores * 4 + bias + 7 * 7 * 512 * 4
-    assert block.constants == 4 * 16 * 16 * 4
-    assert block.transient == max(2 * scores * 4 + 2 * bias, tokens * hidden * 8)
+    mask = 4 * 16 * 16 * 4  # made from its factors while the bias is built
+    assert block.transient == max(2 * scores * 4 + 2 * bias + mask, tokens * hidden * 8)
     cpu = block_memory(config, 3, "cpu", FLOAT32, cpu_threads=5)
-    assert cpu.transient == max(2 * scores * 4 + 2 * bias + 5 * bias, tokens * hidden * 8)
+    assert cpu.transient == max(2 * scores * 4 + 2 * bias + mask + 5 * bias, tokens * hidden * 8)
     assert block.block_input == tokens * c * 4
 
 
@@ -72,8 +73,7 @@ def test_sequential_attention_keeps_no_probabilities_and_one_group_at_a_time():
     sequential = plan_memory({**TINY_64, "sequential_attention": 1, "sequential_attention_heads": 1}, batch_size=4)
     position_biases = sum(config.num_heads * 16 * 16 * 4 + 7 * 7 * 512 * 4  # (h, N, N) and the CPB hidden layer
                           for stage in stage_block_configs(**TINY_64) for config in stage)
-    masks = (16 + 4) * 16 * 16 * 4  # the shifted blocks' masks: 16 windows of 16 tokens (16 x 16 map), then 4
-    assert sequential.attention == position_biases + masks < batched.attention
+    assert sequential.attention == position_biases < batched.attention
     assert sequential.activations == batched.activations
 
 
@@ -83,8 +83,7 @@ def test_recompute_keeps_block_inputs_and_reruns_one_block(backend):
     checkpointed = plan_memory(TINY_64, batch_size=8, recompute=True, backend=backend)
     configs = [c for stage in stage_block_configs(**TINY_64) for c in stage]
     inputs = sum(8 * c.input_resolution[0] * c.input_resolution[1] * c.dim * 4 for c in configs)
-    masks = sum(block_memory(c, 8, backend, 4).constants for c in configs)
-    assert masks > 0 and checkpointed.attention == masks  # the graph's mask constants stay either way
+    assert checkpointed.attention == 0  # each block's is in its rerun's transient
     assert checkpointed.activations - inputs == plain.activations - sum(
         block_memory(c, 8, backend, 4, os.cpu_count() or 1).kept for c in configs)
     blocks = [block_memory(c, 8, backend, 4, os.cpu_count() or 1) for c in configs]
@@ -102,10 +101,11 @@ def test_cpu_graph_grows_with_blocks_reruns_and_sequential_groups():
     # 16 x 16 map, window 4: 16 windows x 2 heads per stage-1 block; 8 x 8: 4 windows x 4 heads
     groups = 2 * 16 * 2 + 2 * 4 * 4
     assert [sequential_groups(c) for stage in stage_block_configs(**one_by_one) for c in stage] == [32, 32, 16, 16]
-    assert plan_memory(one_by_one, backend="cpu").graph == blocks * CPU_GRAPH_PER_BLOCK + \
-        groups * CPU_GRAPH_PER_SEQUENTIAL_GROUP
+    # each group's graph grows with its float32 scores: one window, one head, 16 x 16 tokens
+    per_group = CPU_GRAPH_PER_SEQUENTIAL_GROUP + int(CPU_GRAPH_PER_GROUP_SCORE_BYTE * 16 * 16 * 4)
+    assert plan_memory(one_by_one, backend="cpu").graph == blocks * CPU_GRAPH_PER_BLOCK + groups * per_group
     assert plan_memory(one_by_one, backend="cpu", recompute=True).graph == blocks * (
-        CPU_GRAPH_PER_CHECKPOINTED_BLOCK + CPU_GRAPH_PER_CHECKPOINTED_CORE) + groups * CPU_GRAPH_PER_SEQUENTIAL_GROUP
+        CPU_GRAPH_PER_CHECKPOINTED_BLOCK + CPU_GRAPH_PER_CHECKPOINTED_CORE) + groups * per_group
     # one group per block: windows and heads both whole
     whole = {**TINY_64, "sequential_attention": 16}
     assert [sequential_groups(c) for stage in stage_block_configs(**whole) for c in stage] == [1, 1, 1, 1]
@@ -120,8 +120,9 @@ def test_recompute_counts_single_group_attention_as_batched():
                                                                                         backend=backend)
         assert plan_memory(one_group, backend=backend) != plan_memory(TINY_64, backend=backend)
     split = {**TINY_64, "sequential_attention": 4}  # 4 groups in stage 1, one in stage 2
+    per_group = CPU_GRAPH_PER_SEQUENTIAL_GROUP + int(CPU_GRAPH_PER_GROUP_SCORE_BYTE * 4 * 2 * 16 * 16 * 4)
     assert plan_memory(split, recompute=True, backend="cpu").graph == 4 * CPU_GRAPH_PER_CHECKPOINTED_BLOCK + \
-        2 * (CPU_GRAPH_PER_CHECKPOINTED_CORE + 4 * CPU_GRAPH_PER_SEQUENTIAL_GROUP)
+        2 * (CPU_GRAPH_PER_CHECKPOINTED_CORE + 4 * per_group)
 
 
 def test_amp_halves_the_matmul_operands():
