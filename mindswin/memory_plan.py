@@ -168,27 +168,32 @@ def block_memory(config: BlockConfig, batch_size: int, backend: str, compute_byt
     scores = batch_size * windows * heads * n * n
     position_bias = heads * n * n * FLOAT32
     cpb_hidden = (2 * window[0] - 1) * (2 * window[1] - 1) * 512 * FLOAT32  # the CPB MLP's hidden layer
+    # The fused CPU kernel adds a shifted block's position bias and mask row by row; elsewhere their
+    # (windows, heads, N, N) sum (of a group, when sequential) is built, from two tiled operands.
+    row_by_row = backend == "cpu"
     if window_chunk or head_chunk:
         group_windows = min(window_chunk or windows, windows)
         group_heads = min(head_chunk or heads, heads)
         attention = position_bias + cpb_hidden
-        # A group's probabilities, their gradient and the logits' gradient; with the mask, also
-        # the group's mask, bias-plus-mask, its two tiled operands and its gradient (per image).
+        # A group's probabilities, their gradient and the logits' gradient; with the mask, also the
+        # group's mask and, built, its bias-plus-mask, the two operands and its gradient (per image).
         attention_transient = batch_size * group_windows * group_heads * n * n * (3 * FLOAT32 + amp_copy)
-        group_bias = (group_windows if any(shift) else 1) * group_heads * n * n * FLOAT32
+        group_bias = group_heads * n * n * FLOAT32
         if any(shift):
-            attention_transient += 4 * group_bias + group_windows * n * n * FLOAT32
+            attention_transient += group_windows * n * n * FLOAT32
+            if not row_by_row:
+                group_bias *= group_windows
+                attention_transient += 4 * group_bias
     else:
-        bias = (windows if any(shift) else 1) * position_bias
-        attention = scores * (FLOAT32 + amp_copy) + bias + cpb_hidden
+        mask = windows * n * n * FLOAT32 if any(shift) else 0
+        bias = position_bias if row_by_row or not any(shift) else windows * position_bias
+        attention = scores * (FLOAT32 + amp_copy) + bias + cpb_hidden + (mask if row_by_row else 0)
         # Backward: the probabilities' and logits' gradients, the bias gradient before and after
-        # its reduction over images (forward: logits, the mask made from its factors, and the
-        # bias's two tiled operands).
-        attention_transient = scores * (2 * FLOAT32 + amp_copy) + 2 * bias
-        if any(shift):
-            attention_transient += windows * n * n * FLOAT32
+        # its reduction over images (forward: logits, the mask made from its factors and, built,
+        # the bias-plus-mask's two tiled operands).
+        attention_transient = scores * (2 * FLOAT32 + amp_copy) + 2 * bias + mask
         group_bias = bias
-    if backend == "cpu":
+    if backend == "cpu":  # the fused softmax backward sums the bias gradient from per-thread copies
         attention_transient += cpu_threads * group_bias
     transient = max(attention_transient, tokens * hidden * (FLOAT32 + a))
     return BlockMemory(kept, attention, transient, tokens * dim * FLOAT32)

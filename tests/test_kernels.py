@@ -181,8 +181,8 @@ THREADS = 3  # several parts: the split of the rows and the merge of per-part su
 PARALLEL_MIN_ELEMENTS = int(re.search(r"#define PARALLEL_MIN_ELEMENTS (\d+)",
                                       kernel_library.SOURCE.read_text()).group(1))
 KERNELS = ["LayerNormForward", "LayerNormBackward", "GeluForward", "GeluBackward", "BiasAddForward", "BiasAddBackward",
-           "BiasSoftmaxForward", "BiasSoftmaxBackward", "QkvHeadsForward", "QkvHeadsBackward", "CpbBiasForward",
-           "CpbBiasBackward"]
+           "BiasSoftmaxForward", "BiasSoftmaxBackward", "WindowBiasSoftmaxForward", "QkvHeadsForward",
+           "QkvHeadsBackward", "CpbBiasForward", "CpbBiasBackward"]
 PARALLEL = [name for name in KERNELS if not name.startswith("Cpb")]  # the position-bias kernels run on one thread
 
 
@@ -369,7 +369,16 @@ def bias_softmax_forward(logits: np.ndarray, bias: np.ndarray) -> Reference:
     magnitude = np.abs(x).reshape(z.shape) + np.abs(np.broadcast_to(bias.reshape(1, -1), x.shape)).reshape(z.shape)
     e_relative = 2 * EPS * (magnitude + np.abs(top)) + LIBM_ULPS * EPS
     y_relative = e_relative + e_relative.max(-1, keepdims=True) + (z.shape[-1] + 2) * EPS
-    return [(y.reshape(logits.shape), (y * y_relative).reshape(logits.shape))]
+    # a probability below float32's normal range (a masked logit, -100 off) is rounded to the
+    # subnormal grid: half a step by expf, half by the scaling, relative bounds aside
+    underflow = np.finfo(np.float32).smallest_subnormal
+    return [(y.reshape(logits.shape), (y * y_relative + underflow).reshape(logits.shape))]
+
+
+def window_bias_softmax_forward(logits: np.ndarray, bias: np.ndarray, mask: np.ndarray) -> Reference:
+    """WindowBiasSoftmaxForward: ``softmax(logits + (bias + mask))``, bias ``(heads, N, N)`` and mask
+    ``(windows, N, N)`` each shared by the rest; their float32 sum first, as the kernel adds them."""
+    return bias_softmax_forward(logits, bias[None] + mask[:, None])
 
 
 def bias_softmax_backward(dy: np.ndarray, y: np.ndarray, bias: np.ndarray) -> Reference:
@@ -493,7 +502,8 @@ def cpb_bias_backward(d_bias: np.ndarray, bias: np.ndarray, table: np.ndarray, h
 REFERENCES = {"LayerNormForward": layer_norm_forward, "LayerNormBackward": layer_norm_backward,
               "GeluForward": gelu_forward, "GeluBackward": gelu_backward, "BiasAddForward": bias_add_forward,
               "BiasAddBackward": bias_add_backward, "BiasSoftmaxForward": bias_softmax_forward,
-              "BiasSoftmaxBackward": bias_softmax_backward, "QkvHeadsForward": qkv_heads_forward,
+              "BiasSoftmaxBackward": bias_softmax_backward, "WindowBiasSoftmaxForward": window_bias_softmax_forward,
+              "QkvHeadsForward": qkv_heads_forward,
               "QkvHeadsBackward": qkv_heads_backward, "CpbBiasForward": cpb_bias_forward,
               "CpbBiasBackward": cpb_bias_backward}
 
@@ -528,6 +538,11 @@ def kernel_inputs(name: str, rng: np.random.Generator) -> List[np.ndarray]:
         if name == "BiasSoftmaxForward":
             return [logits, bias]
         return [normal(*logits.shape), *forward_outputs("BiasSoftmaxForward", [logits, bias], 0), bias]
+    if name == "WindowBiasSoftmaxForward":
+        heads, n = 3, 49
+        windows = -(-PARALLEL_MIN_ELEMENTS // (2 * heads * n * n)) + 1
+        mask = np.where(rng.random((windows, n, n)) < 0.3, -100.0, 0.0).astype(np.float32)
+        return [normal(2 * windows, heads, n, n, scale=3.0), normal(heads, n, n, scale=2.0), mask]
     if name.startswith("QkvHeads"):
         tokens, heads, head_dim = 16, 4, 8
         width = heads * head_dim
@@ -577,6 +592,7 @@ POISON = [
     ("BiasAddBackward", [(0, (0, 5, 7), np.nan), (0, (1, 9, 2), np.inf)]),
     ("BiasSoftmaxForward", [(0, (0, 1, 2, 3), np.nan), (1, (1, 0, 4, 5), np.inf)]),
     ("BiasSoftmaxBackward", [(0, (0, 1, 2, 3), np.nan), (0, (3, 2, 1, 0), np.inf)]),
+    ("WindowBiasSoftmaxForward", [(0, (0, 1, 2, 3), np.nan), (1, (0, 4, 5), np.inf), (2, (1, 6, 7), np.nan)]),
     # NaN in a query, key and value element and a query bias; inf in a key element
     ("QkvHeadsForward", [(0, (2, 3, 5), np.nan), (0, (6, 0, 32 + 1), np.nan), (0, (4, 1, 32 + 9), np.inf),
                          (0, (5, 2, 64 + 3), np.nan), (1, 10, np.nan)]),

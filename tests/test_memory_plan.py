@@ -52,8 +52,12 @@ def test_one_block_counted_by_hand():
     assert block.attention == scores * 4 + bias + 7 * 7 * 512 * 4
     mask = 4 * 16 * 16 * 4  # made from its factors while the bias is built
     assert block.transient == max(2 * scores * 4 + 2 * bias + mask, tokens * hidden * 8)
+    # the fused CPU kernel adds the (heads, N, N) bias and the mask row by row, never their sum;
+    # its backward sums the bias gradient from 5 per-thread copies
     cpu = block_memory(config, 3, "cpu", FLOAT32, cpu_threads=5)
-    assert cpu.transient == max(2 * scores * 4 + 2 * bias + mask + 5 * bias, tokens * hidden * 8)
+    position_bias = 2 * 16 * 16 * 4
+    assert cpu.attention == scores * 4 + position_bias + mask + 7 * 7 * 512 * 4
+    assert cpu.transient == max(2 * scores * 4 + 2 * position_bias + mask + 5 * position_bias, tokens * hidden * 8)
     assert block.block_input == tokens * c * 4
 
 

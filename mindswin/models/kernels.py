@@ -32,6 +32,7 @@ __all__ = [
     "BiasAddKernel",
     "GeluKernel",
     "BiasSoftmaxKernel",
+    "WindowBiasSoftmaxKernel",
     "QkvHeadsKernel",
     "PositionBiasKernel",
 ]
@@ -113,6 +114,29 @@ class BiasSoftmaxKernel(nn.Cell):
 
     def bprop(self, logits: Tensor, bias: Tensor, out: Tensor, dout: Tensor):
         return self.backward_op(dout, out, bias)
+
+
+class WindowBiasSoftmaxKernel(BiasSoftmaxKernel):
+    """``softmax(logits + (bias + mask))`` of a shifted block's windows, the ``(windows, heads, N, N)``
+    sum of the position bias and the mask never built.
+
+    ``logits`` is ``(B * windows, heads, N, N)``, ``bias`` ``(heads, N, N)`` (shared by every window
+    and image), ``mask`` ``(windows, N, N)`` (shared by every head and image): each row adds its
+    two rows. Backward: :class:`BiasSoftmaxKernel`'s with the position bias, whose gradient then
+    sums over images and windows alike; the mask gets none.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.window_op = _custom("WindowBiasSoftmaxForward", lambda x, b, m: x, lambda x, b, m: x)
+        self.zeros_like = ops.ZerosLike()
+
+    def construct(self, logits: Tensor, bias: Tensor, mask: Tensor) -> Tensor:
+        return self.window_op(logits, bias, mask)
+
+    def bprop(self, logits: Tensor, bias: Tensor, mask: Tensor, out: Tensor, dout: Tensor):
+        dlogits, dbias = self.backward_op(dout, out, bias)
+        return dlogits, dbias, self.zeros_like(mask)
 
 
 class QkvHeadsKernel(nn.Cell):

@@ -44,24 +44,30 @@ _TILE = ops.Tile()
 
 
 @constexpr
-def _tile_multiples(shape: Tuple[int, ...], padded: Tuple[int, ...]) -> Tuple[int, ...]:
-    """How often ``Tile`` repeats each axis of ``padded`` to make ``shape``.
+def _tile_multiples(shape: Tuple[int, ...], padded: Tuple[int, ...]) -> Optional[Tuple[int, ...]]:
+    """How often ``Tile`` repeats each axis of ``padded`` to make ``shape``; None where an axis is
+    known only at run time (an exported model's dynamic batch).
 
     Evaluated in Python at compile time: a loop over the axes in the graph itself fails inside a
     checkpointed block's nested ``GradOperation`` ("The func graph is empty").
     """
+    if any(size is None or size < 0 for size in shape + padded):
+        return None
     return tuple(target // size for target, size in zip(shape, padded))
 
 
 def tile_to(small: Tensor, shape: Tuple[int, ...]) -> Tensor:
-    """``small`` broadcast to ``shape`` (numpy rules), by ``Tile``.
+    """``small`` broadcast to ``shape`` (numpy rules), by ``Tile`` (``BroadcastTo`` where ``shape`` has
+    an axis known only at run time).
 
     On MindSpore 2.10's CPU backend a ``Tile`` holds no more memory than ``BroadcastTo`` and runs
-    3-8x faster (a ``(4, 3, 1024, 1024)`` head bias from ``(1, 3, 1024, 1024)``: 35 -> 9 ms;
-    ``bench/broadcast_workspace.py``).
+    3-8x faster (``bench/broadcast_workspace.py``).
     """
     padded = (1,) * (len(shape) - small.ndim) + small.shape
-    return _TILE(small.reshape(padded), _tile_multiples(shape, padded))
+    multiples = _tile_multiples(shape, padded)
+    if multiples is None:
+        return ops.broadcast_to(small, shape)
+    return _TILE(small.reshape(padded), multiples)
 
 
 def expand_to(small: Tensor, like: Tensor) -> Tensor:
@@ -83,10 +89,11 @@ def mask_from_factors(factors: Tensor, gate: Tensor) -> Tensor:
     (:func:`~mindswin.models.swin_v2.shifted_window_mask_factors`), computed after ``gate``.
 
     The factors are constants, and MindSpore folds an op whose inputs are all constants at
-    compile time: ungated, the product would be a constant of the graph, as large as the mask.
+    compile time: ungated, the product would be a constant of the graph, as large as the mask. A
+    constant has no gradient, so none is propagated into the product.
     """
     factors = ops.depend(factors, gate)
-    return _FACTOR_PRODUCT(factors[0], factors[1])
+    return ops.stop_gradient(_FACTOR_PRODUCT(factors[0], factors[1]))
 
 
 def add_bias(y: Tensor, bias: Tensor, kernel: Optional[BiasAddKernel]) -> Tensor:

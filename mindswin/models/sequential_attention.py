@@ -31,7 +31,7 @@ from typing import Optional, Tuple
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from .kernels import BiasSoftmaxKernel
+from .kernels import BiasSoftmaxKernel, WindowBiasSoftmaxKernel
 from .layers import expand_to, mask_from_factors, tile_to
 
 __all__ = ["SequentialAttentionCore", "chunk_ranges", "sequential_pays_under_checkpoint"]
@@ -64,7 +64,8 @@ class SequentialAttentionCore(nn.Cell):
         head_chunk: Heads per group (0: all).
         mask_factors: The ``(2, num_windows, N, k)`` float32 factors of the shifted-window mask
             (:func:`~mindswin.models.swin_v2.shifted_window_mask_factors`), or None.
-        fused: Softmax and its gradient in the fused CPU kernel (:class:`BiasSoftmaxKernel`).
+        fused: Softmax and its gradient in the fused CPU kernels (:class:`BiasSoftmaxKernel`; with a
+            mask :class:`WindowBiasSoftmaxKernel`, which adds the bias and the mask row by row).
 
     Inputs are parameter-free tensors (a custom ``bprop`` may not read parameters): ``q``, ``k``,
     ``v`` ``(B * num_windows, heads, N, head_dim)`` in the matmul dtype and ``bias``
@@ -81,7 +82,8 @@ class SequentialAttentionCore(nn.Cell):
         self.window_groups = chunk_ranges(num_windows, window_chunk)
         self.head_groups = chunk_ranges(num_heads, head_chunk)
         self.mask_factors = mask_factors
-        self.bias_softmax = BiasSoftmaxKernel() if fused else None
+        softmax_kernel = BiasSoftmaxKernel if mask_factors is None else WindowBiasSoftmaxKernel
+        self.bias_softmax = softmax_kernel() if fused else None
         self.qk_matmul = ops.BatchMatMul(transpose_b=True)
         self.av_matmul = ops.BatchMatMul()
         self.ta_matmul = ops.BatchMatMul(transpose_a=True)
@@ -112,33 +114,38 @@ class SequentialAttentionCore(nn.Cell):
         pairs = self.concat_last((rows + heads_column * 0, heads_column + rows * 0))
         return pairs, window_index, head_index
 
-    def _group_bias(self, bias: Tensor, window_index: Tensor, head_index: Tensor) -> Tensor:
-        """What one group's logits add: the ``(h, N, N)`` position bias, shared by every window, or
-        with a mask the ``(w, h, N, N)`` bias plus mask, shared by every image."""
+    def _group_terms(self, bias: Tensor, window_index: Tensor, head_index: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """What one group's logits add: its ``(h, N, N)`` position bias, shared by every window, and
+        its ``(w, N, N)`` part of the mask, shared by every head (None without a mask)."""
         head_bias = self.gather(bias, head_index, 0)
         if self.mask_factors is None:
-            return head_bias
-        n = bias.shape[-1]
-        shape = (window_index.shape[0], head_index.shape[0], n, n)
-        mask = mask_from_factors(self.gather(self.mask_factors, window_index, 1), bias)
-        return tile_to(head_bias.reshape((1,) + shape[1:]), shape) + tile_to(mask.reshape(shape[0], 1, n, n), shape)
+            return head_bias, None
+        return head_bias, mask_from_factors(self.gather(self.mask_factors, window_index, 1), bias)
 
-    def _probabilities(self, q: Tensor, k: Tensor, group_bias: Tensor) -> Tensor:
+    def _probabilities(self, q: Tensor, k: Tensor, head_bias: Tensor, mask: Optional[Tensor]) -> Tensor:
         """Float32 probabilities ``(B * w, h, N, N)`` of one group."""
         logits = self.qk_matmul(q, k).astype(ms.float32)
         if self.bias_softmax is not None:
-            return self.bias_softmax(logits, group_bias)
+            if mask is None:
+                return self.bias_softmax(logits, head_bias)
+            return self.bias_softmax(logits, head_bias, mask)
+        group_bias = head_bias
+        if mask is not None:  # (w, h, N, N), shared by every image
+            shape = (mask.shape[0],) + head_bias.shape
+            group_bias = tile_to(head_bias.reshape((1,) + head_bias.shape), shape) + \
+                tile_to(mask.reshape(shape[0], 1, shape[2], shape[3]), shape)
         flat = logits.reshape(-1, group_bias.size)
         flat = flat + expand_to(group_bias.reshape(1, -1), flat)
         return ops.softmax(flat.reshape(logits.shape), axis=-1)
 
-    def _softmax_backward(self, dprobs: Tensor, probs: Tensor, group_bias: Tensor) -> Tuple[Tensor, Tensor]:
-        """Gradients of the logits ``(B * w, h, N, N)`` and of the group bias (its shape)."""
+    def _softmax_backward(self, dprobs: Tensor, probs: Tensor, head_bias: Tensor) -> Tuple[Tensor, Tensor]:
+        """Gradients of the logits ``(B * w, h, N, N)`` and of the group's ``(h, N, N)`` position bias
+        (a sum over images and windows)."""
         if self.bias_softmax is not None:
-            return self.bias_softmax.backward_op(dprobs, probs, group_bias)
+            return self.bias_softmax.backward_op(dprobs, probs, head_bias)
         dot = (dprobs * probs).sum(axis=-1, keepdims=True)
         dlogits = probs * (dprobs - expand_to(dot, dprobs))
-        return dlogits, dlogits.reshape(-1, group_bias.size).sum(axis=0).reshape(group_bias.shape)
+        return dlogits, dlogits.reshape(-1, head_bias.size).sum(axis=0).reshape(head_bias.shape)
 
     def _attend_group(self, windows: Tuple[int, int], heads: Tuple[int, int], q: Tensor, k: Tensor, v: Tensor,
                       bias: Tensor, out: Tensor) -> Tensor:
@@ -146,7 +153,7 @@ class SequentialAttentionCore(nn.Cell):
         q, k, v, bias = ops.depend(q, out), ops.depend(k, out), ops.depend(v, out), ops.depend(bias, out)
         pairs, window_index, head_index = self._group_indices(windows, heads, q.shape[0] // self.num_windows)
         qg, kg, vg = self.gather_pairs(q, pairs), self.gather_pairs(k, pairs), self.gather_pairs(v, pairs)
-        probs = self._probabilities(qg, kg, self._group_bias(bias, window_index, head_index))
+        probs = self._probabilities(qg, kg, *self._group_terms(bias, window_index, head_index))
         return self.scatter_pairs(out, pairs, self.av_matmul(probs.astype(vg.dtype), vg))
 
     def _backward_group(self, windows: Tuple[int, int], heads: Tuple[int, int], inputs: Tuple[Tensor, ...],
@@ -159,13 +166,11 @@ class SequentialAttentionCore(nn.Cell):
         pairs, window_index, head_index = self._group_indices(windows, heads, q.shape[0] // self.num_windows)
         qg, kg, vg, dg = (self.gather_pairs(q, pairs), self.gather_pairs(k, pairs), self.gather_pairs(v, pairs),
                           self.gather_pairs(dout, pairs))
-        group_bias = self._group_bias(bias, window_index, head_index)
-        probs = self._probabilities(qg, kg, group_bias)
+        head_bias, mask = self._group_terms(bias, window_index, head_index)
+        probs = self._probabilities(qg, kg, head_bias, mask)
         dv = self.scatter_pairs(dv, pairs, self.ta_matmul(probs.astype(dg.dtype), dg))
-        dlogits, dgroup_bias = self._softmax_backward(self.qk_matmul(dg, vg).astype(ms.float32), probs, group_bias)
-        if self.mask_factors is not None:
-            dgroup_bias = dgroup_bias.sum(axis=0)  # (h, N, N)
-        dbias = self.scatter_add(dbias, head_index.reshape(-1, 1), dgroup_bias)
+        dlogits, dhead_bias = self._softmax_backward(self.qk_matmul(dg, vg).astype(ms.float32), probs, head_bias)
+        dbias = self.scatter_add(dbias, head_index.reshape(-1, 1), dhead_bias)
         dlogits = dlogits.astype(qg.dtype)
         dq = self.scatter_pairs(dq, pairs, self.av_matmul(dlogits, kg))
         dk = self.scatter_pairs(dk, pairs, self.ta_matmul(dlogits, qg))

@@ -25,7 +25,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
 from .kernel_library import use_cpu_kernels
-from .kernels import BiasSoftmaxKernel, PositionBiasKernel, QkvHeadsKernel
+from .kernels import BiasSoftmaxKernel, PositionBiasKernel, QkvHeadsKernel, WindowBiasSoftmaxKernel
 from .layers import (
     DropPath,
     InputRateDropPath,
@@ -414,6 +414,7 @@ class WindowAttention(nn.Cell):
         self.qkv_heads = QkvHeadsKernel() if cpu else None
         self.position_bias_kernel = PositionBiasKernel(coords_table, position_index, self.window_area) if cpu else None
         self.bias_softmax = BiasSoftmaxKernel() if cpu else None
+        self.window_softmax = WindowBiasSoftmaxKernel() if cpu else None  # shifted blocks'
         self.zero_bias = Tensor(np.zeros(dim, np.float32)) if cpu and not qkv_bias else None
         self.portable = False  # set_portable: the cosine normalisation without Rsqrt
         self.sequential = None  # use_sequential: a SequentialAttentionCore
@@ -542,7 +543,11 @@ class WindowAttention(nn.Cell):
 
     def _batched(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask_factors: Optional[Tensor]) -> Tensor:
         """Every window and head in one matmul: ``(B_, heads, N, head_dim)``."""
-        attn = self._softmax_with_bias(self.qk_matmul(q, k).astype(ms.float32), self._logit_bias(bias, mask_factors))
+        logits = self.qk_matmul(q, k).astype(ms.float32)
+        if self.window_softmax is not None and mask_factors is not None:  # bias and mask added row by row
+            attn = self.window_softmax(logits, bias, mask_from_factors(mask_factors, bias))
+        else:
+            attn = self._softmax_with_bias(logits, self._logit_bias(bias, mask_factors))
         if self.attn_drop is not None:
             attn = self.attn_drop(attn)
         return self.av_matmul(attn.astype(v.dtype), v)

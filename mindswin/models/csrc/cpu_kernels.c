@@ -344,9 +344,9 @@ AOT_KERNEL(GeluBackward) {
  * bias, plus the shifted-window mask) is shared by all B images. */
 
 typedef struct {
-  const float *x, *bias, *dy, *y;
+  const float *x, *bias, *mask, *dy, *y;
   float *out, *partial;
-  int64_t cols, bias_rows;
+  int64_t cols, bias_rows, mask_windows;
 } softmax_ctx;
 
 #define MAX_LANES 16
@@ -403,6 +403,46 @@ AOT_KERNEL(BiasSoftmaxForward) {
   c.cols = shapes[0][ndims[0] - 1];
   c.bias_rows = numel(ndims[1], shapes[1]) / c.cols;
   parallel_for(bias_softmax_forward_rows, &c, leading(ndims[0], shapes[0]), c.cols);
+  return 0;
+}
+
+/* Longest softmax row WindowBiasSoftmaxForward takes (window 64 x 64); longer rows return ROW_TOO_LONG. */
+#define MAX_ROW 4096
+#define ROW_TOO_LONG 3
+
+/* One row of a shifted block's attention: its position-bias row plus its window's mask row, added
+ * first (as the materialised bias + mask is), then the row's softmax. */
+INLINE void window_softmax_forward_row(const softmax_ctx *c, int64_t r, int64_t n) {
+  float sum[MAX_ROW];
+  const float *bias = c->bias + (r % c->bias_rows) * n;
+  const int64_t window = (r / c->bias_rows) % c->mask_windows;
+  const float *mask = c->mask + (window * n + r % n) * n;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) sum[i] = bias[i] + mask[i];
+  bias_softmax_forward_row(c->x + r * n, sum, c->out + r * n, n);
+}
+
+static void window_softmax_forward_rows(void *arg, int64_t begin, int64_t end, int part) {
+  const softmax_ctx *c = (const softmax_ctx *)arg;
+  (void)part;
+#define ROWS(width) \
+  for (int64_t r = begin; r < end; ++r) window_softmax_forward_row(c, r, (width))
+  WITH_ROW_LENGTH(c->cols, ROWS)
+#undef ROWS
+}
+
+/* inputs logits (B, windows, heads, N, N), bias (heads, N, N), mask (windows, N, N); output
+ * softmax(logits + (bias + mask)), the (windows, heads, N, N) sum never built. Its gradient is
+ * BiasSoftmaxBackward's with the bias: rows map to bias rows as here, so d_bias sums over images
+ * and windows alike (the mask, a constant, has none). */
+AOT_KERNEL(WindowBiasSoftmaxForward) {
+  softmax_ctx c = {0};
+  c.x = params[0]; c.bias = params[1]; c.mask = params[2]; c.out = params[3];
+  c.cols = shapes[0][ndims[0] - 1];
+  if (c.cols > MAX_ROW) return ROW_TOO_LONG;
+  c.bias_rows = numel(ndims[1], shapes[1]) / c.cols;
+  c.mask_windows = numel(ndims[2], shapes[2]) / (c.cols * c.cols);
+  parallel_for(window_softmax_forward_rows, &c, leading(ndims[0], shapes[0]), c.cols);
   return 0;
 }
 
