@@ -17,8 +17,8 @@ of the batch, and makes its ``(w, N, N)`` part of the mask from the mask's facto
 
 Groups run one after another, unrolled: each group's inputs depend (``ops.depend``) on the
 previous group's output, since a dataflow graph is otherwise free to compute every group's
-logits before any softmax. A group reads its ``(row, head)`` pairs with one ``GatherNd`` and
-writes its output with one ``TensorScatterUpdate``: MindSpore's CPU backend keeps every
+logits before any softmax. A group reads its ``(row, head)`` pairs with one ``GatherNd``, and one
+``ScatterNd`` writes every group's output (gradients) at the end: MindSpore's CPU backend keeps every
 compiled kernel in host memory, next to the tensors, and a group of 5-D slices and
 concatenations cost about 30 MB of graph there, a gathered group about 4 MB. (A graph-mode
 ``while`` loop over the groups compiles one body whatever their number, but the runtime then
@@ -26,7 +26,7 @@ held about 0.7 GB more per Swin V2-T step at 512 px.)
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import mindspore as ms
 from mindspore import Tensor, nn, ops
@@ -92,9 +92,10 @@ class SequentialAttentionCore(nn.Cell):
         self.zeros_like = ops.ZerosLike()
         self.gather = ops.Gather()
         self.gather_pairs = ops.GatherNd()
-        self.scatter_pairs = ops.TensorScatterUpdate()
+        self.scatter_pairs = ops.ScatterNd()
         self.scatter_add = ops.TensorScatterAdd()
         self.concat_last = ops.Concat(axis=-1)
+        self.concat_rows = ops.Concat(axis=0)
 
     @property
     def num_groups(self) -> int:
@@ -147,46 +148,68 @@ class SequentialAttentionCore(nn.Cell):
         dlogits = probs * (dprobs - expand_to(dot, dprobs))
         return dlogits, dlogits.reshape(-1, head_bias.size).sum(axis=0).reshape(head_bias.shape)
 
-    def _attend_group(self, windows: Tuple[int, int], heads: Tuple[int, int], q: Tensor, k: Tensor, v: Tensor,
-                      bias: Tensor, out: Tensor) -> Tensor:
-        """``out`` with the attention output of the group of ``windows`` x ``heads`` written in."""
-        q, k, v, bias = ops.depend(q, out), ops.depend(k, out), ops.depend(v, out), ops.depend(bias, out)
+    def _attend_group(self, windows: Tuple[int, int], heads: Tuple[int, int], inputs: Tuple[Tensor, ...],
+                      previous: Tensor) -> Tuple[Tensor, Tensor]:
+        """The ``(row, head)`` pairs and the ``(B * w, h, N, D)`` attention output of the group of
+        ``windows`` x ``heads``, its ``inputs`` ``(q, k, v, bias)`` gated on ``previous``."""
+        q, k, v, bias = (ops.depend(inputs[0], previous), ops.depend(inputs[1], previous),
+                         ops.depend(inputs[2], previous), ops.depend(inputs[3], previous))
         pairs, window_index, head_index = self._group_indices(windows, heads, q.shape[0] // self.num_windows)
         qg, kg, vg = self.gather_pairs(q, pairs), self.gather_pairs(k, pairs), self.gather_pairs(v, pairs)
         probs = self._probabilities(qg, kg, *self._group_terms(bias, window_index, head_index))
-        return self.scatter_pairs(out, pairs, self.av_matmul(probs.astype(vg.dtype), vg))
+        return pairs, self.av_matmul(probs.astype(vg.dtype), vg)
 
     def _backward_group(self, windows: Tuple[int, int], heads: Tuple[int, int], inputs: Tuple[Tensor, ...],
-                        grads: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
-        """``grads`` (of ``q``, ``k``, ``v``, ``bias``) with the part of the group of ``windows`` x
-        ``heads`` added, from ``inputs`` ``(q, k, v, bias, dout)``."""
-        dq, dk, dv, dbias = grads
-        q, k, v, bias, dout = (ops.depend(inputs[0], dk), ops.depend(inputs[1], dk), ops.depend(inputs[2], dk),
-                               ops.depend(inputs[3], dk), ops.depend(inputs[4], dk))
+                        previous: Tensor, dbias: Tensor) -> Tuple[Tensor, Tuple[Tensor, Tensor, Tensor], Tensor]:
+        """The group's pairs, its ``(B * w, h, N, D)`` gradients of ``q``, ``k``, ``v``, and ``dbias``
+        with its part added, from ``inputs`` ``(q, k, v, bias, dout)`` gated on ``previous``."""
+        q, k, v, bias, dout = (ops.depend(inputs[0], previous), ops.depend(inputs[1], previous),
+                               ops.depend(inputs[2], previous), ops.depend(inputs[3], previous),
+                               ops.depend(inputs[4], previous))
         pairs, window_index, head_index = self._group_indices(windows, heads, q.shape[0] // self.num_windows)
         qg, kg, vg, dg = (self.gather_pairs(q, pairs), self.gather_pairs(k, pairs), self.gather_pairs(v, pairs),
                           self.gather_pairs(dout, pairs))
         head_bias, mask = self._group_terms(bias, window_index, head_index)
         probs = self._probabilities(qg, kg, head_bias, mask)
-        dv = self.scatter_pairs(dv, pairs, self.ta_matmul(probs.astype(dg.dtype), dg))
+        dvg = self.ta_matmul(probs.astype(dg.dtype), dg)
         dlogits, dhead_bias = self._softmax_backward(self.qk_matmul(dg, vg).astype(ms.float32), probs, head_bias)
         dbias = self.scatter_add(dbias, head_index.reshape(-1, 1), dhead_bias)
         dlogits = dlogits.astype(qg.dtype)
-        dq = self.scatter_pairs(dq, pairs, self.av_matmul(dlogits, kg))
-        dk = self.scatter_pairs(dk, pairs, self.ta_matmul(dlogits, qg))
-        return dq, dk, dv, dbias
+        return pairs, (self.av_matmul(dlogits, kg), self.ta_matmul(dlogits, qg), dvg), dbias
+
+    def _assemble(self, pairs: List[Tensor], parts: List[Tensor], like: Tensor) -> Tensor:
+        """The groups' ``parts`` written at their ``pairs`` into one tensor shaped as ``like``.
+
+        One scatter at the end: a chain of per-group updates of the whole tensor held about one
+        group's probabilities more per core until the backward pass reached it.
+        """
+        if len(parts) == 1:  # one group: its pairs are every row and head, in order
+            return parts[0]
+        # flattened to (pair, N, D): groups differ in windows and, uneven, in heads
+        return self.scatter_pairs(self.concat_rows([p.reshape(-1, 2) for p in pairs]),
+                                  self.concat_rows([x.reshape((-1,) + x.shape[2:]) for x in parts]), like.shape)
 
     def construct(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
-        out = self.zeros_like(v)
+        pairs, outputs = [], []
+        previous = bias
         for windows in self.window_groups:
             for heads in self.head_groups:
-                out = self._attend_group(windows, heads, q, k, v, bias, out)
-        return out
+                group_pairs, previous = self._attend_group(windows, heads, (q, k, v, bias), previous)
+                pairs.append(group_pairs)
+                outputs.append(previous)
+        return self._assemble(pairs, outputs, v)
 
     def bprop(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, out: Tensor, dout: Tensor):
-        inputs = (q, k, v, bias, dout)
-        grads = (self.zeros_like(q), self.zeros_like(k), self.zeros_like(v), self.zeros_like(bias))
+        pairs, dq, dk, dv = [], [], [], []
+        dbias = self.zeros_like(bias)
+        previous = dout
         for windows in self.window_groups:
             for heads in self.head_groups:
-                grads = self._backward_group(windows, heads, inputs, grads)
-        return grads
+                group_pairs, grads, dbias = self._backward_group(windows, heads, (q, k, v, bias, dout), previous,
+                                                                 dbias)
+                pairs.append(group_pairs)
+                dq.append(grads[0])
+                dk.append(grads[1])
+                dv.append(grads[2])
+                previous = grads[1]
+        return self._assemble(pairs, dq, q), self._assemble(pairs, dk, k), self._assemble(pairs, dv, v), dbias
