@@ -34,7 +34,7 @@ TINY = dict(patch_size=4, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12
 VARIANTS = {
     "timm": ("timm", {}),
     "mindswin": ("mindswin", {"recompute": True}),
-    "mindswin-seq": ("mindswin", {"recompute": True, "sequential_attention": 8}),
+    "mindswin-seq": ("mindswin", {"recompute": True, "sequential_attention": 16}),
 }
 
 
