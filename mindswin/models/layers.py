@@ -18,7 +18,6 @@ from typing import Optional, Tuple
 import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
-from mindspore.ops import constexpr
 from mindspore.ops.auto_generate.gen_ops_prim import GeluExt
 
 from .kernel_library import use_cpu_kernels
@@ -27,7 +26,6 @@ from .kernels import BiasAddKernel, GeluKernel, LayerNormKernel
 __all__ = [
     "expand_to",
     "mask_from_factors",
-    "tile_to",
     "Linear",
     "LayerNorm",
     "Mlp",
@@ -40,46 +38,15 @@ __all__ = [
 ]
 
 
-_TILE = ops.Tile()
-
-
-@constexpr
-def _tile_multiples(shape: Tuple[int, ...], padded: Tuple[int, ...]) -> Optional[Tuple[int, ...]]:
-    """How often ``Tile`` repeats each axis of ``padded`` to make ``shape``; None where an axis is
-    known only at run time (an exported model's dynamic batch).
-
-    Evaluated in Python at compile time: a loop over the axes in the graph itself fails inside a
-    checkpointed block's nested ``GradOperation`` ("The func graph is empty").
-    """
-    if any(size is None or size < 0 for size in shape + padded):
-        return None
-    return tuple(target // size for target, size in zip(shape, padded))
-
-
-def tile_to(small: Tensor, shape: Tuple[int, ...]) -> Tensor:
-    """``small`` broadcast to ``shape`` (numpy rules), by ``Tile`` (``BroadcastTo`` where ``shape`` has
-    an axis known only at run time).
-
-    On MindSpore 2.10's CPU backend a ``Tile`` holds what ``BroadcastTo`` holds
-    (``bench/broadcast_workspace.py``) and runs 3-8x faster: ``(1, 3M)`` to ``(4, 3M)`` floats
-    34 -> 4 ms, ``(12, 1024, 1)`` to ``(12, 1024, 1024)`` 18 -> 5 ms (docs/memory.md).
-    """
-    padded = (1,) * (len(shape) - small.ndim) + small.shape
-    multiples = _tile_multiples(shape, padded)
-    if multiples is None:
-        return ops.broadcast_to(small, shape)
-    return _TILE(small.reshape(padded), multiples)
-
-
 def expand_to(small: Tensor, like: Tensor) -> Tensor:
     """``small`` broadcast to ``like``'s shape, as the operand of an elementwise op with ``like``.
 
     MindSpore 2.10's CPU kernels of broadcasting binary ops (Add, Mul, Sub, RealDiv) keep a
     workspace of about 4x their output for the life of the compiled graph, one per op in the
-    graph; a broadcast (:func:`tile_to`) and a same-shape op keep none (measured in
-    docs/memory.md). Every broadcast of a large tensor in the models goes through here.
+    graph; a BroadcastTo and a same-shape op keep none (measured in docs/memory.md). Every
+    broadcast of a large tensor in the models goes through here.
     """
-    return tile_to(small, like.shape)
+    return ops.broadcast_to(small, like.shape)
 
 
 _FACTOR_PRODUCT = ops.BatchMatMul(transpose_b=True)

@@ -32,7 +32,7 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from .kernels import BiasSoftmaxKernel, WindowBiasSoftmaxKernel
-from .layers import expand_to, mask_from_factors, tile_to
+from .layers import expand_to, mask_from_factors
 
 __all__ = ["SequentialAttentionCore", "chunk_ranges", "sequential_pays_under_checkpoint"]
 
@@ -96,6 +96,7 @@ class SequentialAttentionCore(nn.Cell):
         self.scatter_add = ops.TensorScatterAdd()
         self.concat_last = ops.Concat(axis=-1)
         self.concat_rows = ops.Concat(axis=0)
+        self.tile = ops.Tile()
 
     @property
     def num_groups(self) -> int:
@@ -131,10 +132,10 @@ class SequentialAttentionCore(nn.Cell):
                 return self.bias_softmax(logits, head_bias)
             return self.bias_softmax(logits, head_bias, mask)
         group_bias = head_bias
-        if mask is not None:  # (w, h, N, N), shared by every image
-            shape = (mask.shape[0],) + head_bias.shape
-            group_bias = tile_to(head_bias.reshape((1,) + head_bias.shape), shape) + \
-                tile_to(mask.reshape(shape[0], 1, shape[2], shape[3]), shape)
+        if mask is not None:  # (w, h, N, N), shared by every image; Tile: docs/memory.md
+            windows, heads, n = mask.shape[0], head_bias.shape[0], mask.shape[-1]
+            group_bias = self.tile(head_bias.reshape(1, heads, n, n), (windows, 1, 1, 1)) + \
+                self.tile(mask.reshape(windows, 1, n, n), (1, heads, 1, 1))
         flat = logits.reshape(-1, group_bias.size)
         flat = flat + expand_to(group_bias.reshape(1, -1), flat)
         return ops.softmax(flat.reshape(logits.shape), axis=-1)

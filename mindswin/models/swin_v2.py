@@ -35,7 +35,6 @@ from .layers import (
     PatchProjection,
     expand_to,
     mask_from_factors,
-    tile_to,
 )
 from .sequential_attention import SequentialAttentionCore, sequential_pays_under_checkpoint
 
@@ -410,6 +409,7 @@ class WindowAttention(nn.Cell):
         self.merge_heads = swap_axes_gather(num_heads, self.window_area)
         self.qk_matmul = ops.BatchMatMul(transpose_b=True)
         self.av_matmul = ops.BatchMatMul()
+        self.tile = ops.Tile()
         cpu = use_cpu_kernels()
         self.qkv_heads = QkvHeadsKernel() if cpu else None
         self.position_bias_kernel = PositionBiasKernel(coords_table, position_index, self.window_area) if cpu else None
@@ -491,10 +491,10 @@ class WindowAttention(nn.Cell):
         if mask_factors is None:
             return bias
         windows = mask_factors.shape[1]
-        shape = (windows, self.num_heads, self.window_area, self.window_area)
         mask = mask_from_factors(mask_factors, bias).reshape(windows, 1, self.window_area, self.window_area)
         head_bias = bias.reshape(1, self.num_heads, self.window_area, self.window_area)
-        return tile_to(head_bias, shape) + tile_to(mask, shape)
+        # Tile, not BroadcastTo: the same memory, 3-8x faster on the CPU backend (docs/memory.md)
+        return self.tile(head_bias, (windows, 1, 1, 1)) + self.tile(mask, (1, self.num_heads, 1, 1))
 
     def _softmax_with_bias(self, logits: Tensor, bias: Tensor) -> Tensor:
         """``softmax(logits + bias)`` with the per-image ``bias`` broadcast over images.
