@@ -37,9 +37,11 @@ from dataclasses import dataclass, fields
 from typing import Any, Dict, List, Optional, Sequence
 
 from .models.flops import count_parameters
+from .models.kernels import ATTENTION_ROWS
 from .models.registry import model_spec
 from .models.sequential_attention import chunk_ranges, sequential_pays_under_checkpoint
 from .models.swin_v2 import (
+    ROW_BLOCK_ATTENTION_MIN_TOKENS,
     BlockConfig,
     clip_window_shift,
     geometry_problem,
@@ -138,7 +140,9 @@ def block_memory(config: BlockConfig, batch_size: int, backend: str, compute_byt
     * attention, batched: the float32 probabilities ``B nW h N^2`` (and their ``a`` copy under
       O2), plus each shifted block's bias-plus-mask ``nW h N^2 4`` (one per image, not per batch);
       sequential: only the position bias ``h N^2 4`` (the backward pass recomputes one group's
-      probabilities, and adds its slice of the mask, at a time).
+      probabilities, and adds its slice of the mask, at a time); the same for the cpu attention
+      kernels (windows of ``ROW_BLOCK_ATTENTION_MIN_TOKENS`` tokens or more, float32), which keep
+      nothing and recompute the probabilities of ``ATTENTION_ROWS`` query rows at a time.
 
     The transient is the larger of the attention's (logits and probabilities forward, or their
     gradients backward: two float32 ``B nW h N^2``, of one group when sequential, three then,
@@ -171,7 +175,14 @@ def block_memory(config: BlockConfig, batch_size: int, backend: str, compute_byt
     # The fused CPU kernel adds a shifted block's position bias and mask row by row; elsewhere their
     # (windows, heads, N, N) sum (of a group, when sequential) is built, from two tiled operands.
     row_by_row = backend == "cpu"
-    if window_chunk or head_chunk:
+    sequential = bool(window_chunk or head_chunk)
+    if row_by_row and not sequential and a == FLOAT32 and n >= ROW_BLOCK_ATTENTION_MIN_TOKENS:
+        # The attention kernels keep nothing of their own; per thread, a block of query rows' probabilities,
+        # their gradient and mask rows, and a copy of the bias gradient; then q, k and v's gradients.
+        attention = position_bias + cpb_hidden
+        attention_transient = cpu_threads * (position_bias + 3 * ATTENTION_ROWS * n * FLOAT32) + position_bias + \
+            3 * padded_tokens * dim * FLOAT32
+    elif sequential:
         group_windows = min(window_chunk or windows, windows)
         group_heads = min(head_chunk or heads, heads)
         attention = position_bias + cpb_hidden
@@ -184,6 +195,8 @@ def block_memory(config: BlockConfig, batch_size: int, backend: str, compute_byt
             if not row_by_row:
                 group_bias *= group_windows
                 attention_transient += 4 * group_bias
+        if row_by_row:  # the fused softmax backward sums the bias gradient from per-thread copies
+            attention_transient += cpu_threads * group_bias
     else:
         mask = windows * n * n * FLOAT32 if any(shift) else 0
         bias = position_bias if row_by_row or not any(shift) else windows * position_bias
@@ -192,9 +205,8 @@ def block_memory(config: BlockConfig, batch_size: int, backend: str, compute_byt
         # its reduction over images (forward: logits, the mask made from its factors and, built,
         # the bias-plus-mask's two tiled operands).
         attention_transient = scores * (2 * FLOAT32 + amp_copy) + 2 * bias + mask
-        group_bias = bias
-    if backend == "cpu":  # the fused softmax backward sums the bias gradient from per-thread copies
-        attention_transient += cpu_threads * group_bias
+        if row_by_row:
+            attention_transient += cpu_threads * bias
     transient = max(attention_transient, tokens * hidden * (FLOAT32 + a))
     return BlockMemory(kept, attention, transient, tokens * dim * FLOAT32)
 

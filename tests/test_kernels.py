@@ -7,7 +7,7 @@ import platform
 import re
 import shutil
 from pathlib import Path
-from typing import List, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import mindspore as ms
 import numpy as np
@@ -18,7 +18,13 @@ import mindswin
 from mindswin.engine.optim import AdamW
 from mindswin.engine.train_step import TrainStep
 from mindswin.models import kernel_library, kernels
-from mindswin.models.swin_v2 import MAX_LOGIT_SCALE, l2_normalize, relative_coords_table, relative_position_index
+from mindswin.models.swin_v2 import (
+    MAX_LOGIT_SCALE,
+    l2_normalize,
+    relative_coords_table,
+    relative_position_index,
+    shifted_window_mask_factors,
+)
 
 from helpers import MICRO_MS, loss_and_grads, micro, randomize
 
@@ -119,15 +125,22 @@ def assert_close_per_row(got: np.ndarray, want: np.ndarray, what: str) -> None:
     assert_within(got, want, 2e-4 * (row_max + np.abs(want)), what)
 
 
-def test_model_with_cpu_kernels_matches_native_ops():
+# window 12 at 48 px: 144-token windows, shifted and not, attend in the attention kernels
+@pytest.mark.parametrize("geometry", [{}, dict(img_size=48, window_size=12),
+                                      dict(img_size=48, window_size=12, recompute=True)],
+                         ids=["micro", "window12", "window12-recompute"])
+def test_model_with_cpu_kernels_matches_native_ops(geometry):
     """Whole model: logits and every parameter gradient, fused CPU kernels vs native ops."""
-    x = ms.Tensor(np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32))
+    size = geometry.get("img_size", 32)
+    x = ms.Tensor(np.random.default_rng(3).standard_normal((2, 3, size, size)).astype(np.float32))
     y = ms.Tensor(np.array([1, 3], np.int32))
     results = []
     for enabled in (True, False):
         with kernel_library.cpu_kernels(enabled):
-            model = randomize(micro(), seed=4)
+            model = randomize(micro(**geometry), seed=4)
         assert (model.layers[0].blocks[0].attn.qkv_heads is not None) == enabled
+        row_blocks = [block.attn.row_block_attention is not None for block in model.layers[0].blocks]
+        assert row_blocks == [enabled and "window_size" in geometry] * len(row_blocks)
         model.set_train(False)
         logits = model(x).asnumpy()
         model.set_train(True)
@@ -180,9 +193,11 @@ LIBM_ULPS = 4  # glibc's stated bound for its vector math (libmvec: erff, expf);
 THREADS = 3  # several parts: the split of the rows and the merge of per-part sums both run
 PARALLEL_MIN_ELEMENTS = int(re.search(r"#define PARALLEL_MIN_ELEMENTS (\d+)",
                                       kernel_library.SOURCE.read_text()).group(1))
+ATTENTION_ROWS = int(re.search(r"#define ATTENTION_ROWS (\d+)", kernel_library.SOURCE.read_text()).group(1))
 KERNELS = ["LayerNormForward", "LayerNormBackward", "GeluForward", "GeluBackward", "BiasAddForward", "BiasAddBackward",
            "BiasSoftmaxForward", "BiasSoftmaxBackward", "WindowBiasSoftmaxForward", "QkvHeadsForward",
-           "QkvHeadsBackward", "CpbBiasForward", "CpbBiasBackward"]
+           "QkvHeadsBackward", "CpbBiasForward", "CpbBiasBackward", "AttentionForward", "AttentionBackward",
+           "MaskedAttentionForward", "MaskedAttentionBackward"]
 PARALLEL = [name for name in KERNELS if not name.startswith("Cpb")]  # the position-bias kernels run on one thread
 
 
@@ -499,13 +514,77 @@ def cpb_bias_backward(d_bias: np.ndarray, bias: np.ndarray, table: np.ndarray, h
     return [(d_w1, d_w1_error), (dz.sum(0), sum_error(dz, 0) + dz_error.sum(0)), (d_w2, d_w2_error)]
 
 
+def _attention_probabilities(q: np.ndarray, k: np.ndarray, bias: np.ndarray, mask: np.ndarray):
+    """Float64 probabilities ``(P, H, N, N)`` of the attention kernels and their relative error bound.
+
+    The logits are float32 dot products over D (sum_error); bias and mask add two roundings of
+    the magnitudes, then the softmax's own (bias_softmax_forward's bound, taking the logits' error
+    as an error of the exponent's argument).
+    """
+    q64, k64 = q.astype(np.float64), k.astype(np.float64)
+    logits = q64 @ k64.swapaxes(-1, -2)
+    logits_error = (q.shape[-1] + 1) * EPS * (np.abs(q64) @ np.abs(k64).swapaxes(-1, -2))
+    windows = mask.shape[0]
+    added = (bias[None] + mask[:, None]).astype(np.float64)  # (windows, H, N, N), exact in float32 here
+    z = (logits.reshape((-1, windows) + logits.shape[1:]) + added).reshape(logits.shape)
+    top = z.max(-1, keepdims=True)
+    e = np.exp(z - top)
+    y = e / e.sum(-1, keepdims=True)
+    magnitude = np.abs(logits) + np.abs(z - logits)
+    e_relative = logits_error + 2 * EPS * (magnitude + np.abs(z) + np.abs(top)) + LIBM_ULPS * EPS
+    y_relative = e_relative + e_relative.max(-1, keepdims=True) + (z.shape[-1] + 2) * EPS
+    return y, y_relative + np.finfo(np.float32).smallest_subnormal / np.maximum(y, 1e-300)
+
+
+def _product_error(a: np.ndarray, a_error: np.ndarray, b: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """``a @ b`` in float64 and the bound on its float32 value, ``a`` known to within ``a_error``."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    terms = np.abs(a64) @ np.abs(b64)
+    return a64 @ b64, a_error @ np.abs(b64) + (a.shape[-1] + 1) * EPS * terms
+
+
+def _attention_mask(factors: Optional[np.ndarray], n: int) -> np.ndarray:
+    return np.zeros((1, n, n)) if factors is None else factors[0].astype(np.float64) @ \
+        factors[1].astype(np.float64).swapaxes(-1, -2)
+
+
+def attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, bias: np.ndarray,
+                      factors: Optional[np.ndarray] = None) -> Reference:
+    """AttentionForward (MaskedAttentionForward with ``factors``): ``softmax(q k^T + bias + mask) v``."""
+    y, y_relative = _attention_probabilities(q, k, bias, _attention_mask(factors, q.shape[2]))
+    out, out_error = _product_error(y, y * y_relative, v)
+    return [(out, out_error)]
+
+
+def attention_backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, bias: np.ndarray,
+                       factors: Optional[np.ndarray] = None) -> Reference:
+    """AttentionBackward (MaskedAttentionBackward): ``(d_q, d_k, d_v, d_bias)``, the probabilities
+    recomputed; each product's bound carries its operands' (``_product_error``)."""
+    y, y_relative = _attention_probabilities(q, k, bias, _attention_mask(factors, q.shape[2]))
+    y_error = y * y_relative
+    d_v, d_v_error = _product_error(y.swapaxes(-1, -2), y_error.swapaxes(-1, -2), dout)
+    d_p, d_p_error = _product_error(dout, np.zeros(dout.shape), v.swapaxes(-1, -2))
+    dot, dot_error = (d_p * y).sum(-1, keepdims=True), (np.abs(d_p) * y_error + d_p_error * y).sum(-1, keepdims=True) \
+        + sum_error(d_p * y, -1, 1)[..., None]
+    d_logits = y * (d_p - dot)
+    d_logits_error = y_error * (np.abs(d_p) + np.abs(dot)) + y * (d_p_error + dot_error) \
+        + 2 * EPS * y * (np.abs(d_p) + np.abs(dot))
+    d_q, d_q_error = _product_error(d_logits, d_logits_error, k)
+    d_k, d_k_error = _product_error(d_logits.swapaxes(-1, -2), d_logits_error.swapaxes(-1, -2), q)
+    d_bias = d_logits.sum(0)
+    return [(d_q, d_q_error), (d_k, d_k_error), (d_v, d_v_error),
+            (d_bias, d_logits_error.sum(0) + sum_error(d_logits, 0))]
+
+
 REFERENCES = {"LayerNormForward": layer_norm_forward, "LayerNormBackward": layer_norm_backward,
               "GeluForward": gelu_forward, "GeluBackward": gelu_backward, "BiasAddForward": bias_add_forward,
               "BiasAddBackward": bias_add_backward, "BiasSoftmaxForward": bias_softmax_forward,
               "BiasSoftmaxBackward": bias_softmax_backward, "WindowBiasSoftmaxForward": window_bias_softmax_forward,
               "QkvHeadsForward": qkv_heads_forward,
               "QkvHeadsBackward": qkv_heads_backward, "CpbBiasForward": cpb_bias_forward,
-              "CpbBiasBackward": cpb_bias_backward}
+              "CpbBiasBackward": cpb_bias_backward, "AttentionForward": attention_forward,
+              "AttentionBackward": attention_backward, "MaskedAttentionForward": attention_forward,
+              "MaskedAttentionBackward": attention_backward}
 
 
 def kernel_inputs(name: str, rng: np.random.Generator) -> List[np.ndarray]:
@@ -543,6 +622,18 @@ def kernel_inputs(name: str, rng: np.random.Generator) -> List[np.ndarray]:
         windows = -(-PARALLEL_MIN_ELEMENTS // (2 * heads * n * n)) + 1
         mask = np.where(rng.random((windows, n, n)) < 0.3, -100.0, 0.0).astype(np.float32)
         return [normal(2 * windows, heads, n, n, scale=3.0), normal(heads, n, n, scale=2.0), mask]
+    if "Attention" in name:
+        # 144-token windows (12 x 12): three blocks of query rows, the last one short
+        assert ATTENTION_ROWS == kernels.ATTENTION_ROWS == 64, "the memory plan counts the C kernels' row blocks"
+        images, windows, heads, n, head_dim = 2, 4, 2, 144, 16
+        side = 12
+        shape = (images * windows, heads, n, head_dim)
+        unit_q, unit_k = (x / np.linalg.norm(x, axis=-1, keepdims=True) for x in (normal(*shape), normal(*shape)))
+        q = (unit_q * rng.uniform(2, 50, (1, heads, 1, 1))).astype(np.float32)  # times the temperature
+        inputs = [q, unit_k.astype(np.float32), normal(*shape), rng.uniform(0, 16, (heads, n, n)).astype(np.float32)]
+        if name.startswith("Masked"):
+            inputs.append(shifted_window_mask_factors((2 * side, 2 * side), (side, side), (side // 2, side // 2)))
+        return inputs if name.endswith("Forward") else [normal(*shape)] + inputs
     if name.startswith("QkvHeads"):
         tokens, heads, head_dim = 16, 4, 8
         width = heads * head_dim
@@ -575,8 +666,11 @@ def test_kernel_on_several_threads_matches_float64(name, threaded_library):
     """Every kernel at a size it splits across threads, to within float32 rounding of NumPy."""
     inputs = kernel_inputs(name, np.random.default_rng(11))
     reference = REFERENCES[name](*inputs)
-    if name in PARALLEL:  # the kernels measure the work by their largest tensor
-        assert max(a.size for a in inputs + [want for want, _ in reference]) >= PARALLEL_MIN_ELEMENTS
+    if name in PARALLEL:  # the kernels measure the work by their largest tensor; attention by its logits
+        q = inputs[1] if name.endswith("Backward") else inputs[0]
+        work = q.size // q.shape[-1] * q.shape[2] if "Attention" in name else \
+            max(a.size for a in inputs + [want for want, _ in reference])
+        assert work >= PARALLEL_MIN_ELEMENTS
     outputs = run_kernel(threaded_library, name, inputs, [want.shape for want, _ in reference])
     for i, (got, (want, bound)) in enumerate(zip(outputs, reference)):
         assert_within(got, want, bound, f"{name} output {i}")
@@ -600,6 +694,12 @@ POISON = [
     ("CpbBiasForward", [(2, 7, np.nan)]),  # a hidden unit's bias: the ReLU must not make it 0
     ("CpbBiasBackward", [(0, (0, 500), np.nan)]),  # the upstream gradient
     ("CpbBiasBackward", [(3, (3, 5), np.nan)]),  # an activation: its gradient must not be masked to 0
+    # a NaN query element, an inf key element and a NaN position bias. Masked: NaN only, since a
+    # masked probability is 0 in float32 but not in float64, where it turns an inf into inf, not NaN
+    ("AttentionForward", [(0, (0, 0, 5, 3), np.nan), (1, (1, 1, 7, 2), np.inf), (3, (0, 9, 100), np.nan)]),
+    ("MaskedAttentionForward", [(0, (0, 0, 5, 3), np.nan), (2, (3, 1, 70, 2), np.nan)]),
+    ("AttentionBackward", [(0, (2, 1, 4, 4), np.nan), (1, (0, 0, 5, 3), np.nan), (4, (1, 9, 100), np.inf)]),
+    ("MaskedAttentionBackward", [(0, (2, 1, 4, 4), np.nan), (3, (3, 1, 70, 2), np.nan)]),
 ]
 
 

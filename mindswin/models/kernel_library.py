@@ -40,7 +40,7 @@ SOURCE = Path(__file__).resolve().parent / "csrc" / "cpu_kernels.c"
 # turns on flush-to-zero in the process that loads it.
 COMPILE_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros",
                  "-fassociative-math", "-fopenmp-simd", "-shared", "-fPIC")
-LINK_FLAGS = ("-lpthread", "-lm")
+LINK_FLAGS = ("-lpthread", "-lm", "-ldl")
 # Benchmarking and testing only: build for another instruction set than this CPU's, e.g.
 # ``MINDSWIN_KERNEL_MARCH=znver3`` (an AVX2 AMD EPYC), ``x86-64-v3`` (any AVX2 x86-64) or
 # ``"native -mno-avx512f"``: the first word replaces ``native`` in ``-march=native``, the rest

@@ -22,6 +22,9 @@ gradients against the native ops, kernel by kernel and for the whole model.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
+
 import numpy as np
 from mindspore import Tensor, nn, ops
 
@@ -34,6 +37,10 @@ __all__ = [
     "BiasSoftmaxKernel",
     "WindowBiasSoftmaxKernel",
     "QkvHeadsKernel",
+    "AttentionKernel",
+    "MaskedAttentionKernel",
+    "attention_kernel_available",
+    "ATTENTION_ROWS",
     "PositionBiasKernel",
 ]
 
@@ -137,6 +144,64 @@ class WindowBiasSoftmaxKernel(BiasSoftmaxKernel):
     def bprop(self, logits: Tensor, bias: Tensor, mask: Tensor, out: Tensor, dout: Tensor):
         dlogits, dbias = self.backward_op(dout, out, bias)
         return dlogits, dbias, self.zeros_like(mask)
+
+
+ATTENTION_ROWS = 64  # query rows the attention kernels compute at a time (csrc/cpu_kernels.c's #define)
+
+
+@functools.cache
+def attention_kernel_available() -> bool:
+    """Whether :class:`AttentionKernel` can run here: the library built, and oneDNN's sgemm in
+    the process (MindSpore loads ``libdnnl`` when imported)."""
+    library = compiled_library()
+    return library is not None and bool(ctypes.CDLL(library).MindswinAttentionAvailable())
+
+
+class AttentionKernel(nn.Cell):
+    """``softmax(q k^T + bias) v`` of every window and head, 64 query rows at a time, float32.
+
+    ``q`` (unit, times the temperature), ``k`` (unit) and ``v`` are ``(B * windows, heads, N, D)``;
+    ``bias`` ``(heads, N, N)`` is shared by every window and image. Neither the logits nor the
+    probabilities are kept: the backward pass recomputes them block by block, so attention holds
+    ``O(N * D)`` per window and head instead of ``O(N**2)`` (the probabilities of a stage-1 block
+    of Swin V2-T at 1,024 px / window 32 are 805 MB). Backward: ``d_bias`` sums over images and
+    windows.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forward_op = _custom("AttentionForward", lambda q, k, v, b: v, lambda q, k, v, b: v)
+        self.backward_op = _custom("AttentionBackward", lambda dy, q, k, v, b: (q, k, v, b),
+                                   lambda dy, q, k, v, b: (q, q, q, q))
+
+    def construct(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+        return self.forward_op(q, k, v, bias)
+
+    def bprop(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, out: Tensor, dout: Tensor):
+        return self.backward_op(dout, q, k, v, bias)
+
+
+class MaskedAttentionKernel(AttentionKernel):
+    """:class:`AttentionKernel` of a shifted block: ``softmax(q k^T + (bias + mask)) v``.
+
+    The ``(windows, N, N)`` mask is given by its ``(2, windows, N, F)`` factors
+    (:func:`~mindswin.models.swin_v2.shifted_window_mask_factors`) and made 64 rows at a time;
+    the factors, a constant, get no gradient.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forward_op = _custom("MaskedAttentionForward", lambda q, k, v, b, f: v, lambda q, k, v, b, f: v)
+        self.backward_op = _custom("MaskedAttentionBackward", lambda dy, q, k, v, b, f: (q, k, v, b),
+                                   lambda dy, q, k, v, b, f: (q, q, q, q))
+        self.zeros_like = ops.ZerosLike()
+
+    def construct(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, factors: Tensor) -> Tensor:
+        return self.forward_op(q, k, v, bias, factors)
+
+    def bprop(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, factors: Tensor, out: Tensor, dout: Tensor):
+        dq, dk, dv, dbias = self.backward_op(dout, q, k, v, bias, factors)
+        return dq, dk, dv, dbias, self.zeros_like(factors)
 
 
 class QkvHeadsKernel(nn.Cell):

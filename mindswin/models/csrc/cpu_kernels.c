@@ -12,6 +12,7 @@
  * Every entry point has MindSpore's aot signature: params holds the inputs then the
  * outputs, shapes/ndims describe them. Rows are split across threads with pthreads.
  */
+#include <dlfcn.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -717,3 +718,170 @@ AOT_KERNEL_INT32(CpbBiasBackward, 1u << 5) {
   free(d_hidden);
   return 0;
 }
+
+/* ---------------------------------------------------------------- window attention, row block by row block */
+/* out = softmax(q k^T + bias + mask) v for q, k, v (B * windows, heads, N, D), bias (heads, N, N)
+ * shared by every window and image, and a shifted block's mask given by its factors (2, windows,
+ * N, F), mask[w] = factors[0][w] factors[1][w]^T (small integers, so exact). A block of ATTENTION_ROWS
+ * query rows at a time: its logits, its mask rows, its softmax and its share of the output, in a
+ * per-thread buffer of ATTENTION_ROWS x N floats; the (B * windows, heads, N, N) probabilities
+ * are never built, forward or backward, whose pass recomputes each block's probabilities (the
+ * same code, so the same floats). The products are oneDNN's sgemm (MindSpore loads libdnnl),
+ * single-threaded per call: the threads split the (image-window, head) pairs. */
+
+#define ATTENTION_ROWS 64
+#define NO_GEMM 4
+
+typedef int (*sgemm_fn)(char transa, char transb, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+                        int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc,
+                        void *threadpool);
+
+/* oneDNN's row-major sgemm from the libdnnl MindSpore has loaded (a NULL threadpool: sequential). */
+static sgemm_fn find_sgemm(void) {
+  static sgemm_fn cached = NULL;
+  static int looked = 0;
+  if (!looked) {
+    void *library = dlopen("libdnnl.so.3", RTLD_NOW | RTLD_NOLOAD);
+    if (library != NULL) cached = (sgemm_fn)dlsym(library, "dnnl_threadpool_interop_sgemm");
+    looked = 1;
+  }
+  return cached;
+}
+
+/* 1 when the attention kernels can run in this process (MindSpore imported), else 0. */
+int MindswinAttentionAvailable(void) { return find_sgemm() != NULL; }
+
+typedef struct {
+  const float *q, *k, *v, *bias, *factors, *dout;
+  float *out, *dq, *dk, *dv, *partial;
+  int64_t heads, n, dim, windows, rank;
+  sgemm_fn gemm;
+  int status;
+} attention_ctx;
+
+/* The softmax of rows [row, row + count) of pair `pair`'s logits, in place in `block` (count x n):
+ * each row adds its position-bias row plus its mask row (their float32 sum first, as
+ * WindowBiasSoftmaxForward does). `mask` is a count x n scratch block, unused without factors. */
+static void attention_probabilities(const attention_ctx *c, int64_t pair, int64_t row, int64_t count,
+                                    float *block, float *mask) {
+  const int64_t n = c->n, d = c->dim, h = pair % c->heads;
+  const float *q = c->q + (pair * n + row) * d, *k = c->k + pair * n * d;
+  c->gemm('N', 'T', count, n, d, 1.f, q, d, k, d, 0.f, block, n, NULL);
+  const float *bias = c->bias + (h * n + row) * n;
+  if (c->factors == NULL) {
+    for (int64_t r = 0; r < count; ++r) bias_softmax_forward_row(block + r * n, bias + r * n, block + r * n, n);
+    return;
+  }
+  const int64_t w = (pair / c->heads) % c->windows, f = c->rank;
+  const float *left = c->factors + (w * n + row) * f, *right = c->factors + (c->windows + w) * n * f;
+  c->gemm('N', 'T', count, n, f, 1.f, left, f, right, f, 0.f, mask, n, NULL);
+  for (int64_t r = 0; r < count; ++r) {
+    float *sum = mask + r * n;
+    const float *bias_row = bias + r * n;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) sum[j] = bias_row[j] + sum[j];
+    bias_softmax_forward_row(block + r * n, sum, block + r * n, n);
+  }
+}
+
+static void attention_forward_pairs(void *arg, int64_t begin, int64_t end, int part) {
+  attention_ctx *c = (attention_ctx *)arg;
+  const int64_t n = c->n, d = c->dim, rows = n < ATTENTION_ROWS ? n : ATTENTION_ROWS;
+  (void)part;
+  float *block = malloc((size_t)(2 * rows * n) * sizeof(float));
+  if (block == NULL) {
+    c->status = 1;
+    return;
+  }
+  for (int64_t pair = begin; pair < end; ++pair) {
+    for (int64_t row = 0; row < n; row += rows) {
+      const int64_t count = n - row < rows ? n - row : rows;
+      attention_probabilities(c, pair, row, count, block, block + rows * n);
+      c->gemm('N', 'N', count, d, n, 1.f, block, n, c->v + pair * n * d, d, 0.f, c->out + (pair * n + row) * d, d,
+              NULL);
+    }
+  }
+  free(block);
+}
+
+/* Gradients of one row block: d_v += p^T dout, d_p = dout v^T, d_logits = p * (d_p - sum(d_p * p))
+ * (into d_bias too), d_q = d_logits k, d_k += d_logits^T q. */
+static void attention_backward_pairs(void *arg, int64_t begin, int64_t end, int part) {
+  attention_ctx *c = (attention_ctx *)arg;
+  const int64_t n = c->n, d = c->dim, rows = n < ATTENTION_ROWS ? n : ATTENTION_ROWS;
+  float *d_bias = c->partial + (int64_t)part * c->heads * n * n;
+  float *block = malloc((size_t)(3 * rows * n) * sizeof(float));
+  if (block == NULL) {
+    c->status = 1;
+    return;
+  }
+  float *d_p = block + rows * n, *mask = d_p + rows * n;
+  for (int64_t pair = begin; pair < end; ++pair) {
+    const int64_t at = pair * n * d, h = pair % c->heads;
+    memset(c->dk + at, 0, (size_t)(n * d) * sizeof(float));
+    memset(c->dv + at, 0, (size_t)(n * d) * sizeof(float));
+    for (int64_t row = 0; row < n; row += rows) {
+      const int64_t count = n - row < rows ? n - row : rows, row_at = at + row * d;
+      attention_probabilities(c, pair, row, count, block, mask);
+      c->gemm('T', 'N', n, d, count, 1.f, block, n, c->dout + row_at, d, 1.f, c->dv + at, d, NULL);
+      c->gemm('N', 'T', count, n, d, 1.f, c->dout + row_at, d, c->v + at, d, 0.f, d_p, n, NULL);
+      for (int64_t r = 0; r < count; ++r)
+        bias_softmax_backward_row(d_p + r * n, block + r * n, d_p + r * n, d_bias + (h * n + row + r) * n, n);
+      c->gemm('N', 'N', count, d, n, 1.f, d_p, n, c->k + at, d, 0.f, c->dq + row_at, d, NULL);
+      c->gemm('T', 'N', n, d, count, 1.f, d_p, n, c->q + row_at, d, 1.f, c->dk + at, d, NULL);
+    }
+  }
+  free(block);
+}
+
+/* Reads q, k, v, bias (and factors) from params; `masked`: the factors are params[4]. */
+static int attention_setup(attention_ctx *c, void **params, int *ndims, int64_t **shapes, int masked) {
+  c->gemm = find_sgemm();
+  if (c->gemm == NULL) return NO_GEMM;
+  c->q = params[0]; c->k = params[1]; c->v = params[2]; c->bias = params[3];
+  c->heads = shapes[0][1]; c->n = shapes[0][2]; c->dim = shapes[0][3];
+  if (c->n > MAX_ROW) return ROW_TOO_LONG;
+  c->factors = masked ? params[4] : NULL;
+  c->windows = masked ? shapes[4][1] : 1;
+  c->rank = masked ? shapes[4][3] : 0;
+  (void)ndims;
+  return 0;
+}
+
+static int attention_forward(void **params, int *ndims, int64_t **shapes, int masked) {
+  attention_ctx c = {0};
+  const int status = attention_setup(&c, params, ndims, shapes, masked);
+  if (status) return status;
+  c.out = params[masked ? 5 : 4];
+  parallel_for(attention_forward_pairs, &c, shapes[0][0] * c.heads, c.n * c.n);
+  return c.status;
+}
+
+static int attention_backward(void **params, int *ndims, int64_t **shapes, int masked) {
+  attention_ctx c = {0};
+  const int status = attention_setup(&c, params + 1, ndims + 1, shapes + 1, masked);
+  if (status) return status;
+  const int first_output = masked ? 6 : 5;
+  c.dout = params[0];
+  c.dq = params[first_output]; c.dk = params[first_output + 1]; c.dv = params[first_output + 2];
+  const int64_t pairs = shapes[1][0] * c.heads, bias_size = c.heads * c.n * c.n;
+  const int parts = part_count(pairs, c.n * c.n);
+  c.partial = partial_sums(parts, bias_size);
+  if (c.partial == NULL) return 1;
+  parallel_for(attention_backward_pairs, &c, pairs, c.n * c.n);
+  reduce_parts(c.partial, parts, bias_size, 0, bias_size, params[first_output + 3]);
+  free(c.partial);
+  return c.status;
+}
+
+/* inputs q, k, v (B * windows, heads, N, D), bias (heads, N, N); output softmax(q k^T + bias) v */
+AOT_KERNEL(AttentionForward) { return attention_forward(params, ndims, shapes, 0); }
+
+/* inputs as AttentionForward's plus the mask factors (2, windows, N, F) */
+AOT_KERNEL(MaskedAttentionForward) { return attention_forward(params, ndims, shapes, 1); }
+
+/* inputs dout, q, k, v, bias; outputs d_q, d_k, d_v, d_bias (a sum over images and windows) */
+AOT_KERNEL(AttentionBackward) { return attention_backward(params, ndims, shapes, 0); }
+
+/* inputs dout, q, k, v, bias, factors; outputs d_q, d_k, d_v, d_bias (the factors, a constant, get none) */
+AOT_KERNEL(MaskedAttentionBackward) { return attention_backward(params, ndims, shapes, 1); }
