@@ -52,6 +52,7 @@ from .models.swin_v2 import (
 )
 
 __all__ = ["DEVICES", "MemoryPlan", "BlockMemory", "block_memory", "cpu_graph_bytes", "sequential_groups",
+           "attends_in_row_blocks",
            "sequential_group_scores",
            "plan_memory", "largest_batch", "model_arguments"]
 
@@ -176,7 +177,7 @@ def block_memory(config: BlockConfig, batch_size: int, backend: str, compute_byt
     # (windows, heads, N, N) sum (of a group, when sequential) is built, from two tiled operands.
     row_by_row = backend == "cpu"
     sequential = bool(window_chunk or head_chunk)
-    if row_by_row and not sequential and a == FLOAT32 and n >= ROW_BLOCK_ATTENTION_MIN_TOKENS:
+    if attends_in_row_blocks(config, backend, a):
         # The attention kernels keep nothing of their own; per thread, a block of query rows' probabilities,
         # their gradient and mask rows, and a copy of the bias gradient; then q, k and v's gradients.
         attention = position_bias + cpb_hidden
@@ -211,6 +212,13 @@ def block_memory(config: BlockConfig, batch_size: int, backend: str, compute_byt
     return BlockMemory(kept, attention, transient, tokens * dim * FLOAT32)
 
 
+def attends_in_row_blocks(config: BlockConfig, backend: str, compute_bytes: int) -> bool:
+    """Whether the block attends in the fused CPU attention kernel (which then also stands in for
+    sequential attention): cpu, float32, windows of ``ROW_BLOCK_ATTENTION_MIN_TOKENS`` tokens or more."""
+    window, _ = clip_window_shift(config.input_resolution, config.window_size, config.shift_size)
+    return backend == "cpu" and compute_bytes == FLOAT32 and window[0] * window[1] >= ROW_BLOCK_ATTENTION_MIN_TOKENS
+
+
 def sequential_group_scores(config: BlockConfig) -> int:
     """Float32 bytes of one sequential group's ``(w, h, N, N)`` scores, per image."""
     window, _ = clip_window_shift(config.input_resolution, config.window_size, config.shift_size)
@@ -230,7 +238,7 @@ def sequential_groups(config: BlockConfig) -> int:
     return len(chunk_ranges(windows, window_chunk)) * len(chunk_ranges(config.num_heads, head_chunk))
 
 
-def cpu_graph_bytes(blocks: Sequence[BlockConfig], recompute: bool) -> int:
+def cpu_graph_bytes(blocks: Sequence[BlockConfig], recompute: bool, compute_bytes: int = FLOAT32) -> int:
     """Host memory of the blocks' compiled graph on MindSpore's CPU backend (kernels, their launch
     state, the IR): it grows with the number of kernels, hardly with the tensors, so a deep model or a
     sequential attention of many groups pays it at any resolution. The sequential core unrolls its
@@ -239,7 +247,7 @@ def cpu_graph_bytes(blocks: Sequence[BlockConfig], recompute: bool) -> int:
     per_block = CPU_GRAPH_PER_CHECKPOINTED_BLOCK if recompute else CPU_GRAPH_PER_BLOCK
     total = 0
     for config in blocks:
-        groups = sequential_groups(config)
+        groups = 0 if attends_in_row_blocks(config, "cpu", compute_bytes) else sequential_groups(config)
         total += per_block
         if groups:
             total += groups * (CPU_GRAPH_PER_SEQUENTIAL_GROUP +
@@ -312,7 +320,7 @@ def plan_memory(model_args: Dict[str, Any], batch_size: int = 1, amp_level: str 
     activations += _stem_and_merging_bytes(model_args, stages, batch_size, compute_bytes)
     if runtime_bytes is None:
         runtime_bytes = CPU_RUNTIME if backend == "cpu" else ASCEND_RUNTIME
-    graph = cpu_graph_bytes(configs, recompute) if backend == "cpu" else 0
+    graph = cpu_graph_bytes(configs, recompute, compute_bytes) if backend == "cpu" else 0
     return MemoryPlan(weights=params * (FLOAT32 + (compute_bytes if compute_bytes != FLOAT32 else 0)),
                       gradients=params * FLOAT32, optimizer=-(-2 * params * FLOAT32 // zero_ranks),
                       ema=params * FLOAT32 if ema else 0, activations=activations, attention=attention,

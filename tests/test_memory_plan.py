@@ -81,6 +81,20 @@ def test_sequential_attention_keeps_no_probabilities_and_one_group_at_a_time():
     assert sequential.activations == batched.activations
 
 
+def test_cpu_attention_kernel_keeps_no_probabilities_and_stands_in_for_sequential_attention():
+    # window 12 at 96 px: a 24 x 24 map of 4 windows of 144 tokens, then 12 x 12, one window
+    window12 = dict(TINY_64, img_size=96, window_size=12)
+    batched = plan_memory(window12, batch_size=4, backend="cpu")
+    position_biases = sum(config.num_heads * 144 * 144 * 4 + 23 * 23 * 512 * 4
+                          for stage in stage_block_configs(**window12) for config in stage)
+    assert batched.attention == position_biases
+    # one (window, head) pair at a time per thread already: no groups, nor their graph
+    assert plan_memory({**window12, "sequential_attention": 1}, batch_size=4, backend="cpu") == batched
+    # float16 matmuls (AMP O2) and Ascend take MindSpore's ops, which keep the probabilities
+    assert plan_memory(window12, batch_size=4, backend="cpu", amp_level="O2").attention > position_biases
+    assert plan_memory(window12, batch_size=4).attention > position_biases
+
+
 @pytest.mark.parametrize("backend", ["ascend", "cpu"])
 def test_recompute_keeps_block_inputs_and_reruns_one_block(backend):
     plain = plan_memory(TINY_64, batch_size=8, backend=backend)

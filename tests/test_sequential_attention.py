@@ -159,6 +159,20 @@ def test_amp_o2_sequential_matches_batched():
     assert_same_training_signal(batched, sequential, MODEL_BOUND)
 
 
+def test_cpu_attention_kernel_stands_in_for_the_core():
+    """At 144 tokens per window the fused CPU kernel attends one (window, head) pair at a time and
+    takes the core's place: a sequential model computes exactly what the batched one does."""
+    # stage maps 24 and 12: 4 windows (one block shifted), then 1
+    geometry = dict(img_size=48, window_size=12, depths=[2, 2, 1])
+    batched, sequential = model_pair(**geometry)
+    assert sequential.layers[0].blocks[1].attn.row_block_attention is not None
+    x = ms.Tensor(np.random.default_rng(3).standard_normal((2, 3, 48, 48)).astype(np.float32))
+    y = ms.Tensor(np.array([1, 3], np.int32))
+    np.testing.assert_array_equal(batched(x).asnumpy(), sequential(x).asnumpy())
+    for a, b in zip(loss_and_grads(batched, x, y)[1], loss_and_grads(sequential, x, y)[1]):
+        np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
+
+
 def test_checkpoint_attends_in_one_batch_where_one_group_is_all():
     # the micro model's maps have 16, 4 and 1 windows: groups of 4 windows make 4, 1 and 1 groups
     plain, checkpointed = micro(sequential_attention=4), micro(sequential_attention=4, recompute=True)

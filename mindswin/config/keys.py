@@ -172,7 +172,9 @@ DEFAULTS: Dict[str, Option] = {
                  "windows at a time and recompute their probabilities in backward, so a "
                  "block's attention memory no longer grows with the window count; 0: all "
                  "windows at once; 16 at window 32 keeps the step within 1.2x the batched one; with recompute, "
-                 "a block whose windows make one group attends in one batch (see docs/memory.md)",
+                 "a block whose windows make one group attends in one batch. On CPU in float32, windows of "
+                 "144 tokens or more attend in the fused kernel, one window and head at a time, whatever this "
+                 "says (see docs/memory.md)",
             allowed=_NON_NEGATIVE,
             scripts=_ALL,
         ),

@@ -550,7 +550,7 @@ class WindowAttention(nn.Cell):
         # the executor would build it (and, shifted, the (windows, heads, N, N) bias + mask) for
         # every block as soon as the backward pass starts, and hold them all (docs/memory.md).
         bias = self.position_bias((ops.depend(weights[1], x),) + weights[2:4])
-        if self.sequential is not None:
+        if self.sequential is not None and not self._in_row_blocks(v):
             x = self.sequential(q, k, v, bias)
         else:
             x = self._batched(q, k, v, bias, mask_factors)
@@ -560,6 +560,14 @@ class WindowAttention(nn.Cell):
             x = self.proj_drop(x)
         return x
 
+    def _in_row_blocks(self, v: Tensor) -> bool:
+        """Whether attention runs in the fused CPU kernel, 64 query rows at a time (float32, no dropout).
+
+        Then it also stands in for sequential attention: it computes one (window, head) pair at a
+        time per thread and keeps no probabilities, less than any group of the sequential core.
+        """
+        return self.row_block_attention is not None and self.attn_drop is None and v.dtype == ms.float32
+
     def _batched(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask_factors: Optional[Tensor]) -> Tensor:
         """Every window and head at once: ``(B_, heads, N, head_dim)``.
 
@@ -567,7 +575,7 @@ class WindowAttention(nn.Cell):
         :data:`ROW_BLOCK_ATTENTION_MIN_TOKENS` tokens attend in the fused kernel, 64 query rows at a
         time, probabilities recomputed in the backward pass; otherwise one matmul for all logits.
         """
-        if self.row_block_attention is not None and self.attn_drop is None and v.dtype == ms.float32:
+        if self._in_row_blocks(v):
             if mask_factors is None:
                 return self.row_block_attention(q, k, v, bias)
             return self.masked_row_block_attention(q, k, v, bias, mask_factors)
