@@ -5,14 +5,15 @@
 Swin V2-T (C=96, depths 2-2-6-2), batch 1, AdamW, float32, activation checkpointing on in both
 (``recompute=True`` in mindswin, ``set_grad_checkpointing(True)`` in timm). Each configuration
 runs in its own process (``--worker``), so its peak RSS (``ru_maxrss``) is its own; a
-configuration that the kernel's OOM killer stops is reported as such. mindswin runs with
-batched attention and with sequential self-attention (``sequential_attention``), so the table
-gives both the memory ratio against timm and the time ratio of sequential over batched.
+configuration that the kernel's OOM killer stops is reported as such. mindswin runs as it does
+by default (sequential: the fused CPU attention kernel, see ``VARIANTS``), with one matmul for
+every window's logits (unchunked) and with the sequential core's groups (MindSpore's ops), so the
+table gives the memory ratio against timm and the time ratio of sequential over unchunked.
 
 Writes docs/memory_bench.json and docs/memory_bench.md. One mindswin configuration with other
 model arguments: ``MEMORY_BENCH_EXTRA='{"recompute": false, "depths": [4, 2, 6, 2]}' python
 bench/memory_bench.py --worker mindswin --size 512 --window 16`` (also ``"cpu_kernels": false``,
-``"memory_optimize_level": "O1"``, ``"batch_size": 4``, ``"amp_level": "O2"``).
+``"memory_optimize_level": "O1"``, ``"batch_size": 4``, ``"amp_level": "O2"``, ``"row_block_attention": false``).
 """
 import argparse
 import json
@@ -31,10 +32,15 @@ from bench.workers import mindspore_train_step, peak_rss_mb  # noqa: E402
 
 TINY = dict(patch_size=4, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), num_classes=1000)
 # name: (implementation, mindswin keywords): what each row of the table runs.
+# On CPU in float32, windows of 144 tokens or more attend in the fused kernel 64 query rows at a
+# time, one (window, head) pair per thread: sequential attention, and mindswin's default there.
+# "unchunked" turns that kernel off (one matmul for every window's logits, as before it), and
+# "seq-core" the sequential core's groups of windows, as MindSpore's own ops (Ascend) run them.
 VARIANTS = {
     "timm": ("timm", {}),
+    "mindswin-unchunked": ("mindswin", {"recompute": True, "row_block_attention": False}),
     "mindswin": ("mindswin", {"recompute": True}),
-    "mindswin-seq": ("mindswin", {"recompute": True, "sequential_attention": 16}),
+    "mindswin-seq-core": ("mindswin", {"recompute": True, "sequential_attention": 16, "row_block_attention": False}),
 }
 
 
@@ -45,11 +51,14 @@ def mindswin_step(size: int, window: int, extra: dict):
 
     import mindswin
     from mindswin.amp import apply_amp
+    from mindswin.models import swin_v2
     from mindswin.models.kernel_library import cpu_kernels
     from mindswin.models.threads import set_cpu_threads
 
     extra = dict(extra)
     batch_size, amp_level = extra.pop("batch_size", 1), extra.pop("amp_level", "O0")
+    if not extra.pop("row_block_attention", True):
+        swin_v2.ROW_BLOCK_ATTENTION_MIN_TOKENS = 1 << 30  # read when each WindowAttention is built
     ms.set_context(mode=ms.GRAPH_MODE, memory_optimize_level=extra.pop("memory_optimize_level", "O0"))
     ms.set_device("CPU")
     set_cpu_threads()
@@ -141,17 +150,19 @@ def markdown(rows, args) -> str:
     lines = ["# Memory benchmark: one training step at high resolution", "",
              f"`python bench/memory_bench.py` on {cpu_name()}, "
              f"{os.cpu_count()} cores. Swin V2-T, batch 1, AdamW, float32, activation checkpointing on in both; "
-             "peak RSS of the whole process (framework and graph compiler included). mindswin: batched "
-             "attention; mindswin-seq: `sequential_attention` "
-             f"{VARIANTS['mindswin-seq'][1]['sequential_attention']} (windows per group). Step time: the second "
-             "step (the first includes graph compilation).", "",
-             "| ISA | size / window | timm peak MB | mindswin peak MB | mindswin-seq peak MB | mindswin / timm "
-             "| seq / timm | timm step s | mindswin step s | seq step s | seq / batched time |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "peak RSS of the whole process (framework and graph compiler included). mindswin: its default, "
+             "the fused CPU attention kernel, 64 query rows and one (window, head) pair at a time (sequential "
+             "attention); unchunked: one matmul for every window's logits; seq-core: the sequential core, "
+             f"`sequential_attention` {VARIANTS['mindswin-seq-core'][1]['sequential_attention']} windows per group on "
+             "MindSpore's ops. Step time: the second step (the first includes graph compilation).", "",
+             "| ISA | size / window | timm peak MB | unchunked peak MB | mindswin peak MB | seq-core peak MB "
+             "| mindswin / timm | timm step s | unchunked step s | mindswin step s | seq-core step s "
+             "| mindswin / unchunked time |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for isa in args.isas:
         for size, window in args.sizes:
             found = {r["variant"]: r for r in rows if (r["isa"], r["size"], r["window"]) == (isa, size, window)}
-            timm, batched, seq = (found.get(v) for v in ("timm", "mindswin", "mindswin-seq"))
+            timm, unchunked, default, core = (found.get(v) for v in VARIANTS)
 
             def ratio(a, b, key):
                 return "-" if not a or not b or key not in a or key not in b else f"{a[key] / b[key]:.2f}"
@@ -159,10 +170,12 @@ def markdown(rows, args) -> str:
             def peak(row):
                 return row.get("error", "-") if row and "error" in row else cell(row, "peak_rss_mb", "{:.0f}")
 
-            lines.append(f"| {isa} | {size} / {window} | {peak(timm)} | {peak(batched)} | {peak(seq)} "
-                         f"| {ratio(batched, timm, 'peak_rss_mb')} | {ratio(seq, timm, 'peak_rss_mb')} "
-                         f"| {cell(timm, 'step_s', '{:.2f}')} | {cell(batched, 'step_s', '{:.2f}')} "
-                         f"| {cell(seq, 'step_s', '{:.2f}')} | {ratio(seq, batched, 'step_s')} |")
+            def step(row):
+                return cell(row, "step_s", "{:.2f}")
+
+            lines.append(f"| {isa} | {size} / {window} | {peak(timm)} | {peak(unchunked)} | {peak(default)} "
+                         f"| {peak(core)} | {ratio(default, timm, 'peak_rss_mb')} | {step(timm)} | {step(unchunked)} "
+                         f"| {step(default)} | {step(core)} | {ratio(default, unchunked, 'step_s')} |")
     return "\n".join(lines) + "\n"
 
 
