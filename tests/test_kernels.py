@@ -667,9 +667,11 @@ def test_kernel_on_several_threads_matches_float64(name, threaded_library):
     inputs = kernel_inputs(name, np.random.default_rng(11))
     reference = REFERENCES[name](*inputs)
     if name in PARALLEL:  # the kernels measure the work by their largest tensor; attention by its logits
-        q = inputs[1] if name.endswith("Backward") else inputs[0]
-        work = q.size // q.shape[-1] * q.shape[2] if "Attention" in name else \
-            max(a.size for a in inputs + [want for want, _ in reference])
+        if "Attention" in name:
+            q = inputs[1] if name.endswith("Backward") else inputs[0]
+            work = q.size // q.shape[-1] * q.shape[2]
+        else:
+            work = max(a.size for a in inputs + [want for want, _ in reference])
         assert work >= PARALLEL_MIN_ELEMENTS
     outputs = run_kernel(threaded_library, name, inputs, [want.shape for want, _ in reference])
     for i, (got, (want, bound)) in enumerate(zip(outputs, reference)):

@@ -840,7 +840,6 @@ static int attention_setup(attention_ctx *c, void **params, int *ndims, int64_t 
   if (c->gemm == NULL) return NO_GEMM;
   c->q = params[0]; c->k = params[1]; c->v = params[2]; c->bias = params[3];
   c->heads = shapes[0][1]; c->n = shapes[0][2]; c->dim = shapes[0][3];
-  if (c->n > MAX_ROW) return ROW_TOO_LONG;
   c->factors = masked ? params[4] : NULL;
   c->windows = masked ? shapes[4][1] : 1;
   c->rank = masked ? shapes[4][3] : 0;
