@@ -9,9 +9,10 @@ import logging
 import mindspore as ms
 import numpy as np
 import pytest
-from mindspore import Tensor
+from mindspore import Tensor, ops
 
 import mindswin
+from mindswin.amp import apply_amp
 from mindswin.config import ConfigError, load_config
 from mindswin.engine import runtime
 from mindswin.engine.builder import model_from_config
@@ -208,3 +209,66 @@ def test_dataset_sink_mode_sinks_one_step_per_call_where_mindspore_can(device, m
         assert kwargs["jit_config"].jit_config_dict["jit_level"] == "O2"
     assert sinking_step(load_config(overrides={"device_target": device, "reuse_blocks": False}), training,
                         "the train data") is None
+
+
+def test_flash_attention_is_refused_off_ascend_and_in_float32():
+    with pytest.raises(ConfigError, match="Atlas A2.*device_target is CPU.*flash_attention: False"):
+        load_config(overrides={"device_target": "CPU", "flash_attention": True})
+    with pytest.raises(ConfigError, match="float16 or bfloat16.*amp_level O2"):
+        load_config(overrides={"device_target": "Ascend", "amp_level": "O0", "flash_attention": True,
+                               "reuse_blocks": False})
+    assert load_config(overrides={"device_target": "Ascend", "amp_level": "O2", "flash_attention": True,
+                                  "reuse_blocks": False}).flash_attention
+    with pytest.raises(ValueError, match="device_target is CPU"):
+        swin_v2.use_flash_attention(mindswin.create_model("swinv2_tiny_window8_256", **MICRO_MS))
+
+
+def test_flash_attention_refuses_attention_dropout_and_head_sizes_the_op_refuses(ascend_context):
+    with pytest.raises(ValueError, match="attn_drop_rate 0"):
+        swin_v2.use_flash_attention(mindswin.create_model("swinv2_tiny_window8_256", attn_drop_rate=0.1,
+                                                          **{**MICRO_MS, "embed_dim": 32}))
+    with pytest.raises(ValueError, match="multiple of 16, this model's is 12"):
+        swin_v2.use_flash_attention(mindswin.create_model("swinv2_tiny_window8_256", **MICRO_MS))
+
+
+def test_flash_attention_calls_the_op_as_documented_in_unshifted_blocks(monkeypatch):
+    """FlashAttentionScore replaced by its documented computation, ``softmax(scalar_value * q k^T +
+    real_shift) v`` in float32 from the given operands, recording each call (PyNative: the record runs).
+
+    Checks what mindswin passes (BNSD layout, the heads, a (1, heads, N, N) real_shift in q's dtype,
+    scale 1) and where (unshifted blocks under AMP O2 only). The op's numbers are Ascend's to check."""
+    calls = []
+
+    def documented(query, key, value, head_num, real_shift=None, scalar_value=1.0, input_layout="BSH"):
+        calls.append((tuple(query.shape), query.dtype, head_num, tuple(real_shift.shape), real_shift.dtype,
+                      scalar_value, input_layout))
+        logits = ops.matmul(query, key.swapaxes(-1, -2)).astype(ms.float32) * scalar_value
+        probs = ops.softmax(logits + real_shift.astype(ms.float32), axis=-1)
+        return ops.matmul(probs.astype(value.dtype), value)
+
+    monkeypatch.setattr(swin_v2, "flash_attention_score", documented)
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        with cpu_kernels(False):
+            # head size 16: the op takes multiples of 16 (the micro model's is 12)
+            model = randomize(mindswin.create_model("swinv2_tiny_window8_256", **{**MICRO_MS, "embed_dim": 32}))
+        apply_amp(model, "O2")
+        original = ms.get_context
+        with monkeypatch.context() as ascend:  # the switch only: the model was built for CPU and runs there
+            ascend.setattr(ms, "get_context", lambda key: "Ascend" if key == "device_target" else original(key))
+            switched = swin_v2.use_flash_attention(model)
+        x = Tensor(np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32))
+        logits = model(x).asnumpy()
+    finally:
+        ms.set_context(mode=ms.GRAPH_MODE)
+    blocks = [block for layer in model.layers for block in layer.blocks]
+    assert switched == len(blocks)
+    unshifted = [block for block in blocks if block.attn_mask_factors is None]
+    assert 0 < len(unshifted) < len(blocks)  # the micro model has shifted blocks, which keep the other path
+    assert len(calls) == len(unshifted)
+    for block, (q_shape, q_dtype, heads, shift_shape, shift_dtype, scale, layout) in zip(unshifted, calls):
+        n = block.attn.window_area
+        assert q_shape[1:] == (block.attn.num_heads, n, block.attn.head_dim) and heads == block.attn.num_heads
+        assert (shift_shape, shift_dtype, q_dtype) == ((1, heads, n, n), ms.float16, ms.float16)
+        assert (scale, layout) == (1.0, "BNSD")
+    assert np.isfinite(logits).all()

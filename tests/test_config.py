@@ -84,6 +84,7 @@ INVALID = {
     "sequential_attention_heads": -2,
     "drop_path_rate": 1.0,
     "reuse_blocks": True,  # refused off Ascend (the default device_target is CPU)
+    "flash_attention": True,  # refused off Ascend, like reuse_blocks
     "num_parallel_workers": 0,
     "verify_images": "partial",
     "re_prob": 1.5,

@@ -16,6 +16,12 @@ def check_combinations(config: Config) -> None:
     if config.reuse_blocks and config.device_target != "Ascend":
         raise ConfigError("'reuse_blocks' is supported by MindSpore on Ascend only; device_target is "
                           f"{config.device_target}. Set reuse_blocks: False on this backend")
+    if config.flash_attention and config.device_target != "Ascend":
+        raise ConfigError("'flash_attention' (MindSpore's FlashAttentionScore) runs on Ascend Atlas A2 (910B) only; "
+                          f"device_target is {config.device_target}. Set flash_attention: False on this backend")
+    if config.flash_attention and config.amp_level == "O0":
+        raise ConfigError("'flash_attention' takes float16 or bfloat16 only, and amp_level O0 trains in float32: "
+                          "set amp_level O2 (the Ascend recipes' level) or flash_attention: False")
     if config.hccl_buffsize is not None and config.device_target != "Ascend":
         raise ConfigError("hccl_buffsize is an Ascend (HCCL) setting; remove it on "
                           f"device_target {config.device_target}")

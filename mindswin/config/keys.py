@@ -185,6 +185,14 @@ DEFAULTS: Dict[str, Option] = {
             allowed=_NON_NEGATIVE,
             scripts=_ALL,
         ),
+        "flash_attention": Option(
+            default=False,
+            kind=bool,
+            help="attend in MindSpore's FlashAttentionScore where it computes the official attention: "
+                 "unshifted windows under AMP O2 (shifted ones keep the other path); Ascend Atlas A2 "
+                 "(910B) only, not yet run on a card (see docs/memory.md)",
+            scripts=_ALL,
+        ),
         "reuse_blocks": Option(
             default=None,
             kind=bool,

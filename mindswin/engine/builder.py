@@ -23,6 +23,7 @@ from ..config import Config, ConfigError
 from ..data import resolve_data_config
 from ..models import SwinTransformerV2, build_model
 from ..models.simmim import SimMIM, build_simmim
+from ..models.swin_v2 import use_flash_attention
 from .optim import create_optimizer, layer_decay_scales
 from .runtime import Runtime, apply_jit_config
 from .schedule import learning_rates, schedule_from_config
@@ -71,6 +72,9 @@ def _simmim(config: Config, training: bool) -> SimMIM:
 def _compute_settings(config: Config, model: nn.Cell) -> nn.Cell:
     """``amp_level`` and the jit level on ``model`` (before it first runs)."""
     apply_amp(model, config.amp_level, config.amp_dtype)
+    if config.flash_attention:
+        count = use_flash_attention(model)
+        _logger.info("flash_attention: FlashAttentionScore in the unshifted blocks of %d window attentions", count)
     return apply_jit_config(model, config)
 
 

@@ -23,6 +23,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple, 
 import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
+from mindspore.ops import flash_attention_score
 
 from .kernel_library import use_cpu_kernels
 from .kernels import (
@@ -66,6 +67,7 @@ __all__ = [
     "stage_block_configs",
     "reuse_keys",
     "WindowAttention",
+    "use_flash_attention",
     "PatchMerging",
     "PatchEmbed",
     "relative_coords_table",
@@ -437,6 +439,7 @@ class WindowAttention(nn.Cell):
         self.zero_bias = Tensor(np.zeros(dim, np.float32)) if cpu and not qkv_bias else None
         self.portable = False  # set_portable: the cosine normalisation without Rsqrt
         self.sequential = None  # use_sequential: a SequentialAttentionCore
+        self.flash_attention = False  # use_flash_attention: FlashAttentionScore in unshifted windows
 
     def use_sequential(self, num_windows: int, attn_chunks: Tuple[int, int], mask_factors: Optional[Tensor]) -> None:
         """Attend ``attn_chunks = (windows, heads)`` at a time (0: all), probabilities recomputed in backward.
@@ -450,6 +453,17 @@ class WindowAttention(nn.Cell):
                              "turn sequential attention off")
         self.sequential = SequentialAttentionCore(num_windows, self.num_heads, attn_chunks[0], attn_chunks[1],
                                                   mask_factors, fused=self.bias_softmax is not None)
+
+    def use_flash_attention(self) -> None:
+        """Attend in MindSpore's ``FlashAttentionScore`` (Atlas A2) where it computes the official attention:
+        unshifted windows, float16 or bfloat16 q, k, v (AMP O2). See :func:`use_flash_attention`."""
+        if self.attn_drop is not None:
+            raise ValueError("flash_attention: FlashAttentionScore would drop the probabilities with noise of its "
+                             "own; set attn_drop_rate 0 (the official value) or flash_attention false")
+        if self.head_dim % 16:
+            raise ValueError(f"flash_attention: FlashAttentionScore needs a head size that is a multiple of 16, "
+                             f"this model's is {self.head_dim}; set flash_attention false")
+        self.flash_attention = True
 
     def weights(self) -> Tuple[Parameter, ...]:
         """Every parameter, in the order :meth:`forward_with` reads them: ``logit_scale``, the CPB
@@ -550,7 +564,10 @@ class WindowAttention(nn.Cell):
         # the executor would build it (and, shifted, the (windows, heads, N, N) bias + mask) for
         # every block as soon as the backward pass starts, and hold them all (docs/memory.md).
         bias = self.position_bias((ops.depend(weights[1], x),) + weights[2:4])
-        if self.sequential is not None and not self._in_row_blocks(v):
+        if self.flash_attention and mask_factors is None and v.dtype != ms.float32 and \
+                batch_windows <= FLASH_ATTENTION_MAX_BATCH:
+            x = self._flash(q, k, v, bias)
+        elif self.sequential is not None and not self._in_row_blocks(v):
             x = self.sequential(q, k, v, bias)
         else:
             x = self._batched(q, k, v, bias, mask_factors)
@@ -559,6 +576,17 @@ class WindowAttention(nn.Cell):
         if self.proj_drop is not None:
             x = self.proj_drop(x)
         return x
+
+    def _flash(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+        """``FlashAttentionScore``: ``softmax(scalar_value * q k^T + real_shift) v``, layout ``BNSD``.
+
+        q is already unit and times the temperature, so the scale is 1, and the position bias is the
+        additive ``real_shift``, in q's dtype as the op requires, shared by every window (its gradient
+        is the op's ``dpse``).
+        """
+        shift = bias.astype(q.dtype).reshape(1, self.num_heads, self.window_area, self.window_area)
+        return flash_attention_score(q, k, v, self.num_heads, real_shift=shift, scalar_value=1.0,
+                                     input_layout="BNSD")
 
     def _in_row_blocks(self, v: Tensor) -> bool:
         """Whether attention runs in the fused CPU kernel, 64 query rows at a time (float32, no dropout).
@@ -591,6 +619,38 @@ class WindowAttention(nn.Cell):
     def extend_repr(self) -> str:
         return (f"dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}, "
                 f"pretrained_window_size={self.pretrained_window_size}")
+
+
+# FlashAttentionScore's documented limit on its batch (here images x windows); beyond it, the other path.
+FLASH_ATTENTION_MAX_BATCH = 2048
+
+
+def use_flash_attention(model: nn.Cell) -> int:
+    """Let every window attention of ``model`` attend in MindSpore's ``FlashAttentionScore`` where it fits.
+
+    The op (Atlas A2 / 910B only; float16 and bfloat16) takes cosine attention as it is: unit q
+    times the temperature, unit k, ``scalar_value=1`` and the continuous position bias as the
+    additive ``real_shift``, whose gradient it returns. It does not take the shifted-window mask
+    as the official code adds it (-100 to the masked logits; its ``attn_mask`` discards them, which
+    differs where a row's unmasked logits lie 80 or more below a masked one), so shifted blocks
+    keep MindSpore's batched (or sequential) attention, as do float32 steps and batches of more than
+    :data:`FLASH_ATTENTION_MAX_BATCH` windows (the op's limit). Written to MindSpore's documentation;
+    not yet run on a card.
+
+    Returns:
+        The number of window attention cells switched.
+
+    Raises:
+        ValueError: Not on Ascend, or a model with attention dropout or a head size the op refuses.
+    """
+    target = ms.get_context("device_target")
+    if target != "Ascend":
+        raise ValueError(f"flash_attention: MindSpore's FlashAttentionScore runs on Ascend Atlas A2 (910B) only "
+                         f"and device_target is {target}; set flash_attention false")
+    cells = [cell for _, cell in model.cells_and_names() if isinstance(cell, WindowAttention)]
+    for cell in cells:
+        cell.use_flash_attention()
+    return len(cells)
 
 
 class SwinTransformerV2Block(nn.Cell):
