@@ -253,13 +253,16 @@ def test_official_augmentation_two_workers_killed_mid_epoch_resume_bitwise(data_
         assert np.array_equal(value, resumed[name]), name
 
 
+@pytest.mark.parametrize("window", ["3", "12"], ids=["window3", "window12"])
 @pytest.mark.parametrize("script", ["train.py", ROOT / "tests" / "msrun_scripts" / "train_native_ops.py"],
                          ids=["kernels_on", "kernels_off"])
-def test_sequential_attention_on_padded_windows_two_workers_resume_bitwise(data_dir, tmp_path, script):
+def test_sequential_attention_on_padded_windows_two_workers_resume_bitwise(data_dir, tmp_path, script, window):
     # window 3 on the 32 px model pads every stage map (16, 8, 4 -> 18, 9, 6) and sequential attention
     # runs 3 windows x 2 heads per group (uneven groups), under the official augmentation and EMA;
-    # the ranks stay in sync and a run killed mid-epoch resumes bit for bit
-    args = [*BASE_ARGS, *OFFICIAL_AUGMENTATION, "--window_size", "3", "--sequential_attention", "3",
+    # window 12 pads stage 1 to 24 x 24: four 144-token windows, which the fused CPU attention kernel
+    # attends (kernels on; the core's groups with them off), the later stages clipped to their maps.
+    # The ranks stay in sync and a run killed mid-epoch resumes bit for bit
+    args = [*BASE_ARGS, *OFFICIAL_AUGMENTATION, "--window_size", window, "--sequential_attention", "3",
             "--sequential_attention_heads", "2", "--epoch_size", "2", "--batch_size", "8", "--distribute", "True",
             "--resume_save_steps", "2", "--data_dir", data_dir]
     straight, out, position, logs = _straight_and_killed_mid_epoch(script, args, tmp_path)
