@@ -4,6 +4,7 @@ Lazy-inlined cells cannot compile on MindSpore 2.10's CPU backend, so block reus
 through the key ``mindspore.lazy_inline`` forms at construction (``cell_init_args``) and
 through :class:`SharedGraphBlock`, the same block without the decorator.
 """
+import inspect
 import logging
 
 import mindspore as ms
@@ -181,6 +182,88 @@ def test_ascend_keeps_every_operator_dtype_and_refuses_bfloat16_on_910a(monkeypa
                                                                  "amp_dtype": "float16"})) is not None
     calls.clear()
     assert runtime.apply_ascend_precision(load_config(overrides={"device_target": "CPU"})) is None and not calls
+
+
+def _record_op_precision(monkeypatch, soc: str) -> dict:
+    """Stand-ins for the device-only precision setters and the SoC query; returns what gets set."""
+    from mindspore.device_context.ascend import op_precision
+
+    calls = {}
+    for name in ("precision_mode", "matmul_allow_hf32", "conv_allow_hf32"):
+        monkeypatch.setattr(op_precision, name, lambda value, name=name: calls.__setitem__(name, value))
+    monkeypatch.setattr(runtime, "config_soc_version", lambda config: soc)
+    return calls
+
+
+@pytest.mark.parametrize("amp", [{"amp_level": "O0"}, {"amp_level": "O2", "amp_dtype": "float16"}])
+def test_910a_computes_float32_matmuls_in_float16_and_says_so_in_one_line(amp, monkeypatch, caplog):
+    # CANN: KEEP_DTYPE float32 matmuls raise on Atlas training series; MindSpore's default there lowers them
+    calls = _record_op_precision(monkeypatch, "ascend910")
+    config = load_config(overrides={"device_target": "Ascend", **amp})
+    with caplog.at_level(logging.INFO, logger="mindswin"):
+        settings = runtime.apply_ascend_precision(config)
+    assert calls == {"precision_mode": "allow_fp32_to_fp16", "matmul_allow_hf32": False,
+                     "conv_allow_hf32": False} == settings.__dict__
+    lines = [r for r in caplog.records if "910A" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0].getMessage()
+    if amp["amp_level"] == "O0":  # asked for float32, gets float16 matmuls: said as a warning
+        assert "amp_level O0 computes every matmul in float16" in lines[0].getMessage()
+        assert lines[0].levelno == logging.WARNING
+    else:
+        assert "float32 matmuls run in float16" in lines[0].getMessage()
+
+
+def test_910b_keeps_float32_matmuls_and_says_nothing(monkeypatch, caplog):
+    calls = _record_op_precision(monkeypatch, "ascend910b")
+    with caplog.at_level(logging.INFO, logger="mindswin"):
+        runtime.apply_ascend_precision(load_config(overrides={"device_target": "Ascend", "amp_level": "O0"}))
+    assert calls["precision_mode"] == "must_keep_origin_dtype"
+    assert not [r for r in caplog.records if "float16" in r.getMessage()]
+
+
+def test_flash_attention_is_refused_on_910a_before_anything_is_set(monkeypatch):
+    # CANN's aclnnFlashAttentionScore: not on Atlas training series (910A), on Atlas A2 (910B)
+    config = load_config(overrides={"device_target": "Ascend", "amp_level": "O2", "flash_attention": True,
+                                    "reuse_blocks": False})
+    calls = _record_op_precision(monkeypatch, "ascend910")
+    with pytest.raises(ConfigError, match="FlashAttentionScore runs on Atlas A2 .* not on this Ascend 910A") as error:
+        runtime.apply_ascend_precision(config)
+    assert "\n" not in str(error.value) and not calls  # refused before the device is given any setting
+    calls = _record_op_precision(monkeypatch, "ascend910b")
+    assert runtime.apply_ascend_precision(config).precision_mode == "must_keep_origin_dtype"
+
+
+def test_data_sink_compiles_the_step_under_strict_syntax(monkeypatch):
+    """The sunk step compiles as MindSpore's ``data_sink`` compiles it (``train/data_sink.py``,
+    ``_get_jit_func``: ``jit(..., fullgraph=True)`` only for a JitConfig saying STRICT), here with a
+    stand-in ``jit`` that records its arguments."""
+    import importlib
+    from types import SimpleNamespace
+
+    from mindswin.engine.trainer import sinking_step
+
+    # mindspore.train exports the data_sink function under the module's name: the module by its path
+    sink_module = importlib.import_module("mindspore.train.data_sink")
+    passed = {}
+    monkeypatch.setattr(ms, "data_sink", lambda fn, dataset, **kwargs: passed.update(kwargs) or "sunk")
+    config = load_config(overrides={"device_target": "Ascend", "dataset_sink_mode": True, "reuse_blocks": False})
+    assert sinking_step(config, SimpleNamespace(step="the train step"), "the train data") == "sunk"
+    compiled = {}
+    monkeypatch.setattr(sink_module, "jit", lambda fn, **kwargs: compiled.update(kwargs) or fn)
+    sink_module._get_jit_func(lambda: None, passed["jit_config"])
+    assert passed["jit_config"].jit_config_dict["jit_syntax_level"] == "STRICT"
+    assert compiled["fullgraph"] is True
+
+
+def test_reused_block_construct_takes_no_defaults():
+    # lazy_inline's documented restriction; MindSpore 2.10 checks it at the first construction and
+    # marks the decorated __init__ with has_tips_ (logged at INFO only), so the mark is asked too
+    _block(0.1)
+    parameters = list(inspect.signature(ReusedSwinTransformerV2Block.construct).parameters.values())[1:]
+    assert [p.name for p in parameters] == ["x", "keep_prob", "path_noise"]
+    assert all(p.default is inspect.Parameter.empty and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+               for p in parameters)
+    assert not getattr(ReusedSwinTransformerV2Block.__init__.__wrapped__, "has_tips_", False)
 
 
 @pytest.mark.parametrize("device", ["Ascend", "GPU", "CPU"])

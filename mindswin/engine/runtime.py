@@ -17,7 +17,8 @@ _logger = logging.getLogger(__name__)
 
 __all__ = ["Runtime", "setup_runtime", "setup_logging", "quiet_framework", "jit_config", "apply_jit_config",
            "say_jit_level", "SINK_BACKENDS",
-           "AscendPrecision", "ascend_precision", "apply_ascend_precision"]
+           "AscendPrecision", "ascend_precision", "apply_ascend_precision", "refuse_what_the_soc_lacks",
+           "say_ascend_precision"]
 
 
 @dataclass
@@ -66,19 +67,26 @@ _O2_DEPRECATED = ("jit_level O2 (whole-graph sink through the GE engine) is depr
 
 
 def jit_config(config):
-    """The ``mindspore.JitConfig`` of ``config.jit_level`` on Ascend; None on other backends.
+    """The ``mindspore.JitConfig`` of ``config.jit_level`` on Ascend, STRICT syntax; None on other backends.
 
     ``set_context(jit_config=...)`` is deprecated in MindSpore 2.10; a compiled cell takes its
     level from ``Cell.set_jit_config(JitConfig(...))`` instead. O0 and O1 run kernel by kernel
     (O1 adds MindSpore's automatic operator fusion); O2 sinks the whole graph (GE), deprecated
     since 2.9 but still in MindSpore, and what mindcv's published figures use. The CPU and GPU
     backends have one level and get nothing.
+
+    The syntax level is STRICT, as :func:`setup_runtime` sets for the whole process: a cell
+    would take the context's level anyway, but ``mindspore.data_sink`` compiles its function
+    with ``jit(fullgraph=...)``, and ``fullgraph`` is True only for a JitConfig that says
+    ``"STRICT"`` (``mindspore/train/data_sink.py``, ``_get_jit_func``): without it the sunk step
+    would compile under LAX, where host fallbacks the rest of the run refuses pass silently.
     """
     if config.device_target != "Ascend":
         return None
     import mindspore as ms
 
-    return ms.JitConfig(jit_level=config.jit_level)
+    # the string: JitConfig takes "STRICT"/"LAX", not the context's ms.STRICT (an int)
+    return ms.JitConfig(jit_level=config.jit_level, jit_syntax_level="STRICT")
 
 
 def say_jit_level(config) -> None:
@@ -115,25 +123,52 @@ class AscendPrecision:
 
 # MindSpore's name of the Ascend 910A SoC (MSContext.get_ascend_soc_version; 910B is "ascend910b").
 ASCEND_910A = "ascend910"
+# The 910A's precision mode. CANN's aclnnMatmul / aclnnBatchMatMul / aclnnMm pages: cubeMathType
+# KEEP_DTYPE with float32 input "is not supported on Atlas training series products and raises an
+# error"; ALLOW_FP32_DOWN_PRECISION computes it in float16 there. The card has no float32 cube
+# path, so a float32 matmul either fails or runs in float16; MindSpore's own default on Atlas
+# training series is this mode (op_precision.precision_mode's documentation).
+_910A_PRECISION_MODE = "allow_fp32_to_fp16"
+
+
+def refuse_what_the_soc_lacks(config, soc: Optional[str]) -> None:
+    """Refuse, in one line before anything compiles, what ``config`` asks and the Ascend SoC ``soc`` cannot do.
+
+    Raises:
+        ConfigError: on a 910A (``ascend910``), ``amp_dtype bfloat16`` under O2 (no bfloat16
+            units) or ``flash_attention`` (CANN's aclnnFlashAttentionScore: "Atlas training
+            series products do not support this operator; Atlas A2 training series products do").
+    """
+    if soc != ASCEND_910A:
+        return
+    if config.amp_level == "O2" and config.amp_dtype == "bfloat16":
+        raise ConfigError("amp_dtype bfloat16 needs an Ascend 910B or later: the 910A has no bfloat16 units; "
+                          "use --amp_dtype float16 (with dynamic loss scaling) on this card")
+    if config.flash_attention:
+        raise ConfigError("flash_attention: CANN's FlashAttentionScore runs on Atlas A2 (910B) and not on this "
+                          "Ascend 910A (Atlas training series); set flash_attention: False on this card")
 
 
 def ascend_precision(config) -> AscendPrecision:
-    """What ``config`` asks of Ascend's operator precision: every operator keeps its dtype.
+    """What ``config`` asks of Ascend's operator precision on the SoC it runs on.
 
     mindswin's mixed precision is explicit: under O2 each matmul cell casts to ``amp_dtype``
     and LayerNorm, softmax, the position bias and the loss stay float32; under O0 everything
-    is float32. A precision mode that lets the device lower float32 matmuls
-    (``allow_fp32_to_fp16``, ``force_fp16``: defaults of Atlas training cards in older
-    releases) or run them in HF32 would silently change both, so the run sets
-    ``must_keep_origin_dtype`` and turns HF32 off for matmuls and convolutions, whatever
-    the CANN or MindSpore default.
+    is float32. On a 910B (Atlas A2), which computes float32 matmuls in float32, a precision
+    mode that lets the device lower them (``allow_fp32_to_fp16``, ``force_fp16``) or run them
+    in HF32 would silently change both, so the run sets ``must_keep_origin_dtype`` and turns
+    HF32 off for matmuls and convolutions, whatever the CANN or MindSpore default. A 910A has
+    no float32 matmul: there it sets ``allow_fp32_to_fp16`` (MindSpore's default on that card),
+    and the matmuls that stay float32 (all of them under O0) run in float16, which
+    :func:`apply_ascend_precision` says.
 
     Raises:
-        ConfigError: ``amp_dtype bfloat16`` under O2 on a 910A, which has no bfloat16.
+        ConfigError: what the SoC cannot do (:func:`refuse_what_the_soc_lacks`).
     """
-    if config.amp_level == "O2" and config.amp_dtype == "bfloat16" and config_soc_version(config) == ASCEND_910A:
-        raise ConfigError("amp_dtype bfloat16 needs an Ascend 910B or later: the 910A has no bfloat16 units; "
-                          "use --amp_dtype float16 (with dynamic loss scaling) on this card")
+    soc = config_soc_version(config)
+    refuse_what_the_soc_lacks(config, soc)
+    if soc == ASCEND_910A:
+        return AscendPrecision(precision_mode=_910A_PRECISION_MODE)
     return AscendPrecision()
 
 
@@ -146,6 +181,24 @@ def config_soc_version(config) -> Optional[str]:
     return MSContext.get_instance().get_ascend_soc_version()
 
 
+def say_ascend_precision(config, settings: AscendPrecision) -> None:
+    """One line where the card computes something other than what ``amp_level`` says: float32 matmuls
+    in float16 (``allow_fp32_to_fp16``, the 910A). Nothing where every operator keeps its dtype."""
+    if settings.precision_mode != _910A_PRECISION_MODE:
+        return
+    if config.amp_level == "O0":
+        # the user asked for float32 and the card cannot give it to the matmuls: a warning
+        _logger.warning("Ascend 910A: amp_level O0 computes every matmul in float16 on this card, not float32 "
+                        "(CANN has no float32 matmul on Atlas training series; precision_mode %s, MindSpore's "
+                        "default here); LayerNorm, softmax and the other vector operators stay float32",
+                        settings.precision_mode)
+    else:
+        _logger.info("Ascend 910A: float32 matmuls run in float16 on this card (CANN has no float32 matmul on "
+                     "Atlas training series; precision_mode %s, MindSpore's default here): under amp_level O2 "
+                     "that is the position-bias MLP (the shifted-window mask product, small integers, stays "
+                     "exact)", settings.precision_mode)
+
+
 def apply_ascend_precision(config) -> Optional[AscendPrecision]:
     """Give Ascend the settings of :func:`ascend_precision` (before anything compiles); None off Ascend."""
     if config.device_target != "Ascend":
@@ -156,6 +209,7 @@ def apply_ascend_precision(config) -> Optional[AscendPrecision]:
     op_precision.precision_mode(settings.precision_mode)
     op_precision.matmul_allow_hf32(settings.matmul_allow_hf32)
     op_precision.conv_allow_hf32(settings.conv_allow_hf32)
+    say_ascend_precision(config, settings)
     return settings
 
 

@@ -878,7 +878,7 @@ class BlockCheckpoint(nn.Cell):
 
 
 class SharedGraphBlock(SwinTransformerV2Block):
-    """A block whose stochastic-depth rate is a ``construct`` input (``block(x, keep_prob)``).
+    """A block whose stochastic-depth rate is a ``construct`` input (``block(x, keep_prob, path_noise)``).
 
     The graph of such a block depends on :func:`block_reuse_key` only, so one graph can serve
     every block of the same shape. :class:`BasicLayer` passes each block's keep probability
@@ -900,7 +900,12 @@ class SharedGraphBlock(SwinTransformerV2Block):
             return branch
         return self.drop_path(branch, draws[0], draws[1][:, which] if len(draws) > 1 else None)
 
-    def construct(self, x: Tensor, keep_prob: Tensor, path_noise: Optional[Tensor] = None) -> Tensor:
+    def construct(self, x: Tensor, keep_prob: Tensor, path_noise: Optional[Tensor]) -> Tensor:
+        """``path_noise``: ``(B, 2)`` uniforms, or None to draw them here (see :meth:`_draws`).
+
+        No defaults: ``mindspore.lazy_inline`` requires construct parameters without default
+        values (MindSpore 2.10 only logs it, at INFO), so every caller passes all three.
+        """
         return self._run(x, (keep_prob,) + self._draws(x, path_noise))
 
 
