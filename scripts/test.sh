@@ -1,11 +1,33 @@
 #!/usr/bin/env bash
-# Install mindswin with its test extras (MindSpore venv + PyTorch/timm/transformers reference
-# venv), lint, and run the whole test suite. Extra arguments go to pytest.
+# Install mindswin with its test extras (MindSpore venv + PyTorch/timm/transformers reference venv),
+# lint, and run one tier of the test suite.
+#
+# Usage: bash scripts/test.sh [--tier fast|slow|all] [pytest arguments, e.g. tests/test_config.py or -k name]
+#   fast (default, the README's test command): every test not marked slow or distributed;
+#   slow: msrun launches, runs killed and resumed, multi-epoch training, full-size parity;
+#   all:  both. .ci/run runs fast, then slow: both gate landing.
+# A tier is a marker expression, so `--tier all tests/test_train.py` runs one whole file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+tier=fast
+if [ "${1:-}" = "--tier" ]; then
+  tier="${2:?--tier needs fast, slow or all}"
+  shift 2
+fi
+case "$tier" in
+  fast) select=(-m "not slow and not distributed") ;;
+  slow) select=(-m "slow or distributed") ;;
+  all) select=() ;;
+  *) echo "error: --tier must be fast, slow or all, got '$tier'" >&2; exit 2 ;;
+esac
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -r requirements-test.txt -e .
 bash tests/reference/setup_torch_reference.sh .venv-torchref
 bash scripts/lint.sh
-# -v names each test as it starts: the msrun and parity tests take minutes each.
-MINDSWIN_REQUIRE_REFERENCE=1 GLOG_v=3 .venv/bin/python -m pytest -v "$@"
+# -v names each test as it starts (the msrun and parity tests take a minute each); --durations and the
+# per-file table at the end (tests/conftest.py) show where the time went.
+status=0
+MINDSWIN_REQUIRE_REFERENCE=1 GLOG_v=3 .venv/bin/python -m pytest -v --durations=30 "${select[@]}" "$@" || status=$?
+# 5: no test selected (e.g. a file with no test of this tier), not a failure
+[ "$status" -eq 5 ] && exit 0
+exit "$status"

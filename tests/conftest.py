@@ -22,7 +22,35 @@ from mindswin.engine.runtime import quiet_framework  # noqa: E402
 quiet_framework()
 ms.set_context(mode=ms.GRAPH_MODE, jit_syntax_level=ms.STRICT)
 
+import helpers  # noqa: E402
 from helpers import BASE_ARGS, OFFICIAL_VARIANTS, REFERENCE_CASES, require_torch_python, run  # noqa: E402
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # before any fixture of the test: a module fixture that launches msrun is checked against its first test
+    helpers.set_current_test(item)
+
+
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    helpers.set_current_test(None)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Seconds per test file (set-up, call and tear-down, shared fixtures where they were built), longest first."""
+    per_file: dict = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if isinstance(report, pytest.TestReport):
+                entry = per_file.setdefault(report.nodeid.split("::")[0], [0.0, set()])
+                entry[0] += report.duration
+                entry[1].add(report.nodeid)
+    if per_file:
+        terminalreporter.write_sep("=", "seconds per test file")
+        for path, (seconds, tests) in sorted(per_file.items(), key=lambda kv: -kv[1][0]):
+            terminalreporter.write_line(f"{seconds:8.1f} s  {len(tests):4d} tests  {path}")
+        total = sum(seconds for seconds, _ in per_file.values())
+        terminalreporter.write_line(f"{total:8.1f} s  {sum(len(t) for _, t in per_file.values()):4d} tests  total")
 
 
 @pytest.fixture(scope="session")

@@ -3,22 +3,26 @@ cases, running the entry scripts (also under msrun), killing and resuming runs, 
 that real datasets contain (damaged image files, event files)."""
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import json
+import logging
 import math
 import os
+import re
 import signal
 import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import mindspore as ms
 import numpy as np
 import pytest
+import yaml
 from mindspore import ops
 from PIL import Image
 
@@ -144,14 +148,16 @@ def killed_mid_epoch_and_resumed(args, tmp_path: Path, epoch: int = 1):
     """
     straight, out = tmp_path / "straight", tmp_path / "killed"
     run("train.py", *args, "--ckpt_save_dir", straight)
-    proc = subprocess.Popen([PYTHON, str(ROOT / "train.py"), *map(str, args), "--ckpt_save_dir", str(out)],
-                            cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start("train.py", *args, "--ckpt_save_dir", out)
     try:
         assert wait_for(mid_epoch(out / "resume_state.ckpt", epoch), 300), f"run never reached the middle of " \
                                                                             f"epoch {epoch + 1}"
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
+    for name in os.listdir(out):  # every checkpoint the killed run left is intact
+        if name.endswith(".ckpt"):
+            ms.load_checkpoint(str(out / name))
     return straight, out, run("train.py", *args, "--resume", "auto", "--ckpt_save_dir", out).stdout
 
 
@@ -166,13 +172,109 @@ def assert_same_state(first: Path, second: Path) -> None:
             assert np.array_equal(value.asnumpy(), b[name].asnumpy()), name
 
 
+# --- the two tiers ---------------------------------------------------------------------------------------------
+# The fast tier (README's test command) is ``-m "not slow and not distributed"``; .ci/run also runs the rest.
+# What makes a test slow is checked where it happens: an msrun launch needs ``distributed``, a run killed
+# and resumed or more than FAST_TIER_EPOCHS epochs of train.py need ``slow``.
+FAST_TIER_EPOCHS = 3
+_current_test: Optional[pytest.Item] = None
+
+
+def set_current_test(item: Optional[pytest.Item]) -> None:
+    """Called by conftest before each test's set-up (fixtures included): the test the helpers work for."""
+    global _current_test
+    _current_test = item
+
+
+def require_marker(marker: str, reason: str) -> None:
+    """Fail the running test unless it (or its module or class) is marked ``marker``.
+
+    Args:
+        marker: ``slow`` or ``distributed``.
+        reason: What the test is doing that belongs to that tier, for the message.
+    """
+    if _current_test is not None and _current_test.get_closest_marker(marker) is None:
+        pytest.fail(f"{_current_test.nodeid} {reason} but is not marked @pytest.mark.{marker}: the fast tier "
+                    f"(-m 'not slow and not distributed') must not run it", pytrace=False)
+
+
+def _epochs_trained(args, stdout: str) -> int:
+    """Epochs a finished train.py run trained: its resolved ``epoch_size`` less the epoch it resumed at."""
+    values = [str(a) for a in args]
+    if "--ckpt_save_dir" not in values:
+        return 0
+    saved = Path(values[values.index("--ckpt_save_dir") + 1]) / "config.yaml"
+    if not saved.exists():
+        return 0
+    epoch_size = yaml.safe_load(saved.read_text()).get("epoch_size", 0)
+    resumed = re.search(r"resumed from .*: epoch (\d+), batch", stdout)
+    return epoch_size - (int(resumed.group(1)) if resumed else 0)
+
+
+def start(script, *args) -> subprocess.Popen:
+    """Start an entry script in its own process (output discarded), to be killed: a slow test's work."""
+    require_marker("slow", "starts a run to kill it")
+    return subprocess.Popen([PYTHON, str(ROOT / script), *map(str, args)], cwd=str(ROOT), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
 def run(script, *args, check=True, env=None, cwd=ROOT, **popen):
     """Run one of the entry scripts (``train.py``...) in a fresh process (in ``cwd``)."""
     result = subprocess.run([PYTHON, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
                             cwd=str(cwd), env=env, **popen)
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    if script == "train.py" and result.returncode == 0:
+        epochs = _epochs_trained(args, result.stdout)
+        if epochs > FAST_TIER_EPOCHS:
+            require_marker("slow", f"trains {epochs} epochs (more than {FAST_TIER_EPOCHS})")
     return result
+
+
+# Entry scripts and the command each one runs (mindswin/cli.py).
+COMMANDS = {"train.py": "run_train", "validate.py": "run_validate", "infer.py": "run_infer",
+            "export.py": "run_export", "tools/convert_weights.py": "run_convert_weights"}
+
+
+def _reached_the_runtime(*args, **kwargs):
+    raise AssertionError("the command got past its checks to the runtime set-up (device, threads, seeds): "
+                         "run this case in its own process with run(...)")
+
+
+def cli(script: str, *args, cwd=ROOT) -> subprocess.CompletedProcess:
+    """Run the command behind an entry script in this process, for a mistake it refuses before it starts.
+
+    The command frame (``mindswin.cli.command``) is what turns a mistake into one ``error:`` line
+    and exit status 2 in the scripts too; each script also runs for real in its own process in
+    other tests. The run may not reach the runtime set-up (that sizes this process's thread pool
+    once and for all); the root logger and the working directory are put back afterwards.
+
+    Returns:
+        A ``CompletedProcess`` with the exit status and what the command printed.
+    """
+    import mindswin.cli
+    import mindswin.engine.trainer
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    handlers, level, old_cwd = logging.root.handlers[:], logging.root.level, os.getcwd()
+    patches = [(module, "setup_runtime", module.setup_runtime) for module in (mindswin.cli,
+                                                                                       mindswin.engine.trainer)]
+    try:
+        for module, name, _ in patches:
+            setattr(module, name, _reached_the_runtime)
+        os.chdir(str(cwd))
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                returncode = getattr(mindswin.cli, COMMANDS[script])([str(a) for a in args])
+            except SystemExit as exit_:  # --help
+                returncode = exit_.code or 0
+    finally:
+        for module, name, original in patches:
+            setattr(module, name, original)
+        os.chdir(old_cwd)
+        logging.root.handlers[:] = handlers
+        logging.root.setLevel(level)
+    return subprocess.CompletedProcess([script, *map(str, args)], returncode, stdout.getvalue(), stderr.getvalue())
 
 
 def read_metrics(out):
@@ -194,6 +296,7 @@ def msrun(script, *args, logs, workers=2, local_workers=None, node_rank=None, po
     ``local_workers`` < ``workers`` with a ``node_rank`` makes this one "node" of several
     sharing ``port``; with ``wait=False`` the Popen is returned instead, to start the other.
     """
+    require_marker("distributed", "launches msrun")
     env = dict(os.environ, PATH=f"{os.path.dirname(PYTHON)}:{os.environ.get('PATH', '')}")
     command = [os.path.join(os.path.dirname(PYTHON), "msrun"), "--worker_num", str(workers), "--local_worker_num",
                str(local_workers or workers), "--master_addr", "127.0.0.1", "--master_port", str(port or free_port()),

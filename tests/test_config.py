@@ -22,7 +22,7 @@ from mindswin.config import (
     save_config,
 )
 
-from helpers import ROOT
+from helpers import ROOT, cli, run
 
 
 def test_cli_overrides_parse_lists_booleans_and_numbers(tmp_path):
@@ -348,14 +348,16 @@ def test_task_membership_is_stated_once_in_the_table():
 def script_help():
     """``SCRIPT.py --help`` of every script: its text and options {"--key": "--key METAVAR help"}."""
     helps = {}
-    for script in SCRIPTS:
-        result = subprocess.run([sys.executable, str(ROOT / f"{script}.py"), "--help"], capture_output=True,
-                                text=True, cwd=str(ROOT), timeout=120, env={**os.environ, "COLUMNS": "1000"})
-        assert result.returncode == 0, result.stderr
-        blocks = re.split(r"\n(?=  -)", result.stdout.split("\nexamples:")[0])
-        # a group's last option ends where the next group's title starts
-        options = {block.split()[0].rstrip(","): " ".join(block.split("\n\n")[0].split()) for block in blocks[1:]}
-        helps[script] = result.stdout, options
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("COLUMNS", "1000")  # one line per option
+        for script in SCRIPTS:
+            result = cli(f"{script}.py", "--help")
+            assert result.returncode == 0, result.stderr
+            blocks = re.split(r"\n(?=  -)", result.stdout.split("\nexamples:")[0])
+            # a group's last option ends where the next group's title starts
+            options = {block.split()[0].rstrip(","): " ".join(block.split("\n\n")[0].split())
+                       for block in blocks[1:]}
+            helps[script] = result.stdout, options
     return helps
 
 
@@ -452,13 +454,13 @@ def test_shipped_imagenet_recipes_state_only_what_differs_from_their_base():
 
 
 def test_convert_weights_takes_lists_as_train_py_does(tmp_path):
-    tool = [sys.executable, str(ROOT / "tools" / "convert_weights.py"), "--src", str(tmp_path / "missing.pth"),
-            "--model", "swinv2_tiny_window8_256", "--out", str(tmp_path / "out.ckpt"), "--pretrained_window_sizes"]
-    parsed = subprocess.run([*tool, "[8,8,8,8]"], capture_output=True, text=True, timeout=120)
+    tool = ["tools/convert_weights.py", "--src", tmp_path / "missing.pth", "--model", "swinv2_tiny_window8_256",
+            "--out", tmp_path / "out.ckpt", "--pretrained_window_sizes"]
+    parsed = cli(*tool, "[8,8,8,8]")
     assert parsed.returncode == 2 and "checkpoint not found" in parsed.stderr  # the list passed every check
-    checked = subprocess.run([*tool, "[8,8,8]"], capture_output=True, text=True, timeout=120)
+    checked = cli(*tool, "[8,8,8]")
     assert checked.returncode == 2 and "'pretrained_window_sizes' [8, 8, 8] has 3 entries" in checked.stderr
-    spaced = subprocess.run([*tool, "8", "8", "8", "8"], capture_output=True, text=True, timeout=120)
+    spaced = cli(*tool, "8", "8", "8", "8")
     assert spaced.returncode == 2 and "unrecognized arguments: 8 8 8" in spaced.stderr
     assert not (tmp_path / "out.ckpt").exists()
 
@@ -473,9 +475,8 @@ def test_convert_weights_takes_lists_as_train_py_does(tmp_path):
     (["--mixup", "-1"], "'mixup' must be >= 0, got -1.0"),
 ])
 def test_train_py_refuses_with_one_line_and_exit_2(argv, message, tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", MICRO_RECIPE, "--data_dir",
-                             str(tmp_path / "data"), "--ckpt_save_dir", str(tmp_path / "out"), *argv],
-                            capture_output=True, text=True, cwd=str(ROOT), timeout=120)
+    result = cli("train.py", "--config", MICRO_RECIPE, "--data_dir", tmp_path / "data", "--ckpt_save_dir",
+                 tmp_path / "out", *argv)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
@@ -495,6 +496,7 @@ def test_train_py_refuses_with_one_line_and_exit_2(argv, message, tmp_path):
     ("validate.py", ["--config"], "error: argument --config/-c: expected one argument (run validate.py --help"),
 ])
 def test_every_entry_point_refuses_with_exit_2(script, argv, message):
+    # in a process of its own: each entry script runs for real here (the other refusals run in-process)
     result = subprocess.run([sys.executable, str(ROOT / script), *argv],
                             capture_output=True, text=True, cwd=str(ROOT), timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -519,13 +521,13 @@ def test_console_scripts_are_installed_and_refuse_like_the_scripts():
 
 def _binary_recipe(tmp_path):
     (tmp_path / "r.yaml").write_bytes(bytes(range(256)))
-    return ["train.py", "--config", str(tmp_path / "r.yaml"), "--data_dir", str(tmp_path)], "is not a text file"
+    return ["train.py", "--config", str(tmp_path / "r.yaml"), "--data_dir", str(tmp_path)], "is not a text file", True
 
 
 def _file_as_save_dir(tmp_path):
     (tmp_path / "notes.txt").write_text("a file")
     return (["train.py", "--config", MICRO_RECIPE, "--data_dir", str(tmp_path), "--ckpt_save_dir",
-             str(tmp_path / "notes.txt")], "is a file, not a folder")
+             str(tmp_path / "notes.txt")], "is a file, not a folder", True)
 
 
 def _damaged_pickle(tmp_path):
@@ -534,14 +536,14 @@ def _damaged_pickle(tmp_path):
     with zipfile.ZipFile(tmp_path / "w.pth", "w") as archive:
         archive.writestr("archive/data.pkl", b"garbage")
     return (["infer.py", "--model", "swinv2_micro_window4_32", "--ckpt_path", str(tmp_path / "w.pth"),
-             str(tmp_path / "w.pth")], "is truncated or corrupt (UnpicklingError")
+             str(tmp_path / "w.pth")], "is truncated or corrupt (UnpicklingError", False)
 
 
 @pytest.mark.parametrize("make", [_binary_recipe, _file_as_save_dir, _damaged_pickle])
 def test_mistakes_found_by_the_sweep_are_one_line(tmp_path, make):
-    argv, message = make(tmp_path)
-    result = subprocess.run([sys.executable, str(ROOT / argv[0]), *argv[1:]], capture_output=True, text=True,
-                            cwd=str(ROOT), timeout=180)
+    argv, message, parse_time = make(tmp_path)
+    # refused by the parser: in this process (cli fails if the run got past it); the rest in a process of its own
+    result = cli(*argv) if parse_time else run(argv[0], *argv[1:], check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("error: ") and message in errors[0], errors

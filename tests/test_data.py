@@ -512,6 +512,8 @@ def test_large_splits_are_checked_by_header_by_default(tmp_path, monkeypatch):
     assert set(modes) == {True}
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_scan_once_under_msrun(tmp_path):
     import re
 

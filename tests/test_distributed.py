@@ -42,6 +42,8 @@ UNCLIPPED = ["--clip_grad", "False"]
 TWO_WORKERS = [*BASE_ARGS, *DETERMINISTIC_DATA, *UNCLIPPED, "--epoch_size", "2", "--batch_size", "8", "--distribute",
                "True"]
 ZERO_1 = ["--enable_parallel_optimizer", "True"]
+# train.py with the fused CPU kernels off: MindSpore's own ops, the code path of Ascend and GPU
+NATIVE_OPS_TRAIN = ROOT / "tests" / "msrun_scripts" / "train_native_ops.py"
 
 
 @pytest.fixture(scope="module")
@@ -80,15 +82,21 @@ def test_msrun_two_workers_match_a_single_process(data_dir, tmp_path, two_worker
     assert summary["top1"] == pytest.approx(dist[-1]["val_top1"], abs=1e-9)
 
 
-def _rank_checks(data_dir, logs, seed=7, kernels="on"):
-    result, text = msrun(ROOT / "tests" / "msrun_scripts" / "rank_checks.py", data_dir, seed, kernels, logs=logs)
+def _rank_checks(data_dir, logs, seed=7):
+    result, text = msrun(ROOT / "tests" / "msrun_scripts" / "rank_checks.py", data_dir, seed, logs=logs)
     assert result.returncode == 0, text[-4000:]
     reports = [json.loads(line.split("RANK_CHECKS ", 1)[1]) for line in text.splitlines() if "RANK_CHECKS " in line]
     return sorted(reports, key=lambda r: r["rank"])
 
 
-def test_ranks_draw_their_own_randomness_from_one_start_and_skip_overflow_together(data_dir, tmp_path):
-    first, second = _rank_checks(data_dir, tmp_path / "a")
+@pytest.fixture(scope="module")
+def rank_reports(data_dir, tmp_path_factory):
+    """rank_checks.py's reports of rank 0 and rank 1 (fused kernels on, and off under ``native_ops``)."""
+    return _rank_checks(data_dir, tmp_path_factory.mktemp("rank_checks"))
+
+
+def test_ranks_draw_their_own_randomness_from_one_start_and_skip_overflow_together(data_dir, tmp_path, rank_reports):
+    first, second = rank_reports
     # seeded with seed + rank: each rank initialises and drops paths differently...
     assert first["init_local"] != second["init_local"]
     assert first["drop_path"] != second["drop_path"]
@@ -135,9 +143,11 @@ def _two_nodes(data_dir, tmp_path, name, *args):
     return [worker_logs(tmp_path / f"{name}{rank}") for rank in (0, 1)]
 
 
-def test_native_ops_path_agrees_across_ranks_too(data_dir, tmp_path):
-    # the fused CPU kernels off: MindSpore's own ops, as on Ascend/GPU and in exported graphs
-    first, second = _rank_checks(data_dir, tmp_path / "native", kernels="off")
+def test_native_ops_path_agrees_across_ranks_too(rank_reports):
+    # the fused CPU kernels off: MindSpore's own ops, as on Ascend/GPU and in exported graphs (built in the same
+    # launch as the kernels-on model: the switch applies when a model is built)
+    first, second = (report["native_ops"] for report in rank_reports)
+    assert first["final_state"] != rank_reports[0]["final_state"]  # really the other path: other float order
     assert first["init_synced"] == second["init_synced"] and first["drop_path"] != second["drop_path"]
     assert first["finite"] == second["finite"] == [True, False, True]
     assert first["loss_scale"] == second["loss_scale"] == [1024.0, 512.0, 512.0]
@@ -204,7 +214,7 @@ def test_zero1_matches_unsharded_training_with_half_the_optimizer_state(two_work
 
 def test_zero1_matches_unsharded_training_on_native_ops_too(data_dir, tmp_path, two_worker_runs):
     # the fused CPU kernels off: MindSpore's own ops, the code path of Ascend and GPU
-    script = ROOT / "tests" / "msrun_scripts" / "train_native_ops.py"
+    script = NATIVE_OPS_TRAIN
     states = {}
     for name, extra in (("plain", []), ("zero1", ZERO_1)):
         result, logs = msrun(script, *TWO_WORKERS, *extra, "--data_dir", data_dir, "--ckpt_save_dir", tmp_path / name,
@@ -239,32 +249,28 @@ def _straight_and_killed_mid_epoch(script, args, tmp_path):
     return tmp_path / "straight", out, position, logs
 
 
-def test_official_augmentation_two_workers_killed_mid_epoch_resume_bitwise(data_dir, tmp_path):
-    # RandAugment, erasing noise, mixup/CutMix, drop path and EMA on two ranks, with every block
-    # checkpointed (its rerun must drop what its forward pass dropped), killed with SIGKILL in the
-    # middle of epoch 2: each rank must redraw exactly what it drew in the uninterrupted run
-    args = [*BASE_ARGS, *OFFICIAL_AUGMENTATION, "--recompute", "True", "--epoch_size", "2", "--batch_size", "8",
-            "--distribute", "True", "--resume_save_steps", "2", "--data_dir", data_dir]
-    straight, out, position, logs = _straight_and_killed_mid_epoch("train.py", args, tmp_path)
-    for rank in (0, 1):
-        assert f"rank {rank} starts at epoch 1 batch {position.batch_in_epoch} " in logs
-    straight, resumed = _state(straight), _state(out)
-    for name, value in straight.items():
-        assert np.array_equal(value, resumed[name]), name
+@pytest.mark.parametrize("window, script, extra", [
+    pytest.param("3", "train.py", ["--recompute", "True"], id="window3-kernels_on-recompute"),
+    pytest.param("3", NATIVE_OPS_TRAIN, [], id="window3-kernels_off"),
+    pytest.param("12", "train.py", [], id="window12-kernels_on"),
+    pytest.param("12", NATIVE_OPS_TRAIN, [], id="window12-kernels_off"),
+])
+def test_sequential_attention_on_padded_windows_two_workers_resume_bitwise(data_dir, tmp_path, window, script, extra):
+    """Two ranks under the official augmentation (RandAugment, erasing noise, mixup/CutMix, drop path) and EMA,
+    SIGKILLed in the middle of epoch 2 and resumed: each rank redraws exactly what it drew in the uninterrupted
+    run, the ranks stay in sync and the run ends bit for bit as the uninterrupted one.
 
-
-@pytest.mark.parametrize("window", ["3", "12"], ids=["window3", "window12"])
-@pytest.mark.parametrize("script", ["train.py", ROOT / "tests" / "msrun_scripts" / "train_native_ops.py"],
-                         ids=["kernels_on", "kernels_off"])
-def test_sequential_attention_on_padded_windows_two_workers_resume_bitwise(data_dir, tmp_path, script, window):
-    # window 3 on the 32 px model pads every stage map (16, 8, 4 -> 18, 9, 6) and sequential attention
-    # runs 3 windows x 2 heads per group (uneven groups), under the official augmentation and EMA;
-    # window 12 pads stage 1 to 24 x 24: four 144-token windows, which the fused CPU attention kernel
-    # attends (kernels on; the core's groups with them off), the later stages clipped to their maps.
-    # The ranks stay in sync and a run killed mid-epoch resumes bit for bit
+    Window 3 on the 32 px model pads every stage map (16, 8, 4 -> 18, 9, 6) and sequential attention runs
+    3 windows x 2 heads per group (uneven groups); window 12 pads stage 1 to 24 x 24: four 144-token windows,
+    which the fused CPU attention kernel attends (kernels on; the core's groups with them off), the later
+    stages clipped to their maps. The window-3 kernels-on run also checkpoints every block (``recompute``:
+    its rerun must drop what its forward pass dropped), which replaces
+    ``test_official_augmentation_two_workers_killed_mid_epoch_resume_bitwise`` (the same run at window 4
+    without sequential attention, three launches of its own).
+    """
     args = [*BASE_ARGS, *OFFICIAL_AUGMENTATION, "--window_size", window, "--sequential_attention", "3",
             "--sequential_attention_heads", "2", "--epoch_size", "2", "--batch_size", "8", "--distribute", "True",
-            "--resume_save_steps", "2", "--data_dir", data_dir]
+            "--resume_save_steps", "2", "--data_dir", data_dir, *extra]
     straight, out, position, logs = _straight_and_killed_mid_epoch(script, args, tmp_path)
     digests = _digest_lines(logs)
     assert len(digests) == 2 and digests[0] == digests[1]
@@ -303,8 +309,7 @@ def test_zero1_run_killed_after_an_epoch_resumes_to_the_uninterrupted_result(dat
                                                                    for r in read_metrics(zero_dir)]
 
 
-@pytest.mark.parametrize("script", ["train.py", ROOT / "tests" / "msrun_scripts" / "train_native_ops.py"],
-                         ids=["kernels_on", "kernels_off"])
+@pytest.mark.parametrize("script", ["train.py", NATIVE_OPS_TRAIN], ids=["kernels_on", "kernels_off"])
 def test_mindcv_training_features_together_under_two_workers(data_dir, tmp_path, script):
     # mindcv's aug_repeats deals each image's copies to different ranks and the epoch keeps its length; with
     # its bce loss, top_k checkpoints, Lamb sharded by ZeRO-1 (trust-ratio norms all-reduced), EMA and the

@@ -92,6 +92,23 @@ class Task(abc.ABC):
         """``path`` relative to ``data_dir`` (an absolute one as it is)."""
         return os.path.join(self.config.data_dir, path)
 
+    def val_dir(self) -> Optional[str]:
+        """``data_dir/val_split`` if it is a folder; None if it is not and the split is the default one.
+
+        Raises:
+            ConfigError: ``val_split`` was named (recipe or command line) and is no folder: a typo, not a choice.
+        """
+        val_dir = self.data_path(self.config.val_split)
+        if os.path.isdir(val_dir):
+            return val_dir
+        if "val_split" in self.config.explicit:
+            folders = sorted(entry for entry in os.listdir(self.config.data_dir)
+                             if os.path.isdir(self.data_path(entry))) if os.path.isdir(self.config.data_dir) else []
+            raise ConfigError(f"val_split '{self.config.val_split}' names no folder: {val_dir} does not exist "
+                              f"(folders in {self.config.data_dir}: {', '.join(folders) or 'none'}); fix --val_split, "
+                              "or leave it out to train without validation where the data has no val split")
+        return None
+
     def check_resume_state(self) -> None:
         """Refuse a ``resume`` file written by another task, or a weights file, before anything is built.
 
@@ -233,11 +250,11 @@ class ClassificationTask(Task):
                             "no best checkpoint); set val_map_file to validate, or val_while_train: False to "
                             "silence this")
             return None
-        val_dir = self.data_path(config.val_split)
-        if not os.path.isdir(val_dir):
+        val_dir = self.val_dir()
+        if val_dir is None:
             _logger.warning("no %s: training without validation (no val_* metrics, no best checkpoint); "
                             "add DATA_DIR/%s/<class>/<image> to validate, or set val_while_train: False to "
-                            "silence this", val_dir, config.val_split)
+                            "silence this", self.data_path(config.val_split), config.val_split)
             return None
         return scan_split(val_dir, class_names=self.index.class_names, **self.scan_options())
 
@@ -327,10 +344,11 @@ class SimMIMTask(Task):
             self.index = scan_map_file(self.data_path(config.train_map_file), config.data_dir, **options)
         else:
             self.index = scan_images(self.data_path(config.train_split), **options)
-        val_dir = self.data_path(config.val_split)
-        self.val_index: Optional[FolderIndex] = scan_images(val_dir, **options) if os.path.isdir(val_dir) else None
+        val_dir = self.val_dir()
+        self.val_index: Optional[FolderIndex] = scan_images(val_dir, **options) if val_dir else None
         if self.val_index is None and config.val_while_train:
-            _logger.info("no %s: the reconstruction grid shows training images and there is no val_loss", val_dir)
+            _logger.info("no %s: the reconstruction grid shows training images and there is no val_loss",
+                         self.data_path(config.val_split))
         self._evaluator: Optional[Tuple[ReconstructionStep, ds.Dataset]] = None
         self._grid_path: Optional[str] = None  # the last validation's reconstruction grid, not yet logged
 

@@ -7,14 +7,15 @@ Prints one line per rank: ``RANK_CHECKS {json}`` with
   on seed, epoch and sample, so equal on every rank);
 * for three train steps, where rank 1 alone gets a non-finite gradient in step 2 (as a
   device-local overflow status would report): each step's finite flag and loss scale,
-  and a digest of the whole train state after them;
+  and a digest of the whole train state after them; the model's part again under
+  ``native_ops``, built with the fused CPU kernels off (MindSpore's own ops, as on Ascend/GPU);
 * ZeRO-1's clipping of gradient chunks held by different ranks: the largest relative
   error against the float64 global-norm clip of all ranks' chunks together;
 * every optimizer sharded (ZeRO-1) against itself unsharded, three steps with the second
   masked: the largest difference of the parameters, in float32 roundings of their move
   and value.
 
-Usage: msrun ... rank_checks.py DATA_DIR SEED [on|off]   (the fused CPU kernels; default on)
+Usage: msrun ... rank_checks.py DATA_DIR SEED
 """
 import hashlib
 import json
@@ -113,9 +114,9 @@ def digest(arrays) -> str:
     return sha.hexdigest()[:16]
 
 
-def main(data_dir: str, seed: int, kernels: bool) -> None:
-    config = load_config(overrides=dict(distribute=True, seed=seed))
-    runtime = setup_runtime(config)
+def training_checks(rank: int, kernels: bool) -> dict:
+    """Initial weights, DropPath and three train steps (rank 1's second poisoned) of a model built with the fused
+    CPU kernels on or off."""
     with cpu_kernels(kernels):
         model = create_model("swinv2_micro_window4_32", num_classes=4, drop_path_rate=0.5)
     optimizer = AdamW(model.trainable_params(), 0.05, model.no_weight_decay())
@@ -123,8 +124,8 @@ def main(data_dir: str, seed: int, kernels: bool) -> None:
     step = StepWithFaultyRank(model, optimizer, Tensor(np.full(10, 1e-3, np.float32)), scaler, clip_value=5.0,
                               distributed=True)
     state = TrainState(step.named_state())
-    report = dict(rank=runtime.rank, init_local=digest(p.asnumpy() for p in model.get_parameters()))
-    state.broadcast(RunPosition(), runtime.rank)
+    report = dict(init_local=digest(p.asnumpy() for p in model.get_parameters()))
+    state.broadcast(RunPosition(), rank)
     report["init_synced"] = digest(p.asnumpy() for p in model.get_parameters())
 
     # Res-post-norm branches start at zero (norm weights 0), so dropping one would change
@@ -137,26 +138,36 @@ def main(data_dir: str, seed: int, kernels: bool) -> None:
     model.set_train(True)
     report["drop_path"] = digest([model(images).asnumpy()])
 
-    index = scan_split(os.path.join(data_dir, "train"))
-    mixer = Mixup(mixup_alpha=0.0, cutmix_alpha=0.0, label_smoothing=0.0, num_classes=len(index.class_names))
-    dataset, _ = create_train_dataset(index, TrainAugment(32, seed=seed), mixer, 8, seed=seed, num_workers=1)
-    first_batch, _ = next(dataset.create_tuple_iterator(num_epochs=1))
-    report["augment"] = digest([first_batch.asnumpy()])
-
     step.set_train(True)
     report["finite"], report["loss_scale"] = [], []
     for index in range(3):
-        poisoned = index == 1 and runtime.rank == 1
+        poisoned = index == 1 and rank == 1
         step.poison.set_data(Tensor(float("inf") if poisoned else 1.0, ms.float32))
         _, finite, _, _, _ = step(images, targets)
         report["finite"].append(bool(finite.asnumpy()))
         report["loss_scale"].append(float(scaler.scale_value.asnumpy()))
     report["optimizer_step"] = state.optimizer_step()
     report["final_state"] = state.digest()
+    return report
+
+
+def main(data_dir: str, seed: int) -> None:
+    config = load_config(overrides=dict(distribute=True, seed=seed))
+    runtime = setup_runtime(config)
+    # the kernels switch applies when a model is built: both paths in one launch
+    report = dict(rank=runtime.rank, **training_checks(runtime.rank, kernels=True))
+    report["native_ops"] = training_checks(runtime.rank, kernels=False)
+
+    index = scan_split(os.path.join(data_dir, "train"))
+    mixer = Mixup(mixup_alpha=0.0, cutmix_alpha=0.0, label_smoothing=0.0, num_classes=len(index.class_names))
+    dataset, _ = create_train_dataset(index, TrainAugment(32, seed=seed), mixer, 8, seed=seed, num_workers=1)
+    first_batch, _ = next(dataset.create_tuple_iterator(num_epochs=1))
+    report["augment"] = digest([first_batch.asnumpy()])
+
     report["sharded_clip_error"] = sharded_clip_error(runtime.rank, runtime.group_size)
     report["sharded_optimizer_errors"] = sharded_optimizer_errors(runtime.rank, runtime.group_size)
     print("RANK_CHECKS " + json.dumps(report), flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), kernels=sys.argv[3:] != ["off"])
+    main(sys.argv[1], int(sys.argv[2]))
