@@ -231,6 +231,21 @@ def test_a_named_val_split_that_does_not_exist_is_a_typo_not_a_choice(data_dir, 
     assert task_for(val_split="train").val_index is not None  # any existing folder may be named
 
 
+def test_a_declared_architecture_draws_stochastic_depth_for_its_own_blocks(data_dir):
+    # a recipe that declared depths with drop path fed the variant's block count of path noise to a model
+    # with another, which failed in graph compile
+    from mindswin.engine.runtime import Runtime
+    from mindswin.engine.tasks import create_task
+
+    def blocks(**overrides):
+        values = dict(model="swinv2_micro_window4_32", data_dir=data_dir, drop_path_rate=0.1)
+        return create_task(load_config(overrides={**values, **overrides}), Runtime()).path_noise_blocks
+
+    assert blocks() == 6  # depths 2-2-2
+    assert blocks(depths=[1, 3, 1], num_heads=[2, 4, 8]) == 5
+    assert blocks(depths=[1, 3, 1], num_heads=[2, 4, 8], drop_path_rate=0.0) == 0
+
+
 def test_official_map_files_train_and_a_restart_reuses_the_scan_index(data_dir, tmp_path):
     data = tmp_path / "imagenet22k"
     shutil.copytree(data_dir, data / "images")

@@ -85,8 +85,13 @@ class Task(abc.ABC):
 
     @property
     def path_noise_blocks(self) -> int:
-        """Blocks that draw stochastic depth from the samples' keys (exact resume); 0 without drop path."""
-        return sum(model_spec(self.config.model).depths) if self.config.drop_path_rate > 0 else 0
+        """Blocks that draw stochastic depth from the samples' keys (exact resume); 0 without drop path.
+
+        The blocks of the model the run builds: a recipe's declared ``depths`` over the variant's.
+        """
+        if self.config.drop_path_rate <= 0:
+            return 0
+        return sum(self.config.depths or model_spec(self.config.model).depths)
 
     def data_path(self, path: str) -> str:
         """``path`` relative to ``data_dir`` (an absolute one as it is)."""
