@@ -42,7 +42,9 @@ from .engine.evaluate import EvalStep, evaluate  # noqa: E402
 from .engine.onnx_batch import batch_dynamic_model  # noqa: E402
 from .engine.runtime import (  # noqa: E402
     apply_jit_config,
+    direct_graph_dumps,
     evaluate_alone_unless_launched,
+    graph_compile_report,
     quiet_framework,
     setup_logging,
     setup_runtime,
@@ -67,15 +69,24 @@ def _fail(exc: BaseException) -> int:
 def command(body: Callable[[Optional[List[str]]], None]) -> Callable[[Optional[List[str]]], int]:
     """The frame of every command: ``body(argv)`` does the work and raises a user error as such.
 
-    Returns the command ``(argv) -> exit status``: 0, or 2 after one ``error:`` line.
+    Returns the command ``(argv) -> exit status``: 0; 2 after one ``error:`` line for a user error; 1 after one
+    ``error:`` line naming MindSpore's report when a graph fails to compile (MindSpore writes the report
+    into the run's ``ckpt_save_dir``, or a temporary folder, never the working directory).
     """
     @functools.wraps(body)
     def run(argv: Optional[List[str]] = None) -> int:
         quiet_framework()
+        direct_graph_dumps()  # a training run moves them into its ckpt_save_dir
         try:
             body(argv)
         except _USER_ERRORS as exc:
             return _fail(exc)
+        except Exception as exc:  # only a failed compile becomes one line; anything else is re-raised
+            report = graph_compile_report(exc)
+            if report is None:
+                raise
+            print(f"error: {report}", file=sys.stderr)
+            return 1
         logging.shutdown()
         return 0
 

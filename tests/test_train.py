@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import signal
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -244,6 +245,41 @@ def test_a_declared_architecture_draws_stochastic_depth_for_its_own_blocks(data_
     assert blocks() == 6  # depths 2-2-2
     assert blocks(depths=[1, 3, 1], num_heads=[2, 4, 8]) == 5
     assert blocks(depths=[1, 3, 1], num_heads=[2, 4, 8], drop_path_rate=0.0) == 0
+
+
+class _DoesNotCompile(ms.nn.Cell):
+    def construct(self, x, y):
+        return ms.ops.matmul(x, y)  # (2, 3) @ (4, 5)
+
+
+def test_a_graph_that_fails_to_compile_is_one_line_and_its_report_stays_out_of_the_working_directory(
+        tmp_path, monkeypatch, capsys):
+    from mindswin.cli import command
+    from mindswin.engine import runtime
+
+    @command
+    def compiles_a_bad_graph(argv):
+        if argv:  # as train.py does once it knows its run folder
+            runtime.direct_graph_dumps(argv[0])
+        _DoesNotCompile()(ms.Tensor(np.ones((2, 3), np.float32)), ms.Tensor(np.ones((4, 5), np.float32)))
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MS_OM_PATH", raising=False)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    for argv, folder in (([], None), ([str(tmp_path / "run")], tmp_path / "run")):
+        assert compiles_a_bad_graph(argv) == 1
+        errors = capsys.readouterr().err.strip().splitlines()
+        assert len(errors) == 1 and errors[0].startswith("error: the graph failed to compile: "), errors
+        report = Path(re.search(r"report \(the failing line and its call stack\): (\S+)$", errors[0]).group(1))
+        assert report.name == "analyze_fail.ir" and report.exists()
+        if folder is None:  # no run folder: a temporary one of this process
+            assert str(report).startswith(os.path.join(tempfile.gettempdir(), "mindswin-graphs-"))
+        else:
+            assert report.is_relative_to(folder)
+    assert sorted(os.listdir(tmp_path)) == ["run", "tmp"]  # nothing in MindSpore's default, ./rank_0/om/
+    monkeypatch.setenv("MS_OM_PATH", str(tmp_path / "mine"))  # a user's own choice wins
+    assert runtime.direct_graph_dumps(str(tmp_path / "run")) == str(tmp_path / "mine")
 
 
 def test_official_map_files_train_and_a_restart_reuses_the_scan_index(data_dir, tmp_path):

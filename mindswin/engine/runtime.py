@@ -4,7 +4,9 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import sys
+import tempfile
 from dataclasses import dataclass
 from typing import Optional
 
@@ -18,7 +20,7 @@ _logger = logging.getLogger(__name__)
 __all__ = ["Runtime", "setup_runtime", "setup_logging", "quiet_framework", "jit_config", "apply_jit_config",
            "say_jit_level", "SINK_BACKENDS",
            "AscendPrecision", "ascend_precision", "apply_ascend_precision", "refuse_what_the_soc_lacks",
-           "say_ascend_precision"]
+           "say_ascend_precision", "direct_graph_dumps", "graph_compile_report"]
 
 
 @dataclass
@@ -30,6 +32,43 @@ class Runtime:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+# MindSpore writes what a failed compile leaves (rank_N/om/analyze_fail.ir) under this folder, read when it
+# fails; unset, that is the working directory.
+GRAPH_DUMPS_VARIABLE = "MS_OM_PATH"
+_graph_dumps_set_here: set = set()
+
+
+def direct_graph_dumps(folder: Optional[str] = None) -> str:
+    """Send MindSpore's graph dumps to ``folder`` (a run's ``ckpt_save_dir``), or to a temporary folder.
+
+    A user's own ``MS_OM_PATH`` is kept. MindSpore creates the folder only when it writes a dump.
+
+    Returns:
+        The folder the dumps go to.
+    """
+    current = os.environ.get(GRAPH_DUMPS_VARIABLE)
+    if current is not None and current not in _graph_dumps_set_here:
+        return current
+    path = os.path.abspath(folder) if folder else os.path.join(tempfile.gettempdir(), f"mindswin-graphs-{os.getpid()}")
+    os.environ[GRAPH_DUMPS_VARIABLE] = path
+    _graph_dumps_set_here.add(path)
+    return path
+
+
+def graph_compile_report(exc: BaseException) -> Optional[str]:
+    """For an error MindSpore raised when a graph failed to compile: one line, what failed and where its report is.
+
+    None for any other error.
+    """
+    text = str(exc)
+    found = re.search(r"See file '([^']*analyze_fail\.ir)'", text)
+    if found is None:
+        return None
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("-")]
+    return (f"the graph failed to compile: {lines[0] if lines else type(exc).__name__}; MindSpore's report "
+            f"(the failing line and its call stack): {found.group(1)}")
 
 
 def quiet_framework() -> None:

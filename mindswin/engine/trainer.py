@@ -23,7 +23,15 @@ from .builder import Training, build_training
 from .checkpoints import CheckpointManager, find_resume_state
 from .curves import plot_curves
 from .events import EVENTS_SUBDIR, EventLog
-from .runtime import SINK_BACKENDS, Runtime, jit_config, say_jit_level, setup_logging, setup_runtime
+from .runtime import (
+    SINK_BACKENDS,
+    Runtime,
+    direct_graph_dumps,
+    jit_config,
+    say_jit_level,
+    setup_logging,
+    setup_runtime,
+)
 from .state import RunPosition
 from .tasks import Task, create_task
 
@@ -77,6 +85,7 @@ def _say_where_mindcvs_epoch_goes(config: Config, position: RunPosition) -> None
 def train(config: Config) -> Dict[str, Any]:
     """Run the training described by ``config``; returns the last epoch's record."""
     runtime = setup_runtime(config)
+    direct_graph_dumps(config.ckpt_save_dir)
     setup_logging(runtime, config.ckpt_save_dir)
     task = create_task(config, runtime)
     model, _ = task.build_model()
