@@ -233,6 +233,16 @@ def test_flash_attention_is_refused_on_910a_before_anything_is_set(monkeypatch):
     assert runtime.apply_ascend_precision(config).precision_mode == "must_keep_origin_dtype"
 
 
+def _sink_data():
+    """A dataset for the sink whose arguments alone are checked, and its info (no training order of its own)."""
+    from types import SimpleNamespace
+
+    import mindspore.dataset as ds
+
+    return ds.NumpySlicesDataset({"x": np.zeros((4, 2), np.float32)}, shuffle=False).batch(2), \
+        SimpleNamespace(sampler=None, batch_size=2)
+
+
 def test_data_sink_compiles_the_step_under_strict_syntax(monkeypatch):
     """The sunk step compiles as MindSpore's ``data_sink`` compiles it (``train/data_sink.py``,
     ``_get_jit_func``: ``jit(..., fullgraph=True)`` only for a JitConfig saying STRICT), here with a
@@ -247,7 +257,8 @@ def test_data_sink_compiles_the_step_under_strict_syntax(monkeypatch):
     passed = {}
     monkeypatch.setattr(ms, "data_sink", lambda fn, dataset, **kwargs: passed.update(kwargs) or "sunk")
     config = load_config(overrides={"device_target": "Ascend", "dataset_sink_mode": True, "reuse_blocks": False})
-    assert sinking_step(config, SimpleNamespace(step="the train step"), "the train data") == "sunk"
+    data, info = _sink_data()
+    assert sinking_step(config, SimpleNamespace(step="the train step"), data, info) == "sunk"
     compiled = {}
     monkeypatch.setattr(sink_module, "jit", lambda fn, **kwargs: compiled.update(kwargs) or fn)
     sink_module._get_jit_func(lambda: None, passed["jit_config"])
@@ -278,20 +289,94 @@ def test_dataset_sink_mode_sinks_one_step_per_call_where_mindspore_can(device, m
     config = load_config(overrides={"device_target": device, "dataset_sink_mode": True, "jit_level": "O2",
                                     "reuse_blocks": False})
     training = SimpleNamespace(step="the train step")
+    data, info = _sink_data()
     with caplog.at_level(logging.INFO, logger="mindswin"):
-        result = sinking_step(config, training, "the train data")
+        result = sinking_step(config, training, data, info)
     if device == "CPU":
         assert result is None and not calls
         assert "fed from the host (MindSpore has no data sink on CPU)" in caplog.text
         return
     assert result == "sunk"
     (fn, dataset, kwargs), = calls
-    assert (fn, dataset, kwargs["sink_size"]) == ("the train step", "the train data", 1)
+    assert (fn, dataset, kwargs["sink_size"]) == ("the train step", data, 1)
     assert (kwargs["jit_config"] is None) == (device == "GPU")
     if device == "Ascend":
         assert kwargs["jit_config"].jit_config_dict["jit_level"] == "O2"
     assert sinking_step(load_config(overrides={"device_target": device, "reuse_blocks": False}), training,
-                        "the train data") is None
+                        data, info) is None
+
+
+def _streaming_data_sink(fn, dataset, sink_size=1, jit_config=None, input_signature=None):
+    """MindSpore 2.10's ``data_sink`` as the dataset meets it, on CPU (``train/data_sink.py``, ``train/_utils.py``).
+
+    It reads the dataset's size and its column types and shapes (``_init_sink_dataset``), the
+    batch size, types and shapes again (``_exec_datagraph``), then sends the dataset to the
+    device without end (``transfer_dataset.send(-1)``): pass after pass, and each call of
+    the returned function runs ``fn`` on the next batch (``GetNext``), across passes.
+    """
+    from mindspore.train._utils import _get_types_and_shapes
+
+    assert sink_size == 1
+    dataset.get_dataset_size()
+    _get_types_and_shapes(dataset)
+    dataset.get_batch_size()
+    _get_types_and_shapes(dataset)
+    passes = dataset.create_tuple_iterator(num_epochs=-1, output_numpy=True)
+
+    def endless():
+        while True:
+            yield from passes  # each pass ends with StopIteration; the next call starts the next pass
+
+    batches = endless()
+    return lambda: fn(*next(batches))
+
+
+def _batch_digest(*columns) -> str:
+    import hashlib
+
+    return hashlib.sha1(b"".join(np.ascontiguousarray(c).tobytes() for c in columns)).hexdigest()[:12]
+
+
+@pytest.fixture(scope="module")
+def ten_images(tmp_path_factory):
+    """A 10-image training split: with batch 3, three whole batches and one dropped sample per epoch."""
+    from mindswin.data import make_demo_dataset, scan_split
+
+    root = tmp_path_factory.mktemp("ten")
+    make_demo_dataset(str(root), num_classes=2, train_per_class=5, val_per_class=1, image_size=16)
+    return scan_split(str(root / "train"))
+
+
+def _train_data(index, start):
+    from mindswin.data import Mixup, create_train_dataset
+    from mindswin.data.dataset import StartPoint
+    from mindswin.data.transforms import TrainAugment
+
+    augment = TrainAugment(16, seed=7, device=True, re_prob=0.5)
+    mixer = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=2)
+    return create_train_dataset(index, augment, mixer, 3, seed=7, start=StartPoint(*start), num_workers=1,
+                                multiprocessing=False)
+
+
+@pytest.mark.parametrize("start", [(0, 0), (0, 1), (1, 2), (2, 1)])
+def test_the_sink_trains_the_uninterrupted_runs_batches_after_any_resume_point(ten_images, start, monkeypatch):
+    """The sink streams without end, so the batches of a run resumed at ``start`` (epoch, batch)
+    must be the uninterrupted run's from there on, across epoch boundaries; the uninterrupted
+    run is the host loop's (one pass per epoch, as ``train_one_epoch`` takes them)."""
+    from types import SimpleNamespace
+
+    from mindswin.engine.trainer import sinking_step
+
+    epochs, per_epoch = 4, 3
+    host = _train_data(ten_images, (0, 0))[0]
+    uninterrupted = [_batch_digest(*batch) for _ in range(epochs)
+                     for batch in host.create_tuple_iterator(num_epochs=1, output_numpy=True)]
+    assert len(uninterrupted) == epochs * per_epoch and len(set(uninterrupted)) == len(uninterrupted)
+    monkeypatch.setattr(ms, "data_sink", _streaming_data_sink)
+    config = load_config(overrides={"device_target": "Ascend", "dataset_sink_mode": True, "reuse_blocks": False})
+    step = sinking_step(config, SimpleNamespace(step=_batch_digest), *_train_data(ten_images, start))
+    first = start[0] * per_epoch + start[1]
+    assert [step() for _ in range(len(uninterrupted) - first)] == uninterrupted[first:]
 
 
 def test_flash_attention_is_refused_off_ascend_and_in_float32():

@@ -661,3 +661,39 @@ def test_repeated_augmentation_deals_as_mindcvs_sampler_with_a_key_per_copy(shar
     # one repeat is the plain sampler, key for key
     plain, single = EpochShardSampler(n, shards, 0, seed=5), EpochShardSampler(n, shards, 0, seed=5, repeats=1)
     assert plain.keys(2).tolist() == single.keys(2).tolist() == (2 * n + plain.indices(2)).tolist()
+
+
+def _batched(passes, batch_size):
+    """What ``batch(batch_size, drop_remainder=True)`` makes of each pass, the batches of all passes in a row."""
+    return [p[i:i + batch_size] for p in passes for i in range(0, len(p) - batch_size + 1, batch_size)]
+
+
+@pytest.mark.parametrize("shards, repeats", [(1, 1), (2, 1), (3, 2)])
+def test_a_streamed_sampler_deals_the_uninterrupted_batches_from_any_resume_point(shards, repeats):
+    """The data sink runs from one pass into the next: a resumed sampler's passes, cut from one
+    stream (``stream``), batch for batch the uninterrupted run's; each pass as long as every
+    other (MindSpore's GeneratorOp refuses a pass of another length). The host loop's passes
+    are one epoch each, a resumed one with its remaining samples first."""
+    from mindswin.data.dataset import EpochShardSampler
+
+    n, batch_size, epochs = 22, 3, 4
+    per_shard = EpochShardSampler(n, shards, 0, repeats=repeats).per_shard
+    batches = per_shard // batch_size
+    assert per_shard % batch_size  # a remainder dropped from every epoch
+    for rank in range(shards):
+        fresh = EpochShardSampler(n, shards, rank, seed=9, repeats=repeats)
+        uninterrupted = _batched([list(fresh) for _ in range(epochs)], batch_size)
+        for epoch, batch in [(0, 0), (0, 1), (1, batches - 1), (2, batches // 2)]:
+            resumed = EpochShardSampler(n, shards, rank, seed=9, start_epoch=epoch, skip=batch * batch_size,
+                                        repeats=repeats)
+            host = list(resumed)
+            assert len(host) == per_shard and _batched([host], batch_size)[:batches - batch] == \
+                uninterrupted[epoch * batches + batch:(epoch + 1) * batches]
+            list(resumed), list(resumed)  # passes drawn before the stream (MindSpore's type and shape reads)
+            resumed.stream(batch_size)
+            passes = [list(resumed) for _ in range(epochs - epoch)]
+            assert {len(p) for p in passes} == {per_shard}
+            first = epoch * batches + batch
+            assert _batched(passes, batch_size)[:len(uninterrupted) - first] == uninterrupted[first:]
+    with pytest.raises(ValueError, match="whole batch"):
+        EpochShardSampler(n, skip=4).stream(batch_size)

@@ -48,7 +48,7 @@ from .transforms import TrainAugment
 
 __all__ = ["DataInfo", "EpochShardSampler", "ImageSource", "KeyedImageSource", "Shard", "StartPoint",
            "create_train_dataset", "create_eval_dataset", "eval_shard_indices", "path_noise", "batch_path_noise",
-           "collect_keys", "keyed_training_samples", "scan_data_split"]
+           "collect_keys", "keyed_training_samples", "prepare_to_stream", "scan_data_split"]
 
 _logger = logging.getLogger(__name__)
 
@@ -63,6 +63,8 @@ class DataInfo:
     batch_size: int
     bad_files: List[Tuple[str, str]] = field(default_factory=list)
     source: Optional[ImageSource] = None
+    # the training order (keyed_training_samples); None for evaluation
+    sampler: Optional[EpochShardSampler] = None
 
     def all_bad_files(self) -> List[Tuple[str, str]]:
         """Files skipped at scan time plus those that failed to decode since."""
@@ -142,10 +144,19 @@ class EpochShardSampler:
 
     ``GeneratorDataset`` calls ``iter(sampler)`` while it is built (to check that it is
     iterable), deep-copies the sampler for every iterator and wants ``len(sampler)`` samples
-    per pass. So ``iter()`` returns a generator that moves to the next epoch only when
-    iteration starts, copies are the sampler itself, and a resumed epoch yields its
-    remaining samples first and the ``skip`` already-trained ones after them (never
-    reached: the loop takes only the remaining batches).
+    per pass (2.10's ``GeneratorOp`` refuses a pass of another length). So ``iter()``
+    returns a generator that moves to the next epoch only when iteration starts, copies are
+    the sampler itself, and a resumed epoch yields its remaining samples first and the
+    ``skip`` already-trained ones after them (never reached: the host loop takes only the
+    remaining batches and starts a new pass for the next epoch).
+
+    ``mindspore.data_sink`` sees no epochs: it sends pass after pass to the device without
+    end and the step takes batch after batch. For it, :meth:`stream` deals the
+    uninterrupted run's batches as one stream cut into passes of whole batches: a pass
+    resumed ``skip`` samples into epoch ``e`` holds the rest of ``e``'s whole batches,
+    then the first ``skip`` samples of ``e + 1``, then ``e``'s remainder (the samples
+    short of a whole batch, dropped by the batch stage as in every epoch); the next pass
+    continues in ``e + 1``.
 
     It yields sample *keys*, ``(epoch * repeats + copy) * num_samples + index``
     (:meth:`split_key` takes one apart): the epoch travels with every sample, so per-sample
@@ -171,9 +182,12 @@ class EpochShardSampler:
         self.shard_id = shard_id
         self.seed = seed
         self.shuffle = shuffle
+        self.start_epoch = start_epoch
+        self.start_skip = skip
         self.epoch = start_epoch
         self.current_epoch = start_epoch
         self.skip = skip
+        self.stream_batch_size: Optional[int] = None  # set by stream(): passes cut from one stream
         self.repeats = repeats
         self.per_shard = math.ceil(num_samples / num_shards)
 
@@ -199,10 +213,28 @@ class EpochShardSampler:
     def _next_epoch(self) -> Iterator[int]:
         self.current_epoch = self.epoch
         keys = self.keys(self.epoch)
-        keys = np.concatenate([keys[self.skip:], keys[:self.skip]])
+        if self.stream_batch_size is None:
+            keys = np.concatenate([keys[self.skip:], keys[:self.skip]])
+            self.skip = 0
+        else:
+            whole = self.per_shard - self.per_shard % self.stream_batch_size  # samples in whole batches
+            # skip stays: every pass of the stream starts skip samples into its epoch
+            keys = np.concatenate([keys[self.skip:whole], self.keys(self.epoch + 1)[:self.skip], keys[whole:]])
         self.epoch += 1
-        self.skip = 0
         yield from keys.tolist()
+
+    def stream(self, batch_size: int) -> None:
+        """Deal passes for a consumer that runs from one pass into the next (the data sink), from the start point.
+
+        The passes, batched by ``batch_size`` with ``drop_remainder``, give batch for batch
+        the uninterrupted run's sequence from the start point on, whatever the pipeline
+        drew before (MindSpore's type and shape reads launch it).
+        """
+        if self.start_skip % batch_size or self.start_skip >= self.per_shard - self.per_shard % batch_size:
+            raise ValueError(f"a stream starts at a whole batch of the epoch: skip {self.start_skip} is not one "
+                             f"of {self.per_shard // batch_size} batches of {batch_size}")
+        self.stream_batch_size = batch_size
+        self.epoch, self.skip = self.start_epoch, self.start_skip
 
     def split_key(self, key: int) -> Tuple[int, int]:
         """``(epoch, index)`` of a key this sampler yielded."""
@@ -297,8 +329,29 @@ def keyed_training_samples(index: FolderIndex, augment: TrainAugment, batch_size
                           num_parallel_workers=workers, python_multiprocessing=multiprocessing)
     info = DataInfo(class_names=index.class_names, num_samples=len(index), batch_size=batch_size,
                     batches_per_epoch=sampler.per_shard // batch_size, bad_files=list(index.bad_files),
-                    source=source)
+                    source=source, sampler=sampler)
     return dataset, info
+
+
+def prepare_to_stream(dataset: ds.Dataset, info: DataInfo) -> None:
+    """Make ``dataset`` deal the uninterrupted run's batches from its start point on, pass after pass, without end.
+
+    ``mindspore.data_sink`` sends the dataset to the device without end
+    (``train/data_sink.py``: ``transfer_dataset.send(-1)``), the next pass right after the
+    last batch of the one before, so the passes are cut from one stream
+    (:meth:`EpochShardSampler.stream`). Before sending, it reads the dataset's size, batch
+    size, column types and shapes (``_init_sink_dataset``; ``train/_utils.py``,
+    ``_exec_datagraph``); reading the types and the shapes launches the pipeline for one
+    row each, and each launch draws a pass from the shared sampler. Read here, they are
+    cached on the dataset (``Dataset.output_types`` / ``output_shapes``) and no later read
+    launches anything; only then does the sampler go back to its start point.
+    """
+    dataset.get_dataset_size()
+    dataset.get_batch_size()
+    dataset.output_types()
+    dataset.output_shapes()
+    if info.sampler is not None:
+        info.sampler.stream(info.batch_size)
 
 
 def create_train_dataset(index: FolderIndex, augment: TrainAugment, mixer: Mixup, batch_size: int, *,

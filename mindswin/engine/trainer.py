@@ -19,6 +19,7 @@ import numpy as np
 
 from ..config import Config, ConfigError, save_config
 from ..data import DataInfo
+from ..data.dataset import prepare_to_stream
 from .builder import Training, build_training
 from .checkpoints import CheckpointManager, find_resume_state
 from .curves import plot_curves
@@ -106,7 +107,7 @@ def train(config: Config) -> Dict[str, Any]:
                  "amp %s", model.model_name, task.describe(), runtime.group_size, training.global_batch,
                  training.steps_per_epoch, training.peak_lr, config.amp_level)
     say_jit_level(config)
-    run.sinking_step = sinking_step(config, training, train_data)
+    run.sinking_step = sinking_step(config, training, train_data, train_info)
 
     record: Dict[str, Any] = {}
     for epoch in range(position.epoch, config.epoch_size):
@@ -126,13 +127,15 @@ def train(config: Config) -> Dict[str, Any]:
     return record
 
 
-def sinking_step(config: Config, training: Training, train_data) -> Optional[Callable]:
+def sinking_step(config: Config, training: Training, train_data, train_info: DataInfo) -> Optional[Callable]:
     """The train step fed by MindSpore's data sink when ``dataset_sink_mode`` asks and the backend has one.
 
     Each call runs one step on the next batch the sink queued on the device (``sink_size``
-    1): the same batches in the same order as the host loop, and the same per-step outputs
-    for the epoch records. With ``jit_level`` O2 the whole step graph sinks too. On CPU,
-    where MindSpore has no sink, the host feeds the steps, said once.
+    1): the same batches in the same order as the host loop, also after a mid-epoch resume
+    (the sink streams pass after pass without end, so ``train_data``'s passes are cut from
+    one stream: :func:`~mindswin.data.dataset.prepare_to_stream`), and the same per-step
+    outputs for the epoch records. With ``jit_level`` O2 the whole step graph sinks too. On
+    CPU, where MindSpore has no sink, the host feeds the steps, said once.
     """
     if not config.dataset_sink_mode:
         return None
@@ -144,6 +147,7 @@ def sinking_step(config: Config, training: Training, train_data) -> Optional[Cal
 
     _logger.info("dataset_sink_mode: batches reach the %s through MindSpore's data sink, one step per call",
                  config.device_target)
+    prepare_to_stream(train_data, train_info)
     return ms.data_sink(training.step, train_data, sink_size=1, jit_config=jit_config(config))
 
 
