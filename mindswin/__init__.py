@@ -7,11 +7,12 @@ from importlib import import_module
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["create_model", "list_models", "load_checkpoint", "save_checkpoint", "CheckpointError", "__version__"]
+__all__ = ["create_model", "list_models", "list_pretrained", "load_checkpoint", "save_checkpoint", "CheckpointError",
+           "__version__"]
 
 # public name -> the submodule that defines it
-_EXPORTS = {"create_model": ".factory", "list_models": ".models", "load_checkpoint": ".checkpoint",
-            "save_checkpoint": ".checkpoint", "CheckpointError": ".checkpoint"}
+_EXPORTS = {"create_model": ".factory", "list_models": ".models", "list_pretrained": ".pretrained",
+            "load_checkpoint": ".checkpoint", "save_checkpoint": ".checkpoint", "CheckpointError": ".checkpoint"}
 
 
 def __getattr__(name: str) -> Any:

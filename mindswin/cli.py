@@ -53,6 +53,7 @@ from .engine.throughput import as_records, measure_throughput  # noqa: E402
 from .engine.trainer import train  # noqa: E402
 from .fileio import DiskFullError, atomic_write, atomic_write_json  # noqa: E402
 from .models.kernel_library import cpu_kernels  # noqa: E402
+from .pretrained import pretrained_path, resolve_pretrained  # noqa: E402
 
 __all__ = ["command", "run_train", "run_validate", "run_infer", "run_export", "run_convert_weights"]
 
@@ -101,7 +102,7 @@ def run_train(argv: Optional[List[str]] = None) -> None:
         "msrun --worker_num 8 --local_worker_num 8 train.py --config "
         "configs/swinv2/swinv2_tiny_window8_256_in1k.yaml --data_dir /data/imagenet --distribute True\n"
         "python train.py --config configs/swinv2/swinv2_base_window12to16_192to256_22kto1k_ft.yaml"
-        " --data_dir /data/imagenet --ckpt_path swinv2_base_patch4_window12_192_22k.pth\n"
+        " --data_dir /data/imagenet   # starts from its pretrained: swinv2_base_window12_192.ms_in22k\n"
         "python train.py --config RECIPE.yaml --data_dir DIR --ckpt_save_dir OUT --resume auto"))
     if os.path.exists(config.ckpt_save_dir) and not os.path.isdir(config.ckpt_save_dir):
         raise ConfigError(f"--ckpt_save_dir {config.ckpt_save_dir} is a file, not a folder: pass a folder for "
@@ -128,6 +129,23 @@ def _out_of_memory(exc: RuntimeError, config) -> BaseException:
                        f"{config.batch_size} ({config.device_target}, amp_level {config.amp_level}): lower "
                        "--batch_size (and raise --gradient_accumulation_steps to keep the global batch), or set "
                        "--recompute True; checkpoints already saved are untouched")
+
+
+def _with_pretrained(config) -> Tuple[Config, str]:
+    """The config whose ``ckpt_path`` is the weights to evaluate: as given, else the ``pretrained`` file (fetched
+    into the cache now). Also returns the published weights' name ("" for a ``ckpt_path``).
+    """
+    if config.ckpt_path:
+        if config.pretrained is not False:
+            logging.getLogger("mindswin").info("evaluating --ckpt_path %s; pretrained %s is not fetched",
+                                               config.ckpt_path, config.pretrained)
+        return config.replace(pretrained=False), ""
+    if config.pretrained is False:
+        raise ConfigError("--ckpt_path or --pretrained is required: the weights to evaluate (a checkpoint file, "
+                          "or True / a name of python -m mindswin.pretrained for published weights)")
+    choice = resolve_pretrained(config.model, config.pretrained)
+    path = pretrained_path(config.model, config.pretrained, pretrained_dir=config.pretrained_dir)
+    return config.replace("pretrained weights", ckpt_path=path, pretrained=False), choice.weights.name
 
 
 def _checkpoint_metadata(config) -> Tuple[Config, CheckpointMetadata]:
@@ -163,7 +181,7 @@ def run_validate(argv: Optional[List[str]] = None) -> None:
                             "python validate.py --data_dir demo_data --ckpt_path demo_output/"
                             "swinv2_micro_window4_32-best.ckpt --output results.json\n"
                             "python validate.py --model swinv2_tiny_window8_256 --data_dir /data/imagenet"
-                            " --ckpt_path swinv2_tiny_patch4_window8_256.pth\n"
+                            " --pretrained True\n"
                             "msrun --worker_num 2 --local_worker_num 2 validate.py --data_dir DIR --ckpt_path CKPT"
                             " --distribute True\n"
                             "python validate.py --throughput True --config configs/swinv2/"
@@ -174,7 +192,8 @@ def run_validate(argv: Optional[List[str]] = None) -> None:
     if config.throughput:
         _run_throughput(config)
         return
-    require(config, ("ckpt_path", "data_dir"))
+    require(config, ("data_dir",))
+    config, _ = _with_pretrained(config)
     config, metadata = _checkpoint_metadata(config)
     runtime = setup_runtime(config)
     setup_logging(runtime)
@@ -253,13 +272,13 @@ def run_infer(argv: Optional[List[str]] = None) -> None:
                         "a Swin V2 checkpoint", examples=(
                             "python infer.py --ckpt_path demo_output/swinv2_micro_window4_32-best.ckpt --topk 2"
                             " demo_data/val/checkerboard/00000.png\n"
-                            "python infer.py --model swinv2_tiny_window8_256 --ckpt_path "
-                            "swinv2_tiny_patch4_window8_256.pth --class_names_file names.txt --output preds.json"
-                            " photos/"),
-                        required=("ckpt_path",), positional="inputs", model_from_checkpoint=True)
+                            "python infer.py --model swinv2_tiny_window8_256 --pretrained True "
+                            "--class_names_file names.txt --output preds.json photos/"),
+                        positional="inputs", model_from_checkpoint=True)
     if not config.inputs:
         raise ConfigError("give one or more images or folders after the options")
     setup_logging()
+    config, _ = _with_pretrained(config)
     config, metadata = _checkpoint_metadata(config)
     setup_runtime(config)
     # a file without mindswin metadata is read for its head's rows (a damaged one is named as such)
@@ -310,11 +329,12 @@ def run_export(argv: Optional[List[str]] = None) -> None:
     config = parse_args(argv, script="export", description="Export a Swin V2 checkpoint to MindIR or ONNX "
                         "(a dynamic batch unless --batch_size is given)", examples=(
                             "python export.py --ckpt_path demo_output/swinv2_micro_window4_32-best.ckpt\n"
-                            "python export.py --model swinv2_tiny_window8_256 --ckpt_path "
-                            "swinv2_tiny_patch4_window8_256.pth --batch_size 8 --export_file swinv2_tiny\n"
+                            "python export.py --model swinv2_tiny_window8_256 --pretrained True "
+                            "--batch_size 8 --export_file swinv2_tiny\n"
                             "python export.py --ckpt_path CKPT --file_format ONNX --batch_size 1"),
-                        required=("ckpt_path",), model_from_checkpoint=True)
+                        model_from_checkpoint=True)
     setup_logging()
+    config, published = _with_pretrained(config)
     config, metadata = _checkpoint_metadata(config)
     setup_runtime(config)
     num_classes = config.num_classes or metadata.num_classes or _num_classes_in(config.ckpt_path)
@@ -327,7 +347,8 @@ def run_export(argv: Optional[List[str]] = None) -> None:
         model.set_portable()  # Erf and Rsqrt have no ONNX converter in MindSpore 2.10
     size = resolve_data_config(config).image_size
     batch = config.batch_size if "batch_size" in config.explicit else 1
-    target = config.export_file or os.path.splitext(config.ckpt_path)[0]
+    # published weights export next to the user, not into the cache
+    target = config.export_file or published or os.path.splitext(config.ckpt_path)[0]
     try:
         if onnx and dynamic:
             _export_onnx_any_batch(model, size, target)

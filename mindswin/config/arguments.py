@@ -41,7 +41,7 @@ def _metavar(kind: Any) -> str:
     """How ``--help`` shows a value of type ``kind``: lists in the syntax they are given in."""
     if kind is list:
         return "[A,B,...]"
-    return {int: "N", bool: "BOOL", str: "TEXT"}.get(kind, "X")  # X: float or int-or-float
+    return {int: "N", bool: "BOOL", str: "TEXT", (bool, str): "BOOL|WEIGHTS"}.get(kind, "X")  # X: float or int-or-float
 
 
 # Shown by the --help of the scripts that complete the model keys from a checkpoint.

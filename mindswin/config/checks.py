@@ -26,6 +26,14 @@ def check_combinations(config: Config) -> None:
         raise ConfigError("hccl_buffsize is an Ascend (HCCL) setting; remove it on "
                           f"device_target {config.device_target}")
     _check_learning_rates(config)
+    if config.pretrained is not False:
+        # the spec against the run's model: the tag exists for it, the named source publishes it
+        from ..pretrained import resolve_pretrained  # data only, and the registry the model check loaded
+
+        try:
+            resolve_pretrained(config.model, config.pretrained)
+        except ConfigError as exc:
+            raise ConfigError(f"'pretrained' {config.pretrained!r} with model {config.model}: {exc}") from None
     if config.ckpt_save_policy == "top_k" and config.task == SIMMIM:
         raise ConfigError("ckpt_save_policy top_k keeps the checkpoints of the best val_top1, and SimMIM "
                           "pre-training has no such score: use latest_k")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
-from .rules import Choices, Items, NumberOr, OddWindow, Only, Range, RegisteredModel, Rule
+from .rules import Choices, Items, NumberOr, OddWindow, Only, PublishedWeights, Range, RegisteredModel, Rule
 
 __all__ = ["Option", "TASKS", "CLASSIFICATION", "SIMMIM", "task_only_keys", "DEFAULTS", "ALIASES", "RETIRED",
            "SCRIPTS", "TRAIN", "VALIDATE", "INFER", "EXPORT", "choices"]
@@ -209,10 +209,20 @@ DEFAULTS: Dict[str, Option] = {
         ),
         "pretrained": Option(
             default=False,
-            kind=bool,
-            help="mindcv: download the model's published weights",
-            allowed=Only(False, "mindswin downloads no weights; pass the weights file (a mindcv, official "
-                                "or timm checkpoint) as ckpt_path"),
+            kind=(bool, str),
+            help="start from / evaluate the model's published weights (mindcv's key), fetched once into "
+                 "pretrained_dir: True (the model's default weights), a tag (ms_in1k), another variant's "
+                 "weights (swinv2_base_window12_192.ms_in22k), any of them with @official/@timm/@hf/@mindcv "
+                 "for that publisher's copy; ckpt_path, when set, is loaded instead",
+            allowed=PublishedWeights(),
+            scripts=_ALL,
+        ),
+        "pretrained_dir": Option(
+            default="",
+            kind=str,
+            help="folder of published weights (SOURCE/... inside, as python -m mindswin.pretrained lists): "
+                 "a file found there is used without any network access, a missing one is downloaded into it; "
+                 "if unset, $MINDSWIN_PRETRAINED_DIR, else ~/.cache/mindswin/pretrained",
             scripts=_ALL,
         ),
         "class_map": Option(

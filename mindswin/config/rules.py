@@ -6,7 +6,8 @@ import math
 import re
 from typing import Any, Dict, Optional
 
-__all__ = ["ConfigError", "Rule", "Choices", "Only", "NumberOr", "Range", "Items", "OddWindow", "RegisteredModel"]
+__all__ = ["ConfigError", "Rule", "Choices", "Only", "NumberOr", "Range", "Items", "OddWindow", "RegisteredModel",
+           "PublishedWeights"]
 
 
 class ConfigError(ValueError):
@@ -166,4 +167,50 @@ class RegisteredModel(Rule):
             resolve_model_name(value)
         except ValueError as exc:
             return f"must be {self.describe()}: {exc}"
+        return None
+
+
+class PublishedWeights(Rule):
+    """``pretrained``: true/false, or a spec of published weights ``[TAG | MODEL | MODEL.TAG][@SOURCE]``.
+
+    This rule checks the spec alone (the tag exists for some variant, the model has weights, the
+    source exists); whether it fits the run's ``model`` is checked with the other keys.
+    """
+
+    def describe(self) -> str:
+        return ("true/false, or published weights: TAG, MODEL or MODEL.TAG, optionally followed by @SOURCE "
+                "(python -m mindswin.pretrained lists them)")
+
+    def allows(self, value: Any) -> bool:
+        return self.problem(value) is None
+
+    def problem(self, value: Any) -> Optional[str]:
+        if isinstance(value, bool):
+            return None
+        # Imported here: the table is data only, the registry (for model names) pulls in MindSpore.
+        from ..pretrained.table import PRETRAINED, SOURCES
+
+        weights, _, source = value.strip().partition("@")
+        if not value.strip():
+            return f"must be {self.describe()}, got an empty string"
+        if source and source not in SOURCES:
+            return f"names the unknown source {source!r}; sources: {', '.join(SOURCES)}"
+        if not weights or weights in {entry.tag for entry in PRETRAINED}:
+            return None
+        from ..models.registry import resolve_model_name
+
+        model, _, tag = weights.partition(".")
+        try:
+            canonical = resolve_model_name(model)
+        except ValueError:
+            tags = sorted({entry.tag for entry in PRETRAINED})
+            return (f"must be {self.describe()}: {weights!r} is neither a tag ({', '.join(tags)}) nor a "
+                    "registered model")
+        if tag:
+            try:
+                resolve_model_name(weights)
+            except ValueError as exc:
+                return f"must be {self.describe()}: {exc}"
+        elif not any(entry.model == canonical for entry in PRETRAINED):
+            return f"names {canonical}, which has no published weights"
         return None

@@ -24,6 +24,7 @@ from ..data import resolve_data_config
 from ..models import SwinTransformerV2, build_model
 from ..models.simmim import SimMIM, build_simmim
 from ..models.swin_v2 import use_flash_attention
+from ..pretrained import config_weights
 from .optim import create_optimizer, layer_decay_scales
 from .runtime import Runtime, apply_jit_config
 from .schedule import learning_rates, schedule_from_config
@@ -80,9 +81,10 @@ def _compute_settings(config: Config, model: nn.Cell) -> nn.Cell:
 
 def _from_config(config: Config, model: nn.Cell,
                  load: Callable[[nn.Cell, str], LoadReport]) -> Tuple[nn.Cell, Optional[LoadReport]]:
-    """The one path both tasks' models take: ``load`` the ``ckpt_path`` weights if any, then the
-    compute settings."""
-    report = load(model, config.ckpt_path) if config.ckpt_path else None
+    """The one path both tasks' models take: ``load`` the ``ckpt_path`` weights, else the ``pretrained``
+    ones (fetched into the cache first, see :mod:`mindswin.pretrained`), if any; then the compute settings."""
+    weights = config_weights(config)
+    report = load(model, weights) if weights else None
     return _compute_settings(config, model), report
 
 

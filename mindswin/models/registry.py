@@ -113,11 +113,22 @@ def list_models(pattern: Optional[str] = None) -> List[str]:
 
 
 def resolve_model_name(name: str) -> str:
-    """Canonical name for ``name`` or a mindcv alias; a clear error otherwise."""
+    """Canonical name for ``name``, a mindcv alias or timm's ``name.tag`` (a published tag of it); a clear
+    error otherwise."""
     if name in _REGISTRY:
         return name
     if name in _ALIASES:
         return _ALIASES[name]
+    base, dot, tag = name.partition(".")
+    if dot and (base in _REGISTRY or base in _ALIASES):
+        from ..pretrained.table import PRETRAINED  # data only
+
+        canonical = _REGISTRY[base].name if base in _REGISTRY else _ALIASES[base]
+        tags = [weights.tag for weights in PRETRAINED if weights.model == canonical]
+        if tag in tags:
+            return canonical
+        published = f"its tags: {', '.join(tags)}" if tags else "it has no published weights"
+        raise ValueError(f"unknown pretrained tag {tag!r} in {name!r}; {published} (mindswin.list_pretrained())")
     close = difflib.get_close_matches(name, list(_REGISTRY) + list(_ALIASES), n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ValueError(f"unknown model {name!r}.{hint} Available: {', '.join(list_models())}")
