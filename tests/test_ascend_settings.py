@@ -10,7 +10,7 @@ import logging
 import mindspore as ms
 import numpy as np
 import pytest
-from mindspore import Tensor, ops
+from mindspore import Tensor, nn, ops
 
 import mindswin
 from mindswin.amp import apply_amp
@@ -440,3 +440,149 @@ def test_flash_attention_calls_the_op_as_documented_in_unshifted_blocks(monkeypa
         assert (shift_shape, shift_dtype, q_dtype) == ((1, heads, n, n), ms.float16, ms.float16)
         assert (scale, layout) == (1.0, "BNSD")
     assert np.isfinite(logits).all()
+class _StatusRegister(nn.Cell):
+    """Stand-in for the Ascend overflow status register as ``NPUGetFloatStatusV2`` / ``NPUClearFloatStatusV2``
+    document it (ops/operations/math_ops.py): eight int32 flags, nonzero from an overflow until cleared."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flags = ms.Parameter(Tensor(np.zeros(8, np.int32)), name="overflow_status", requires_grad=False)
+
+    def raise_flag(self) -> None:
+        """An overflow on the device outside the step (the optimizer/EMA tail, a float16 validation pass)."""
+        self.flags.set_data(Tensor(np.ones(8, np.int32)))
+
+
+class _ClearStatus(nn.Cell):
+    """``NPUClearFloatStatusV2()``: zeroes the register; its (8,) int32 output means nothing."""
+
+    def __init__(self, register: _StatusRegister) -> None:
+        super().__init__()
+        self.register = register
+
+    def construct(self, x):
+        return ops.depend(x, ops.assign(self.register.flags, ops.zeros_like(self.register.flags)))
+
+
+class _StatusAllFinite(nn.Cell):
+    """``ms.amp.all_finite`` on a 910A (mindspore/amp.py, ``_all_finite``): reads the register after the
+    gradients (``NPUGetFloatStatusV2``), clears it, and answers whether it was all zero. The backward's
+    own overflows, which the device writes to the register as they happen, are added at the read, as
+    gradients that came out non-finite: a user ``bprop`` cannot write a Parameter in MindSpore 2.10."""
+
+    def __init__(self, register: _StatusRegister) -> None:
+        super().__init__()
+        self.register = register
+
+    def construct(self, grads):
+        overflowed = ops.zeros((), ms.int32)
+        for grad in grads:
+            overflowed = overflowed + ops.logical_not(ops.isfinite(grad).all()).astype(ms.int32)
+        status = self.register.flags + overflowed
+        cleared = ops.assign(self.register.flags, ops.zeros_like(status))
+        return ops.depend((status == 0).all(), cleared)
+
+
+class _OverflowingForward(nn.Cell):
+    """Identity that, when ``trigger`` is set, raises the register's flag: an overflow in the step's forward."""
+
+    def __init__(self, register: _StatusRegister) -> None:
+        super().__init__()
+        self.register = register
+        self.trigger = ms.Parameter(Tensor(0, ms.int32), name="forward_overflows", requires_grad=False)
+
+    def construct(self, x):
+        return ops.depend(x, ops.assign(self.register.flags, ops.maximum(self.register.flags, self.trigger)))
+
+
+class _AnswersLike:
+    """``MSContext.get_instance()`` of an Ascend SoC: the features MindSpore's amp asks (mindspore/amp.py)."""
+
+    def __init__(self, features) -> None:
+        self.features = set(features)
+
+    def get_instance(self):
+        return self
+
+    def ascend_soc_supports_feature(self, feature: str) -> bool:
+        return feature in self.features
+
+
+_910A = ("amp_loss_scale_train_classic_target",)
+_910B = ("train_hq_dtype_line",)
+
+
+@pytest.mark.parametrize("soc, mode, clears", [(_910A, None, True), (_910A, "SATURATION_MODE", True),
+                                               (_910B, None, False), (_910B, "INFNAN_MODE", False),
+                                               (_910B, "SATURATION_MODE", True)])
+def test_the_step_clears_the_overflow_status_where_all_finite_reads_it(soc, mode, clears, ascend_context,
+                                                                       monkeypatch):
+    # the conditions of amp._all_finite and of the loss-scale cell's start_overflow_check
+    from mindswin.engine import train_step
+
+    monkeypatch.setattr(train_step, "MSContext", _AnswersLike(soc), raising=False)
+    if mode is None:
+        monkeypatch.delenv("MS_ASCEND_CHECK_OVERFLOW_MODE", raising=False)
+    else:
+        monkeypatch.setenv("MS_ASCEND_CHECK_OVERFLOW_MODE", mode)
+    assert train_step.overflow_status_register_in_use() is clears
+
+
+def _tiny_step(scaler, probe=None):
+    from mindswin.engine.optim import AdamW
+    from mindswin.engine.train_step import NetWithLoss, SoftTargetCrossEntropy, TrainStep
+
+    model = nn.Dense(4, 3)
+    head = model if probe is None else nn.SequentialCell([model, probe])
+    optimizer = AdamW(model.trainable_params(), 0.0, set())
+    return TrainStep(model, optimizer, Tensor(np.full(8, 1e-2, np.float32)), scaler, clip_value=None,
+                     loss_network=NetWithLoss(head, SoftTargetCrossEntropy()))
+
+
+def test_cpu_steps_build_no_overflow_status_op(monkeypatch):
+    from mindswin.engine import train_step
+
+    monkeypatch.setattr(train_step, "MSContext", _AnswersLike(_910A), raising=False)  # never asked off Ascend
+    assert train_step.overflow_status_register_in_use() is False
+    assert _tiny_step(ms.amp.StaticLossScaler(1.0)).scaled_loss.clear_status is None
+
+
+def test_910a_step_counts_the_overflows_of_its_backward_only(monkeypatch):
+    """On a 910A ``all_finite`` reads the status register. An overflow raised after the last step's
+    read (a float16 validation pass) or in the step's forward, which no loss scale can prevent, must
+    neither skip the step nor halve the scale; one in the step's backward must. The register is
+    cleared where MindSpore's loss-scale cell clears it: after the loss, before the gradients
+    (``start_overflow_check``). Device-only ops replaced by stand-ins that follow their documents; the
+    graph runs on CPU."""
+    from mindswin.engine import train_step
+
+    register = _StatusRegister()
+    forward = _OverflowingForward(register)
+    monkeypatch.setattr(train_step, "MSContext", _AnswersLike(_910A), raising=False)
+    monkeypatch.setattr(train_step, "NPUClearFloatStatusV2", lambda: _ClearStatus(register), raising=False)
+    monkeypatch.setattr(ms.amp, "all_finite", _StatusAllFinite(register))
+    scaler = ms.amp.DynamicLossScaler(1024.0, 2, 1000)
+    original = ms.get_context
+    with monkeypatch.context() as ascend:  # the step is built as on a 910A, and runs on CPU
+        ascend.setattr(ms, "get_context", lambda key: "Ascend" if key == "device_target" else original(key))
+        step = _tiny_step(scaler, forward)
+    rng = np.random.default_rng(0)
+    batch = Tensor(rng.standard_normal((2, 4)).astype(np.float32)), Tensor(np.eye(3, dtype=np.float32)[[0, 2]])
+
+    def applied(gain: float = 1.0) -> bool:
+        before = int(step.optimizer.step.asnumpy())
+        finite = bool(step(batch[0] * gain, batch[1])[1].asnumpy())
+        assert finite == (int(step.optimizer.step.asnumpy()) == before + 1)
+        return finite
+
+    register.raise_flag()  # before the first step
+    assert applied()
+    register.raise_flag()  # between two steps
+    assert applied() and float(scaler.scale_value.asnumpy()) == 1024.0
+    forward.trigger.set_data(Tensor(1, ms.int32))
+    assert applied()
+    forward.trigger.set_data(Tensor(0, ms.int32))
+    assert not register.flags.asnumpy().any()  # all_finite clears after its read
+
+    scaler.scale_value.set_data(Tensor(2.0 ** 120, ms.float32))
+    assert not applied(gain=1e6) and float(scaler.scale_value.asnumpy()) == 2.0 ** 119  # the backward overflowed

@@ -9,16 +9,46 @@ Everything is one graph; the host only feeds batches and reads the returned scal
 """
 from __future__ import annotations
 
+import os
 from typing import Dict, List, Optional, Tuple
 
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
+from mindspore._c_expression import MSContext
+from mindspore.ops.operations.math_ops import NPUClearFloatStatusV2
 
 from .optim import MaskedOptimizer
 from .zero import ShardedGradientMean, clip_by_norm, global_norm
 
 __all__ = ["SoftTargetCrossEntropy", "SoftTargetBinaryCrossEntropy", "classification_loss", "NetWithLoss", "EMA",
-           "TrainStep"]
+           "TrainStep", "overflow_status_register_in_use"]
+
+# MindSpore's SoC features for the two overflow checks (mindspore/amp.py, _ascend_910a_target and
+# _ascend_910b_target; nn/wrap/loss_scale.py asks the same): the 910A's classic loss-scale target, and the
+# 910B and later
+_STATUS_REGISTER_SOC = "amp_loss_scale_train_classic_target"
+_INFNAN_CAPABLE_SOC = "train_hq_dtype_line"
+
+
+def overflow_status_register_in_use() -> bool:
+    """Whether ``ms.amp.all_finite`` answers from the Ascend overflow status register on this device.
+
+    mindspore/amp.py ``_all_finite``: on a 910A, and on a 910B when
+    ``MS_ASCEND_CHECK_OVERFLOW_MODE=SATURATION_MODE``, it reads ``NPUGetFloatStatusV2`` (every
+    overflow since the register was last cleared) and clears it after; elsewhere (910B's
+    default INFNAN mode, GPU, CPU) it checks the gradients themselves. Where the register
+    answers, whatever overflowed after the last read (the optimizer and EMA tail of a step, a
+    float16 validation pass) counts against the next step unless the step clears it first, as
+    ``TrainOneStepWithLossScaleCell.start_overflow_check`` does (nn/wrap/loss_scale.py, same
+    two conditions).
+    """
+    if ms.get_context("device_target") != "Ascend":
+        return False
+    soc = MSContext.get_instance()
+    if soc.ascend_soc_supports_feature(_STATUS_REGISTER_SOC):
+        return True
+    return (soc.ascend_soc_supports_feature(_INFNAN_CAPABLE_SOC)
+            and os.environ.get("MS_ASCEND_CHECK_OVERFLOW_MODE") == "SATURATION_MODE")
 
 
 class SoftTargetCrossEntropy(nn.Cell):
@@ -59,14 +89,29 @@ class NetWithLoss(nn.Cell):
 
 
 class _ScaledLoss(nn.Cell):
-    """A loss network's loss times the loss scale, for any batch columns."""
+    """A loss network's loss times the loss scale, for any batch columns.
 
-    def __init__(self, network: nn.Cell) -> None:
+    With ``clear_overflow_status`` the Ascend overflow status register is cleared once the
+    loss is computed and before the gradients are, where MindSpore's loss-scale cell clears
+    it (``start_overflow_check(loss, scaling_sens)``, nn/wrap/loss_scale.py; mindcv's
+    TrainStep calls it so): the status ``all_finite`` reads is the backward's alone.
+    """
+
+    def __init__(self, network: nn.Cell, clear_overflow_status: bool = False) -> None:
         super().__init__(auto_prefix=False)
         self.network = network
+        # built only where the register answers: on CPU and GPU the graph is what it always was
+        self.clear_status = NPUClearFloatStatusV2() if clear_overflow_status else None
 
     def construct(self, scale: Tensor, batch: tuple) -> Tensor:
-        return self.network(*batch) * scale
+        loss = self.network(*batch)
+        if self.clear_status is not None:
+            # start_overflow_check's order: after the loss (pre_cond), before every backward op, which all
+            # consume the scale (the sensitivity of loss * scale); stop_gradient: the clear is no part of the
+            # derivative and has no bprop to ask
+            status = ops.depend(Tensor([0] * 8, ms.int32), loss)
+            scale = ops.depend(scale, ops.stop_gradient(self.clear_status(status)))
+        return loss * scale
 
 
 _ema_update = ops.MultitypeFuncGraph("ema_update")
@@ -152,7 +197,8 @@ class TrainStep(nn.Cell):
                  distributed: bool = False, loss_network: Optional[nn.Cell] = None) -> None:
         super().__init__(auto_prefix=False)
         self.model = model
-        self.scaled_loss = _ScaledLoss(loss_network or NetWithLoss(model, SoftTargetCrossEntropy()))
+        self.scaled_loss = _ScaledLoss(loss_network or NetWithLoss(model, SoftTargetCrossEntropy()),
+                                       clear_overflow_status=overflow_status_register_in_use())
         self.optimizer = optimizer
         self.weights = optimizer.parameters
         self.lr_table = lr_table
@@ -225,7 +271,8 @@ class TrainStep(nn.Cell):
         """One skip decision for the whole data-parallel group.
 
         On Ascend 910A (and 910B in saturation mode) ``all_finite`` reads the device's own
-        overflow status, so ranks can disagree after identical all-reduced gradients; if one
+        overflow status (cleared before the backward by ``_ScaledLoss``, after the read by
+        ``all_finite``), so ranks can disagree after identical all-reduced gradients; if one
         rank skipped while the others stepped, replicas and loss scales would drift apart.
         The ranks that saw an overflow are counted across the group, as MindSpore's own
         loss-scale cell does.
