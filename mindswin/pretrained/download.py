@@ -117,8 +117,9 @@ def _by_hand(file: WeightFile, path: str) -> str:
             f"${MIRROR_VARIABLE} to a server that has it), or pass the file as --ckpt_path")
 
 
-def _verify(file: WeightFile, path: str, url: str, remove: bool) -> None:
-    """Check ``path`` against the published checksum (nothing to check when none is published)."""
+def _verify(file: WeightFile, path: str, url: str, remove: bool, shown: Optional[str] = None) -> None:
+    """Check ``path`` (named ``shown``: a download is checked before its rename) against the published
+    checksum; nothing to check when none is published."""
     if not file.sha256:
         return
     actual = sha256_of(path)
@@ -128,8 +129,8 @@ def _verify(file: WeightFile, path: str, url: str, remove: bool) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
     removed = "removed it; run again to download it again" if remove else "left it (local rank 0 manages the cache)"
-    raise CheckpointError(f"{path} from {url} is corrupt: its sha256 is {actual[:16]}..., the {file.source} source "
-                          f"publishes {file.sha256}...; {removed}")
+    raise CheckpointError(f"{shown or path} from {url} is corrupt: its sha256 is {actual[:16]}..., the {file.source} "
+                          f"source publishes {file.sha256}...; {removed}")
 
 
 def _timeout() -> float:
@@ -211,7 +212,7 @@ def _download(file: WeightFile, url: str, path: str) -> None:
                     raise CheckpointError(f"cannot download {url} to {path}: the connection ended early ({exc}) "
                                           f"{attempt + 1} times; {_by_hand(file, path)}") from None
                 _logger.warning("%s: the connection ended at byte %d; resuming", url, now)
-        _verify(file, partial, url, remove=True)
+        _verify(file, partial, url, remove=True, shown=path)
         os.replace(partial, path)
     except urllib.error.HTTPError as exc:
         _remove(partial)
@@ -276,10 +277,10 @@ def _wait_for(file: WeightFile, path: str, url: str, cache: str) -> None:
         try:
             with open(failed) as f:
                 marker = json.load(f)
-            if marker.get("run") == _run_id():
-                raise CheckpointError(f"local rank 0 could not fetch the weights: {marker['message']}")
-        except (FileNotFoundError, ValueError):
-            pass
+        except (FileNotFoundError, ValueError):  # none yet, or being written
+            marker = {}
+        if marker.get("run") == _run_id():  # an earlier run's marker is not this run's failure
+            raise CheckpointError(f"local rank 0 could not fetch the weights: {marker['message']}")
         size = os.path.getsize(partial) if os.path.exists(partial) else -1
         if size != last_size:
             last_change, last_size = time.time(), size
