@@ -11,9 +11,9 @@ LAYERS = [
     ("fileio",),
     ("models",),
     ("checkpoint",),
-    ("factory", "memory_plan"),
-    ("config",),
-    ("data", "amp"),
+    ("memory_plan",),
+    ("config", "pretrained"),
+    ("factory", "data", "amp"),
     ("engine",),
     ("cli",),
 ]

@@ -29,7 +29,8 @@ import mindswin.pretrained as pretrained
 from mindswin.checkpoint import LAYOUTS, CheckpointError
 from mindswin.config import ConfigError, load_config
 from mindswin.models import list_models, model_spec
-from mindswin.pretrained import PretrainedWeights, WeightFile, download, table
+from mindswin.models import published as table
+from mindswin.pretrained import PretrainedWeights, WeightFile, download
 
 from helpers import PYTHON, ROOT, cli, free_port, randomize
 
@@ -433,7 +434,7 @@ _WORKER = """\
 import json, logging, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
 from mindswin.pretrained.download import fetch
-from mindswin.pretrained.table import WeightFile
+from mindswin.models.published import WeightFile
 file = WeightFile("official", sys.argv[1], "official", "official/micro.safetensors", sys.argv[2])
 try:
     print(json.dumps({"path": fetch(file, pretrained_dir=sys.argv[3])}))

@@ -188,7 +188,7 @@ class PublishedWeights(Rule):
         if isinstance(value, bool):
             return None
         # Imported here: the table is data only, the registry (for model names) pulls in MindSpore.
-        from ..pretrained.table import PRETRAINED, SOURCES
+        from ..models.published import PRETRAINED, SOURCES
 
         weights, _, source = value.strip().partition("@")
         if not value.strip():

@@ -121,7 +121,7 @@ def resolve_model_name(name: str) -> str:
         return _ALIASES[name]
     base, dot, tag = name.partition(".")
     if dot and (base in _REGISTRY or base in _ALIASES):
-        from ..pretrained.table import PRETRAINED  # data only
+        from .published import PRETRAINED  # data only
 
         canonical = _REGISTRY[base].name if base in _REGISTRY else _ALIASES[base]
         tags = [weights.tag for weights in PRETRAINED if weights.model == canonical]

@@ -26,7 +26,7 @@ from typing import List, Optional, Union
 
 from ..config.rules import ConfigError
 from .download import cache_dir, cached_path, default_cache_dir, fetch, source_url
-from .table import ALIAS_DEFAULT_TAGS, DEFAULT_TAGS, PRETRAINED, SOURCES, PretrainedWeights, WeightFile
+from ..models.published import ALIAS_DEFAULT_TAGS, DEFAULT_TAGS, PRETRAINED, SOURCES, PretrainedWeights, WeightFile
 
 __all__ = ["PretrainedWeights", "WeightFile", "Choice", "SOURCES", "SOURCES_VARIABLE", "list_pretrained",
            "pretrained_weights", "split_tag", "resolve_pretrained", "pretrained_path", "config_weights",

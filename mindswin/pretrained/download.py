@@ -38,7 +38,7 @@ import urllib.request
 from typing import Iterator, Optional
 
 from ..checkpoint.readers import CheckpointError
-from .table import WeightFile
+from ..models.published import WeightFile
 
 __all__ = ["CACHE_VARIABLE", "MIRROR_VARIABLE", "OFFLINE_VARIABLE", "WAIT_VARIABLE", "TIMEOUT_VARIABLE", "RESUMES",
            "default_cache_dir", "cache_dir", "source_url", "cached_path", "fetch", "local_rank", "sha256_of"]
