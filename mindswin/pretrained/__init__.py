@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import List, Optional, Union
 
 from ..config.rules import ConfigError
-from .download import cache_dir, cached_path, default_cache_dir, fetch, source_url
 from ..models.published import ALIAS_DEFAULT_TAGS, DEFAULT_TAGS, PRETRAINED, SOURCES, PretrainedWeights, WeightFile
+from .download import cache_dir, cached_path, default_cache_dir, fetch, source_url
 
 __all__ = ["PretrainedWeights", "WeightFile", "Choice", "SOURCES", "SOURCES_VARIABLE", "list_pretrained",
            "pretrained_weights", "split_tag", "resolve_pretrained", "pretrained_path", "config_weights",
