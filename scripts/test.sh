@@ -24,10 +24,16 @@ esac
 .venv/bin/pip install -q --disable-pip-version-check -r requirements-test.txt -e .
 bash tests/reference/setup_torch_reference.sh .venv-torchref
 bash scripts/lint.sh
-# -v names each test as it starts (the msrun and parity tests take a minute each); --durations and the
-# per-file table at the end (tests/conftest.py) show where the time went.
+# One pytest-xdist worker per core, a whole file per worker (module fixtures are built once): MindSpore
+# runs a test process, and each run a test starts, on half the cores (mindswin.models.threads), so one
+# process at a time left a core idle. MINDSWIN_TEST_WORKERS=0 runs everything in this process.
+workers="${MINDSWIN_TEST_WORKERS:-$(nproc)}"
+[ "$workers" -gt 1 ] || workers=0
+# -v names each test as it ends; --durations and the per-file table at the end (tests/conftest.py)
+# show where the time went.
 status=0
-MINDSWIN_REQUIRE_REFERENCE=1 GLOG_v=3 .venv/bin/python -m pytest -v --durations=30 "${select[@]}" "$@" || status=$?
+MINDSWIN_REQUIRE_REFERENCE=1 GLOG_v=3 .venv/bin/python -m pytest -v -n "$workers" --dist loadfile --durations=30 \
+  "${select[@]}" "$@" || status=$?
 # 5: no test selected (e.g. a file with no test of this tier), not a failure
 [ "$status" -eq 5 ] && exit 0
 exit "$status"

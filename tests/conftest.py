@@ -2,11 +2,14 @@
 the tests import are in helpers.py."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 os.environ.setdefault("GLOG_v", "3")
 
@@ -37,7 +40,8 @@ def pytest_runtest_teardown(item: pytest.Item) -> None:
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    """Seconds per test file (set-up, call and tear-down, shared fixtures where they were built), longest first."""
+    """Seconds per test file (set-up, call and tear-down, shared fixtures where they were built; with several
+    pytest-xdist workers, their times added up), longest first."""
     per_file: dict = {}
     for reports in terminalreporter.stats.values():
         for report in reports:
@@ -53,14 +57,37 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.write_line(f"{total:8.1f} s  {sum(len(t) for _, t in per_file.values()):4d} tests  total")
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], Any]) -> Any:
+    """``build(folder)`` once per test session, whatever the number of pytest-xdist workers.
+
+    The first worker to ask builds it under a lock in the session's shared temporary folder;
+    the others wait for it and get what it returned (JSON). Without xdist, a plain session fixture.
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # one folder per worker below the session's
+    folder, done = root / name, root / f"{name}.json"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            done.write_text(json.dumps(build(folder)))
+        return json.loads(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def reference_dir(tmp_path_factory) -> Path:
     """Directory of reference checkpoints and logits produced by timm / transformers."""
     python = require_torch_python()
-    out = tmp_path_factory.mktemp("reference")
-    subprocess.run([str(python), str(ROOT / "tests" / "reference" / "torch_reference.py"), "--out", str(out),
-                    "--cases", json.dumps(REFERENCE_CASES), "--variants", json.dumps(OFFICIAL_VARIANTS)], check=True)
-    return out
+
+    def build(out: Path) -> str:
+        subprocess.run([str(python), str(ROOT / "tests" / "reference" / "torch_reference.py"), "--out", str(out),
+                        "--cases", json.dumps(REFERENCE_CASES), "--variants", json.dumps(OFFICIAL_VARIANTS)],
+                       check=True)
+        return str(out)
+
+    return Path(built_once(tmp_path_factory, "reference", build))
 
 
 @pytest.fixture
@@ -73,14 +100,19 @@ def data_dir(tmp_path_factory) -> str:
     """4 classes of 32-px patterns: 96 training and 36 validation images."""
     from mindswin.data import make_demo_dataset
 
-    root = tmp_path_factory.mktemp("patterns")
-    make_demo_dataset(str(root), num_classes=4, train_per_class=24, val_per_class=9, image_size=32)
-    return str(root)
+    def build(root: Path) -> str:
+        make_demo_dataset(str(root), num_classes=4, train_per_class=24, val_per_class=9, image_size=32)
+        return str(root)
+
+    return built_once(tmp_path_factory, "patterns", build)
 
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, data_dir):
     """``(ckpt_save_dir, log)`` of a 3-epoch BASE_ARGS run on the demo patterns (EMA, resume states every 2 steps)."""
-    out = tmp_path_factory.mktemp("run")
-    result = run("train.py", *BASE_ARGS, "--data_dir", data_dir, "--ckpt_save_dir", out, "--resume_save_steps", 2)
-    return out, result.stdout + result.stderr
+    def build(out: Path) -> list:
+        result = run("train.py", *BASE_ARGS, "--data_dir", data_dir, "--ckpt_save_dir", out, "--resume_save_steps", 2)
+        return [str(out), result.stdout + result.stderr]
+
+    out, log = built_once(tmp_path_factory, "run", build)
+    return Path(out), log
