@@ -14,25 +14,27 @@ if [ "${1:-}" = "--tier" ]; then
   tier="${2:?--tier needs fast, slow or all}"
   shift 2
 fi
+# fast: the workers take tests one by one (the expensive fixtures are built once for all, tests/helpers.py
+# built_once); slow: a whole file per worker, so a module's msrun launches are shared by its tests.
 case "$tier" in
-  fast) select=(-m "not slow and not distributed") ;;
-  slow) select=(-m "slow or distributed") ;;
-  all) select=() ;;
+  fast) select=(-m "not slow and not distributed") dist=load ;;
+  slow) select=(-m "slow or distributed") dist=loadfile ;;
+  all) select=() dist=loadfile ;;
   *) echo "error: --tier must be fast, slow or all, got '$tier'" >&2; exit 2 ;;
 esac
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -r requirements-test.txt -e .
 bash tests/reference/setup_torch_reference.sh .venv-torchref
 bash scripts/lint.sh
-# One pytest-xdist worker per core, a whole file per worker (module fixtures are built once): MindSpore
-# runs a test process, and each run a test starts, on half the cores (mindswin.models.threads), so one
-# process at a time left a core idle. MINDSWIN_TEST_WORKERS=0 runs everything in this process.
+# One pytest-xdist worker per core: MindSpore runs a test process, and each run a test starts, on half
+# the cores (mindswin.models.threads), so one process at a time left a core idle.
+# MINDSWIN_TEST_WORKERS=0 runs everything in this process.
 workers="${MINDSWIN_TEST_WORKERS:-$(nproc)}"
 [ "$workers" -gt 1 ] || workers=0
 # -v names each test as it ends; --durations and the per-file table at the end (tests/conftest.py)
 # show where the time went.
 status=0
-MINDSWIN_REQUIRE_REFERENCE=1 GLOG_v=3 .venv/bin/python -m pytest -v -n "$workers" --dist loadfile --durations=30 \
+MINDSWIN_REQUIRE_REFERENCE=1 GLOG_v=3 .venv/bin/python -m pytest -v -n "$workers" --dist "$dist" --durations=30 \
   "${select[@]}" "$@" || status=$?
 # 5: no test selected (e.g. a file with no test of this tier), not a failure
 [ "$status" -eq 5 ] && exit 0

@@ -2,14 +2,11 @@
 the tests import are in helpers.py."""
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable
 
 os.environ.setdefault("GLOG_v", "3")
 
@@ -26,7 +23,14 @@ quiet_framework()
 ms.set_context(mode=ms.GRAPH_MODE, jit_syntax_level=ms.STRICT)
 
 import helpers  # noqa: E402
-from helpers import BASE_ARGS, OFFICIAL_VARIANTS, REFERENCE_CASES, require_torch_python, run  # noqa: E402
+from helpers import (  # noqa: E402
+    BASE_ARGS,
+    OFFICIAL_VARIANTS,
+    REFERENCE_CASES,
+    built_once,
+    require_torch_python,
+    run,
+)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -55,25 +59,6 @@ def pytest_terminal_summary(terminalreporter) -> None:
             terminalreporter.write_line(f"{seconds:8.1f} s  {len(tests):4d} tests  {path}")
         total = sum(seconds for seconds, _ in per_file.values())
         terminalreporter.write_line(f"{total:8.1f} s  {sum(len(t) for _, t in per_file.values()):4d} tests  total")
-
-
-def built_once(tmp_path_factory, name: str, build: Callable[[Path], Any]) -> Any:
-    """``build(folder)`` once per test session, whatever the number of pytest-xdist workers.
-
-    The first worker to ask builds it under a lock in the session's shared temporary folder;
-    the others wait for it and get what it returned (JSON). Without xdist, a plain session fixture.
-    """
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # one folder per worker below the session's
-    folder, done = root / name, root / f"{name}.json"
-    with open(root / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not done.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
-            done.write_text(json.dumps(build(folder)))
-        return json.loads(done.read_text())
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ that real datasets contain (damaged image files, event files)."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import io
 import json
@@ -11,13 +12,14 @@ import logging
 import math
 import os
 import re
+import shutil
 import signal
 import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import mindspore as ms
 import numpy as np
@@ -66,6 +68,25 @@ REFERENCE_CASES = [
     {"name": "tiny8_to_384w12", "model": "swinv2_tiny_window8_256", "batch": 1, "weights_from": "tiny8",
      "kwargs": {"img_size": 384, "window_size": 12, "pretrained_window_sizes": [8, 8, 8, 8]}, "layouts": []},
 ]
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], Any]) -> Any:
+    """``build(folder)`` once per test session, whatever the number of pytest-xdist workers.
+
+    The first worker to ask builds it under a lock in the session's shared temporary folder;
+    the others wait for it and get what it returned (JSON). Without xdist, a plain session fixture.
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # one folder per worker below the session's
+    folder, done = root / name, root / f"{name}.json"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            done.write_text(json.dumps(build(folder)))
+        return json.loads(done.read_text())
 
 
 def torch_python() -> Path:

@@ -142,6 +142,9 @@ def assert_same_training_signal(batched, sequential, relative):
 MODEL_BOUND = 4 * 4 * (2 * MAX_TEMPERATURE * 12 + 16) * EPS32
 
 
+# The model-level comparisons compile the whole micro model's gradient twice with every group unrolled
+# (about 1.5 min each on 2 cores): slow tier; the core's own comparisons above stay in the fast one.
+@pytest.mark.slow
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("recompute", [False, True])
 def test_model_logits_and_gradients_match_batched(fused, recompute):
@@ -151,6 +154,7 @@ def test_model_logits_and_gradients_match_batched(fused, recompute):
     assert_same_training_signal(batched, sequential, MODEL_BOUND)
 
 
+@pytest.mark.slow
 def test_amp_o2_sequential_matches_batched():
     batched, sequential = model_pair()
     batched, sequential = apply_amp(batched, "O2"), apply_amp(sequential, "O2")

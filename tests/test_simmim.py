@@ -9,6 +9,7 @@ import re
 import shutil
 import struct
 import subprocess
+from pathlib import Path
 
 import mindspore as ms
 import numpy as np
@@ -38,6 +39,7 @@ from helpers import (
     NOISE,
     ROOT,
     assert_same_state,
+    built_once,
     cli,
     killed_mid_epoch_and_resumed,
     msrun,
@@ -335,9 +337,13 @@ def test_official_simmim_pth_without_torch(official_simmim, tmp_path, monkeypatc
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory, data_dir):
-    out = tmp_path_factory.mktemp("simmim")
-    result = run("train.py", *PRETRAIN, "--data_dir", data_dir, "--ckpt_save_dir", out)
-    return out, result.stdout + result.stderr
+    """``(ckpt_save_dir, log)`` of PRETRAIN's 3 epochs, built once for every pytest-xdist worker."""
+    def build(out):
+        result = run("train.py", *PRETRAIN, "--data_dir", data_dir, "--ckpt_save_dir", out)
+        return [str(out), result.stdout + result.stderr]
+
+    out, log = built_once(tmp_path_factory, "simmim_pretrained", build)
+    return Path(out), log
 
 
 def test_pretraining_lowers_the_reconstruction_loss_and_draws_the_grids(pretrained):
@@ -370,6 +376,7 @@ def test_pretraining_lowers_the_reconstruction_loss_and_draws_the_grids(pretrain
         assert noise not in log
 
 
+@pytest.mark.slow  # a fourth epoch
 def test_pretraining_resumes_where_it_stopped(pretrained, data_dir, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(pretrained[0], out)

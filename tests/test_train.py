@@ -201,6 +201,7 @@ def test_bad_val_layout_is_one_error_before_anything_compiles(data_dir, tmp_path
     assert "compiled" not in result.stdout + result.stderr  # stopped before the first step, not after an epoch
 
 
+@pytest.mark.slow  # two epochs
 def test_data_without_val_split_trains_and_says_once_it_will_not_validate(data_dir, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(os.path.join(data_dir, "train"), data / "train")
@@ -282,6 +283,7 @@ def test_a_graph_that_fails_to_compile_is_one_line_and_its_report_stays_out_of_t
     assert runtime.direct_graph_dumps(str(tmp_path / "run")) == str(tmp_path / "mine")
 
 
+@pytest.mark.slow  # two runs, two epochs
 def test_official_map_files_train_and_a_restart_reuses_the_scan_index(data_dir, tmp_path):
     data = tmp_path / "imagenet22k"
     shutil.copytree(data_dir, data / "images")
@@ -440,6 +442,7 @@ def test_train_state_has_stable_names_that_survive_compile_and_reload(tmp_path):
     assert restored.optimizer_step() == 1
 
 
+@pytest.mark.slow  # a fourth epoch
 def test_full_disk_stops_with_one_message_and_leaves_earlier_checkpoints_intact(trained, data_dir, tmp_path):
     import resource
     import shutil
