@@ -32,7 +32,7 @@ from mindswin.models import list_models, model_spec
 from mindswin.models import published as table
 from mindswin.pretrained import PretrainedWeights, WeightFile, download
 
-from helpers import PYTHON, ROOT, cli, free_port, randomize
+from helpers import PYTHON, ROOT, cli, free_port, msrun, randomize
 
 MICRO = "swinv2_micro_window4_32"
 TAG = "test_in10"
@@ -466,6 +466,22 @@ def _waiting(process: subprocess.Popen, timeout: float = 120) -> None:
 def _result(process: subprocess.Popen) -> dict:
     out, _ = process.communicate(timeout=120)
     return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_under_msrun_the_two_workers_of_a_node_download_once(entry, server, weights_body, tmp_path):
+    # the same as below, with the workers msrun really starts (its DEVICE_ID, its launch order)
+    server.chunk_delay = 0.02  # long enough for the other worker to find the download under way
+    cache = tmp_path / "node"
+    result, logs = msrun(ROOT / "tests" / "msrun_scripts" / "fetch_once.py", server.url + SERVED,
+                         entry.files[0].sha256, cache, logs=tmp_path / "logs")
+    assert result.returncode == 0, logs[-4000:]
+    reports = sorted((json.loads(line.split("FETCHED ", 1)[1]) for line in logs.splitlines() if "FETCHED " in line),
+                     key=lambda report: report["rank"])
+    path = str(cache / "official" / "micro.safetensors")
+    assert reports == [{"rank": 0, "path": path}, {"rank": 1, "path": path}], reports
+    assert server.gets() == [None] and open(path, "rb").read() == weights_body
 
 
 def test_two_msrun_workers_on_one_node_download_once(entry, server, weights_body, tmp_path):
