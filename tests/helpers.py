@@ -328,7 +328,7 @@ def msrun(script, *args, logs, workers=2, local_workers=None, node_rank=None, po
     if not wait:
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(ROOT),
                                 env=env)
-    result = subprocess.run(command, capture_output=True, text=True, cwd=str(ROOT), env=env, timeout=600)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=str(ROOT), env=env, timeout=1200)
     return result, worker_logs(logs)
 
 
