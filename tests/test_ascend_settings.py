@@ -586,3 +586,66 @@ def test_910a_step_counts_the_overflows_of_its_backward_only(monkeypatch):
 
     scaler.scale_value.set_data(Tensor(2.0 ** 120, ms.float32))
     assert not applied(gain=1e6) and float(scaler.scale_value.asnumpy()) == 2.0 ** 119  # the backward overflowed
+
+
+def test_data_workers_fit_the_cores_msrun_bind_core_leaves_the_process(monkeypatch):
+    # msrun --bind_core=True starts each worker under `taskset -c` with its share of the cores (MindSpore 2.10,
+    # parallel/cluster/process_entity/_utils.py, _generate_cmd); os.cpu_count() still counts the machine's
+    from mindswin.data import dataset
+
+    monkeypatch.setattr(dataset.os, "cpu_count", lambda: 192)
+    monkeypatch.setattr(dataset.os, "sched_getaffinity", lambda pid: set(range(24)), raising=False)
+    assert dataset.python_workers(8) == 8
+    assert dataset.python_workers(32) == 24  # mindcv's recipes ask 8; more than the share would contend for it
+    assert dataset.python_workers(0) == 1
+
+
+def _device_check():
+    """``tools/device_check.py`` as a module (tools/ is not a package)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "device_check.py"
+    spec = importlib.util.spec_from_file_location("device_check", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("device_check", module)  # dataclasses look their module up there
+    spec.loader.exec_module(sys.modules["device_check"])
+    return sys.modules["device_check"]
+
+
+def test_device_check_bound_grows_with_float16_roundings_and_steps():
+    check = _device_check()
+    micro, tiny = check.MODELS["micro"], check.MODELS["tiny"]
+    assert (micro.depth, tiny.depth) == (6 * 6 + 4, 6 * 12 + 5)  # 6 matmuls a block, stem, mergings, head
+    assert check.loss_bound(micro, 0) == pytest.approx(4 * np.sqrt(40) * 2.0 ** -11)
+    assert check.loss_bound(micro, 11) == pytest.approx(12 * check.loss_bound(micro, 0))
+    assert check.loss_bound(tiny, 0) > check.loss_bound(micro, 0)
+    assert check.loss_bound(micro, 0, "bfloat16") == pytest.approx(8 * check.loss_bound(micro, 0))
+    # within: relative bound plus the log line's printing; exact (CPU against CPU): equal as printed
+    reference = 1.3863
+    allowed = check.loss_bound(micro, 3) * reference + check.PRINTED
+    assert check.within_bound(micro, 3, reference + 0.99 * allowed, reference, exact=False)
+    assert not check.within_bound(micro, 3, reference + 1.01 * allowed, reference, exact=False)
+    assert not check.within_bound(micro, 3, reference + 1e-4, reference, exact=True)
+    assert check.within_bound(micro, 3, reference, reference, exact=True)
+
+
+def test_device_check_reads_train_logs_and_its_arguments():
+    check = _device_check()
+    log = ("12:00:01 INFO epoch 1/3 step 1/4 loss 1.3863 lr 1.000e-05 loss_scale 65536 grad_norm 0.1 9.0 img/s ETA\n"
+           "12:00:02 INFO epoch 2/3 step 3/4 loss 1.2000 lr 1.000e-03 loss_scale 65536 grad_norm 0.1 9.0 img/s ETA\n")
+    assert check.parse_losses(log) == {(1, 1): 1.3863, (2, 3): 1.2}
+    args = check.parse_args([])
+    assert args.device == "auto" and [m.name for m in args.models] == ["swinv2_micro_window4_32",
+                                                                       "swinv2_tiny_window8_256"]
+    assert [m.batch_size for m in check.parse_args(["--device", "GPU", "--models", "tiny"]).models] == [2]
+    with pytest.raises(SystemExit):
+        check.parse_args(["--models", "huge"])
+    with pytest.raises(SystemExit):
+        check.parse_args(["--device", "TPU"])
+    # the runs use the project's own keys: every flag train.py is given is one of its config keys
+    from mindswin.config.keys import DEFAULTS
+
+    flags = [a[2:] for a in check.train_args(check.MODELS["micro"], "data", "CPU", "out") if a.startswith("--")]
+    assert set(flags) <= set(DEFAULTS) and "dataset_sink_mode" in flags and "resume_save_steps" in flags

@@ -266,9 +266,26 @@ def path_noise(seed: int, key: int, blocks: int) -> np.ndarray:
     return np.random.default_rng([int(seed), 0xD7A7, int(key)]).random((blocks, 2), dtype=np.float32)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its affinity set, else the machine's.
+
+    ``msrun --bind_core=True`` starts each worker under ``taskset -c`` with its share of the
+    cores (MindSpore 2.10, ``parallel/cluster/process_entity/_utils.py``, ``_generate_cmd``), while
+    ``os.cpu_count()``, like the bound MindSpore's datasets check against
+    (``dataset/core/validator_helpers.py``: ``multiprocessing.cpu_count()``), still counts the machine's.
+    """
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def python_workers(num_workers: int) -> int:
-    """``num_workers``, at least 1 and at most this machine's cores (MindSpore's datasets refuse more)."""
-    cores = os.cpu_count() or 1
+    """``num_workers``, at least 1 and at most the cores this process may run on (:func:`usable_cores`).
+
+    MindSpore's datasets refuse more than the machine's cores; under ``msrun --bind_core=True`` a
+    worker may run on its share only, and more workers than that share would contend for it.
+    """
+    cores = usable_cores()
     if num_workers > cores:
         _say_fewer_workers(num_workers, cores)
     return max(1, min(num_workers, cores))
@@ -276,7 +293,8 @@ def python_workers(num_workers: int) -> int:
 
 @functools.cache
 def _say_fewer_workers(asked: int, cores: int) -> None:
-    _logger.info("num_parallel_workers %d is more than this machine's %d cores: using %d", asked, cores, cores)
+    _logger.info("num_parallel_workers %d is more than the %d cores this process may run on: using %d", asked, cores,
+                 cores)
 
 
 def collect_keys(keys) -> List[int]:
