@@ -15,7 +15,9 @@ if [ "${1:-}" = "--tier" ]; then
   shift 2
 fi
 # fast: the workers take tests one by one (the expensive fixtures are built once for all, tests/helpers.py
-# built_once); slow: a whole file per worker, so a module's msrun launches are shared by its tests.
+# built_once); slow: a whole file per worker, so a module's msrun launches serve all its tests (the msrun tests
+# are split into files by the launches they share; xdist_group marks do not group under pytest 9, whose
+# nodeids pytest-xdist 3.8 can no longer suffix).
 case "$tier" in
   fast) select=(-m "not slow and not distributed") dist=load ;;
   slow) select=(-m "slow or distributed") dist=loadfile ;;
@@ -23,8 +25,16 @@ case "$tier" in
   *) echo "error: --tier must be fast, slow or all, got '$tier'" >&2; exit 2 ;;
 esac
 [ -x .venv/bin/python ] || python3 -m venv .venv
+# the two venvs install side by side (downloads and unpacking overlap); each one's output stays whole
+bash tests/reference/setup_torch_reference.sh .venv-torchref > .venv-torchref.log 2>&1 &
+reference=$!
 .venv/bin/pip install -q --disable-pip-version-check -r requirements-test.txt -e .
-bash tests/reference/setup_torch_reference.sh .venv-torchref
+if ! wait "$reference"; then
+  cat .venv-torchref.log >&2
+  echo "error: the torch reference venv did not build (tests/reference/setup_torch_reference.sh)" >&2
+  exit 1
+fi
+cat .venv-torchref.log
 bash scripts/lint.sh
 # One pytest-xdist worker per core: MindSpore runs a test process, and each run a test starts, on half
 # the cores (mindswin.models.threads), so one process at a time left a core idle.

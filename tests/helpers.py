@@ -17,6 +17,8 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -75,10 +77,13 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], Any]) -> Any
 
     The first worker to ask builds it under a lock in the session's shared temporary folder;
     the others wait for it and get what it returned (JSON). Without xdist, a plain session fixture.
+    ``$MINDSWIN_TEST_SHARED`` names a folder that replaces the session's, so that the sessions of
+    one source tree share what they build (.ci/run's two tiers: one folder, removed at its end).
     """
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent  # one folder per worker below the session's
+    root = Path(os.environ.get("MINDSWIN_TEST_SHARED") or root)
     folder, done = root / name, root / f"{name}.json"
     with open(root / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -330,6 +335,98 @@ def msrun(script, *args, logs, workers=2, local_workers=None, node_rank=None, po
                                 env=env)
     result = subprocess.run(command, capture_output=True, text=True, cwd=str(ROOT), env=env, timeout=1200)
     return result, worker_logs(logs)
+
+
+def _keep_new_state(state: Path, kept: Path, inodes: set) -> None:
+    """Hard-link ``state`` into ``kept`` if this version of it is not kept yet.
+
+    A run replaces its resume state atomically (a new file renamed over the old): a hard link keeps
+    the version it names complete and unchanged after the run has moved on.
+    """
+    link = kept / f"{len(inodes):03d}.ckpt"
+    try:
+        os.link(state, link)
+    except FileNotFoundError:  # not written yet, or replaced between the check and the link
+        return
+    inode = link.stat().st_ino
+    if inode in inodes:
+        link.unlink()
+    else:
+        inodes.add(inode)
+
+
+def _keep_states_until_done(process: subprocess.Popen, args, kept: Path, timeout: float = 1200) -> None:
+    """While ``process`` (a run given ``args``) runs, keep every resume state it writes in ``kept``."""
+    values = [str(a) for a in args]
+    state = Path(values[values.index("--ckpt_save_dir") + 1]) / "resume_state.ckpt"
+    kept.mkdir(parents=True)
+    inodes: set = set()
+    deadline = time.time() + timeout
+    while process.poll() is None and time.time() < deadline:
+        _keep_new_state(state, kept, inodes)
+        time.sleep(0.02)  # a state lives for resume_save_steps steps (or an epoch), each well over 0.1 s here
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+    _keep_new_state(state, kept, inodes)
+
+
+def msrun_keeping_states(script, *args, logs, kept: Path) -> Tuple[subprocess.CompletedProcess, str]:
+    """:func:`msrun` that also keeps every resume state the run writes, so that another launch can
+    resume from any of them (as a run killed just after writing it would): one launch serves as the
+    uninterrupted run and as the run interrupted at each of its save points.
+
+    Returns:
+        (process result, concatenated worker logs); the states are in ``kept`` (:func:`kept_states`).
+    """
+    launcher = msrun(script, *args, logs=logs, wait=False)
+    output: List[str] = []
+    reader = threading.Thread(target=lambda: output.append(launcher.stdout.read()), daemon=True)
+    reader.start()
+    _keep_states_until_done(launcher, args, kept)
+    reader.join(timeout=60)
+    return subprocess.CompletedProcess(launcher.args, launcher.returncode, "".join(output)), worker_logs(logs)
+
+
+def run_keeping_states(*args, kept: Path) -> subprocess.CompletedProcess:
+    """``run("train.py", *args)`` that also keeps every resume state the run writes (see
+    :func:`msrun_keeping_states`)."""
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        process = subprocess.Popen([PYTHON, str(ROOT / "train.py"), *map(str, args)], cwd=str(ROOT), stdout=stdout,
+                                   stderr=stderr, text=True)
+        _keep_states_until_done(process, args, kept)
+        stdout.seek(0)
+        stderr.seek(0)
+        result = subprocess.CompletedProcess(process.args, process.returncode, stdout.read(), stderr.read())
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def resumed_from_a_kept_state(args, tmp_path: Path, where: Callable[[Any], bool]):
+    """train.py ``args`` straight through keeping its resume states, then again from the first state
+    ``where(position)`` picks, in a folder of its own that holds the metrics lines written before it.
+
+    What a run killed just after saving that state resumes from; a real SIGKILL, and the files it
+    leaves, are :func:`killed_mid_epoch_and_resumed`'s.
+
+    Returns:
+        ``(straight ckpt_save_dir, resumed ckpt_save_dir, the state resumed from, the resumed run's stdout)``.
+    """
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_keeping_states(*args, "--ckpt_save_dir", straight, kept=tmp_path / "kept")
+    position, state = next((p, path) for p, path in kept_states(tmp_path / "kept") if where(p))
+    resumed.mkdir()
+    lines = (straight / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (resumed / "metrics.jsonl").write_text("".join(lines[:position.epoch]))
+    log = run("train.py", *args, "--resume", state, "--ckpt_save_dir", resumed).stdout
+    return straight, resumed, state, log
+
+
+def kept_states(kept: Path) -> List[Tuple[Any, Path]]:
+    """``[(RunPosition, path)]`` of the states :func:`msrun_keeping_states` kept, in the order written."""
+    from mindswin.engine.state import read_position
+
+    return [(read_position(str(path)), path) for path in sorted(kept.glob("*.ckpt"))]
 
 
 def wait_for(predicate, timeout: float) -> bool:

@@ -13,7 +13,7 @@ from mindspore import nn
 import mindswin
 from mindswin.checkpoint import load_checkpoint, read_metadata
 
-from helpers import BASE_ARGS, read_metrics, run
+from helpers import read_metrics, run
 
 # swinv2_micro_window4_32: 32 px, patch 2, dim 48, depths 2-2-2, heads 3-6-12, window 4
 MICRO = dict(image_size=32, patch_size=2, embed_dim=48, depths=[2, 2, 2], num_heads=[3, 6, 12], window_size=4,
@@ -93,7 +93,9 @@ def test_mindcv_checkpoint_gives_mindcvs_logits(mindcv_files, filename):
     assert numerics_effect > 100 * diff
 
 
-def test_mindcv_numerics_survive_conversion_fine_tuning_and_inference(mindcv_files, data_dir, tmp_path):
+def test_mindcv_numerics_survive_conversion_and_inference(mindcv_files, data_dir, tmp_path):
+    """Fine-tuning from a mindcv file keeps its numerics too: checked on the run of
+    ``test_mindcvs_recipe_trains_as_written_with_its_absolute_lr``, which starts from one."""
     out, x, expected = mindcv_files
     converted = tmp_path / "converted.ckpt"
     result = run("tools/convert_weights.py", "--src", out / "trained.ckpt", "--model", "swinv2_micro_window4_32",
@@ -103,11 +105,6 @@ def test_mindcv_numerics_survive_conversion_fine_tuning_and_inference(mindcv_fil
     model = mindswin.create_model("swinv2_micro_window4_32", num_classes=4, checkpoint_path=str(converted))
     assert np.abs(model(ms.Tensor(x)).asnumpy() - expected).max() <= TOLERANCE
 
-    run_dir = tmp_path / "ft"
-    run("train.py", *BASE_ARGS, "--epoch_size", "1", "--data_dir", data_dir, "--ckpt_path", out / "fresh.ckpt",
-        "--ckpt_save_dir", run_dir)
-    tuned = run_dir / "swinv2_micro_window4_32-e0001.ckpt"
-    assert read_metadata(str(tuned)).numerics == "mindcv"
     image = os.path.join(data_dir, "val", "checkerboard", sorted(os.listdir(os.path.join(data_dir, "val",
                                                                                           "checkerboard")))[0])
     result = run("infer.py", "--ckpt_path", out / "fresh.ckpt", "--model", "swinv2_micro_window4_32",
@@ -132,7 +129,9 @@ MINDCV_RECIPE = {
 
 
 @pytest.mark.slow
-def test_mindcvs_recipe_trains_as_written_with_its_absolute_lr(data_dir, tmp_path):
+def test_mindcvs_recipe_trains_as_written_with_its_absolute_lr(mindcv_files, data_dir, tmp_path):
+    """Fine-tunes a mindcv file as a mindcv user would, whose numerics the weights it saves keep (was the
+    fine-tuning run of ``test_mindcv_numerics_survive_conversion_fine_tuning_and_inference``)."""
     import yaml
     from mindcv.scheduler import create_scheduler
 
@@ -142,8 +141,10 @@ def test_mindcvs_recipe_trains_as_written_with_its_absolute_lr(data_dir, tmp_pat
     # only what this machine forces: the CPU, one process, and sizes a 2-core test can train
     result = run("train.py", "-c", recipe, "--data_dir", data_dir, "--device_target", "CPU", "--distribute", "False",
                  "--num_parallel_workers", "1", "--model", "swinv2_micro_window4_32", "--image_resize", "32",
-                 "--num_classes", "4", "--batch_size", "8", "--epoch_size", "1", "--ckpt_save_dir", out)
+                 "--num_classes", "4", "--batch_size", "8", "--epoch_size", "1", "--ckpt_save_dir", out,
+                 "--ckpt_path", mindcv_files[0] / "fresh.ckpt")
     log = result.stdout + result.stderr
+    assert read_metadata(str(out / "swinv2_micro_window4_32-e0001.ckpt")).numerics == "mindcv"
     assert "peak lr 0.001," in log  # absolute: mindcv's lr, not scaled by the global batch 8 / 512
     assert log.count("dataset_sink_mode: the steps are fed from the host (MindSpore has no data sink on CPU)") == 1
     record = read_metrics(out)[-1]

@@ -41,12 +41,12 @@ from helpers import (
     assert_same_state,
     built_once,
     cli,
-    killed_mid_epoch_and_resumed,
     msrun,
     randomize,
     read_events,
     read_metrics,
     require_torch_python,
+    resumed_from_a_kept_state,
     run,
 )
 
@@ -387,12 +387,16 @@ def test_pretraining_resumes_where_it_stopped(pretrained, data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_pretraining_killed_mid_epoch_resumes_bitwise_with_drop_path_and_ema(data_dir, tmp_path):
+def test_pretraining_resumed_mid_epoch_ends_bitwise_with_drop_path_and_ema(data_dir, tmp_path):
+    """Was ``test_pretraining_killed_mid_epoch_resumes_bitwise_with_drop_path_and_ema``: resumed from the state
+    the uninterrupted run saved in the middle of epoch 2 instead of a second run SIGKILLed after saving it (a
+    SIGKILL and the files it leaves are test_train's ``test_official_augmentation_run_killed_mid_epoch_...``)."""
     # crop, flip, mask and stochastic depth of every image come from (seed, epoch, sample) in the
     # worker processes, and the graph normalises: the resumed run draws what the straight one drew
     args = [*PRETRAIN, "--epoch_size", "2", "--drop_path_rate", "0.2", "--ema", "True", "--ema_decay", "0.9",
             "--resume_save_steps", "2", "--data_dir", data_dir]
-    straight, out, log = killed_mid_epoch_and_resumed(args, tmp_path)
+    straight, out, _, log = resumed_from_a_kept_state(
+        args, tmp_path, lambda position: position.epoch == 1 and position.batch_in_epoch > 0)
     assert re.search(r"resumed from .*: epoch 1, batch [1-5],", log), log[-2000:]
     assert_same_state(straight, out)
     assert [r["val_loss"] for r in read_metrics(out)] == [r["val_loss"] for r in read_metrics(straight)]

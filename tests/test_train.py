@@ -36,9 +36,8 @@ from helpers import (
     randomize,
     read_events,
     read_metrics,
+    resumed_from_a_kept_state,
     run,
-    start,
-    wait_for,
     write_header_damaged_jpegs,
 )
 
@@ -150,6 +149,7 @@ def test_infer_names_classes(trained, data_dir, tmp_path):
         assert np.allclose([t["probability"] for t in result["top"]], p[top], rtol=0, atol=2e-6)
 
 
+@pytest.mark.slow  # a whole run of its own
 def test_damaged_jpegs_in_both_splits_do_not_end_the_run(data_dir, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(data_dir, data)
@@ -285,6 +285,8 @@ def test_a_graph_that_fails_to_compile_is_one_line_and_its_report_stays_out_of_t
 
 @pytest.mark.slow  # two runs, two epochs
 def test_official_map_files_train_and_a_restart_reuses_the_scan_index(data_dir, tmp_path):
+    """With mindcv's repeated augmentation, whose epoch keeps its length (3 copies of each image, a third of the
+    epoch's images: was ``test_repeated_augmentation_trains_an_epoch_of_the_same_length``)."""
     data = tmp_path / "imagenet22k"
     shutil.copytree(data_dir, data / "images")
     classes = sorted(os.listdir(data / "images" / "train"))
@@ -298,10 +300,12 @@ def test_official_map_files_train_and_a_restart_reuses_the_scan_index(data_dir, 
     out = tmp_path / "out"
     maps = ["--train_map_file", "ILSVRC2011fall_whole_map_train.txt", "--val_map_file",
             "ILSVRC2011fall_whole_map_val.txt", "--data_dir", data, "--ckpt_save_dir", out]
-    first = run("train.py", *BASE_ARGS, "--epoch_size", "1", *maps)
+    first = run("train.py", *BASE_ARGS, "--aug_repeats", "3", "--epoch_size", "1", *maps)
     assert "reused the scan index" not in first.stdout + first.stderr
-    assert read_metrics(out)[-1]["val_samples"] == 36 and len(os.listdir(out / "scan_index")) == 2
-    resumed = run("train.py", *BASE_ARGS, "--epoch_size", "2", "--resume", "auto", *maps)
+    record = read_metrics(out)[-1]
+    assert record["optimizer_step"] == 96 // 16 and record["val_samples"] == 36
+    assert len(os.listdir(out / "scan_index")) == 2
+    resumed = run("train.py", *BASE_ARGS, "--aug_repeats", "3", "--epoch_size", "2", "--resume", "auto", *maps)
     log = resumed.stdout + resumed.stderr
     assert log.count("reused the scan index") == 2  # train and val: no file opened before the first step
     records = read_metrics(out)
@@ -322,53 +326,41 @@ def test_config_errors_before_any_compile(argv, message, parse_time, tmp_path):
     assert "compiled" not in result.stdout
 
 
-def kill_after_epoch(args, out: Path, epochs: int) -> Path:
-    """Start train.py on ``args`` into ``out``, SIGKILL it once its resume state has ``epochs`` done; the state."""
-    proc = start("train.py", *args, "--ckpt_save_dir", out)
-    state = out / "resume_state.ckpt"
-    try:
-        assert wait_for(lambda: state.exists() and read_position(str(state)).epoch == epochs, 240)
-        proc.send_signal(signal.SIGKILL)  # the next epoch takes seconds, this poll 50 ms: the state stays put
-    finally:
-        proc.wait()
-    return state
-
-
 @pytest.mark.slow
-def test_run_killed_between_epochs_resumes_bitwise_with_ema_and_a_mindcv_optimizer(data_dir, tmp_path):
-    """Killed once its first epoch's state is saved, resumed, and ends as the uninterrupted run, bit for bit.
+def test_run_resumed_between_epochs_ends_bitwise_with_ema_and_a_mindcv_optimizer(data_dir, tmp_path):
+    """Resumed from the state saved at the end of its first epoch, it ends as the uninterrupted run, bit for bit.
 
-    Replaces ``test_ema_run_killed_between_epochs_resumes_to_the_uninterrupted_result`` (AdamW, killed after
-    epoch 2 of 3) and ``test_a_mindcv_optimizer_run_killed_between_epochs_resumes_bitwise`` (the same with
-    Nesterov SGD): every assertion of both on one run. AdamW's moments are restored mid-epoch, bitwise, in
-    ``test_official_augmentation_run_killed_mid_epoch_resumes_bitwise``.
+    Was ``test_run_killed_between_epochs_resumes_bitwise_with_ema_and_a_mindcv_optimizer`` (a second run
+    SIGKILLed once that state was saved), which replaced ``test_ema_run_killed_between_epochs_resumes_to_the_
+    uninterrupted_result`` (AdamW) and ``test_a_mindcv_optimizer_run_killed_between_epochs_resumes_bitwise``
+    (Nesterov SGD): the state is now taken from the uninterrupted run as it saved it; a SIGKILL and the files
+    it leaves are ``test_official_augmentation_run_killed_mid_epoch_resumes_bitwise``'s, where AdamW's moments
+    are also restored mid-epoch, bitwise.
     """
     # Nesterov SGD keeps one buffer per parameter under its own name; the resume restores it, and the EMA twin
     args = [*BASE_ARGS, *DETERMINISTIC_DATA, "--data_dir", data_dir, "--epoch_size", "2", "--opt", "sgd",
             "--use_nesterov", "True", "--base_lr", "0.05"]
-    run("train.py", *args, "--ckpt_save_dir", tmp_path / "straight")
-    out = tmp_path / "resumed"
-    state = kill_after_epoch(args, out, 1)
+    straight, out, state, log = resumed_from_a_kept_state(
+        args, tmp_path, lambda position: position.epoch == 1 and position.batch_in_epoch == 0)
     saved = ms.load_checkpoint(str(state))
     assert json.loads(saved[META_KEY])["epoch"] == 1
     # the epoch-1 state held distinct live and EMA weights: both had to be restored
     assert not np.array_equal(saved["model.head.weight"].asnumpy(), saved["ema.head.weight"].asnumpy())
-    log = run("train.py", *args, "--resume", "auto", "--ckpt_save_dir", out).stdout
     assert "epoch 1, batch 0, optimizer step 6" in log
-    straight_metrics, resumed_metrics = read_metrics(tmp_path / "straight"), read_metrics(out)
+    straight_metrics, resumed_metrics = read_metrics(straight), read_metrics(out)
     assert [r["optimizer_step"] for r in resumed_metrics] == [r["optimizer_step"] for r in straight_metrics] == [6, 12]
     # Same graph, same inputs, same machine: nothing but the resume could make them differ.
     for a, b in zip(straight_metrics, resumed_metrics):
         assert (a["train_loss"], a["val_loss"], a["val_top1"]) == (b["train_loss"], b["val_loss"], b["val_top1"])
-    straight = ms.load_checkpoint(str(tmp_path / "straight" / "resume_state.ckpt"))
-    resumed = ms.load_checkpoint(str(state))
-    buffers = [name for name in straight if name.startswith("optimizer.momentum_buffer.")]
-    assert buffers and not any(name.startswith("optimizer.exp_avg") for name in straight)
-    assert np.abs(straight[buffers[0]].asnumpy()).max() > 0
-    assert set(straight) == set(resumed)
-    for name, value in straight.items():
+    straight_state = ms.load_checkpoint(str(straight / "resume_state.ckpt"))
+    resumed_state = ms.load_checkpoint(str(out / "resume_state.ckpt"))
+    buffers = [name for name in straight_state if name.startswith("optimizer.momentum_buffer.")]
+    assert buffers and not any(name.startswith("optimizer.exp_avg") for name in straight_state)
+    assert np.abs(straight_state[buffers[0]].asnumpy()).max() > 0
+    assert set(straight_state) == set(resumed_state)
+    for name, value in straight_state.items():
         if name != META_KEY:
-            assert np.array_equal(value.asnumpy(), resumed[name].asnumpy()), name
+            assert np.array_equal(value.asnumpy(), resumed_state[name].asnumpy()), name
 
 
 @pytest.mark.slow
@@ -554,6 +546,7 @@ def randomized_micro():
     return randomize(mindswin.create_model("swinv2_tiny_window8_256", **MICRO_MS), seed=3)
 
 
+@pytest.mark.slow  # a whole run of its own
 def test_fine_tune_from_another_resolution_window_and_class_count(trained, tmp_path):
     from mindswin.config import load_config
     from mindswin.engine.builder import model_from_config
@@ -619,14 +612,6 @@ def test_ema_follows_the_weights(warmup):
                 (update, param.name)
     names = {p.name for p in twin.get_parameters()}
     assert not [n for n in names if "attn_mask" in n or "relative_" in n]
-
-
-def test_repeated_augmentation_trains_an_epoch_of_the_same_length(data_dir, tmp_path):
-    out = tmp_path / "out"
-    run("train.py", *BASE_ARGS, "--epoch_size", "1", "--aug_repeats", "3", "--data_dir", data_dir,
-        "--ckpt_save_dir", out)
-    record = read_metrics(out)[-1]
-    assert record["optimizer_step"] == 96 // 16 and record["val_samples"] == 36
 
 
 def test_steps_between_log_lines_read_nothing_back_from_the_device(data_dir, tmp_path, monkeypatch):
