@@ -52,7 +52,6 @@ from .engine.runtime import (  # noqa: E402
 from .engine.throughput import as_records, measure_throughput  # noqa: E402
 from .engine.trainer import train  # noqa: E402
 from .fileio import DiskFullError, atomic_write, atomic_write_json  # noqa: E402
-from .models.kernel_library import cpu_kernels  # noqa: E402
 from .pretrained import pretrained_path, resolve_pretrained  # noqa: E402
 
 __all__ = ["command", "run_train", "run_validate", "run_infer", "run_export", "run_convert_weights"]
@@ -168,9 +167,9 @@ def _checkpoint_metadata(config) -> Tuple[Config, CheckpointMetadata]:
     return config, metadata
 
 
-def _eval_model(config, num_classes: int):
+def _eval_model(config, num_classes: int, **build):
     """The model with ``ckpt_path`` loaded strictly: a head of another class count is an error."""
-    return model_from_config(config, num_classes, training=False, strict_head=True)[0]
+    return model_from_config(config, num_classes, training=False, strict_head=True, **build)[0]
 
 
 @command
@@ -340,11 +339,9 @@ def run_export(argv: Optional[List[str]] = None) -> None:
     num_classes = config.num_classes or metadata.num_classes or _num_classes_in(config.ckpt_path)
     onnx = config.file_format == "ONNX"
     dynamic = config.dynamic_batch if config.dynamic_batch is not None else "batch_size" not in config.explicit
-    # The exported graph must run anywhere: no ops from this machine's compiled library.
-    with cpu_kernels(False):
-        model = _eval_model(config, num_classes)
-    if onnx:
-        model.set_portable()  # Erf and Rsqrt have no ONNX converter in MindSpore 2.10
+    # The exported graph must run anywhere: no ops from this machine's compiled library; and for ONNX,
+    # none without a converter in MindSpore 2.10 (Erf, Rsqrt)
+    model = _eval_model(config, num_classes, kernels="native", portable=onnx)
     size = resolve_data_config(config).image_size
     batch = config.batch_size if "batch_size" in config.explicit else 1
     # published weights export next to the user, not into the cache

@@ -20,6 +20,7 @@ from mindswin.engine.train_step import TrainStep
 from mindswin.models import kernel_library, kernels
 from mindswin.models.swin_v2 import (
     MAX_LOGIT_SCALE,
+    WindowAttention,
     l2_normalize,
     relative_coords_table,
     relative_position_index,
@@ -125,6 +126,26 @@ def assert_close_per_row(got: np.ndarray, want: np.ndarray, what: str) -> None:
     assert_within(got, want, 2e-4 * (row_max + np.abs(want)), what)
 
 
+def test_the_builder_fixes_each_models_kernels_and_a_checkpoints_numerics_keep_them():
+    """Two models in one process, each computing with what its builder was told, whatever is built after it;
+    numerics set after the build (as loading a mindcv checkpoint does) keep the model's LayerNorms on its path."""
+    from mindswin.models.layers import LayerNorm, Mlp
+
+    fused, native = micro(kernels="cpu"), micro(kernels="native")
+    assert (fused.kernels, native.kernels) == ("cpu", "native")
+    assert fused.layers[0].blocks[0].attn.qkv_heads is not None and native.layers[0].blocks[0].attn.qkv_heads is None
+    for model in (fused, native):
+        model.set_numerics("mindcv")
+        norms = [cell for _, cell in model.cells_and_names() if isinstance(cell, LayerNorm)]
+        assert norms and all(isinstance(n.layer_norm, kernels.LayerNormKernel) == (model is fused) for n in norms)
+    portable = micro(kernels="native", portable=True)
+    assert all(cell.portable for _, cell in portable.cells_and_names() if isinstance(cell, (Mlp, WindowAttention)))
+    with pytest.raises(ValueError, match="kernels='native'"):
+        fused.set_portable()  # no exporter knows the fused kernels
+    with pytest.raises(ValueError, match="kernels must be one of auto, cpu, native"):
+        micro(kernels="fused")
+
+
 # window 12 at 48 px: 144-token windows, shifted and not, attend in the attention kernels
 @pytest.mark.parametrize("geometry", [{}, dict(img_size=48, window_size=12),
                                       dict(img_size=48, window_size=12, recompute=True)],
@@ -136,8 +157,7 @@ def test_model_with_cpu_kernels_matches_native_ops(geometry):
     y = ms.Tensor(np.array([1, 3], np.int32))
     results = []
     for enabled in (True, False):
-        with kernel_library.cpu_kernels(enabled):
-            model = randomize(micro(**geometry), seed=4)
+        model = randomize(micro(kernels="cpu" if enabled else "native", **geometry), seed=4)
         assert (model.layers[0].blocks[0].attn.qkv_heads is not None) == enabled
         row_blocks = [block.attn.row_block_attention is not None for block in model.layers[0].blocks]
         assert row_blocks == [enabled and "window_size" in geometry] * len(row_blocks)

@@ -188,9 +188,9 @@ class PublishedWeights(Rule):
         if isinstance(value, bool):
             return None
         # Imported here: the table is data only, the registry (for model names) pulls in MindSpore.
-        from ..models.published import PRETRAINED, SOURCES
+        from ..models.published import PRETRAINED, SOURCES, split_spec
 
-        weights, _, source = value.strip().partition("@")
+        weights, source = split_spec(value)
         if not value.strip():
             return f"must be {self.describe()}, got an empty string"
         if source and source not in SOURCES:

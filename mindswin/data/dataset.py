@@ -16,9 +16,9 @@ Pipeline (training; evaluation is the same without the Python stage):
 3. batch (main process): mixup/CutMix parameters drawn from ``(seed, the batch's keys)`` and
    the soft targets (label smoothing folded in).
 
-With ``device_augment=True`` the batch is ``(image (B, S, S, 3) uint8, erase (B, 7) int32,
-cutbox (B, 4) int32, blend (B, 2) float32, label (B, K) float32[, path_noise (B, blocks, 2)
-float32])`` and
+With an augmentation that leaves the pixels to the device (``TrainAugment.device``) the batch
+is ``(image (B, S, S, 3) uint8, erase (B, 7) int32, cutbox (B, 4) int32, blend (B, 2) float32,
+label (B, K) float32[, path_noise (B, blocks, 2) float32])`` and
 :class:`~mindswin.data.device.DeviceAugment` normalises, erases and mixes in the graph;
 otherwise the host does it and the batch is ``(image (B, 3, S, S) float32, label)`` as before.
 

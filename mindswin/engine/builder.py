@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import mindspore as ms
 from mindspore import Tensor, nn
@@ -61,8 +61,8 @@ def _model_arguments(config: Config, training: bool) -> dict:
                 **_model_options(config))
 
 
-def _classifier(config: Config, num_classes: int, training: bool) -> SwinTransformerV2:
-    return build_model(config.model, num_classes=num_classes, **_model_arguments(config, training))
+def _classifier(config: Config, num_classes: int, training: bool, **build: Any) -> SwinTransformerV2:
+    return build_model(config.model, num_classes=num_classes, **_model_arguments(config, training), **build)
 
 
 def _simmim(config: Config, training: bool) -> SimMIM:
@@ -102,8 +102,8 @@ def simmim_from_config(config: Config, *, training: bool) -> Tuple[SimMIM, Optio
     return _from_config(config, _simmim(config, training), load_simmim_checkpoint)
 
 
-def model_from_config(config: Config, num_classes: int, *, training: bool,
-                      strict_head: bool = False) -> Tuple[SwinTransformerV2, Optional[LoadReport]]:
+def model_from_config(config: Config, num_classes: int, *, training: bool, strict_head: bool = False,
+                      kernels: str = "auto", portable: bool = False) -> Tuple[SwinTransformerV2, Optional[LoadReport]]:
     """The model of ``config`` with ``ckpt_path``/``pretrained`` loaded and ``amp_level`` applied.
 
     Args:
@@ -112,6 +112,9 @@ def model_from_config(config: Config, num_classes: int, *, training: bool,
         training: Use ``drop_path_rate`` (evaluation builds without stochastic depth).
         strict_head: Make a head of another class count an error instead of a
             re-initialisation (evaluation must never score a random head).
+        kernels: ``"auto"``, ``"cpu"`` or ``"native"``: what the model computes with
+            (:func:`~mindswin.models.registry.build_model_with_cfg`).
+        portable: Only ops every exporter converts (needs ``kernels="native"``).
 
     Returns:
         The model and the load report (None when no weights were given).
@@ -121,7 +124,7 @@ def model_from_config(config: Config, num_classes: int, *, training: bool,
         return load_checkpoint(model, weights, class_map=config.class_map or None, strict_head=strict_head,
                                init_missing_head=training and not strict_head)
 
-    return _from_config(config, _classifier(config, num_classes, training), load)
+    return _from_config(config, _classifier(config, num_classes, training, kernels=kernels, portable=portable), load)
 
 
 @dataclass

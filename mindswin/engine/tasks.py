@@ -182,7 +182,7 @@ def model_fields(config: Config, preprocessing: Any, numerics: str) -> Dict[str,
 class AugmentedLoss(nn.Cell):
     """The classification loss network: device-side normalise/erase/mix, model, soft-target loss.
 
-    Takes the training batch as the dataset delivers it with ``device_augment``: uint8 images,
+    Takes the training batch as the dataset delivers it with ``TrainAugment.device``: uint8 images,
     the erasing rectangles, the CutMix boxes, the blend weights, the soft targets and, with
     stochastic depth, the samples' drop-path uniforms.
     """

@@ -86,7 +86,7 @@ class _Logits(nn.Cell):
 
 
 def _training_batch(config: Config, batch: int, size: int, num_classes: int, blocks: int) -> List[Tensor]:
-    """A batch in the classification pipeline's layout (``create_train_dataset`` with ``device_augment``)."""
+    """A batch in the classification pipeline's layout (``create_train_dataset`` with ``TrainAugment.device``)."""
     rng = np.random.default_rng(config.seed)
     columns = [rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
                np.zeros((batch, 7), np.int32),  # no erasing rectangle

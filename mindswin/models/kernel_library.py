@@ -27,8 +27,8 @@ from typing import Iterator, Optional
 
 import mindspore as ms
 
-__all__ = ["use_cpu_kernels", "cpu_kernels", "compiled_library", "compile_flags", "COMPILE_FLAGS", "MARCH_ENV",
-           "SOURCE"]
+__all__ = ["use_cpu_kernels", "cpu_kernels", "kernel_choice", "KERNELS", "compiled_library", "compile_flags",
+           "COMPILE_FLAGS", "MARCH_ENV", "SOURCE"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,15 +51,43 @@ MARCH_ENV = "MINDSWIN_KERNEL_MARCH"
 _forced: Optional[bool] = None
 
 
-@contextlib.contextmanager
-def cpu_kernels(enabled: bool) -> Iterator[None]:
-    """Force the fused CPU kernels on or off for cells built inside the block.
+# What a model's builder may be told to compute with (``build_model(..., kernels=...)``).
+KERNELS = {
+    "auto": "the fused CPU kernels on MindSpore's CPU backend when the library builds, else MindSpore's own ops",
+    "cpu": "the fused CPU kernels (CPU backend and a C compiler needed)",
+    "native": "MindSpore's own ops only: the Ascend and GPU path, and what an exported file needs",
+}
 
-    Used by MindIR export, whose files must not depend on a machine-local library, and by
-    tests that compare both variants on CPU.
+
+def kernel_choice(kernels: str) -> Optional[bool]:
+    """``kernels`` (a key of :data:`KERNELS`) as :func:`cpu_kernels` takes it: None leaves the choice to
+    :func:`use_cpu_kernels` (the backend, or an enclosing :func:`cpu_kernels`).
+
+    Raises:
+        ValueError: An unknown name, or ``"cpu"`` where the fused kernels cannot run.
+    """
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {', '.join(KERNELS)}, got {kernels!r}")
+    if kernels == "cpu":
+        if ms.get_context("device_target") != "CPU" or compiled_library() is None:
+            raise ValueError(f"kernels 'cpu': the fused CPU kernels run on MindSpore's CPU backend with a C compiler "
+                             f"(device_target here: {ms.get_context('device_target')}); use 'auto' or 'native'")
+        return True
+    return False if kernels == "native" else None
+
+
+@contextlib.contextmanager
+def cpu_kernels(enabled: Optional[bool]) -> Iterator[None]:
+    """Force the fused CPU kernels on or off (None: leave the choice as it is) for cells built inside the block.
+
+    The builder's ``kernels`` argument is the way to choose (:func:`kernel_choice`); each cell
+    decides once, when it is built, so models built either way live side by side in one process.
+    Tests that compare both variants also use this block directly.
     """
     global _forced
-    previous, _forced = _forced, enabled
+    previous = _forced
+    if enabled is not None:
+        _forced = enabled
     try:
         yield
     finally:

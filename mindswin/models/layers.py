@@ -158,12 +158,13 @@ class LayerNorm(nn.Cell):
         self.dim = dim
         self.weight = Parameter(Tensor(np.ones(dim, np.float32)), name="weight")
         self.bias = Parameter(Tensor(np.zeros(dim, np.float32)), name="bias")
+        self.fused = use_cpu_kernels()  # decided when built: set_eps may run later (a checkpoint's numerics)
         self.set_eps(eps)
 
     def set_eps(self, eps: float) -> None:
         """Use variance epsilon ``eps`` (before the first compile: it is a constant of the graph)."""
         self.eps = eps
-        if use_cpu_kernels():
+        if self.fused:
             self.layer_norm = LayerNormKernel(eps)
         else:
             self.layer_norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)

@@ -21,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-__all__ = ["SOURCES", "WeightFile", "PretrainedWeights", "PRETRAINED", "DEFAULT_TAGS", "ALIAS_DEFAULT_TAGS"]
+__all__ = ["SOURCES", "WeightFile", "PretrainedWeights", "PRETRAINED", "DEFAULT_TAGS", "ALIAS_DEFAULT_TAGS",
+           "split_spec"]
 
 # source -> (what it is, where its facts were read)
 SOURCES: Dict[str, Tuple[str, str]] = {
@@ -100,6 +101,18 @@ class PretrainedWeights:
             if file.source == source:
                 return file
         raise KeyError(source)
+
+
+def split_spec(spec: str) -> Tuple[str, str]:
+    """A ``pretrained`` spec ``[TAG | MODEL | MODEL.TAG][@SOURCE]`` as ``(weights, source)``.
+
+    ``True@SOURCE`` (as a user extends ``--pretrained True``) is the default weights' copy at SOURCE,
+    the same as ``@SOURCE``.
+    """
+    weights, _, source = spec.strip().partition("@")
+    if source and weights.lower() == "true":
+        weights = ""
+    return weights, source
 
 
 def _three_copies(model: str, tag: str, official_stem: str) -> Tuple[WeightFile, ...]:

@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from mindspore import nn
 
+from .kernel_library import cpu_kernels, kernel_choice
 from .swin_v2 import SwinTransformerV2
 from .threads import default_cpu_threads
 
@@ -139,7 +140,8 @@ def model_spec(name: str) -> ModelSpec:
     return _REGISTRY[resolve_model_name(name)]
 
 
-def build_model_with_cfg(model_class: Callable[..., nn.Cell], name: str, **arguments: Any) -> nn.Cell:
+def build_model_with_cfg(model_class: Callable[..., nn.Cell], name: str, *, kernels: str = "auto",
+                         portable: bool = False, **arguments: Any) -> nn.Cell:
     """The one builder of every variant: ``model_class`` with the registered variant's arguments, overridden.
 
     As timm's ``build_model_with_cfg``. Sizes MindSpore's CPU thread pool first (the one process
@@ -149,6 +151,11 @@ def build_model_with_cfg(model_class: Callable[..., nn.Cell], name: str, **argum
     Args:
         model_class: :class:`SwinTransformerV2` or a subclass taking its arguments.
         name: Registered name or mindcv alias.
+        kernels: What the model computes with: ``"auto"`` (the backend decides), ``"cpu"`` (the fused
+            CPU kernels) or ``"native"`` (MindSpore's own ops); see
+            :data:`~mindswin.models.kernel_library.KERNELS`. Fixed for the model's life.
+        portable: Only ops every exporter converts (ONNX): the exact GELU and the cosine
+            normalisation without Erf and Rsqrt; needs ``kernels="native"``.
         **arguments: :class:`SwinTransformerV2` arguments replacing the variant's.
 
     Returns:
@@ -156,7 +163,10 @@ def build_model_with_cfg(model_class: Callable[..., nn.Cell], name: str, **argum
     """
     spec = model_spec(name)
     default_cpu_threads()
-    model = model_class(**{**spec.model_kwargs(), **arguments})
+    with cpu_kernels(kernel_choice(kernels)):
+        model = model_class(**{**spec.model_kwargs(), **arguments})
+    if portable:
+        model.set_portable()
     model.model_name = spec.name
     model.set_train(False)
     return model
@@ -188,7 +198,8 @@ def build_model(name: str, *, num_classes: Optional[int] = None, img_size: Optio
             CPB rescaling; defaults to the variant's.
         drop_path_rate: Stochastic depth rate.
         **kwargs: Further :class:`SwinTransformerV2` arguments (``features_only``,
-            ``out_indices``, ``recompute``, ``embed_dim``, ...).
+            ``out_indices``, ``recompute``, ``embed_dim``, ...) and :func:`build_model_with_cfg`'s
+            ``kernels`` and ``portable``.
 
     Returns:
         The model, with training mode off (``set_train(False)``).

@@ -1103,6 +1103,8 @@ class SwinTransformerV2(nn.Cell):
         problem = geometry_problem(img_size, patch_size)
         if problem:
             raise ValueError(f"img_size {img_size} does not fit a model with patch {patch_size}: {problem}")
+        # "cpu" (the fused CPU kernels) or "native" (MindSpore's ops), as every cell below is built
+        self.kernels = "cpu" if use_cpu_kernels() else "native"
         self.img_size = to_pair(img_size)
         self.window_size = to_pair(window_size)
         self.in_chans = in_chans
@@ -1164,9 +1166,15 @@ class SwinTransformerV2(nn.Cell):
     def set_portable(self) -> None:
         """Compute with ops every exporter converts (ONNX): exact GELU and the cosine normalisation
         written without Erf and Rsqrt (:func:`~mindswin.models.layers.portable_gelu`,
-        :func:`portable_l2_normalize`). Build the model with the native ops (``cpu_kernels(False)``)
-        and call this before the first compile.
+        :func:`portable_l2_normalize`), before the first compile. The builder's ``portable=True``
+        calls it on a model built with ``kernels="native"``.
+
+        Raises:
+            ValueError: The model computes with the fused CPU kernels, which no exporter knows.
         """
+        if self.kernels != "native":
+            raise ValueError("a portable model computes with MindSpore's own ops only: build it with "
+                             "kernels='native' (this one uses the fused CPU kernels)")
         for _, cell in self.cells_and_names():
             if isinstance(cell, (WindowAttention, Mlp)):
                 cell.portable = True

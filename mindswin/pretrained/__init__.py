@@ -25,7 +25,15 @@ from dataclasses import dataclass
 from typing import List, Optional, Union
 
 from ..config.rules import ConfigError
-from ..models.published import ALIAS_DEFAULT_TAGS, DEFAULT_TAGS, PRETRAINED, SOURCES, PretrainedWeights, WeightFile
+from ..models.published import (
+    ALIAS_DEFAULT_TAGS,
+    DEFAULT_TAGS,
+    PRETRAINED,
+    SOURCES,
+    PretrainedWeights,
+    WeightFile,
+    split_spec,
+)
 from .download import cache_dir, cached_path, default_cache_dir, fetch, source_url
 
 __all__ = ["PretrainedWeights", "WeightFile", "Choice", "SOURCES", "SOURCES_VARIABLE", "list_pretrained",
@@ -119,7 +127,7 @@ def resolve_pretrained(model: str, pretrained: Union[bool, str] = True) -> Choic
         raise ConfigError("pretrained is off: nothing to resolve")
     model, model_tag = split_tag(model)
     spec = "" if pretrained is True else str(pretrained).strip()
-    weights_spec, _, source = spec.partition("@")
+    weights_spec, source = split_spec(spec)
     if source and source not in SOURCES:
         raise ConfigError(f"unknown weights source {source!r}; sources: {', '.join(SOURCES)}")
     if not weights_spec:
