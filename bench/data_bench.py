@@ -26,6 +26,8 @@ Each run times ``--batches`` batches from the creation of the iterator (start-up
 included: see :func:`measure`). ``img_per_cpu_s`` divides the images by the CPU time
 (user + system) that the process and its worker processes spent meanwhile: the throughput
 of one fully used core, whatever the number of workers, and the figure to size hosts by.
+``main_process_cpu_share`` is the part of that CPU time spent in the main process, which
+more workers do not divide: the serial fraction of docs/data_bench.md's scaling model.
 Prints one JSON line per measurement (``--json``) with img_per_s,
 img_per_s_per_core (divided by min(workers, cores): the cores the workers can use).
 """
@@ -89,19 +91,19 @@ def mindcv_pipeline(data_dir: str, workers: int, batch: int, seed: int, multipro
                          num_parallel_workers=workers, python_multiprocessing=multiprocessing)
 
 
-def cpu_seconds() -> float:
-    """User + system CPU time of this process and its live descendants (the pipeline's workers)."""
+def cpu_seconds() -> tuple:
+    """User + system CPU time of this process, and of its live descendants (the pipeline's workers)."""
     import psutil
 
-    total = 0.0
-    me = psutil.Process()
-    for proc in [me] + me.children(recursive=True):
+    def used(proc) -> float:
         try:
             times = proc.cpu_times()
-            total += times.user + times.system
+            return times.user + times.system
         except psutil.Error:
-            pass
-    return total
+            return 0.0
+
+    me = psutil.Process()
+    return used(me), sum(used(child) for child in me.children(recursive=True))
 
 
 def measure(dataset, batch: int, warmup: int, batches: int) -> dict:
@@ -124,11 +126,13 @@ def measure(dataset, batch: int, warmup: int, batches: int) -> dict:
         if i + 1 == warmup:
             steady_start = time.perf_counter()
     end = time.perf_counter()
-    cpu = cpu_seconds() - cpu_start
+    main_cpu, worker_cpu = (now - then for now, then in zip(cpu_seconds(), cpu_start))
+    cpu = main_cpu + worker_cpu
     del iterator
     steady = (count - warmup * batch) / (end - steady_start) if steady_start and batches > warmup else None
     return dict(img_per_s=round(count / (end - start), 1), images=count, seconds=round(end - start, 2),
                 cpu_seconds=round(cpu, 2), img_per_cpu_s=round(count / cpu, 1),
+                main_process_cpu_seconds=round(main_cpu, 2), main_process_cpu_share=round(main_cpu / cpu, 3),
                 first_batch_seconds=round(first, 2), steady_img_per_s=round(steady, 1) if steady else None)
 
 

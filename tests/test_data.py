@@ -25,7 +25,7 @@ from mindswin.data import (
     scan_split,
     smooth_one_hot,
 )
-from mindswin.data.dataset import ONE_SHARD, KeyedImageSource, Shard, scan_data_split
+from mindswin.data.dataset import ONE_SHARD, Shard, UnreadableFiles, scan_data_split
 from mindswin.data.folder import UNREADABLE
 from mindswin.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomErasing, TrainAugment, auto_augment_transform
 
@@ -170,11 +170,15 @@ def test_decompression_bomb_is_skipped_and_reported_when_scanned_and_when_decode
         assert index.samples == [(str(split / "a" / "good.png"), 0)]
         assert [(p, why.split(":")[0]) for p, why in index.bad_files] == [(str(bomb), "DecompressionBombError")]
         assert "bomb.png" in caplog.text
-    # A file that only turns bad after the scan is met while decoding: replaced by the next sample.
-    source = ImageSource([(str(bomb), 0), (str(split / "a" / "good.png"), 0)])
-    image, label, _ = source[0]
-    assert image.shape == (16, 16, 3) and image[0, 0].tolist() == [200, 10, 10] and label == 0
-    assert [p for p, _ in source.bad_files] == [str(bomb)] and "DecompressionBombError" in source.bad_files[0][1]
+    # A file that only turns bad after the scan is met while decoding: replaced by the next sample,
+    # and named by the main process from the key and the count the worker skipped.
+    samples = [(str(bomb), 0), (str(split / "a" / "good.png"), 0)]
+    image, label, skipped = ImageSource(samples).read(0)
+    assert image.shape == (16, 16, 3) and image[0, 0].tolist() == [200, 10, 10] and label == 0 and skipped == 1
+    unreadable = UnreadableFiles(samples)
+    assert unreadable(np.int64(2), skipped) == 2  # key 2: the epoch after, sample 0
+    assert [p for p, _ in unreadable.bad_files] == [str(bomb)]
+    assert "DecompressionBombError" in unreadable.bad_files[0][1]
 
 
 def test_missing_and_empty_data_errors(tmp_path):
@@ -237,7 +241,7 @@ def test_mindcv_auto_augment_policies_run_on_this_mindspore():
         auto_augment_transform("randomaug", 32, "bicubic")
 
 
-# --- decoding: Pillow in the source threads, where a damaged file raises --------------------------
+# --- decoding: Pillow in the worker processes, where a damaged file raises ----------------------
 
 def test_sources_give_pillows_rgb_pixels_for_every_mode(tmp_path):
     root = _write_bad_folder(tmp_path)
@@ -245,12 +249,12 @@ def test_sources_give_pillows_rgb_pixels_for_every_mode(tmp_path):
     Image.fromarray(deep).convert("I;16").save(root / "val" / "odd" / "deep.png")
     paths = [p for p in sorted((root / "val").glob("*/*.*"))
              if p.suffix != ".txt" and p.name not in ("truncated.jpg", "zero.jpg", "text.jpg")]
-    source = KeyedImageSource([(str(p), 0) for p in paths])
+    source = ImageSource([(str(p), 0) for p in paths])
     for key, path in enumerate(paths):
-        image, _, got_key, _ = source[key]
+        image, _, skipped = source.read(key)
         with Image.open(path) as img:
             expected = np.asarray(img.convert("RGB"))
-        assert image.dtype == np.uint8 and image.shape[2] == 3 and got_key == key
+        assert image.dtype == np.uint8 and image.shape[2] == 3 and skipped == 0
         assert np.array_equal(image, expected), path.name
 
 
@@ -320,7 +324,7 @@ def test_files_bad_at_decode_time_are_reported_from_the_pipeline(tmp_path, caplo
                                             device_augment=True)
         batches = _batches(dataset)
     assert len(batches) == info.batches_per_epoch and batches[0][0].dtype == np.uint8
-    late = [p.rsplit("/", 1)[-1] for p, _ in info.source.bad_files]
+    late = [p.rsplit("/", 1)[-1] for p, _ in info.unreadable.bad_files]
     assert late == ["truncated.jpg"] and "truncated.jpg" in caplog.text
     assert sorted(p.rsplit("/", 1)[-1] for p, _ in info.all_bad_files()) == ["text.jpg", "truncated.jpg", "zero.jpg"]
 
@@ -486,7 +490,7 @@ def test_scan_happens_once_per_job_and_other_ranks_get_the_index(tmp_path, monke
     assert scan_split(str(root / "val"), share=rank0) == expected
     walks = []
     monkeypatch.setattr(folder.os, "walk", lambda *a, **k: walks.append(a) or iter(()))
-    monkeypatch.setattr(folder, "_check", lambda *a: walks.append(a))
+    monkeypatch.setattr(folder, "unreadable_reason", lambda *a: walks.append(a))
     received = scan_split(str(root / "val"), share=other_rank)
     assert walks == [] and received == expected
     assert [p.rsplit("/", 1)[-1] for p, _ in received.bad_files] == ["text.jpg", "truncated.jpg", "zero.jpg"]
@@ -502,8 +506,8 @@ def test_large_splits_are_checked_by_header_by_default(tmp_path, monkeypatch):
 
     root = _write_bad_folder(tmp_path)
     modes = []
-    real = folder._check
-    monkeypatch.setattr(folder, "_check", lambda path, full: modes.append(full) or real(path, full))
+    real = folder.unreadable_reason
+    monkeypatch.setattr(folder, "unreadable_reason", lambda path, full: modes.append(full) or real(path, full))
     monkeypatch.setattr(folder, "FULL_VERIFY_LIMIT", 5)
     scan_split(str(root / "val"))
     assert set(modes) == {False}
@@ -559,8 +563,8 @@ def test_scan_index_is_reused_until_a_folder_changes(tmp_path, monkeypatch, capl
     _backdate(root)
     cache = str(tmp_path / "out" / "scan_index")
     checked = []
-    real = folder._check
-    monkeypatch.setattr(folder, "_check", lambda path, full: checked.append(path) or real(path, full))
+    real = folder.unreadable_reason
+    monkeypatch.setattr(folder, "unreadable_reason", lambda path, full: checked.append(path) or real(path, full))
     first = scan_split(str(root / "val"), cache_dir=cache)
     assert len(checked) == 10 and len(os.listdir(cache)) == 1
     checked.clear()
@@ -599,7 +603,7 @@ def test_a_tree_changed_just_before_the_scan_is_not_trusted(tmp_path, monkeypatc
     cache = str(tmp_path / "index")
     scan_split(str(root / "val"), cache_dir=cache)
     checked = []
-    monkeypatch.setattr(folder, "_check", lambda path, full: checked.append(path))
+    monkeypatch.setattr(folder, "unreadable_reason", lambda path, full: checked.append(path))
     scan_split(str(root / "val"), cache_dir=cache)
     assert checked
 

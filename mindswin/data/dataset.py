@@ -1,16 +1,17 @@
 """ImageFolder datasets on ``mindspore.dataset`` for training and evaluation.
 
-Pipeline (training; evaluation is the same without the Python stage):
+Pipeline (training; evaluation decodes, resizes and crops in the same worker stage):
 
-1. source (threads of the main process): reads and decodes each file with Pillow (any mode to
-   RGB; the decoder releases the GIL) where a damaged file raises an exception that can be
-   caught: it is replaced by the next readable sample and reported by name, in the main
-   process (``DataInfo.all_bad_files``, a warning). MindSpore's C++ ``vision.Decode`` is not
-   used: some damaged JPEGs kill it with a signal (see :class:`ImageSource`).
-2. the Python transform (:class:`~mindswin.data.transforms.TrainAugment`: RandomResizedCrop,
-   flip, RandAugment, the erasing rectangle) in worker processes (``python_multiprocessing``),
-   so it scales with cores. Every random number of a sample comes from ``(seed, key)``, the
-   key being ``epoch * num_samples + index`` as the sampler yields it: workers never share a
+1. source (main process): the sampler's sample keys, nothing else (:class:`SampleKeys`).
+2. worker processes (``python_multiprocessing``), one stage per key, so everything per image
+   scales with cores: read and decode the file with Pillow (any mode to RGB,
+   :class:`ImageSource`), then the Python transform (:class:`~mindswin.data.transforms.TrainAugment`:
+   RandomResizedCrop, flip, RandAugment, the erasing rectangle). A damaged file raises an
+   exception that can be caught: it is replaced by the next readable sample, and the main
+   process names it (:class:`UnreadableFiles`, ``DataInfo.all_bad_files``, a warning).
+   MindSpore's C++ ``vision.Decode`` is not used: some damaged JPEGs kill it with a signal.
+   Every random number of a sample comes from ``(seed, key)``, the key being
+   ``epoch * num_samples + index`` as the sampler yields it: workers never share a
    generator, and a run repeats exactly from its seed whatever the number of workers (and a
    resumed run draws what the uninterrupted one drew).
 3. batch (main process): mixup/CutMix parameters drawn from ``(seed, the batch's keys)`` and
@@ -41,12 +42,13 @@ from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
 import mindspore.dataset as ds
 import numpy as np
 
-from .folder import UNREADABLE, DataError, FolderIndex, decode_rgb, scan_split
+from .folder import UNREADABLE, DataError, FolderIndex, decode_rgb, scan_split, unreadable_reason
 from .mixup import Mixup
 from .preprocess import Preprocessing
 from .transforms import TrainAugment
 
-__all__ = ["DataInfo", "EpochShardSampler", "ImageSource", "KeyedImageSource", "Shard", "StartPoint",
+__all__ = ["DataInfo", "EpochShardSampler", "ImageSource", "UnreadableFiles", "SampleKeys", "DecodeAndAugment",
+           "DecodeAndPreprocess", "decoded_samples", "eval_samples", "Shard", "StartPoint",
            "create_train_dataset", "create_eval_dataset", "eval_shard_indices", "path_noise", "batch_path_noise",
            "collect_keys", "keyed_training_samples", "prepare_to_stream", "scan_data_split"]
 
@@ -62,13 +64,13 @@ class DataInfo:
     batches_per_epoch: int
     batch_size: int
     bad_files: List[Tuple[str, str]] = field(default_factory=list)
-    source: Optional[ImageSource] = None
+    unreadable: Optional[UnreadableFiles] = None  # files that failed to decode in the pipeline
     # the training order (keyed_training_samples); None for evaluation
     sampler: Optional[EpochShardSampler] = None
 
     def all_bad_files(self) -> List[Tuple[str, str]]:
         """Files skipped at scan time plus those that failed to decode since."""
-        return self.bad_files + (self.source.bad_files if self.source is not None else [])
+        return self.bad_files + (self.unreadable.bad_files if self.unreadable is not None else [])
 
     @property
     def num_classes(self) -> int:
@@ -76,63 +78,135 @@ class DataInfo:
 
 
 class ImageSource:
-    """Random-access source of ``(HWC uint8 RGB, label, weight)``, decoded with Pillow.
+    """Sample ``key % len(samples)`` as ``(HWC uint8 RGB, label, skipped)``, decoded with Pillow.
 
-    Decoding happens here, in the pipeline's source threads (Pillow's decoder runs without the
-    GIL), because this is where a damaged file can be caught: MindSpore's C++ ``vision.Decode``
-    kills the process (SIGSEGV/SIGFPE) on some JPEGs with damaged header tables and ends the
-    run with an exception on others. A file that cannot be decoded is replaced by the next
-    readable sample and reported by name (``bad_files``, a warning).
+    Called in the pipeline's worker processes, so decoding runs on every core: the main
+    process only deals keys, gathers the workers' results and batches them. Pillow is used,
+    not MindSpore's C++ ``vision.Decode``, because it raises an exception on a damaged file
+    where ``vision.Decode`` kills the process (SIGSEGV/SIGFPE) on some JPEGs with damaged
+    header tables. A file that cannot be decoded is replaced by the next readable sample;
+    ``skipped`` counts the files passed over, and :class:`UnreadableFiles` names them in the
+    main process (a worker process's own record would never reach it).
 
     Args:
         samples: ``(path, label)`` pairs.
-        weights: Per-sample weight (0 marks padding); default all ones.
     """
 
-    def __init__(self, samples: Sequence[Tuple[str, int]], weights: Optional[Sequence[float]] = None) -> None:
+    def __init__(self, samples: Sequence[Tuple[str, int]]) -> None:
         self.samples = list(samples)
-        self.weights = np.ones(len(self.samples), np.float32) if weights is None else np.asarray(weights, np.float32)
-        self.bad_files: List[Tuple[str, str]] = []
-        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int):
-        index = int(index) % len(self.samples)
-        image, label = self.load(index)
-        return image, label, self.weights[index]
-
-    def load(self, index: int) -> Tuple[np.ndarray, np.int32]:
-        """Pixels and label of sample ``index``, or of the next readable one after it."""
+    def read(self, key: int) -> Tuple[np.ndarray, np.int32, np.int32]:
+        """Pixels and label of sample ``key % len(self)``, or of the next readable one, and how many were skipped."""
         count = len(self.samples)
-        for offset in range(count):
-            path, label = self.samples[(index + offset) % count]
+        index = int(key) % count
+        for skipped in range(count):
+            path, label = self.samples[(index + skipped) % count]
             try:
-                return np.asarray(decode_rgb(path), dtype=np.uint8), np.int32(label)
-            except UNREADABLE as exc:
-                self._report(path, exc)
+                return np.asarray(decode_rgb(path), dtype=np.uint8), np.int32(label), np.int32(skipped)
+            except UNREADABLE:
+                continue
         raise DataError("no readable image left in the dataset")
 
-    def _report(self, path: str, exc: BaseException) -> None:
-        with self._lock:
-            if all(p != path for p, _ in self.bad_files):
-                self.bad_files.append((path, f"{type(exc).__name__}: {exc}"))
-                _logger.warning("unreadable image %s (%s): replaced by the next sample", path, exc)
 
+class UnreadableFiles:
+    """The files the worker processes skipped, named in the main process (a warning each).
 
-class KeyedImageSource(ImageSource):
-    """Random-access source of ``(HWC uint8 RGB, label, key, weight)``.
-
-    ``key`` is what the sampler yields (``epoch * len(samples) + index`` in training, the
-    position in evaluation); the sample read is ``key % len(samples)``. The key travels with
-    the image so that the worker processes draw its augmentation from ``(seed, key)``.
+    A pipeline stage of its own, ``(key, skipped) -> key``, after the decoding workers: a
+    sample whose file (or files, in a row) could not be decoded arrives with ``skipped``
+    above 0, and the skipped paths are derived from its key. Their reason is read again
+    here, once per file: rare, and the workers stay free of any shared state.
     """
 
+    def __init__(self, samples: Sequence[Tuple[str, int]]) -> None:
+        self.samples = samples
+        self.bad_files: List[Tuple[str, str]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, key, skipped):
+        if int(skipped):
+            count = len(self.samples)
+            for offset in range(int(skipped)):
+                self._report(self.samples[(int(key) + offset) % count][0])
+        return key
+
+    def _report(self, path: str) -> None:
+        with self._lock:
+            if any(p == path for p, _ in self.bad_files):
+                return
+            why = unreadable_reason(path) or "failed to decode in the pipeline, decoded when checked again"
+            self.bad_files.append((path, why))
+        _logger.warning("unreadable image %s (%s): replaced by the next sample", path, why)
+
+
+class SampleKeys:
+    """The random-access source of a pipeline: ``key -> (key, weight)``; the workers read the image.
+
+    Args:
+        count: Samples (keys are taken modulo ``count`` for the weight).
+        weights: Per-sample weight (0 marks evaluation padding); default all ones.
+    """
+
+    def __init__(self, count: int, weights: Optional[Sequence[float]] = None) -> None:
+        self.weights = np.ones(count, np.float32) if weights is None else np.asarray(weights, np.float32)
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
     def __getitem__(self, key: int):
-        index = int(key) % len(self.samples)
-        image, label = self.load(index)
-        return image, label, np.int64(key), self.weights[index]
+        return np.int64(key), self.weights[int(key) % len(self.weights)]
+
+
+class DecodeAndAugment:
+    """Worker stage of training: ``key -> (image, label, erase, key, skipped)``, decode then ``augment``."""
+
+    def __init__(self, images: ImageSource, augment: TrainAugment) -> None:
+        self.images = images
+        self.augment = augment
+
+    def __call__(self, key):
+        image, label, skipped = self.images.read(key)
+        image, erase, key = self.augment(image, key)
+        return image, label, erase, key, skipped
+
+
+class DecodeAndPreprocess:
+    """Worker stage of evaluation: ``key -> (image, label, key, skipped)``, decode then the eval transforms."""
+
+    def __init__(self, images: ImageSource, transforms: Sequence) -> None:
+        self.images = images
+        self.transforms = list(transforms)
+
+    def __call__(self, key):
+        image, label, skipped = self.images.read(key)
+        for transform in self.transforms:
+            image = transform(image)
+        return image, label, key, skipped
+
+
+def decoded_samples(samples: Sequence[Tuple[str, int]], stage, output_columns: List[str], *, sampler=None,
+                    weights: Optional[Sequence[float]] = None, num_workers: int = 2,
+                    multiprocessing: bool = True) -> Tuple[ds.Dataset, UnreadableFiles]:
+    """The first stages of every pipeline: sample keys, then ``stage`` on each in worker processes.
+
+    The source deals keys (from ``sampler``, else ``0 .. len(samples) - 1`` in order) and
+    their ``weights``; ``stage`` (:class:`DecodeAndAugment`, :class:`DecodeAndPreprocess`)
+    turns a key into ``output_columns``, among them ``key`` and ``skipped``; the main process
+    then names any file a worker skipped (:class:`UnreadableFiles`). The dataset's columns
+    are ``output_columns`` without ``skipped``, then ``weight``.
+    """
+    unreadable = UnreadableFiles(samples)
+    source = SampleKeys(len(samples), weights)
+    if sampler is None:
+        dataset = ds.GeneratorDataset(source, column_names=["key", "weight"], shuffle=False)
+    else:
+        dataset = ds.GeneratorDataset(source, column_names=["key", "weight"], sampler=sampler)
+    dataset = dataset.map(stage, input_columns=["key"], output_columns=output_columns,
+                          num_parallel_workers=python_workers(num_workers), python_multiprocessing=multiprocessing)
+    dataset = dataset.map(unreadable, input_columns=["key", "skipped"], output_columns=["key"])
+    return dataset.project([c for c in output_columns if c != "skipped"] + ["weight"]), unreadable
 
 
 class EpochShardSampler:
@@ -330,24 +404,21 @@ def keyed_training_samples(index: FolderIndex, augment: TrainAugment, batch_size
     """The stages every training pipeline shares, before batching: columns ``image, label, erase, key``.
 
     The sampler deals this shard's keys from ``start`` on (``repeats`` above 1: repeated
-    augmentation, :class:`EpochShardSampler`); the source threads decode them (a damaged file
-    is replaced and reported) and ``augment`` transforms each one in worker processes from
+    augmentation, :class:`EpochShardSampler`); worker processes decode each one (a damaged
+    file is replaced, and named by the main process) and transform it with ``augment`` from
     ``(seed, key)``. Returns the unbatched dataset and the :class:`DataInfo` of its batches.
     """
     sampler = EpochShardSampler(len(index), shard.num_shards, shard.shard_id, seed, shuffle=True,
                                 start_epoch=start.epoch, skip=start.batches * batch_size, repeats=repeats)
     if sampler.per_shard < batch_size:
         raise DataError(f"{index.root}: {sampler.per_shard} samples per shard is fewer than batch_size {batch_size}")
-    workers = python_workers(num_workers)
-    source = KeyedImageSource(index.samples)
-    dataset = ds.GeneratorDataset(source, column_names=["image", "label", "key", "weight"], sampler=sampler,
-                                  num_parallel_workers=workers, python_multiprocessing=False)
-    dataset = dataset.project(["image", "label", "key"])
-    dataset = dataset.map(augment, input_columns=["image", "key"], output_columns=["image", "erase", "key"],
-                          num_parallel_workers=workers, python_multiprocessing=multiprocessing)
+    dataset, unreadable = decoded_samples(index.samples, DecodeAndAugment(ImageSource(index.samples), augment),
+                                          ["image", "label", "erase", "key", "skipped"], sampler=sampler,
+                                          num_workers=num_workers, multiprocessing=multiprocessing)
+    dataset = dataset.project(["image", "label", "erase", "key"])
     info = DataInfo(class_names=index.class_names, num_samples=len(index), batch_size=batch_size,
                     batches_per_epoch=sampler.per_shard // batch_size, bad_files=list(index.bad_files),
-                    source=source, sampler=sampler)
+                    unreadable=unreadable, sampler=sampler)
     return dataset, info
 
 
@@ -391,7 +462,7 @@ def create_train_dataset(index: FolderIndex, augment: TrainAugment, mixer: Mixup
             ``path_noise`` ``(B, blocks, 2)``, the model's stochastic-depth uniforms drawn from each
             sample's key (``SwinTransformerV2.forward_stages``).
         repeats: Above 1, repeated augmentation (:class:`EpochShardSampler`).
-        num_workers: Decoding threads and augmentation processes.
+        num_workers: Worker processes (decoding and augmentation).
         multiprocessing: False runs the Python transform in threads (for debugging).
     """
     dataset, info = keyed_training_samples(index, augment, batch_size, seed=seed, shard=shard, start=start,
@@ -433,6 +504,25 @@ def scan_data_split(data_dir: str, split: str, class_names: Optional[Sequence[st
                       num_workers=num_workers)
 
 
+def eval_samples(index: FolderIndex, transforms: Sequence, batch_size: int, *, shard: Shard = ONE_SHARD,
+                 num_workers: int = 2) -> Tuple[ds.Dataset, List[int], DataInfo]:
+    """An evaluation shard before batching: columns ``image, label, key, weight``, the index of each key.
+
+    Shard ``k`` holds samples ``k, k + num_shards, ...``, padded with zero-weight copies to
+    whole batches of the same count on every shard (:func:`eval_shard_indices`). Worker
+    processes decode each image and apply ``transforms`` to it.
+    """
+    positions, weights = eval_shard_indices(len(index), shard.num_shards, shard.shard_id, batch_size)
+    samples = [index.samples[i] for i in positions]
+    dataset, unreadable = decoded_samples(samples, DecodeAndPreprocess(ImageSource(samples), transforms),
+                                          ["image", "label", "key", "skipped"], weights=weights,
+                                          num_workers=num_workers)
+    info = DataInfo(class_names=index.class_names, num_samples=len(index), batch_size=batch_size,
+                    batches_per_epoch=len(positions) // batch_size, bad_files=list(index.bad_files),
+                    unreadable=unreadable)
+    return dataset, positions, info
+
+
 def create_eval_dataset(index: FolderIndex, preprocessing: Preprocessing, batch_size: int, *,
                         shard: Shard = ONE_SHARD, num_workers: int = 2,
                         normalize: bool = True) -> Tuple[ds.Dataset, DataInfo]:
@@ -440,20 +530,11 @@ def create_eval_dataset(index: FolderIndex, preprocessing: Preprocessing, batch_
 
     ``index``: the scanned split (:func:`scan_data_split`). ``image`` is (B, 3, S, S) float32
     after ``preprocessing``'s resize, centre crop and normalisation, or without ``normalize``
-    (B, S, S, 3) uint8 for :class:`~mindswin.data.device.DeviceNormalize`. Decoding runs in the
-    source threads (Pillow), resizing and cropping in MindSpore's C++ threads. The shard's
+    (B, S, S, 3) uint8 for :class:`~mindswin.data.device.DeviceNormalize`. Decoding (Pillow),
+    resizing and cropping run in ``num_workers`` worker processes. The shard's
     batches are padded with zero-weight copies to the same count on every shard.
     """
-    positions, weights = eval_shard_indices(len(index), shard.num_shards, shard.shard_id, batch_size)
-    source = KeyedImageSource([index.samples[i] for i in positions], weights)
-    workers = python_workers(num_workers)
-    dataset = ds.GeneratorDataset(source, column_names=["image", "label", "key", "weight"], shuffle=False,
-                                  num_parallel_workers=workers, python_multiprocessing=False)
-    dataset = dataset.project(["image", "label", "weight"])
-    ops = preprocessing.eval_transforms(normalize)
-    dataset = dataset.map(ops, input_columns="image", num_parallel_workers=workers)
-    dataset = dataset.batch(batch_size, drop_remainder=True)
-    info = DataInfo(class_names=index.class_names, num_samples=len(index), batch_size=batch_size,
-                    batches_per_epoch=len(positions) // batch_size, bad_files=list(index.bad_files),
-                    source=source)
+    dataset, _, info = eval_samples(index, preprocessing.eval_transforms(normalize), batch_size, shard=shard,
+                                    num_workers=num_workers)
+    dataset = dataset.project(["image", "label", "weight"]).batch(batch_size, drop_remainder=True)
     return dataset, info

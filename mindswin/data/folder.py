@@ -207,8 +207,8 @@ def decode_rgb(path: str):
         return img
 
 
-def _check(path: str, full: bool) -> Optional[str]:
-    """None when ``path`` is a usable image, else the reason it is not."""
+def unreadable_reason(path: str, full: bool = True) -> Optional[str]:
+    """None when ``path`` is a usable image, else the reason it is not (``full``: decode it all, else its header)."""
     try:
         if os.path.getsize(path) == 0:
             return "empty file"
@@ -252,7 +252,7 @@ def _verified(candidates: Sequence[Tuple[str, int]], verify: str, strict: bool, 
     """The usable ``(path, label)`` samples and the ``(path, reason)`` of the others (logged)."""
     full = verify == "full" or (verify == "auto" and len(candidates) <= FULL_VERIFY_LIMIT)
     with ThreadPoolExecutor(max(1, num_workers)) as pool:
-        problems = list(pool.map(lambda s: _check(s[0], full), candidates))
+        problems = list(pool.map(lambda s: unreadable_reason(s[0], full), candidates))
     samples, bad = [], []
     for sample, problem in zip(candidates, problems):
         if problem is None:

@@ -24,14 +24,12 @@ from .dataset import (
     FROM_THE_START,
     ONE_SHARD,
     DataInfo,
-    ImageSource,
     Shard,
     StartPoint,
     batch_path_noise,
     collect_keys,
-    eval_shard_indices,
+    eval_samples,
     keyed_training_samples,
-    python_workers,
 )
 from .folder import FolderIndex
 from .masking import MaskGenerator, train_mask_rng, val_mask_rng
@@ -57,12 +55,12 @@ def create_pretrain_dataset(index: FolderIndex, augment: TrainAugment, mask_gene
     """Training dataset yielding ``image`` (B, S, S, 3) uint8 and ``mask`` (B, S/p, S/p) float32.
 
     The classification pipeline's stages (:func:`~mindswin.data.dataset.keyed_training_samples`:
-    the sharded, resumable sample order, decoding in the source threads, the crop and flip in
-    worker processes) with ``augment`` (:func:`pretrain_augment`); the graph normalises
-    (:class:`~mindswin.data.device.DeviceNormalize`). Every draw of a sample, its crop, flip,
-    mask and (with ``path_noise_blocks``, a ``path_noise`` column as in classification)
-    stochastic depth, comes from ``(seed, key)``: ``start`` resumes an interrupted run with
-    exactly what it would have drawn. ``index``: :func:`~mindswin.data.folder.scan_images`.
+    the sharded, resumable sample order; decoding, the crop and flip in worker processes) with
+    ``augment`` (:func:`pretrain_augment`); the graph normalises
+    (:class:`~mindswin.data.device.DeviceNormalize`). Every draw of a sample, its crop, flip, mask
+    and (with ``path_noise_blocks``, a ``path_noise`` column as in classification) stochastic
+    depth, comes from ``(seed, key)``: ``start`` resumes an interrupted run with exactly what it
+    would have drawn. ``index``: :func:`~mindswin.data.folder.scan_images`.
     """
     if mask_generator.input_size != augment.image_size:
         raise ValueError(f"the mask generator is for {mask_generator.input_size} px images, the dataset makes "
@@ -80,22 +78,16 @@ def create_pretrain_dataset(index: FolderIndex, augment: TrainAugment, mask_gene
     return dataset.project(["image", "mask", *extra]), info
 
 
-class _MaskedSource:
-    """``(image, mask, weight)`` of evaluation position ``i``; the mask depends on the global index only."""
+class _FixedMasks:
+    """``key -> mask`` of evaluation position ``key``: the mask depends on the image's global index only."""
 
-    def __init__(self, images: ImageSource, indices: Sequence[int], mask_generator: MaskGenerator,
-                 seed: int) -> None:
-        self.images = images
+    def __init__(self, indices: Sequence[int], mask_generator: MaskGenerator, seed: int) -> None:
         self.indices = list(indices)
         self.mask_generator = mask_generator
         self.seed = seed
 
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, position: int):
-        image, _, weight = self.images[position]
-        return image, self.mask_generator(val_mask_rng(self.seed, self.indices[position])), weight
+    def __call__(self, key):
+        return self.mask_generator(val_mask_rng(self.seed, self.indices[int(key)]))
 
 
 def create_masked_eval_dataset(index: FolderIndex, preprocessing: Preprocessing, mask_generator: MaskGenerator,
@@ -107,15 +99,9 @@ def create_masked_eval_dataset(index: FolderIndex, preprocessing: Preprocessing,
     normalises: ``ReconstructionStep``). Shard ``k`` holds images ``k, k + num_shards, ...``,
     padded with zero-weight copies to whole batches of the same count on every shard.
     """
-    positions, weights = eval_shard_indices(len(index), shard.num_shards, shard.shard_id, batch_size)
-    images = ImageSource([index.samples[i] for i in positions], weights)
-    source = _MaskedSource(images, positions, mask_generator, seed)
-    workers = python_workers(num_workers)
-    dataset = ds.GeneratorDataset(source, column_names=["image", "mask", "weight"], shuffle=False,
-                                  num_parallel_workers=workers, python_multiprocessing=False)
-    dataset = dataset.map(preprocessing.eval_transforms(normalize=False), input_columns="image",
-                          num_parallel_workers=workers, python_multiprocessing=False)
-    dataset = dataset.batch(batch_size, drop_remainder=True)
-    info = DataInfo(class_names=[], num_samples=len(index), batch_size=batch_size,
-                    batches_per_epoch=len(positions) // batch_size, bad_files=list(index.bad_files), source=images)
+    dataset, positions, info = eval_samples(index, preprocessing.eval_transforms(normalize=False), batch_size,
+                                            shard=shard, num_workers=num_workers)
+    dataset = dataset.map(_FixedMasks(positions, mask_generator, seed), input_columns=["key"],
+                          output_columns=["mask"])
+    dataset = dataset.project(["image", "mask", "weight"]).batch(batch_size, drop_remainder=True)
     return dataset, info
