@@ -39,6 +39,7 @@ from .data.folder import scan_map_file  # noqa: E402
 from .engine.builder import model_from_config  # noqa: E402
 from .engine.cam import GradCAM, cam_on_image, save_cam_picture  # noqa: E402
 from .engine.evaluate import EvalStep, evaluate  # noqa: E402
+from .engine.memory_guard import evaluation_batch_size  # noqa: E402
 from .engine.onnx_batch import batch_dynamic_model  # noqa: E402
 from .engine.runtime import (  # noqa: E402
     apply_jit_config,
@@ -203,8 +204,9 @@ def run_validate(argv: Optional[List[str]] = None) -> None:
     else:
         index = scan_data_split(config.data_dir, config.val_split, metadata.class_names, config.verify_images,
                                 config.strict_data, config.num_parallel_workers)
-    dataset, info = create_eval_dataset(index, resolve_data_config(config), config.val_batch_size or
-                                        config.batch_size, shard=Shard(runtime.group_size, runtime.rank),
+    batch_size = evaluation_batch_size(config, config.val_batch_size or config.batch_size)
+    dataset, info = create_eval_dataset(index, resolve_data_config(config), batch_size,
+                                        shard=Shard(runtime.group_size, runtime.rank),
                                         num_workers=config.num_parallel_workers)
     model = _eval_model(config, config.num_classes or metadata.num_classes or info.num_classes)
     step = apply_jit_config(EvalStep(model, distributed=runtime.distributed), config)

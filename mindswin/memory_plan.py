@@ -34,7 +34,7 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass, fields
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .models.flops import count_parameters
 from .models.kernels import ATTENTION_ROWS
@@ -54,7 +54,7 @@ from .models.swin_v2 import (
 __all__ = ["DEVICES", "MemoryPlan", "BlockMemory", "block_memory", "cpu_graph_bytes", "sequential_groups",
            "attends_in_row_blocks",
            "sequential_group_scores",
-           "plan_memory", "largest_batch", "model_arguments"]
+           "plan_memory", "plan_inference_memory", "largest_batch", "model_arguments"]
 
 GIB = 2 ** 30
 MIB = 2 ** 20
@@ -78,6 +78,12 @@ CPU_GRAPH_PER_CHECKPOINTED_CORE = 20 * MIB  # a sequential core inside a checkpo
 # with recompute and groups of 8 windows (16 groups), over the batched model's: +183 MB at
 # 256 px / window 8 (N = 64) and +608 MB at 1,024 px / window 32 (N = 1,024).
 CPU_GRAPH_PER_SEQUENTIAL_GROUP = 9 * MIB
+# Evaluation (a forward pass, no autodiff) on the CPU backend: the graph per block, and the share of
+# a block's training-forward live set (kept + attention + transient) that is live at once. Fitted to
+# the peak RSS of Swin V2-T at 256 px / window 8, batch 8, 32 and 128 (1,041, 1,469 and 4,103 MB)
+# and Swin V2-S / window 16 at batch 16 (1,534 MB), float32, fused kernels (AMD EPYC, AVX2, 2 cores).
+CPU_INFERENCE_GRAPH_PER_BLOCK = 30 * MIB
+INFERENCE_LIVE_SHARE = 0.7
 CPU_GRAPH_PER_GROUP_SCORE_BYTE = 0.26
 BACKENDS = ("ascend", "cpu")
 
@@ -271,6 +277,18 @@ def _stem_and_merging_bytes(model_args: Dict[str, Any], stages: List[List[BlockC
     return kept
 
 
+def _check_plan_options(model_args: Dict[str, Any], batch_size: int, amp_level: str, backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if amp_level not in ("O0", "O2"):
+        raise ValueError(f"amp_level must be 'O0' or 'O2', got {amp_level!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    problem = geometry_problem(model_args.get("img_size", 256), model_args.get("patch_size", 4))
+    if problem:
+        raise ValueError(f"img_size {model_args.get('img_size')}: {problem}")
+
+
 def plan_memory(model_args: Dict[str, Any], batch_size: int = 1, amp_level: str = "O0", recompute: bool = False,
                 zero_ranks: int = 1, ema: bool = False, backend: str = "ascend",
                 runtime_bytes: Optional[int] = None, cpu_threads: Optional[int] = None) -> MemoryPlan:
@@ -291,15 +309,9 @@ def plan_memory(model_args: Dict[str, Any], batch_size: int = 1, amp_level: str 
     Returns:
         The :class:`MemoryPlan`.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if amp_level not in ("O0", "O2"):
-        raise ValueError(f"amp_level must be 'O0' or 'O2', got {amp_level!r}")
-    if batch_size < 1 or zero_ranks < 1:
-        raise ValueError(f"batch_size and zero_ranks must be at least 1, got {batch_size} and {zero_ranks}")
-    problem = geometry_problem(model_args.get("img_size", 256), model_args.get("patch_size", 4))
-    if problem:
-        raise ValueError(f"img_size {model_args.get('img_size')}: {problem}")
+    _check_plan_options(model_args, batch_size, amp_level, backend)
+    if zero_ranks < 1:
+        raise ValueError(f"zero_ranks must be at least 1, got {zero_ranks}")
     compute_bytes = FLOAT32 if amp_level == "O0" else 2
     params = count_parameters(**model_args)
     stages = stage_block_configs(**model_args)
@@ -327,14 +339,42 @@ def plan_memory(model_args: Dict[str, Any], batch_size: int = 1, amp_level: str 
                       transient=transient, graph=graph, runtime=runtime_bytes)
 
 
-def largest_batch(model_args: Dict[str, Any], budget_bytes: int, limit: int = 4096, **options: Any) -> int:
-    """The largest per-device batch whose plan fits ``budget_bytes`` (0: not even one image).
+def plan_inference_memory(model_args: Dict[str, Any], batch_size: int = 1, amp_level: str = "O0",
+                          backend: str = "ascend", runtime_bytes: Optional[int] = None,
+                          cpu_threads: Optional[int] = None) -> MemoryPlan:
+    """Predict one forward pass's peak bytes per device (evaluation): no gradients, optimizer or kept activations.
 
-    ``options`` are :func:`plan_memory`'s. The plan grows with the batch, so a doubling then a
-    bisection finds it.
+    A forward pass without autodiff frees each block's tensors once the next one has used
+    them, so its peak is the weights, the graph and the largest block's live set. That set is
+    taken as :data:`INFERENCE_LIVE_SHARE` of what the block holds during training's forward
+    pass (:func:`block_memory`: kept + attention + transient), a share fitted to measured peaks
+    on the CPU backend (within 12% of them, see the constant). Arguments as :func:`plan_memory`'s.
+    """
+    _check_plan_options(model_args, batch_size, amp_level, backend)
+    compute_bytes = FLOAT32 if amp_level == "O0" else 2
+    params = count_parameters(**model_args)
+    configs = [config for stage in stage_block_configs(**model_args) for config in stage]
+    threads = cpu_threads or os.cpu_count() or 1
+    blocks = [block_memory(config, batch_size, backend, compute_bytes, threads) for config in configs]
+    live = max(block.kept + block.attention + block.transient for block in blocks)
+    if runtime_bytes is None:
+        runtime_bytes = CPU_RUNTIME if backend == "cpu" else ASCEND_RUNTIME
+    return MemoryPlan(weights=params * (FLOAT32 + (compute_bytes if compute_bytes != FLOAT32 else 0)),
+                      gradients=0, optimizer=0, ema=0, activations=0, attention=0,
+                      transient=int(INFERENCE_LIVE_SHARE * live),
+                      graph=CPU_INFERENCE_GRAPH_PER_BLOCK * len(configs) if backend == "cpu" else 0,
+                      runtime=runtime_bytes)
+
+
+def largest_batch(model_args: Dict[str, Any], budget_bytes: int, limit: int = 4096,
+                  planner: Callable[..., MemoryPlan] = plan_memory, **options: Any) -> int:
+    """The largest per-device batch, at most ``limit``, whose plan fits ``budget_bytes`` (0: not even one image).
+
+    ``planner`` is :func:`plan_memory` (a training step) or :func:`plan_inference_memory`, and
+    ``options`` its arguments. The plan grows with the batch, so a doubling then a bisection finds it.
     """
     def fits(batch: int) -> bool:
-        return plan_memory(model_args, batch_size=batch, **options).total <= budget_bytes
+        return planner(model_args, batch_size=batch, **options).total <= budget_bytes
 
     if not fits(1):
         return 0

@@ -24,6 +24,7 @@ from .builder import Training, build_training
 from .checkpoints import CheckpointManager, find_resume_state
 from .curves import plot_curves
 from .events import EVENTS_SUBDIR, EventLog
+from .memory_guard import check_training_fits
 from .runtime import (
     SINK_BACKENDS,
     Runtime,
@@ -88,6 +89,7 @@ def train(config: Config) -> Dict[str, Any]:
     runtime = setup_runtime(config)
     direct_graph_dumps(config.ckpt_save_dir)
     setup_logging(runtime, config.ckpt_save_dir)
+    check_training_fits(config, runtime.group_size)
     task = create_task(config, runtime)
     model, _ = task.build_model()
     training = build_training(config, runtime, model, task.loss_network(model), task.num_samples)
