@@ -103,9 +103,12 @@ def run_train(argv: Optional[List[str]] = None) -> None:
         "python train.py --config configs/swinv2/swinv2_base_window12to16_192to256_22kto1k_ft.yaml"
         " --data_dir /data/imagenet   # starts from its pretrained: swinv2_base_window12_192.ms_in22k\n"
         "python train.py --config RECIPE.yaml --data_dir DIR --ckpt_save_dir OUT --resume auto"))
-    if os.path.exists(config.ckpt_save_dir) and not os.path.isdir(config.ckpt_save_dir):
-        raise ConfigError(f"--ckpt_save_dir {config.ckpt_save_dir} is a file, not a folder: pass a folder for "
-                          "the checkpoints (it is created if missing)")
+    _check_output_folder(config, "ckpt_save_dir", "the checkpoints")
+    # train.py's alone: a recipe that shards in training is evaluated by the other scripts as it is
+    if config.enable_parallel_optimizer and not config.distribute:
+        raise ConfigError("enable_parallel_optimizer shards the optimizer state across the data-parallel ranks, and "
+                          "this run is one process (distribute False): launch it with msrun --worker_num N ... "
+                          "--distribute True, or set --enable_parallel_optimizer False")
     setup_logging()
     try:
         train(config)
@@ -114,6 +117,14 @@ def run_train(argv: Optional[List[str]] = None) -> None:
         if error is exc:
             raise
         raise error from exc
+
+
+def _check_output_folder(config, key: str, what: str) -> None:
+    """Refuse an output folder ``config[key]`` (for ``what``) that names a file; a missing one is created."""
+    path = config[key]
+    if path and os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"--{key} {path} is a file, not a folder: pass a folder for {what} (it is created if "
+                          "missing)")
 
 
 # What MindSpore's runtime says when the device (or host, on CPU) memory cannot hold the step.
@@ -233,10 +244,23 @@ def _run_throughput(config) -> None:
             atomic_write_json(config.output, as_records(results))
 
 
+def _read_class_names(path: str) -> List[str]:
+    """The names in ``class_names_file``: one per line, in index order."""
+    fix = ("pass a UTF-8 text file with one class name per line in index order, or leave --class_names_file out "
+           "for the checkpoint's class names")
+    if not os.path.isfile(path):
+        raise ConfigError(f"class_names_file not found: {path}; {fix}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"class_names_file {path} is not a text file ({exc.reason} at byte {exc.start}); "
+                          f"{fix}") from exc
+
+
 def _class_names(config, metadata, num_classes: Optional[int]) -> List[str]:
     if config.class_names_file:
-        with open(config.class_names_file) as f:
-            names = [line.strip() for line in f if line.strip()]
+        names = _read_class_names(config.class_names_file)
     elif metadata.class_names:
         names = list(metadata.class_names)
     elif num_classes:
@@ -276,6 +300,7 @@ def run_infer(argv: Optional[List[str]] = None) -> None:
                         positional="inputs", model_from_checkpoint=True)
     if not config.inputs:
         raise ConfigError("give one or more images or folders after the options")
+    _check_output_folder(config, "cam", "the Grad-CAM pictures")
     setup_logging()
     config, _ = _with_pretrained(config)
     config, metadata = _checkpoint_metadata(config)

@@ -271,6 +271,16 @@ def _stem_and_merging_bytes(model_args: Dict[str, Any], stages: List[List[BlockC
     return kept
 
 
+def _check_sizes(model_args: Dict[str, Any]) -> None:
+    """Refuse an image or window side below 1 and a negative sequential-attention group (ValueError)."""
+    for key in ("img_size", "window_size"):
+        if key in model_args and min(to_pair(model_args[key])) < 1:
+            raise ValueError(f"{key} must be at least 1, got {model_args[key]}")
+    for key in ("sequential_attention", "sequential_attention_heads"):
+        if model_args.get(key, 0) < 0:
+            raise ValueError(f"{key} must be at least 0 (0: all at once), got {model_args[key]}")
+
+
 def plan_memory(model_args: Dict[str, Any], batch_size: int = 1, amp_level: str = "O0", recompute: bool = False,
                 zero_ranks: int = 1, ema: bool = False, backend: str = "ascend",
                 runtime_bytes: Optional[int] = None, cpu_threads: Optional[int] = None) -> MemoryPlan:
@@ -297,6 +307,7 @@ def plan_memory(model_args: Dict[str, Any], batch_size: int = 1, amp_level: str 
         raise ValueError(f"amp_level must be 'O0' or 'O2', got {amp_level!r}")
     if batch_size < 1 or zero_ranks < 1:
         raise ValueError(f"batch_size and zero_ranks must be at least 1, got {batch_size} and {zero_ranks}")
+    _check_sizes(model_args)
     problem = geometry_problem(model_args.get("img_size", 256), model_args.get("patch_size", 4))
     if problem:
         raise ValueError(f"img_size {model_args.get('img_size')}: {problem}")
