@@ -119,6 +119,20 @@ def run_train(argv: Optional[List[str]] = None) -> None:
         raise error from exc
 
 
+def _check_output_file(path: str, key: str) -> None:
+    """Refuse, before any work, an output file ``path`` (given by ``key``) where a folder is or below a file."""
+    if not path:
+        return
+    if os.path.isdir(path):
+        raise ConfigError(f"--{key}: {path} is a folder; name a file to write, e.g. {os.path.join(path, 'out.json')}")
+    existing = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"--{key}: {path} cannot be written, {existing} is a file; name a file in a folder "
+                          "(missing folders are created)")
+
+
 def _check_output_folder(config, key: str, what: str) -> None:
     """Refuse an output folder ``config[key]`` (for ``what``) that names a file; a missing one is created."""
     path = config[key]
@@ -197,6 +211,7 @@ def run_validate(argv: Optional[List[str]] = None) -> None:
                             "python validate.py --throughput True --config configs/swinv2/"
                             "swinv2_tiny_window8_256_in1k.yaml"),
                         model_from_checkpoint=True)
+    _check_output_file(config.output, "output")
     setup_logging()
     config = evaluate_alone_unless_launched(config)
     if config.throughput:
@@ -301,6 +316,7 @@ def run_infer(argv: Optional[List[str]] = None) -> None:
     if not config.inputs:
         raise ConfigError("give one or more images or folders after the options")
     _check_output_folder(config, "cam", "the Grad-CAM pictures")
+    _check_output_file(config.output, "output")
     setup_logging()
     config, _ = _with_pretrained(config)
     config, metadata = _checkpoint_metadata(config)
@@ -359,6 +375,9 @@ def run_export(argv: Optional[List[str]] = None) -> None:
                         model_from_checkpoint=True)
     setup_logging()
     config, published = _with_pretrained(config)
+    # published weights export next to the user, not into the cache
+    target = config.export_file or published or os.path.splitext(config.ckpt_path)[0]
+    _check_output_file(f"{target}.{config.file_format.lower()}", "export_file")
     config, metadata = _checkpoint_metadata(config)
     setup_runtime(config)
     num_classes = config.num_classes or metadata.num_classes or _num_classes_in(config.ckpt_path)
@@ -369,8 +388,6 @@ def run_export(argv: Optional[List[str]] = None) -> None:
     model = _eval_model(config, num_classes, kernels="native", portable=onnx)
     size = resolve_data_config(config).image_size
     batch = config.batch_size if "batch_size" in config.explicit else 1
-    # published weights export next to the user, not into the cache
-    target = config.export_file or published or os.path.splitext(config.ckpt_path)[0]
     try:
         if onnx and dynamic:
             _export_onnx_any_batch(model, size, target)
@@ -400,6 +417,7 @@ def run_convert_weights(argv: Optional[List[str]] = None) -> None:
         add_option(parser, key, required=key == "model")
     options = vars(parser.parse_args(argv))
     src, out = options.pop("src"), options.pop("out")
+    _check_output_file(out, "out")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     config = load_config(overrides=options)
     try:

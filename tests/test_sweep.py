@@ -129,6 +129,7 @@ MAKERS: Dict[str, Callable[[Inputs], object]] = {
     "not_an_image": lambda inputs: _write(inputs, "photo.png", b"not an image at all"),
     "empty_jpeg": lambda inputs: _write(inputs, "photo.jpg", b""),
     "no_images": lambda inputs: _folder(inputs, "no_images", "readme.md"),
+    "folder": lambda inputs: _folder(inputs, "results"),
     "map_bad_label": lambda inputs: _val_map(inputs, 99),
     "recipe_sink_words": lambda inputs: _write(inputs, "sink.yaml", b"dataset_sink_mode: on the device please\n"),
     "recipe_source": lambda inputs: _write(inputs, "source.yaml", f"model: {TINY}\npretrained: ms_in1k@github\n"
@@ -286,6 +287,16 @@ CASES = {
                                             error="class_names_file not found: {missing}; pass a UTF-8 text file"),
     "infer_class_names_file_not_text": infer("--class_names_file", "{binary}", "{not_an_image}",
                                              error="class_names_file {binary} is not a text file"),
+    # output files where a folder is, or below a file: refused before any work (a traceback after it)
+    "validate_output_is_a_folder": validate("--ckpt_path", "{weights}", "--output", "{folder}",
+                                            error="--output: {folder} is a folder; name a file to write"),
+    "infer_output_below_a_file": infer("--output", "{text}/predictions.json", "{not_an_image}",
+                                       error="--output: {text}/predictions.json cannot be written, {text} is a file"),
+    "export_file_below_a_file": Case("export.py", ("--ckpt_path", "{weights}", "--export_file", "{text}/model"),
+                                     "--export_file: {text}/model.mindir cannot be written, {text} is a file"),
+    "convert_weights_out_below_a_file": Case("tools/convert_weights.py", ("--src", "{weights}", "--out",
+                                                                          "{text}/converted.ckpt", "--model", MICRO),
+                                             "--out: {text}/converted.ckpt cannot be written, {text} is a file"),
     "export_format_unknown": Case("export.py", ("--ckpt_path", "{weights}", "--file_format", "TFLITE"),
                                   "'file_format' must be one of MINDIR, ONNX, got 'TFLITE'"),
 }
