@@ -104,9 +104,12 @@ def run_train(argv: Optional[List[str]] = None) -> None:
         "python train.py --config configs/swinv2/swinv2_base_window12to16_192to256_22kto1k_ft.yaml"
         " --data_dir /data/imagenet   # starts from its pretrained: swinv2_base_window12_192.ms_in22k\n"
         "python train.py --config RECIPE.yaml --data_dir DIR --ckpt_save_dir OUT --resume auto"))
-    if os.path.exists(config.ckpt_save_dir) and not os.path.isdir(config.ckpt_save_dir):
-        raise ConfigError(f"--ckpt_save_dir {config.ckpt_save_dir} is a file, not a folder: pass a folder for "
-                          "the checkpoints (it is created if missing)")
+    _check_output_folder(config, "ckpt_save_dir", "the checkpoints")
+    # train.py's alone: a recipe that shards in training is evaluated by the other scripts as it is
+    if config.enable_parallel_optimizer and not config.distribute:
+        raise ConfigError("enable_parallel_optimizer shards the optimizer state across the data-parallel ranks, and "
+                          "this run is one process (distribute False): launch it with msrun --worker_num N ... "
+                          "--distribute True, or set --enable_parallel_optimizer False")
     setup_logging()
     try:
         train(config)
@@ -115,6 +118,28 @@ def run_train(argv: Optional[List[str]] = None) -> None:
         if error is exc:
             raise
         raise error from exc
+
+
+def _check_output_file(path: str, key: str) -> None:
+    """Refuse, before any work, an output file ``path`` (given by ``key``) where a folder is or below a file."""
+    if not path:
+        return
+    if os.path.isdir(path):
+        raise ConfigError(f"--{key}: {path} is a folder; name a file to write, e.g. {os.path.join(path, 'out.json')}")
+    existing = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"--{key}: {path} cannot be written, {existing} is a file; name a file in a folder "
+                          "(missing folders are created)")
+
+
+def _check_output_folder(config, key: str, what: str) -> None:
+    """Refuse an output folder ``config[key]`` (for ``what``) that names a file; a missing one is created."""
+    path = config[key]
+    if path and os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"--{key} {path} is a file, not a folder: pass a folder for {what} (it is created if "
+                          "missing)")
 
 
 # What MindSpore's runtime says when the device (or host, on CPU) memory cannot hold the step.
@@ -187,6 +212,7 @@ def run_validate(argv: Optional[List[str]] = None) -> None:
                             "python validate.py --throughput True --config configs/swinv2/"
                             "swinv2_tiny_window8_256_in1k.yaml"),
                         model_from_checkpoint=True)
+    _check_output_file(config.output, "output")
     setup_logging()
     config = evaluate_alone_unless_launched(config)
     if config.throughput:
@@ -235,10 +261,23 @@ def _run_throughput(config) -> None:
             atomic_write_json(config.output, as_records(results))
 
 
+def _read_class_names(path: str) -> List[str]:
+    """The names in ``class_names_file``: one per line, in index order."""
+    fix = ("pass a UTF-8 text file with one class name per line in index order, or leave --class_names_file out "
+           "for the checkpoint's class names")
+    if not os.path.isfile(path):
+        raise ConfigError(f"class_names_file not found: {path}; {fix}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"class_names_file {path} is not a text file ({exc.reason} at byte {exc.start}); "
+                          f"{fix}") from exc
+
+
 def _class_names(config, metadata, num_classes: Optional[int]) -> List[str]:
     if config.class_names_file:
-        with open(config.class_names_file) as f:
-            names = [line.strip() for line in f if line.strip()]
+        names = _read_class_names(config.class_names_file)
     elif metadata.class_names:
         names = list(metadata.class_names)
     elif num_classes:
@@ -278,6 +317,8 @@ def run_infer(argv: Optional[List[str]] = None) -> None:
                         positional="inputs", model_from_checkpoint=True)
     if not config.inputs:
         raise ConfigError("give one or more images or folders after the options")
+    _check_output_folder(config, "cam", "the Grad-CAM pictures")
+    _check_output_file(config.output, "output")
     setup_logging()
     config, _ = _with_pretrained(config)
     config, metadata = _checkpoint_metadata(config)
@@ -336,6 +377,9 @@ def run_export(argv: Optional[List[str]] = None) -> None:
                         model_from_checkpoint=True)
     setup_logging()
     config, published = _with_pretrained(config)
+    # published weights export next to the user, not into the cache
+    target = config.export_file or published or os.path.splitext(config.ckpt_path)[0]
+    _check_output_file(f"{target}.{config.file_format.lower()}", "export_file")
     config, metadata = _checkpoint_metadata(config)
     setup_runtime(config)
     num_classes = config.num_classes or metadata.num_classes or _num_classes_in(config.ckpt_path)
@@ -346,8 +390,6 @@ def run_export(argv: Optional[List[str]] = None) -> None:
     model = _eval_model(config, num_classes, kernels="native", portable=onnx)
     size = resolve_data_config(config).image_size
     batch = config.batch_size if "batch_size" in config.explicit else 1
-    # published weights export next to the user, not into the cache
-    target = config.export_file or published or os.path.splitext(config.ckpt_path)[0]
     try:
         if onnx and dynamic:
             _export_onnx_any_batch(model, size, target)
@@ -377,6 +419,7 @@ def run_convert_weights(argv: Optional[List[str]] = None) -> None:
         add_option(parser, key, required=key == "model")
     options = vars(parser.parse_args(argv))
     src, out = options.pop("src"), options.pop("out")
+    _check_output_file(out, "out")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     config = load_config(overrides=options)
     try:

@@ -29,8 +29,8 @@ def create_model(name: str, *, num_classes: Optional[int] = None, img_size: Opti
             model's default ones (the tag of a ``name.tag``; mindcv's for a mindcv name), or a
             spec ``[TAG | MODEL | MODEL.TAG][@SOURCE]``; fetched once into the cache. A head of
             another ``num_classes`` starts at zero, as in timm and mindcv.
-        pretrained_dir: Cache folder of published weights (default ``$MINDSWIN_PRETRAINED_DIR``,
-            else ``~/.cache/mindswin/pretrained``).
+        pretrained_dir: Cache folder of published weights, which must exist (default
+            ``$MINDSWIN_PRETRAINED_DIR``, else ``~/.cache/mindswin/pretrained``, created when needed).
 
     Returns:
         The model, with training mode off (``set_train(False)``).

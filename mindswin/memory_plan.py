@@ -278,12 +278,20 @@ def _stem_and_merging_bytes(model_args: Dict[str, Any], stages: List[List[BlockC
 
 
 def _check_plan_options(model_args: Dict[str, Any], batch_size: int, amp_level: str, backend: str) -> None:
+    """Refuse (ValueError) an unknown backend or AMP level, a batch below 1, an image or window side
+    below 1, a negative sequential-attention group and an image the patches do not tile."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if amp_level not in ("O0", "O2"):
         raise ValueError(f"amp_level must be 'O0' or 'O2', got {amp_level!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    for key in ("img_size", "window_size"):
+        if key in model_args and min(to_pair(model_args[key])) < 1:
+            raise ValueError(f"{key} must be at least 1, got {model_args[key]}")
+    for key in ("sequential_attention", "sequential_attention_heads"):
+        if model_args.get(key, 0) < 0:
+            raise ValueError(f"{key} must be at least 0 (0: all at once), got {model_args[key]}")
     problem = geometry_problem(model_args.get("img_size", 256), model_args.get("patch_size", 4))
     if problem:
         raise ValueError(f"img_size {model_args.get('img_size')}: {problem}")

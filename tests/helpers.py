@@ -267,13 +267,23 @@ def _reached_the_runtime(*args, **kwargs):
                          "run this case in its own process with run(...)")
 
 
-def cli(script: str, *args, cwd=ROOT) -> subprocess.CompletedProcess:
+def _one_device(config):
+    """A stand-in for ``setup_runtime``: one device, and nothing of this process changed."""
+    from mindswin.engine.runtime import Runtime
+
+    return Runtime()
+
+
+def cli(script: str, *args, cwd=ROOT, past_runtime: bool = False) -> subprocess.CompletedProcess:
     """Run the command behind an entry script in this process, for a mistake it refuses before it starts.
 
     The command frame (``mindswin.cli.command``) is what turns a mistake into one ``error:`` line
     and exit status 2 in the scripts too; each script also runs for real in its own process in
     other tests. The run may not reach the runtime set-up (that sizes this process's thread pool
-    once and for all); the root logger and the working directory are put back afterwards.
+    once and for all) unless ``past_runtime``: then the set-up is a stand-in that changes nothing
+    (one device; no device, thread or seed setting), for a mistake found after it (in the data, a
+    checkpoint, an input) without a process of its own. The root logger and the working directory
+    are put back afterwards.
 
     Returns:
         A ``CompletedProcess`` with the exit status and what the command printed.
@@ -287,7 +297,7 @@ def cli(script: str, *args, cwd=ROOT) -> subprocess.CompletedProcess:
                                                                                        mindswin.engine.trainer)]
     try:
         for module, name, _ in patches:
-            setattr(module, name, _reached_the_runtime)
+            setattr(module, name, _one_device if past_runtime else _reached_the_runtime)
         os.chdir(str(cwd))
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             try:
@@ -298,9 +308,24 @@ def cli(script: str, *args, cwd=ROOT) -> subprocess.CompletedProcess:
         for module, name, original in patches:
             setattr(module, name, original)
         os.chdir(old_cwd)
+        for handler in set(logging.root.handlers) - set(handlers):  # a run's log file
+            handler.close()
         logging.root.handlers[:] = handlers
         logging.root.setLevel(level)
     return subprocess.CompletedProcess([script, *map(str, args)], returncode, stdout.getvalue(), stderr.getvalue())
+
+
+def register_published(monkeypatch, weights):
+    """Add ``weights`` (a ``PretrainedWeights`` of a test model) to the published-weights table for one test,
+    as its model's default; returns it."""
+    import mindswin.pretrained as pretrained
+    from mindswin.models import published
+
+    monkeypatch.setattr(published, "PRETRAINED", published.PRETRAINED + (weights,))
+    monkeypatch.setattr(pretrained, "PRETRAINED", published.PRETRAINED)
+    monkeypatch.setitem(pretrained._BY_NAME, weights.name, weights)
+    monkeypatch.setitem(published.DEFAULT_TAGS, weights.model, weights.tag)
+    return weights
 
 
 def read_metrics(out):

@@ -32,7 +32,7 @@ from mindswin.models import list_models, model_spec
 from mindswin.models import published as table
 from mindswin.pretrained import PretrainedWeights, WeightFile, download
 
-from helpers import PYTHON, ROOT, cli, free_port, msrun, randomize
+from helpers import PYTHON, ROOT, cli, free_port, msrun, randomize, register_published
 
 MICRO = "swinv2_micro_window4_32"
 TAG = "test_in10"
@@ -270,11 +270,8 @@ def entry(server, weights_body, monkeypatch, tmp_path):
     """``swinv2_micro_window4_32.test_in10``: the served file as a table entry with its sha256, the cache in tmp."""
     file = WeightFile("official", server.url + SERVED, "official", "official/micro.safetensors",
                       hashlib.sha256(weights_body).hexdigest())
-    weights = PretrainedWeights(MICRO, TAG, "test", 32, 4, 10, (0, 0, 0), None, "", (file,))
-    monkeypatch.setattr(table, "PRETRAINED", table.PRETRAINED + (weights,))
-    monkeypatch.setattr(pretrained, "PRETRAINED", table.PRETRAINED)
-    monkeypatch.setitem(pretrained._BY_NAME, weights.name, weights)
-    monkeypatch.setitem(table.DEFAULT_TAGS, MICRO, TAG)
+    weights = register_published(monkeypatch, PretrainedWeights(MICRO, TAG, "test", 32, 4, 10, (0, 0, 0), None, "",
+                                                                 (file,)))
     monkeypatch.setenv(download.CACHE_VARIABLE, str(tmp_path / "cache"))
     monkeypatch.setenv(download.TIMEOUT_VARIABLE, "5")
     for variable in (download.MIRROR_VARIABLE, download.OFFLINE_VARIABLE, "HF_ENDPOINT", "LOCAL_RANK",
@@ -314,6 +311,7 @@ def test_the_run_path_of_every_script_fetches_pretrained_and_ckpt_path_wins(entr
     from mindswin.engine.builder import model_from_config
 
     shared = tmp_path / "shared"
+    shared.mkdir()  # a named pretrained_dir must exist (test_sweep)
     config = load_config(overrides={"model": MICRO, "pretrained": True, "pretrained_dir": str(shared)})
     model, report = model_from_config(config, 10, training=True)  # train.py (and the tasks) build so
     assert report.path == str(shared / "official" / "micro.safetensors") and report.layout == "official"
@@ -481,6 +479,7 @@ def test_under_msrun_the_two_workers_of_a_node_download_once(entry, server, weig
     # the same as below, with the workers msrun really starts (its DEVICE_ID, its launch order)
     server.chunk_delay = 0.02  # long enough for the other worker to find the download under way
     cache = tmp_path / "node"
+    cache.mkdir()
     result, logs = msrun(ROOT / "tests" / "msrun_scripts" / "fetch_once.py", server.url + SERVED,
                          entry.files[0].sha256, cache, logs=tmp_path / "logs")
     assert result.returncode == 0, logs[-4000:]
@@ -497,6 +496,7 @@ def test_two_msrun_workers_on_one_node_download_once(entry, server, weights_body
     sha = entry.files[0].sha256
     server.chunk_delay = 0.02  # rank 0's download takes a while: rank 1 waits through it
     cache = tmp_path / "node"
+    cache.mkdir()
     # rank 1 first, so that it certainly waits; then rank 0, the one that downloads
     follower = _worker(script, 1, server.url + SERVED, sha, cache)
     _waiting(follower)
@@ -506,6 +506,7 @@ def test_two_msrun_workers_on_one_node_download_once(entry, server, weights_body
     assert results == [{"path": path}, {"path": path}], results
     assert server.gets() == [None] and open(path, "rb").read() == weights_body
     # rank 0 fails: rank 1 says why at once instead of waiting out its patience
+    (tmp_path / "other").mkdir()
     follower = _worker(script, 1, server.url + "/missing.safetensors", sha, tmp_path / "other")
     _waiting(follower)
     began = time.time()

@@ -216,14 +216,14 @@ def test_data_without_val_split_trains_and_says_once_it_will_not_validate(data_d
 
 
 @pytest.mark.parametrize("task", ["classification", "simmim"])
-def test_a_named_val_split_that_does_not_exist_is_a_typo_not_a_choice(data_dir, task):
+def test_a_named_val_split_that_does_not_exist_is_a_typo_not_a_choice(data_dir, task, tmp_path):
     from mindswin.config import ConfigError
     from mindswin.engine.runtime import Runtime
     from mindswin.engine.tasks import create_task
 
-    def task_for(**overrides):
+    def task_for(**overrides):  # the scan index goes to ckpt_save_dir, not the working directory's ./output
         return create_task(load_config(overrides=dict(task=task, model="swinv2_micro_window4_32", data_dir=data_dir,
-                                                      **overrides)), Runtime())
+                                                      ckpt_save_dir=str(tmp_path), **overrides)), Runtime())
 
     # found by the scan that runs before the model is built, so before anything compiles
     with pytest.raises(ConfigError, match=r"val_split 'nosuchsplit' names no folder: \S*/nosuchsplit does not exist "
@@ -233,14 +233,15 @@ def test_a_named_val_split_that_does_not_exist_is_a_typo_not_a_choice(data_dir, 
     assert task_for(val_split="train").val_index is not None  # any existing folder may be named
 
 
-def test_a_declared_architecture_draws_stochastic_depth_for_its_own_blocks(data_dir):
+def test_a_declared_architecture_draws_stochastic_depth_for_its_own_blocks(data_dir, tmp_path):
     # a recipe that declared depths with drop path fed the variant's block count of path noise to a model
     # with another, which failed in graph compile
     from mindswin.engine.runtime import Runtime
     from mindswin.engine.tasks import create_task
 
-    def blocks(**overrides):
-        values = dict(model="swinv2_micro_window4_32", data_dir=data_dir, drop_path_rate=0.1)
+    def blocks(**overrides):  # the scan index goes to ckpt_save_dir, not the working directory's ./output
+        values = dict(model="swinv2_micro_window4_32", data_dir=data_dir, drop_path_rate=0.1,
+                      ckpt_save_dir=str(tmp_path))
         return create_task(load_config(overrides={**values, **overrides}), Runtime()).path_noise_blocks
 
     assert blocks() == 6  # depths 2-2-2

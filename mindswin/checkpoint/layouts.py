@@ -44,6 +44,10 @@ _TRAINING_STATE = re.compile(r"^(adam_m|adam_v|moments|moment1|moment2|accum|ema
                              r"current_iterator_step|epoch_num|step_num)")
 # Names only mindcv's Swin V2 has.
 _MINDCV_KEY = re.compile(r"(^|\.)blocks\.\d+\.attn\.(q\.weight|relative_position_bias\.cpb_mlp0\.weight)$")
+# A resume state (engine/state.py's TrainState): the model's tensors as model.* (SimMIM's model holds the
+# encoder) beside the optimizer's step count.
+_RESUME_STATE_KEY = re.compile(r"model\.(encoder\.)?patch_embed\.")
+_RESUME_STATE_STEP = "optimizer.step"
 
 
 def unwrap_state_dict(obj: object) -> StateDict:
@@ -78,6 +82,10 @@ def detect_layout(state: StateDict) -> str:
         return "timm"
     if any(k.startswith(("layers.", "patch_embed.")) for k in keys):
         return "official"
+    if _RESUME_STATE_STEP in state and any(_RESUME_STATE_KEY.match(k) for k in keys):
+        raise ValueError("a training run's resume state (the model's, the optimizer's and the EMA's tensors), not "
+                         "weights: pass one of the run's MODEL-eNNNN.ckpt or MODEL-best.ckpt files instead, or "
+                         "continue that run with train.py --resume")
     raise ValueError("no Swin V2 parameters found (expected keys like 'layers.0.blocks.0.attn.qkv.weight', "
                      f"found e.g. {keys[:3]})")
 

@@ -20,7 +20,8 @@ from typing import Any, Dict
 
 import numpy as np
 
-__all__ = ["CheckpointError", "read_tensors", "read_torch_zip", "read_safetensors", "read_mindspore_ckpt"]
+__all__ = ["CheckpointError", "file_format", "read_tensors", "read_torch_zip", "read_safetensors",
+           "read_mindspore_ckpt"]
 
 
 class CheckpointError(ValueError):
@@ -195,6 +196,23 @@ def read_mindspore_ckpt(path: str) -> Dict[str, np.ndarray]:
     return OrderedDict((k, v.asnumpy()) for k, v in params.items() if hasattr(v, "asnumpy"))
 
 
+def file_format(path: str) -> str:
+    """The container of the file at ``path``, from its first bytes: ``torch_zip``, ``safetensors``,
+    ``torch_legacy`` (PyTorch before 1.6), ``empty``, else ``other`` (a MindSpore ``.ckpt`` has no magic bytes)."""
+    size = os.path.getsize(path)
+    if size == 0:
+        return "empty"
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[:4] == b"PK\x03\x04":
+        return "torch_zip"
+    if len(head) > 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < size:
+        return "safetensors"
+    if head[:2] == b"\x80\x02":
+        return "torch_legacy"
+    return "other"
+
+
 def read_tensors(path: str) -> Any:
     """Read any supported checkpoint file; the result may still be nested (``{'model': ...}``)."""
     if not os.path.exists(path):
@@ -204,16 +222,14 @@ def read_tensors(path: str) -> Any:
             if os.path.exists(os.path.join(path, candidate)):
                 return read_tensors(os.path.join(path, candidate))
         raise CheckpointError(f"{path} is a directory without model.safetensors or pytorch_model.bin")
-    size = os.path.getsize(path)
-    if size == 0:
+    container = file_format(path)
+    if container == "empty":
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes); the write was probably interrupted")
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if head[:4] == b"PK\x03\x04":
+    if container == "torch_zip":
         return read_torch_zip(path)
-    if len(head) > 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < size:
+    if container == "safetensors":
         return read_safetensors(path)
-    if head[:2] == b"\x80\x02":
+    if container == "torch_legacy":
         raise CheckpointError(f"{path} uses PyTorch's legacy (pre-1.6) pickle format; re-save it with a "
                               "current torch.save or convert it to safetensors")
     if path.endswith(".ckpt"):

@@ -222,7 +222,8 @@ DEFAULTS: Dict[str, Option] = {
             kind=str,
             help="folder of published weights (SOURCE/... inside, as python -m mindswin.pretrained lists): "
                  "a file found there is used without any network access, a missing one is downloaded into it; "
-                 "if unset, $MINDSWIN_PRETRAINED_DIR, else ~/.cache/mindswin/pretrained",
+                 "a folder that must exist (never created); if unset, $MINDSWIN_PRETRAINED_DIR, else "
+                 "~/.cache/mindswin/pretrained (created when needed)",
             scripts=_ALL,
         ),
         "class_map": Option(
@@ -962,7 +963,7 @@ DEFAULTS: Dict[str, Option] = {
             default=False,
             kind=bool,
             help="ZeRO-1: shard the optimizer state across the data-parallel "
-                 "ranks (with distribute; any backend)",
+                 "ranks (needs distribute; any backend)",
         ),
         "hccl_buffsize": Option(
             default=None,

@@ -298,8 +298,12 @@ def scan_split(split_dir: str, *, class_names: Optional[Sequence[str]] = None, v
 def _scan_split(split_dir: str, class_names: Optional[Sequence[str]], verify: str, strict: bool,
                 num_workers: int) -> FolderIndex:
     if not os.path.isdir(split_dir):
-        raise DataError(f"data split not found: {split_dir} (expected DATA_DIR/train/<class>/<image> and "
-                        "DATA_DIR/val/<class>/<image>; set --data_dir to the folder holding train/ and val/)")
+        parent = os.path.dirname(os.path.normpath(split_dir))
+        folders = sorted(d for d in os.listdir(parent) if os.path.isdir(os.path.join(parent, d))) \
+            if os.path.isdir(parent) else []
+        raise DataError(f"data split not found: {split_dir} (folders in {parent}: {', '.join(folders) or 'none'}; "
+                        "expected DATA_DIR/train/<class>/<image> and DATA_DIR/val/<class>/<image>); set --data_dir "
+                        "to the folder holding train/ and val/, or --train_split / --val_split to its split folders")
     watched = [(os.path.normpath(split_dir), os.stat(split_dir).st_mtime_ns)]
     entries = os.listdir(split_dir)
     found = sorted(d for d in entries if os.path.isdir(os.path.join(split_dir, d)) and not d.startswith("."))
@@ -396,9 +400,9 @@ def scan_map_file(map_file: str, root: str, *, num_classes: Optional[int] = None
 
 
 def _read_map_file(map_file: str) -> List[Tuple[str, int]]:
-    with open(map_file, encoding="utf-8") as f:
-        text = f.read()
-    try:
+    try:  # a file that is not UTF-8 text (UnicodeDecodeError) is no map file either
+        with open(map_file, encoding="utf-8") as f:
+            text = f.read()
         if text.lstrip().startswith("["):
             return [(str(path), int(label)) for path, label in json.loads(text)]
         rows = [line.rstrip("\n").split("\t") for line in text.splitlines() if line.strip()]

@@ -132,7 +132,10 @@ class TrainState:
         try:
             saved = ms.load_checkpoint(path)
         except (RuntimeError, ValueError, OSError) as exc:
-            raise CheckpointError(f"cannot read resume state {path}: {str(exc).splitlines()[0]}") from exc
+            reason = str(exc).splitlines()[0].rstrip(".")
+            raise CheckpointError(f"cannot read resume state {path}: {reason}; resume from an intact copy with "
+                                  "--resume PATH, or start from the run's last MODEL-eNNNN.ckpt with --ckpt_path and "
+                                  "a new --ckpt_save_dir") from exc
         hint = ("was it written by a run with another model, optimizer, EMA or accumulation setting? Start a new "
                 "run with another --ckpt_save_dir, or resume with the config saved next to it")
         missing = [name for name in self.names() if name not in saved]

@@ -128,6 +128,9 @@ def resolve_pretrained(model: str, pretrained: Union[bool, str] = True) -> Choic
     model, model_tag = split_tag(model)
     spec = "" if pretrained is True else str(pretrained).strip()
     weights_spec, source = split_spec(spec)
+    if "@" in spec and not source:
+        raise ConfigError(f"{spec!r} names no source after '@': write {weights_spec or 'True'}@SOURCE with a source of "
+                          f"{', '.join(SOURCES)}, or leave '@' out for the first source that publishes the weights")
     if source and source not in SOURCES:
         raise ConfigError(f"unknown weights source {source!r}; sources: {', '.join(SOURCES)}")
     if not weights_spec:

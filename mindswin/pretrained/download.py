@@ -1,7 +1,8 @@
 """Fetch one published file into the cache, the way a shared cluster can trust.
 
-- The cache is ``pretrained_dir`` if given, else ``$MINDSWIN_PRETRAINED_DIR``, else
-  ``$XDG_CACHE_HOME/mindswin/pretrained`` (``~/.cache/mindswin/pretrained``); a file sits at
+- The cache is ``pretrained_dir`` if given (a folder that must exist: a named one is never created),
+  else ``$MINDSWIN_PRETRAINED_DIR``, else ``$XDG_CACHE_HOME/mindswin/pretrained``
+  (``~/.cache/mindswin/pretrained``), created when needed; a file sits at
   ``CACHE/SOURCE/...`` (:attr:`WeightFile.cache_name`). A file already there is used without any
   network access: a filled cache (or a folder on shared storage) means no downloads at all.
 - A download is written to ``NAME.partial`` and renamed only once complete and verified, so a
@@ -9,8 +10,9 @@
   request (up to :data:`RESUMES` times per call); a process killed mid-download leaves the
   ``.partial``, which the next call resumes. Any failure this process sees (404, no network,
   timeout, full disk, wrong checksum) removes what it wrote.
-- The SHA-256 (or its published prefix) is checked before the file is used; a mismatch removes
-  the file and is one error line naming the source.
+- The SHA-256 (or its published prefix) is checked before the file is used; where none is
+  published, the first bytes (a ``.pth``/``.bin`` is a PyTorch zip, a ``.safetensors`` a safetensors
+  file). A mismatch removes the file and is one error line naming the source.
 - ``$MINDSWIN_PRETRAINED_MIRROR`` (or ``mirror=``) is a base URL that replaces every publisher:
   the file is fetched from ``MIRROR/CACHE_NAME``, so a filled cache served over HTTP is a mirror.
   Without it, ``$HF_ENDPOINT`` replaces ``https://huggingface.co`` as in huggingface_hub.
@@ -37,7 +39,8 @@ import urllib.error
 import urllib.request
 from typing import Iterator, Optional
 
-from ..checkpoint.readers import CheckpointError
+from ..checkpoint.readers import CheckpointError, file_format
+from ..config.rules import ConfigError
 from ..models.published import WeightFile
 
 __all__ = ["CACHE_VARIABLE", "MIRROR_VARIABLE", "OFFLINE_VARIABLE", "WAIT_VARIABLE", "TIMEOUT_VARIABLE", "RESUMES",
@@ -69,6 +72,21 @@ def default_cache_dir() -> str:
 def cache_dir(pretrained_dir: str = "") -> str:
     """The folder weights are looked up in and downloaded to: ``pretrained_dir`` if set."""
     return os.path.abspath(os.path.expanduser(pretrained_dir)) if pretrained_dir else default_cache_dir()
+
+
+def _check_named_cache(pretrained_dir: str) -> None:
+    """A ``pretrained_dir`` the user named must be a folder that exists: a typo there would otherwise be
+    created and filled with a fresh download (only the default cache is created when needed).
+
+    Raises:
+        ConfigError: One line: what is wrong with the folder and what to do.
+    """
+    path = cache_dir(pretrained_dir)
+    if pretrained_dir and not os.path.isdir(path):
+        what = "is a file, not a folder" if os.path.exists(path) else "does not exist"
+        raise ConfigError(f"pretrained_dir {path} {what}: published weights are looked up in, and downloaded into, "
+                          "a folder that exists (a named one is never created); create it, fix --pretrained_dir, "
+                          f"or leave it unset for the default cache {default_cache_dir()}")
 
 
 def cached_path(file: WeightFile, pretrained_dir: str = "") -> str:
@@ -117,20 +135,30 @@ def _by_hand(file: WeightFile, path: str) -> str:
             f"${MIRROR_VARIABLE} to a server that has it), or pass the file as --ckpt_path")
 
 
+# The container of a published file without a checksum, by its name's extension (what the publishers write):
+# readers.file_format's name for it, and how a message says it.
+_CONTAINERS = {".pth": ("torch_zip", "a PyTorch zip file"), ".bin": ("torch_zip", "a PyTorch zip file"),
+               ".safetensors": ("safetensors", "a safetensors file")}
+
+
 def _verify(file: WeightFile, path: str, url: str, remove: bool, shown: Optional[str] = None) -> None:
     """Check ``path`` (named ``shown``: a download is checked before its rename) against the published
-    checksum; nothing to check when none is published."""
-    if not file.sha256:
-        return
-    actual = sha256_of(path)
-    if actual.startswith(file.sha256.lower()):
-        return
+    checksum; where none is published, its first bytes against the container its name promises."""
+    if file.sha256:
+        actual = sha256_of(path)
+        if actual.startswith(file.sha256.lower()):
+            return
+        problem = f"its sha256 is {actual[:16]}..., the {file.source} source publishes {file.sha256}..."
+    else:
+        container, described = _CONTAINERS.get(os.path.splitext(file.cache_name)[1], (None, ""))
+        if container is None or file_format(path) == container:
+            return
+        problem = f"its first bytes are not those of {described} (the {file.source} source publishes no checksum)"
     if remove:
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
     removed = "removed it; run again to download it again" if remove else "left it (local rank 0 manages the cache)"
-    raise CheckpointError(f"{shown or path} from {url} is corrupt: its sha256 is {actual[:16]}..., the {file.source} "
-                          f"source publishes {file.sha256}...; {removed}")
+    raise CheckpointError(f"{shown or path} from {url} is corrupt: {problem}; {removed}")
 
 
 def _timeout() -> float:
@@ -299,13 +327,15 @@ def fetch(file: WeightFile, *, pretrained_dir: str = "", mirror: str = "", rank:
 
     Args:
         file: A table entry's file.
-        pretrained_dir: Cache folder (default: :func:`default_cache_dir`).
+        pretrained_dir: Cache folder, which must exist (default: :func:`default_cache_dir`, created if missing).
         mirror: Base URL replacing the publisher (default ``$MINDSWIN_PRETRAINED_MIRROR``).
         rank: Local rank on this node (default :func:`local_rank`); only rank 0 downloads.
 
     Raises:
+        ConfigError: ``pretrained_dir`` is given and is not an existing folder.
         CheckpointError: One line naming the URL, the cache path and how to place the file by hand.
     """
+    _check_named_cache(pretrained_dir)
     cache = cache_dir(pretrained_dir)
     path = cached_path(file, pretrained_dir)
     url = source_url(file, mirror)
