@@ -173,10 +173,11 @@ def _with_pretrained(config) -> Tuple[Config, str]:
     return config.replace("pretrained weights", ckpt_path=path, pretrained=False), choice.weights.name
 
 
-def _checkpoint_metadata(config) -> Tuple[Config, CheckpointMetadata]:
+def _checkpoint_metadata(config, computes_here: bool = True) -> Tuple[Config, CheckpointMetadata]:
     """Read ``ckpt_path``'s metadata; the config with the model keys the user did not set taken from it.
 
-    Evaluation defaults to float32 (``amp_level`` O0) unless set.
+    Evaluation computes in float32 (``amp_level`` O0) unless asked otherwise (:func:`_evaluates_in_float32`);
+    without ``computes_here`` (export: the graph runs on another device) only unless set.
     """
     if not os.path.exists(config.ckpt_path):
         raise CheckpointError(f"checkpoint not found: {config.ckpt_path}; refusing to run random weights")
@@ -186,11 +187,27 @@ def _checkpoint_metadata(config) -> Tuple[Config, CheckpointMetadata]:
                               "classifier, so there is nothing to evaluate, predict or export; fine-tune it first: "
                               f"train.py --config RECIPE --data_dir DIR --ckpt_path {config.ckpt_path}")
     taken = {key: value for key, value in metadata.model_config().items() if key not in config.explicit}
-    if "amp_level" not in config.explicit:
+    if "amp_level" not in config.explicit or (computes_here and _evaluates_in_float32(config)):
         taken["amp_level"] = "O0"
     config = config.replace(f"{config.ckpt_path}'s metadata", **taken)
     check_geometry(config)
     return config, metadata
+
+
+def _evaluates_in_float32(config) -> bool:
+    """On CPU, a recipe's ``amp_level`` is not evaluated in: only one given on the command line is.
+
+    A recipe's AMP level is its training's, and on MindSpore's CPU backend float16 is no faster:
+    Swin V2-T's forward at batch 32 held 3,984 MB under O2 against 1,469 MB in float32 and took
+    1.7x as long (docs/memory_plan.md), which made mindcv's Ascend recipe run out of memory
+    where float32 evaluates in 4 GB.
+    """
+    if config.device_target != "CPU" or "amp_level" in config.commanded or config.amp_level == "O0":
+        return False
+    logging.getLogger("mindswin").info("evaluating in float32 on CPU: the recipe's amp_level %s is its training's "
+                                       "(float16 is no faster on this backend, in several times the memory); "
+                                       "--amp_level %s evaluates in it anyway", config.amp_level, config.amp_level)
+    return True
 
 
 def _eval_model(config, num_classes: int, **build):
@@ -380,7 +397,7 @@ def run_export(argv: Optional[List[str]] = None) -> None:
     # published weights export next to the user, not into the cache
     target = config.export_file or published or os.path.splitext(config.ckpt_path)[0]
     _check_output_file(f"{target}.{config.file_format.lower()}", "export_file")
-    config, metadata = _checkpoint_metadata(config)
+    config, metadata = _checkpoint_metadata(config, computes_here=False)
     setup_runtime(config)
     num_classes = config.num_classes or metadata.num_classes or _num_classes_in(config.ckpt_path)
     onnx = config.file_format == "ONNX"

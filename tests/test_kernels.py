@@ -57,6 +57,7 @@ class Case(nn.Cell):
         self.fused = fused
         self.layer_norm = kernels.LayerNormKernel(1e-5) if fused else ops.LayerNorm(-1, -1, 1e-5)
         self.gelu = kernels.GeluKernel()
+        self.gelu_tanh = kernels.GeluKernel("tanh")
         self.bias_add = kernels.BiasAddKernel()
         self.bias_softmax = kernels.BiasSoftmaxKernel()
         self.qkv_heads = kernels.QkvHeadsKernel()
@@ -66,6 +67,8 @@ class Case(nn.Cell):
             return self.layer_norm(*args)[0]
         if self.name == "gelu":
             return self.gelu(*args) if self.fused else ops.gelu(args[0] + args[1], approximate="none")
+        if self.name == "gelu_tanh":  # mindcv's numerics
+            return self.gelu_tanh(*args) if self.fused else ops.gelu(args[0] + args[1], approximate="tanh")
         if self.name == "bias_add":
             return self.bias_add(*args) if self.fused else args[0] + args[1]
         if self.name == "bias_softmax":
@@ -82,7 +85,7 @@ def case_inputs(name, rng):
         x = rng.standard_normal((24, 16)) * 2 + 0.5
         x[3] = 0.25  # a row with zero variance
         return [ms.Tensor(x.astype(np.float32)), tensor(16, scale=0.3, shift=1.0), tensor(16, scale=0.2)]
-    if name in ("gelu", "bias_add"):
+    if name in ("gelu", "gelu_tanh", "bias_add"):
         return [tensor(24, 16, scale=2.0), tensor(16, scale=0.5)]
     if name == "bias_softmax":
         # (B * windows, heads, N, N) logits; bias with the mask for 3 windows: (3, heads, N, N)
@@ -94,7 +97,7 @@ def case_inputs(name, rng):
             ms.Tensor(rng.uniform(2, 50, (HEADS, 1, 1)).astype(np.float32))]
 
 
-@pytest.mark.parametrize("name", ["layer_norm", "gelu", "bias_add", "bias_softmax", "qkv_heads"])
+@pytest.mark.parametrize("name", ["layer_norm", "gelu", "gelu_tanh", "bias_add", "bias_softmax", "qkv_heads"])
 def test_kernel_values_and_gradients_equal_native_ops(name):
     rng = np.random.default_rng(0)
     args = case_inputs(name, rng)

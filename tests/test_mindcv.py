@@ -169,9 +169,33 @@ def test_validate_takes_mindcvs_recipe_and_a_mindcv_checkpoint(mindcv_files, dat
     log = result.stdout + result.stderr
     assert "layout: mindcv" in log
     assert "distribute is True but this process was not started by msrun: evaluating on this one device" in log
+    # the recipe's O2 is its training's: float16 on the CPU backend took several times the memory (issue 41)
+    assert "evaluating in float32 on CPU: the recipe's amp_level O2 is its training's" in log
     with open(tmp_path / "results.json") as f:
         results = json.load(f)
     assert results["num_samples"] == 36 and 0.0 <= results["top1"] <= 100.0
+
+
+def test_a_recipes_amp_level_is_evaluated_in_float32_on_cpu_unless_the_command_line_asks(mindcv_files, tmp_path):
+    import yaml
+
+    from mindswin.cli import _checkpoint_metadata
+    from mindswin.config import load_config
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(dict(MINDCV_RECIPE, distribute=False), sort_keys=False))
+    ckpt = str(mindcv_files[0] / "trained.ckpt")
+    common = dict(device_target="CPU", model="swinv2_micro_window4_32", image_resize=32, num_classes=4,
+                  ckpt_path=ckpt)
+
+    def amp(computes_here=True, **overrides):
+        config = load_config(str(recipe), {**common, **overrides}, defer_geometry=True)
+        return _checkpoint_metadata(config, computes_here=computes_here)[0].amp_level
+
+    assert amp() == "O0"  # validate / infer on CPU: float16 there cost several times the memory
+    assert amp(amp_level="O2") == "O2"  # asked for on the command line
+    assert amp(computes_here=False) == "O2"  # export: the graph runs where the recipe trains
+    assert amp(device_target="Ascend") == "O2"
 
 
 def test_bce_loss_is_mindcvs_binary_cross_entropy_on_the_same_soft_targets():

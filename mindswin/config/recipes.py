@@ -77,19 +77,19 @@ def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] 
         ConfigError: naming the key, the value, the file or option it came from and what is allowed.
     """
     values = {k: option.default for k, option in DEFAULTS.items()}
-    explicit = set()
+    recipe, commanded = set(), set()
     for key, (value, source) in (_recipe_values(path) if path else {}).items():
         values[key] = checked(key, value, source)
-        explicit.add(key)
+        recipe.add(key)
     for key, value in (overrides or {}).items():
         key = ALIASES.get(key, key)
         if key not in DEFAULTS:
             raise ConfigError(f"unknown option --{key}.{suggest(key)}")
         values[key] = checked(key, value, COMMAND_LINE)
-        explicit.add(key)
+        commanded.add(key)
     if values["device_target"] is None:
         values["device_target"] = _installed_backend()
-    config = Config(values, frozenset(explicit))
+    config = Config(values, frozenset(recipe | commanded), frozenset(commanded))
     check_combinations(config)
     if not defer_geometry:
         check_geometry(config)

@@ -19,14 +19,17 @@ COMMAND_LINE = "command line"
 class Config(dict):
     """Resolved configuration: a read-only dict with attribute access.
 
-    ``explicit`` holds the keys set by the recipe or the command line (not defaults). Once
-    resolved nothing changes it in place: :meth:`replace` returns a new config whose values
-    are checked like a recipe's, so what a run saves next to its checkpoints is what it read.
+    ``explicit`` holds the keys set by the recipe or the command line (not defaults), and
+    ``commanded`` those set on the command line. Once resolved nothing changes it in place:
+    :meth:`replace` returns a new config whose values are checked like a recipe's, so what a
+    run saves next to its checkpoints is what it read.
     """
 
-    def __init__(self, values: Dict[str, Any], explicit: frozenset = frozenset()) -> None:
+    def __init__(self, values: Dict[str, Any], explicit: frozenset = frozenset(),
+                 commanded: frozenset = frozenset()) -> None:
         super().__init__(values)
         object.__setattr__(self, "explicit", frozenset(explicit))
+        object.__setattr__(self, "commanded", frozenset(commanded))
 
     def __getattr__(self, key: str) -> Any:
         try:
@@ -41,7 +44,7 @@ class Config(dict):
     update = setdefault = pop = popitem = clear = _frozen
 
     def __reduce__(self):
-        return Config, (dict(self), self.explicit)
+        return Config, (dict(self), self.explicit, self.commanded)
 
     def replace(self, source: str = "resolved config", **changes: Any) -> Config:
         """A copy with ``changes``; a key of the table is checked and named with ``source`` if wrong.
@@ -51,7 +54,7 @@ class Config(dict):
         values = dict(self)
         for key, value in changes.items():
             values[key] = checked(key, value, source) if key in DEFAULTS else value
-        return Config(values, self.explicit)
+        return Config(values, self.explicit, self.commanded)
 
 
 def suggest(key: str) -> str:

@@ -86,15 +86,19 @@ class BiasAddKernel(nn.Cell):
 
 
 class GeluKernel(nn.Cell):
-    """Exact GELU of ``x + bias`` (the bias of the preceding linear layer), float32.
+    """GELU of ``x + bias`` (the bias of the preceding linear layer), float32: exact, or tanh-approximated.
 
-    The backward pass recomputes ``Phi(x + bias)`` and also returns the bias gradient.
+    The backward pass recomputes the activation's derivative and also returns the bias gradient.
+
+    Args:
+        approximate: ``"none"`` (the erf GELU) or ``"tanh"`` (MindSpore ``nn.GELU``'s default).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, approximate: str = "none") -> None:
         super().__init__()
-        self.forward_op = _custom("GeluForward", lambda x, b: x, lambda x, b: x)
-        self.backward_op = _custom("GeluBackward", lambda dy, x, b: (x, b), lambda dy, x, b: (x, x))
+        name = {"none": "Gelu", "tanh": "GeluTanh"}[approximate]
+        self.forward_op = _custom(f"{name}Forward", lambda x, b: x, lambda x, b: x)
+        self.backward_op = _custom(f"{name}Backward", lambda dy, x, b: (x, b), lambda dy, x, b: (x, x))
 
     def construct(self, x: Tensor, bias: Tensor) -> Tensor:
         return self.forward_op(x, bias)

@@ -232,8 +232,8 @@ class Mlp(nn.Cell):
         super().__init__()
         self.fc1 = Linear(dim, hidden_dim)
         self.fc2 = Linear(hidden_dim, dim)
-        self.gelu = GeluKernel() if use_cpu_kernels() else None
-        self.gelu_ext = GeluExt() if self.gelu is None and single_kernel_gelu() else None
+        self.fused = use_cpu_kernels()  # decided when built, like LayerNorm's
+        self.gelu_ext = GeluExt() if not self.fused and single_kernel_gelu() else None
         self.portable = False  # set_portable: the exact GELU from ONNX-exportable ops
         self.set_gelu_approximate(gelu_approximate)
 
@@ -242,6 +242,7 @@ class Mlp(nn.Cell):
         if approximate not in ("none", "tanh"):
             raise ValueError(f"gelu_approximate must be 'none' or 'tanh', got {approximate!r}")
         self.gelu_approximate = approximate
+        self.gelu = GeluKernel(approximate) if self.fused else None
 
     def weights(self) -> Tuple[Parameter, ...]:
         """fc1's and fc2's ``(weight, bias)``: what :meth:`forward_with` takes."""
@@ -250,7 +251,7 @@ class Mlp(nn.Cell):
     def forward_with(self, weights: Tuple[Tensor, ...], x: Tensor) -> Tensor:
         """The MLP computed with ``weights`` (laid out as :meth:`weights`) instead of its parameters."""
         fc1, fc2 = weights[:2], weights[2:]
-        if self.gelu_approximate == "tanh":  # the fused kernels compute the exact GELU only
+        if self.gelu is None and self.gelu_approximate == "tanh":
             return self.fc2.forward_with(fc2, ops.gelu(self.fc1.forward_with(fc1, x), approximate="tanh"))
         if self.portable:
             return self.fc2.forward_with(fc2, portable_gelu(self.fc1.forward_with(fc1, x)))

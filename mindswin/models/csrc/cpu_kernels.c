@@ -235,7 +235,7 @@ AOT_KERNEL(LayerNormBackward) {
   return 0;
 }
 
-/* ---------------------------------------------------------------- bias add and exact (erf) GELU */
+/* ---------------------------------------------------------------- bias add, exact (erf) and tanh GELU */
 /* Both take the bias of the preceding matmul, so a linear layer's bias costs no extra pass and
  * its gradient (the column sums of dy) comes out of the backward pass. */
 
@@ -302,6 +302,50 @@ static void gelu_backward_rows(void *arg, int64_t begin, int64_t end, int part) 
   }
 }
 
+/* tanh-approximated GELU, MindSpore nn.GELU's default (mindcv's Swin V2 numerics):
+ * 0.5 z (1 + tanh(u)), u = sqrt(2/pi) (z + 0.044715 z^3). tanh(u) = 1 - 2 / (exp(2u) + 1), so
+ * the loop vectorises through libmvec's expf; exp overflows to inf for large u and gives 1. */
+#define GELU_TANH_SCALE 0.79788456080286535588f /* sqrt(2 / pi) */
+#define GELU_TANH_CUBIC 0.044715f
+
+static inline float gelu_tanh_t(float z) {
+  const float u = GELU_TANH_SCALE * (z + GELU_TANH_CUBIC * z * z * z);
+  return 1.0f - 2.0f / (expf(2.0f * u) + 1.0f);
+}
+
+static void gelu_tanh_forward_rows(void *arg, int64_t begin, int64_t end, int part) {
+  bias_ctx *c = (bias_ctx *)arg;
+  const int64_t n = c->cols;
+  (void)part;
+  for (int64_t r = begin; r < end; ++r) {
+    const float *x = c->x + r * n;
+    float *y = c->out + r * n;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      const float z = x[i] + c->bias[i];
+      y[i] = 0.5f * z * (1.0f + gelu_tanh_t(z));
+    }
+  }
+}
+
+static void gelu_tanh_backward_rows(void *arg, int64_t begin, int64_t end, int part) {
+  bias_ctx *c = (bias_ctx *)arg;
+  const int64_t n = c->cols;
+  float *sums = c->partial + (int64_t)part * n;
+  for (int64_t r = begin; r < end; ++r) {
+    const float *x = c->x + r * n, *dy = c->dy + r * n;
+    float *dx = c->out + r * n;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      const float z = x[i] + c->bias[i];
+      const float t = gelu_tanh_t(z);
+      const float du = GELU_TANH_SCALE * (1.0f + 3.0f * GELU_TANH_CUBIC * z * z);
+      dx[i] = dy[i] * (0.5f * (1.0f + t) + 0.5f * z * (1.0f - t * t) * du);
+      sums[i] += dx[i];
+    }
+  }
+}
+
 /* Run a row kernel that accumulates per-part column sums, then reduce them into `sums`. */
 static int with_column_sums(range_fn fn, bias_ctx *c, int64_t rows, float *sums) {
   const int parts = part_count(rows, c->cols);
@@ -338,6 +382,20 @@ AOT_KERNEL(GeluBackward) {
   bias_ctx c = {.dy = params[0], .x = params[1], .bias = params[2], .out = params[3],
                 .cols = shapes[0][ndims[0] - 1]};
   return with_column_sums(gelu_backward_rows, &c, leading(ndims[0], shapes[0]), params[4]);
+}
+
+/* inputs x (..., N), bias (N); output gelu_tanh(x + bias) */
+AOT_KERNEL(GeluTanhForward) {
+  bias_ctx c = {.x = params[0], .bias = params[1], .out = params[2], .cols = shapes[0][ndims[0] - 1]};
+  parallel_for(gelu_tanh_forward_rows, &c, leading(ndims[0], shapes[0]), c.cols);
+  return 0;
+}
+
+/* inputs dy, x (..., N), bias (N); outputs dx, d_bias (N) */
+AOT_KERNEL(GeluTanhBackward) {
+  bias_ctx c = {.dy = params[0], .x = params[1], .bias = params[2], .out = params[3],
+                .cols = shapes[0][ndims[0] - 1]};
+  return with_column_sums(gelu_tanh_backward_rows, &c, leading(ndims[0], shapes[0]), params[4]);
 }
 
 /* ---------------------------------------------------------------- softmax(logits + bias) over the last axis */
