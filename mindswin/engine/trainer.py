@@ -89,8 +89,8 @@ def train(config: Config) -> Dict[str, Any]:
     runtime = setup_runtime(config)
     direct_graph_dumps(config.ckpt_save_dir)
     setup_logging(runtime, config.ckpt_save_dir)
+    task = create_task(config, runtime)  # the data's mistakes first: they are the user's to fix either way
     check_training_fits(config, runtime.group_size)
-    task = create_task(config, runtime)
     model, _ = task.build_model()
     training = build_training(config, runtime, model, task.loss_network(model), task.num_samples)
     files = CheckpointManager(config.ckpt_save_dir, model.model_name, config.keep_checkpoint_max, runtime.is_main,
