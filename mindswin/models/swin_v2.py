@@ -42,6 +42,8 @@ from .layers import (
     Linear,
     Mlp,
     PatchProjection,
+    WeightAndBias,
+    WeightRecord,
     expand_to,
     mask_from_factors,
 )
@@ -67,6 +69,8 @@ __all__ = [
     "stage_block_configs",
     "reuse_keys",
     "WindowAttention",
+    "AttentionWeights",
+    "BlockWeights",
     "use_flash_attention",
     "PatchMerging",
     "PatchEmbed",
@@ -373,6 +377,18 @@ def portable_l2_normalize(x: Tensor) -> Tensor:
 ROW_BLOCK_ATTENTION_MIN_TOKENS = 144
 
 
+class AttentionWeights(WeightRecord):
+    """The weights of a :class:`WindowAttention`."""
+
+    logit_scale: Tensor
+    cpb_fc1: tuple  # the CPB MLP's layers, WeightAndBias each (fc2 without bias)
+    cpb_fc2: tuple
+    qkv: tuple  # a WeightAndBias without bias: k has none, q and v have their own
+    q_bias: Optional[Tensor]  # None without qkv_bias
+    v_bias: Optional[Tensor]
+    proj: tuple
+
+
 class WindowAttention(nn.Cell):
     """Scaled cosine window attention with a continuous position bias.
 
@@ -398,8 +414,6 @@ class WindowAttention(nn.Cell):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.window_area = window_size[0] * window_size[1]
-        self.qkv_bias = qkv_bias
-        self.num_weights = 9 if qkv_bias else 7  # len(weights()), known without reading a parameter
 
         self.logit_scale = Parameter(Tensor(np.full((num_heads, 1, 1), math.log(10.0), np.float32)),
                                      name="logit_scale")
@@ -465,22 +479,25 @@ class WindowAttention(nn.Cell):
                              f"this model's is {self.head_dim}; set flash_attention false")
         self.flash_attention = True
 
-    def weights(self) -> Tuple[Parameter, ...]:
-        """Every parameter, in the order :meth:`forward_with` reads them: ``logit_scale``, the CPB
-        MLP's three, ``qkv.weight``, ``q_bias`` and ``v_bias`` (when learnt), ``proj``'s two."""
-        qv_biases = (self.q_bias, self.v_bias) if self.qkv_bias else ()
-        return ((self.logit_scale, self.cpb_mlp[0].weight, self.cpb_mlp[0].bias, self.cpb_mlp[2].weight,
-                 self.qkv.weight) + qv_biases + self.proj.weights())
+    def weights(self) -> tuple:
+        """The :class:`AttentionWeights` :meth:`forward_with` takes."""
+        return (self.logit_scale, self.cpb_mlp[0].weights(), self.cpb_mlp[2].weights(), self.qkv.weights(),
+                self.q_bias, self.v_bias, self.proj.weights())
 
-    def position_bias(self, cpb_weights: Tuple[Tensor, Tensor, Tensor]) -> Tensor:
-        """``16 * sigmoid(cpb_mlp(coords))`` gathered to ``(heads, N, N)``, float32.
+    def position_bias(self, fc1: tuple, fc2: tuple, gate: Tensor) -> Tensor:
+        """``16 * sigmoid(cpb_mlp(coords))`` gathered to ``(heads, N, N)``, float32, computed after ``gate``.
 
-        ``cpb_weights``: the CPB MLP's ``(fc1 weight, fc1 bias, fc2 weight)`` to compute with.
+        ``fc1``, ``fc2``: the CPB MLP's :class:`~mindswin.models.layers.WeightAndBias` to compute with.
+        Gated on the tokens: the bias depends on weights only, so in a checkpointed block's rerun
+        the executor would build it (and, shifted, the (windows, heads, N, N) bias + mask) for
+        every block as soon as the backward pass starts, and hold them all (docs/memory.md).
         """
+        fc1_weight = ops.depend(fc1[WeightAndBias.weight], gate)
         if self.position_bias_kernel is not None:
-            return self.position_bias_kernel(cpb_weights[0], cpb_weights[1], cpb_weights[2])[0]
-        hidden = self.cpb_mlp[1](self.cpb_mlp[0].forward_with(cpb_weights[:2], self.relative_coords_table))
-        table = self.cpb_mlp[2].forward_with(cpb_weights[2:], hidden)
+            return self.position_bias_kernel(fc1_weight, fc1[WeightAndBias.bias], fc2[WeightAndBias.weight])[0]
+        hidden = self.cpb_mlp[1](self.cpb_mlp[0]._project(self.relative_coords_table, fc1_weight,
+                                                          fc1[WeightAndBias.bias]))
+        table = self.cpb_mlp[2].forward_with(fc2, hidden)
         bias = ops.gather(table, self.relative_position_index, 0)
         bias = bias.transpose(1, 0).reshape(self.num_heads, self.window_area, self.window_area)
         return 16.0 * ops.sigmoid(bias)
@@ -490,7 +507,7 @@ class WindowAttention(nn.Cell):
         rows = self.split_heads(x.reshape(x.shape[0], x.shape[1] * self.num_heads, self.head_dim))
         return rows.reshape(x.shape[0], self.num_heads, x.shape[1], self.head_dim)
 
-    def _queries_keys_values(self, x: Tensor, temperature: Tensor, qkv_weight: Tensor, q_bias: Optional[Tensor],
+    def _queries_keys_values(self, x: Tensor, temperature: Tensor, qkv: tuple, q_bias: Optional[Tensor],
                              v_bias: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
         """``(B_, heads, N, head_dim)`` q (unit, times the temperature), k (unit) and v.
 
@@ -501,11 +518,12 @@ class WindowAttention(nn.Cell):
         if self.qkv_heads is not None:
             q_bias = self.zero_bias if q_bias is None else q_bias
             v_bias = self.zero_bias if v_bias is None else v_bias
-            qkv = self.qkv.forward_with((qkv_weight,), x)
-            q, k, v, _, _ = self.qkv_heads(qkv.astype(ms.float32), q_bias, v_bias, temperature)
+            q, k, v, _, _ = self.qkv_heads(self.qkv.forward_with(qkv, x).astype(ms.float32), q_bias, v_bias,
+                                           temperature)
             dtype = self.qkv.compute_dtype
             return q.astype(dtype), k.astype(dtype), v.astype(dtype)
         c = x.shape[-1]
+        qkv_weight = qkv[WeightAndBias.weight]
         # Three projections with row blocks of qkv.weight: slicing the small weight is cheap,
         # slicing the large fused output (StridedSlice) is slow.
         q = self._heads(self.qkv._project(x, qkv_weight[:c], q_bias))
@@ -554,16 +572,13 @@ class WindowAttention(nn.Cell):
         """
         return self.forward_with(self.weights(), x, mask_factors)
 
-    def forward_with(self, weights: Tuple[Tensor, ...], x: Tensor, mask_factors: Optional[Tensor] = None) -> Tensor:
-        """:meth:`construct` computed with ``weights`` (laid out as :meth:`weights`) instead of the parameters."""
+    def forward_with(self, weights: tuple, x: Tensor, mask_factors: Optional[Tensor] = None) -> Tensor:
+        """:meth:`construct` computed with ``weights`` (an :class:`AttentionWeights`) instead of the parameters."""
         batch_windows, n, c = x.shape
-        q_bias, v_bias = (weights[5], weights[6]) if self.qkv_bias else (None, None)
-        temperature = ops.exp(ops.minimum(weights[0], MAX_LOGIT_SCALE))
-        q, k, v = self._queries_keys_values(x, temperature, weights[4], q_bias, v_bias)
-        # Gated on the tokens: the bias depends on weights only, so in a checkpointed block's rerun
-        # the executor would build it (and, shifted, the (windows, heads, N, N) bias + mask) for
-        # every block as soon as the backward pass starts, and hold them all (docs/memory.md).
-        bias = self.position_bias((ops.depend(weights[1], x),) + weights[2:4])
+        temperature = ops.exp(ops.minimum(weights[AttentionWeights.logit_scale], MAX_LOGIT_SCALE))
+        q, k, v = self._queries_keys_values(x, temperature, weights[AttentionWeights.qkv],
+                                            weights[AttentionWeights.q_bias], weights[AttentionWeights.v_bias])
+        bias = self.position_bias(weights[AttentionWeights.cpb_fc1], weights[AttentionWeights.cpb_fc2], x)
         if self.flash_attention and mask_factors is None and v.dtype != ms.float32 and \
                 batch_windows <= FLASH_ATTENTION_MAX_BATCH:
             x = self._flash(q, k, v, bias)
@@ -572,7 +587,7 @@ class WindowAttention(nn.Cell):
         else:
             x = self._batched(q, k, v, bias, mask_factors)
         x = self.merge_heads(x.reshape(batch_windows, self.num_heads * n, self.head_dim)).reshape(batch_windows, n, c)
-        x = self.proj.forward_with(weights[-2:], x)
+        x = self.proj.forward_with(weights[AttentionWeights.proj], x)
         if self.proj_drop is not None:
             x = self.proj_drop(x)
         return x
@@ -651,6 +666,16 @@ def use_flash_attention(model: nn.Cell) -> int:
     for cell in cells:
         cell.use_flash_attention()
     return len(cells)
+
+
+class BlockWeights(WeightRecord):
+    """The weights of a :class:`SwinTransformerV2Block`: its layers' records."""
+
+    attn: tuple  # an AttentionWeights
+    norm1: tuple  # a WeightAndBias
+    mlp: tuple  # an MlpWeights
+    norm2: tuple
+    norm3: Optional[tuple]  # None without the extra norm
 
 
 class SwinTransformerV2Block(nn.Cell):
@@ -734,12 +759,12 @@ class SwinTransformerV2Block(nn.Cell):
         # more per block would change what the other random ops of a model without recompute draw.
         self.uniform = ops.UniformReal() if self.drop_path is not None else None
 
-    def weights(self) -> Tuple[Parameter, ...]:
-        """Every parameter of the block, in the order :meth:`forward_with` reads them."""
-        extra = () if self.norm3 is None else self.norm3.weights()
-        return self.attn.weights() + self.norm1.weights() + self.mlp.weights() + self.norm2.weights() + extra
+    def weights(self) -> tuple:
+        """The :class:`BlockWeights` :meth:`forward_with` takes."""
+        return (self.attn.weights(), self.norm1.weights(), self.mlp.weights(), self.norm2.weights(),
+                None if self.norm3 is None else self.norm3.weights())
 
-    def _attn(self, weights: Tuple[Tensor, ...], x: Tensor) -> Tensor:
+    def _attn(self, weights: tuple, x: Tensor) -> Tensor:
         b, h, w, c = x.shape
         windows = self.to_windows(x.reshape(b, h * w, c)).reshape(-1, self.attn.window_area, c)
         windows = self.attn.forward_with(weights, windows, self.attn_mask_factors)
@@ -752,16 +777,16 @@ class SwinTransformerV2Block(nn.Cell):
             return branch
         return self.drop_path(branch, draws[0][:, which] if draws else None)
 
-    def forward_with(self, weights: Tuple[Tensor, ...], x: Tensor, draws: Tuple[Tensor, ...]) -> Tensor:
-        """The block computed with ``weights`` (laid out as :meth:`weights`) instead of its parameters.
+    def forward_with(self, weights: tuple, x: Tensor, draws: Tuple[Tensor, ...]) -> Tensor:
+        """The block computed with ``weights`` (a :class:`BlockWeights`) instead of its parameters.
 
         A pure function of its inputs, so :class:`BlockCheckpoint` can rerun it in the backward pass.
         """
-        a = self.attn.num_weights
-        x = x + self._residual(self.norm1.forward_with(weights[a:a + 2], self._attn(weights[:a], x)), draws, 0)
-        x = x + self._residual(self.norm2.forward_with(weights[a + 6:a + 8],
-                                                       self.mlp.forward_with(weights[a + 2:a + 6], x)), draws, 1)
-        return x if self.norm3 is None else self.norm3.forward_with(weights[a + 8:], x)
+        attn = self._attn(weights[BlockWeights.attn], x)
+        x = x + self._residual(self.norm1.forward_with(weights[BlockWeights.norm1], attn), draws, 0)
+        mlp = self.mlp.forward_with(weights[BlockWeights.mlp], x)
+        x = x + self._residual(self.norm2.forward_with(weights[BlockWeights.norm2], mlp), draws, 1)
+        return x if self.norm3 is None else self.norm3.forward_with(weights[BlockWeights.norm3], x)
 
     def _draws(self, x: Tensor, path_noise: Optional[Tensor]) -> Tuple[Tensor, ...]:
         """The stochastic-depth inputs of :meth:`forward_with`: ``(path_noise,)`` or ``()``.
@@ -847,7 +872,7 @@ class BlockFunction(nn.Cell):
         super().__init__(auto_prefix=False)
         object.__setattr__(self, "block", block)
 
-    def construct(self, weights: Tuple[Tensor, ...], x: Tensor, draws: Tuple[Tensor, ...]) -> Tensor:
+    def construct(self, weights: tuple, x: Tensor, draws: Tuple[Tensor, ...]) -> Tensor:
         return self.block.forward_with(weights, x, draws)
 
 
@@ -866,10 +891,10 @@ class BlockCheckpoint(nn.Cell):
         self.function = BlockFunction(block)
         self.gradients = ops.GradOperation(get_all=True, sens_param=True)
 
-    def construct(self, weights: Tuple[Tensor, ...], x: Tensor, draws: Tuple[Tensor, ...]) -> Tensor:
+    def construct(self, weights: tuple, x: Tensor, draws: Tuple[Tensor, ...]) -> Tensor:
         return self.function(weights, x, draws)
 
-    def bprop(self, weights: Tuple[Tensor, ...], x: Tensor, draws: Tuple[Tensor, ...], out: Tensor, dout: Tensor):
+    def bprop(self, weights: tuple, x: Tensor, draws: Tuple[Tensor, ...], out: Tensor, dout: Tensor):
         # Recompute only once the output's gradient exists: the executor would otherwise be free
         # to rerun every block's forward as soon as its input is ready.
         grads = self.gradients(self.function)(weights, ops.depend(x, dout), draws, dout)
