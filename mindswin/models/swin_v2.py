@@ -23,18 +23,17 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple, 
 import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
-from mindspore.ops import flash_attention_score
 
-from .kernel_library import use_cpu_kernels
-from .kernels import (
-    AttentionKernel,
-    BiasSoftmaxKernel,
-    MaskedAttentionKernel,
-    PositionBiasKernel,
-    QkvHeadsKernel,
-    WindowBiasSoftmaxKernel,
-    attention_kernel_available,
+from .attention_paths import (
+    AttentionPath,
+    FlashAttention,
+    FusedSoftmaxAttention,
+    RowBlockAttention,
+    SequentialAttention,
+    row_blocks_pay,
 )
+from .kernel_library import use_cpu_kernels
+from .kernels import PositionBiasKernel, QkvHeadsKernel
 from .layers import (
     DropPath,
     InputRateDropPath,
@@ -369,14 +368,6 @@ def portable_l2_normalize(x: Tensor) -> Tensor:
     return x / expand_to(ops.sqrt(ops.maximum((x * x).sum(axis=-1, keepdims=True), L2_EPS_SQUARED)), x)
 
 
-# Windows of this many tokens or more attend in the fused CPU kernel (AttentionKernel), 64 query
-# rows at a time. Op by op, forward and backward, 64 windows x 3 heads on this project's 2-core
-# machines: at 144 tokens (window 12) as fast as the batched matmuls, at 1,024 tokens 20% faster
-# (3,394 -> 697 MB peak); at 64 tokens (window 8) twice as slow (the products are too small for
-# a call each), where the probabilities are small anyway.
-ROW_BLOCK_ATTENTION_MIN_TOKENS = 144
-
-
 class AttentionWeights(WeightRecord):
     """The weights of a :class:`WindowAttention`."""
 
@@ -391,6 +382,10 @@ class AttentionWeights(WeightRecord):
 
 class WindowAttention(nn.Cell):
     """Scaled cosine window attention with a continuous position bias.
+
+    :meth:`forward_with` is the paper's attention; :meth:`reference_attention` its
+    ``softmax(q k^T + bias + mask) v`` in MindSpore's ops, which the hardware paths of
+    :mod:`~mindswin.models.attention_paths` compute otherwise where they are available.
 
     Args:
         dim: Token width.
@@ -445,39 +440,50 @@ class WindowAttention(nn.Cell):
         cpu = use_cpu_kernels()
         self.qkv_heads = QkvHeadsKernel() if cpu else None
         self.position_bias_kernel = PositionBiasKernel(coords_table, position_index, self.window_area) if cpu else None
-        self.bias_softmax = BiasSoftmaxKernel() if cpu else None
-        self.window_softmax = WindowBiasSoftmaxKernel() if cpu else None  # shifted blocks'
-        row_blocks = cpu and self.window_area >= ROW_BLOCK_ATTENTION_MIN_TOKENS and attention_kernel_available()
-        self.row_block_attention = AttentionKernel() if row_blocks else None
-        self.masked_row_block_attention = MaskedAttentionKernel() if row_blocks else None
         self.zero_bias = Tensor(np.zeros(dim, np.float32)) if cpu and not qkv_bias else None
+        # The hardware paths this attention may take, in order of preference (the reference after them)
+        paths = [RowBlockAttention()] if cpu and row_blocks_pay(self.window_area, attn_drop) else []
+        self.paths = nn.CellList(paths + ([FusedSoftmaxAttention(self.attn_drop)] if cpu else []))
         self.portable = False  # set_portable: the cosine normalisation without Rsqrt
-        self.sequential = None  # use_sequential: a SequentialAttentionCore
-        self.flash_attention = False  # use_flash_attention: FlashAttentionScore in unshifted windows
+
+    @property
+    def path_names(self) -> Tuple[str, ...]:
+        """Names of the hardware paths this attention may take, in order of preference."""
+        return tuple(path.name for path in self.paths)
+
+    def path(self, name: str) -> Optional[AttentionPath]:
+        """The hardware path called ``name``, or None."""
+        return next((path for path in self.paths if path.name == name), None)
 
     def use_sequential(self, num_windows: int, attn_chunks: Tuple[int, int], mask_factors: Optional[Tensor]) -> None:
         """Attend ``attn_chunks = (windows, heads)`` at a time (0: all), probabilities recomputed in backward.
 
         See :mod:`~mindswin.models.sequential_attention`. Attention dropout would draw other
-        noise when the backward pass recomputes the probabilities, so it is refused.
+        noise when the backward pass recomputes the probabilities, so it is refused. Where the
+        fused CPU kernel attends in row blocks, it goes first: it keeps less than any group.
         """
         if self.attn_drop is not None:
             raise ValueError("sequential attention recomputes the attention probabilities in the backward pass, "
                              "where dropout would draw other noise; set attn_drop_rate 0 (the official value) or "
                              "turn sequential attention off")
-        self.sequential = SequentialAttentionCore(num_windows, self.num_heads, attn_chunks[0], attn_chunks[1],
-                                                  mask_factors, fused=self.bias_softmax is not None)
+        core = SequentialAttentionCore(num_windows, self.num_heads, attn_chunks[0], attn_chunks[1], mask_factors,
+                                       fused=self.path(FusedSoftmaxAttention.name) is not None)
+        self.paths.insert(int(self.path(RowBlockAttention.name) is not None), SequentialAttention(core))
+
+    def stop_sequential(self) -> None:
+        """Attend without the sequential path again."""
+        self.paths = nn.CellList([path for path in self.paths if path.name != SequentialAttention.name])
 
     def use_flash_attention(self) -> None:
-        """Attend in MindSpore's ``FlashAttentionScore`` (Atlas A2) where it computes the official attention:
-        unshifted windows, float16 or bfloat16 q, k, v (AMP O2). See :func:`use_flash_attention`."""
+        """Attend in MindSpore's ``FlashAttentionScore`` (Atlas A2) where it computes the official attention
+        (:class:`~mindswin.models.attention_paths.FlashAttention`). See :func:`use_flash_attention`."""
         if self.attn_drop is not None:
             raise ValueError("flash_attention: FlashAttentionScore would drop the probabilities with noise of its "
                              "own; set attn_drop_rate 0 (the official value) or flash_attention false")
         if self.head_dim % 16:
             raise ValueError(f"flash_attention: FlashAttentionScore needs a head size that is a multiple of 16, "
                              f"this model's is {self.head_dim}; set flash_attention false")
-        self.flash_attention = True
+        self.paths.insert(0, FlashAttention(self.num_heads, self.window_area))
 
     def weights(self) -> tuple:
         """The :class:`AttentionWeights` :meth:`forward_with` takes."""
@@ -553,8 +559,6 @@ class WindowAttention(nn.Cell):
         The logits are viewed as ``(B, everything else)`` so the bias gradient is a sum over
         one leading axis.
         """
-        if self.bias_softmax is not None:
-            return self.bias_softmax(logits, bias)
         flat = logits.reshape(-1, bias.size)
         flat = flat + expand_to(bias.reshape(1, -1), flat)
         return ops.softmax(flat.reshape(logits.shape), axis=-1)
@@ -579,54 +583,28 @@ class WindowAttention(nn.Cell):
         q, k, v = self._queries_keys_values(x, temperature, weights[AttentionWeights.qkv],
                                             weights[AttentionWeights.q_bias], weights[AttentionWeights.v_bias])
         bias = self.position_bias(weights[AttentionWeights.cpb_fc1], weights[AttentionWeights.cpb_fc2], x)
-        if self.flash_attention and mask_factors is None and v.dtype != ms.float32 and \
-                batch_windows <= FLASH_ATTENTION_MAX_BATCH:
-            x = self._flash(q, k, v, bias)
-        elif self.sequential is not None and not self._in_row_blocks(v):
-            x = self.sequential(q, k, v, bias)
-        else:
-            x = self._batched(q, k, v, bias, mask_factors)
+        x = self._attend(q, k, v, bias, mask_factors)
         x = self.merge_heads(x.reshape(batch_windows, self.num_heads * n, self.head_dim)).reshape(batch_windows, n, c)
         x = self.proj.forward_with(weights[AttentionWeights.proj], x)
         if self.proj_drop is not None:
             x = self.proj_drop(x)
         return x
 
-    def _flash(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
-        """``FlashAttentionScore``: ``softmax(scalar_value * q k^T + real_shift) v``, layout ``BNSD``.
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask_factors: Optional[Tensor]) -> Tensor:
+        """The first available hardware path's attention, else the reference's (chosen as the graph compiles)."""
+        for path in self.paths:
+            if path.available(q, mask_factors):
+                return path(q, k, v, bias, mask_factors)
+        return self.reference_attention(q, k, v, bias, mask_factors)
 
-        q is already unit and times the temperature, so the scale is 1, and the position bias is the
-        additive ``real_shift``, in q's dtype as the op requires, shared by every window (its gradient
-        is the op's ``dpse``).
+    def reference_attention(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor,
+                            mask_factors: Optional[Tensor]) -> Tensor:
+        """``softmax(q k^T + bias + mask) v`` of every window and head at once: ``(B_, heads, N, head_dim)``.
+
+        ``q`` is unit and times the temperature, ``k`` unit: ``q k^T`` is the scaled cosine logit.
         """
-        shift = bias.astype(q.dtype).reshape(1, self.num_heads, self.window_area, self.window_area)
-        return flash_attention_score(q, k, v, self.num_heads, real_shift=shift, scalar_value=1.0,
-                                     input_layout="BNSD")
-
-    def _in_row_blocks(self, v: Tensor) -> bool:
-        """Whether attention runs in the fused CPU kernel, 64 query rows at a time (float32, no dropout).
-
-        Then it also stands in for sequential attention: it computes one (window, head) pair at a
-        time per thread and keeps no probabilities, less than any group of the sequential core.
-        """
-        return self.row_block_attention is not None and self.attn_drop is None and v.dtype == ms.float32
-
-    def _batched(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask_factors: Optional[Tensor]) -> Tensor:
-        """Every window and head at once: ``(B_, heads, N, head_dim)``.
-
-        On CPU, in float32 and without attention dropout, windows of at least
-        :data:`ROW_BLOCK_ATTENTION_MIN_TOKENS` tokens attend in the fused kernel, 64 query rows at a
-        time, probabilities recomputed in the backward pass; otherwise one matmul for all logits.
-        """
-        if self._in_row_blocks(v):
-            if mask_factors is None:
-                return self.row_block_attention(q, k, v, bias)
-            return self.masked_row_block_attention(q, k, v, bias, mask_factors)
         logits = self.qk_matmul(q, k).astype(ms.float32)
-        if self.window_softmax is not None and mask_factors is not None:  # bias and mask added row by row
-            attn = self.window_softmax(logits, bias, mask_from_factors(mask_factors, bias))
-        else:
-            attn = self._softmax_with_bias(logits, self._logit_bias(bias, mask_factors))
+        attn = self._softmax_with_bias(logits, self._logit_bias(bias, mask_factors))
         if self.attn_drop is not None:
             attn = self.attn_drop(attn)
         return self.av_matmul(attn.astype(v.dtype), v)
@@ -636,21 +614,9 @@ class WindowAttention(nn.Cell):
                 f"pretrained_window_size={self.pretrained_window_size}")
 
 
-# FlashAttentionScore's documented limit on its batch (here images x windows); beyond it, the other path.
-FLASH_ATTENTION_MAX_BATCH = 2048
-
-
 def use_flash_attention(model: nn.Cell) -> int:
-    """Let every window attention of ``model`` attend in MindSpore's ``FlashAttentionScore`` where it fits.
-
-    The op (Atlas A2 / 910B only; float16 and bfloat16) takes cosine attention as it is: unit q
-    times the temperature, unit k, ``scalar_value=1`` and the continuous position bias as the
-    additive ``real_shift``, whose gradient it returns. It does not take the shifted-window mask
-    as the official code adds it (-100 to the masked logits; its ``attn_mask`` discards them, which
-    differs where a row's unmasked logits lie 80 or more below a masked one), so shifted blocks
-    keep MindSpore's batched (or sequential) attention, as do float32 steps and batches of more than
-    :data:`FLASH_ATTENTION_MAX_BATCH` windows (the op's limit). Written to MindSpore's documentation;
-    not yet run on a card.
+    """Let every window attention of ``model`` attend in MindSpore's ``FlashAttentionScore`` where it fits
+    (:class:`~mindswin.models.attention_paths.FlashAttention`: unshifted blocks, float16 or bfloat16).
 
     Returns:
         The number of window attention cells switched.
@@ -752,8 +718,9 @@ class SwinTransformerV2Block(nn.Cell):
             raise ValueError("recompute reruns each block's forward in the backward pass, where dropout would draw "
                              "other noise; set attn_drop_rate and proj_drop_rate 0 (the official values) or turn "
                              "recompute off")
-        if self.attn.sequential is not None and not sequential_pays_under_checkpoint(self.attn.sequential.num_groups):
-            self.attn.sequential = None
+        sequential = self.attn.path(SequentialAttention.name)
+        if sequential is not None and not sequential_pays_under_checkpoint(sequential.core.num_groups):
+            self.attn.stop_sequential()
         self.checkpoint = BlockCheckpoint(self)
         # Made only here: every random op created takes the next of MindSpore's op seeds, so one
         # more per block would change what the other random ops of a model without recompute draw.
