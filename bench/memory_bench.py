@@ -51,14 +51,14 @@ def mindswin_step(size: int, window: int, extra: dict):
 
     import mindswin
     from mindswin.amp import apply_amp
-    from mindswin.models import swin_v2
+    from mindswin.models import attention_paths
     from mindswin.models.kernel_library import cpu_kernels
     from mindswin.models.threads import set_cpu_threads
 
     extra = dict(extra)
     batch_size, amp_level = extra.pop("batch_size", 1), extra.pop("amp_level", "O0")
     if not extra.pop("row_block_attention", True):
-        swin_v2.ROW_BLOCK_ATTENTION_MIN_TOKENS = 1 << 30  # read when each WindowAttention is built
+        attention_paths.ROW_BLOCK_ATTENTION_MIN_TOKENS = 1 << 30  # read when each WindowAttention is built
     ms.set_context(mode=ms.GRAPH_MODE, memory_optimize_level=extra.pop("memory_optimize_level", "O0"))
     ms.set_device("CPU")
     set_cpu_threads()

@@ -36,12 +36,12 @@ import sys
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from .models.attention_paths import ROW_BLOCK_ATTENTION_MIN_TOKENS
 from .models.flops import count_parameters
 from .models.kernels import ATTENTION_ROWS
 from .models.registry import model_spec
 from .models.sequential_attention import chunk_ranges, sequential_pays_under_checkpoint
 from .models.swin_v2 import (
-    ROW_BLOCK_ATTENTION_MIN_TOKENS,
     BlockConfig,
     clip_window_shift,
     geometry_problem,

@@ -17,7 +17,7 @@ from mindswin.amp import apply_amp
 from mindswin.config import ConfigError, load_config
 from mindswin.engine import runtime
 from mindswin.engine.builder import model_from_config
-from mindswin.models import layers, list_models, model_spec, swin_v2
+from mindswin.models import attention_paths, layers, list_models, model_spec, swin_v2
 from mindswin.models.kernel_library import cpu_kernels
 from mindswin.models.swin_v2 import (
     BasicLayer,
@@ -414,7 +414,7 @@ def test_flash_attention_calls_the_op_as_documented_in_unshifted_blocks(monkeypa
         probs = ops.softmax(logits + real_shift.astype(ms.float32), axis=-1)
         return ops.matmul(probs.astype(value.dtype), value)
 
-    monkeypatch.setattr(swin_v2, "flash_attention_score", documented)
+    monkeypatch.setattr(attention_paths, "flash_attention_score", documented)
     ms.set_context(mode=ms.PYNATIVE_MODE)
     try:
         with cpu_kernels(False):

@@ -162,7 +162,7 @@ def test_model_with_cpu_kernels_matches_native_ops(geometry):
     for enabled in (True, False):
         model = randomize(micro(kernels="cpu" if enabled else "native", **geometry), seed=4)
         assert (model.layers[0].blocks[0].attn.qkv_heads is not None) == enabled
-        row_blocks = [block.attn.row_block_attention is not None for block in model.layers[0].blocks]
+        row_blocks = ["row_blocks" in block.attn.path_names for block in model.layers[0].blocks]
         assert row_blocks == [enabled and "window_size" in geometry] * len(row_blocks)
         model.set_train(False)
         logits = model(x).asnumpy()

@@ -10,8 +10,11 @@ import mindswin
 from mindswin.amp import apply_amp
 from mindswin.models import count_flops, model_spec
 from mindswin.models.flops import count_parameters
+from mindswin.models.layers import MlpWeights, WeightAndBias
 from mindswin.models.simmim import build_simmim
 from mindswin.models.swin_v2 import (
+    AttentionWeights,
+    BlockWeights,
     SwinTransformerV2Block,
     relative_coords_table,
     shifted_window_mask,
@@ -270,11 +273,29 @@ def test_extra_norm_every_sixth_block_of_a_stage():
     assert np.abs(out.var(axis=-1) - 1).max() <= 1e-3
 
 
-def test_block_weights_are_laid_out_as_forward_with_reads_them():
-    # forward_with slices a block's flat weight tuple by counts known at init; a checkpointed
-    # block reruns it with exactly these tensors.
-    for qkv_bias in (True, False):
-        block = SwinTransformerV2Block(16, (8, 8), 2, (4, 4), (2, 2), qkv_bias=qkv_bias, extra_norm=True)
-        assert block.attn.num_weights == len(block.attn.weights())
-        names = [p.name for p in block.weights()]
-        assert sorted(names) == sorted(p.name for p in block.trainable_params())
+def named_weights(record, layout, prefix=""):
+    """``(parameter name, tensor)`` of every weight in a nested weight record of ``layout``, None fields left out."""
+    nested = {"attn": AttentionWeights, "mlp": MlpWeights}
+    cells = {"cpb_fc1": "cpb_mlp.0", "cpb_fc2": "cpb_mlp.2"}  # the fields of a SequentialCell's layers
+    for field in layout.fields:
+        value = record[getattr(layout, field)]
+        name = prefix + cells.get(field, field)
+        if isinstance(value, tuple):
+            yield from named_weights(value, nested.get(field, WeightAndBias), name + ".")
+        elif value is not None:
+            yield name, value
+
+
+def test_block_weights_are_records_of_the_parameters_they_name():
+    # forward_with reads a block's weights by field name from nested records; a checkpointed block
+    # reruns it with exactly these tensors, so each field must hold the parameter of its name.
+    for qkv_bias, extra_norm in ((True, True), (False, True), (True, False)):
+        block = SwinTransformerV2Block(16, (8, 8), 2, (4, 4), (2, 2), qkv_bias=qkv_bias, extra_norm=extra_norm)
+        weights = block.weights()
+        assert len(weights) == len(BlockWeights.fields)
+        named = list(named_weights(weights, BlockWeights))
+        assert all(name == tensor.name for name, tensor in named)
+        assert sorted(name for name, _ in named) == sorted(p.name for p in block.trainable_params())
+        attn = weights[BlockWeights.attn]
+        assert (attn[AttentionWeights.q_bias] is None) == (attn[AttentionWeights.v_bias] is None) == (not qkv_bias)
+        assert (weights[BlockWeights.norm3] is None) == (not extra_norm)

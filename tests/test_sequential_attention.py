@@ -150,7 +150,7 @@ MODEL_BOUND = 4 * 4 * (2 * MAX_TEMPERATURE * 12 + 16) * EPS32
 def test_model_logits_and_gradients_match_batched(fused, recompute):
     with cpu_kernels(fused):
         batched, sequential = model_pair(recompute=recompute)
-    assert sequential.layers[1].blocks[1].attn.sequential is not None  # a shifted (masked) block
+    assert "sequential" in sequential.layers[1].blocks[1].attn.path_names  # a shifted (masked) block
     assert_same_training_signal(batched, sequential, MODEL_BOUND)
 
 
@@ -169,7 +169,7 @@ def test_cpu_attention_kernel_stands_in_for_the_core():
     # stage maps 24 and 12: 4 windows (one block shifted), then 1
     geometry = dict(img_size=48, window_size=12, depths=[2, 2, 1])
     batched, sequential = model_pair(**geometry)
-    assert sequential.layers[0].blocks[1].attn.row_block_attention is not None
+    assert sequential.layers[0].blocks[1].attn.path_names[:2] == ("row_blocks", "sequential")
     x = ms.Tensor(np.random.default_rng(3).standard_normal((2, 3, 48, 48)).astype(np.float32))
     y = ms.Tensor(np.array([1, 3], np.int32))
     np.testing.assert_array_equal(batched(x).asnumpy(), sequential(x).asnumpy())
@@ -181,10 +181,10 @@ def test_checkpoint_attends_in_one_batch_where_one_group_is_all():
     # the micro model's maps have 16, 4 and 1 windows: groups of 4 windows make 4, 1 and 1 groups
     plain, checkpointed = micro(sequential_attention=4), micro(sequential_attention=4, recompute=True)
     depths = [len(layer.blocks) for layer in plain.layers]
-    assert [[b.attn.sequential.num_groups for b in layer.blocks] for layer in plain.layers] == \
+    assert [[b.attn.path("sequential").core.num_groups for b in layer.blocks] for layer in plain.layers] == \
         [[groups] * depth for groups, depth in zip((4, 1, 1), depths)]
     # inside a checkpoint one group holds what batched attention holds; only the split stage stays sequential
-    assert [[b.attn.sequential is not None for b in layer.blocks] for layer in checkpointed.layers] == \
+    assert [["sequential" in b.attn.path_names for b in layer.blocks] for layer in checkpointed.layers] == \
         [[split] * depth for split, depth in zip((True, False, False), depths)]
 
 

@@ -13,7 +13,7 @@ CPU, GPU and Ascend.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import mindspore as ms
 import numpy as np
@@ -24,6 +24,9 @@ from .kernel_library import use_cpu_kernels
 from .kernels import BiasAddKernel, GeluKernel, LayerNormKernel
 
 __all__ = [
+    "WeightRecord",
+    "WeightAndBias",
+    "MlpWeights",
     "expand_to",
     "mask_from_factors",
     "Linear",
@@ -36,6 +39,46 @@ __all__ = [
     "set_compute_dtype",
     "trunc_normal",
 ]
+
+
+class WeightRecord:
+    """The layout of a plain tuple of weights: a field name for every position.
+
+    A subclass declares its fields as annotations, in tuple order; each name then becomes a
+    class attribute holding its position, so code reads ``weights[AttentionWeights.qkv]``. A
+    checkpointed block (:class:`~mindswin.models.swin_v2.BlockCheckpoint`) reruns its layers from
+    such records, nested as its cells are. Each cell's ``weights()`` writes its record as a tuple
+    of its own attributes in field order; ``tests/test_model.py`` checks every field of a block
+    holds the parameter of its name.
+
+    What MindSpore 2.10's graph mode allows here, measured: not a ``NamedTuple`` (built through
+    the Python fallback, its parameters get zero gradients, without an error), nor a dict (it
+    does not compile through the checkpoint's nested ``GradOperation``), nor a helper that builds
+    the tuple from the parameters it is given (two same-shaped layers, ``norm1`` and ``norm2``, then
+    reach the checkpoint with each other's tensors, without an error).
+    """
+
+    fields: Tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.fields = tuple(cls.__dict__.get("__annotations__", {}))
+        for position, name in enumerate(cls.fields):
+            setattr(cls, name, position)
+
+
+class WeightAndBias(WeightRecord):
+    """The weights of a :class:`Linear` or a :class:`LayerNorm`."""
+
+    weight: Tensor
+    bias: Optional[Tensor]  # None: a Linear without bias
+
+
+class MlpWeights(WeightRecord):
+    """The weights of an :class:`Mlp`: its two layers' :class:`WeightAndBias`."""
+
+    fc1: tuple  # a WeightAndBias
+    fc2: tuple
 
 
 def expand_to(small: Tensor, like: Tensor) -> Tensor:
@@ -115,7 +158,6 @@ class Linear(nn.Cell):
         self.out_features = out_features
         self.weight = Parameter(Tensor(trunc_normal((out_features, in_features))), name="weight")
         self.bias = Parameter(Tensor(np.zeros(out_features, np.float32)), name="bias") if bias else None
-        self.has_bias = bias  # forward_with reads no parameter, not even to test it against None
         self.compute_dtype = ms.float32
         self.matmul = ops.MatMul(transpose_b=True)
         self.bias_add = BiasAddKernel() if bias and use_cpu_kernels() else None
@@ -127,13 +169,13 @@ class Linear(nn.Cell):
             y = add_bias(y, bias, self.bias_add)
         return y.reshape(x.shape[:-1] + (weight.shape[0],))
 
-    def weights(self) -> Tuple[Parameter, ...]:
-        """``(weight, bias)``, or ``(weight,)`` without a bias: what :meth:`forward_with` takes."""
-        return (self.weight, self.bias) if self.has_bias else (self.weight,)
+    def weights(self) -> tuple:
+        """The :class:`WeightAndBias` :meth:`forward_with` takes (bias None without one)."""
+        return self.weight, self.bias
 
-    def forward_with(self, weights: Tuple[Tensor, ...], x: Tensor) -> Tensor:
-        """The layer computed with ``weights`` (laid out as :meth:`weights`) instead of its parameters."""
-        return self._project(x, weights[0], weights[1] if self.has_bias else None)
+    def forward_with(self, weights: tuple, x: Tensor) -> Tensor:
+        """The layer computed with ``weights`` (a :class:`WeightAndBias`) instead of its parameters."""
+        return self._project(x, weights[WeightAndBias.weight], weights[WeightAndBias.bias])
 
     def construct(self, x: Tensor) -> Tensor:
         return self.forward_with(self.weights(), x)
@@ -169,13 +211,14 @@ class LayerNorm(nn.Cell):
         else:
             self.layer_norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
 
-    def weights(self) -> Tuple[Parameter, Parameter]:
-        """``(weight, bias)``: what :meth:`forward_with` takes."""
+    def weights(self) -> tuple:
+        """The :class:`WeightAndBias` :meth:`forward_with` takes."""
         return self.weight, self.bias
 
-    def forward_with(self, weights: Tuple[Tensor, Tensor], x: Tensor) -> Tensor:
-        """The norm computed with ``weights = (weight, bias)`` instead of its parameters."""
-        y, _, _ = self.layer_norm(x.reshape(-1, self.dim).astype(ms.float32), weights[0], weights[1])
+    def forward_with(self, weights: tuple, x: Tensor) -> Tensor:
+        """The norm computed with ``weights`` (a :class:`WeightAndBias`) instead of its parameters."""
+        y, _, _ = self.layer_norm(x.reshape(-1, self.dim).astype(ms.float32), weights[WeightAndBias.weight],
+                                  weights[WeightAndBias.bias])
         return y.reshape(x.shape)
 
     def construct(self, x: Tensor) -> Tensor:
@@ -244,13 +287,13 @@ class Mlp(nn.Cell):
         self.gelu_approximate = approximate
         self.gelu = GeluKernel(approximate) if self.fused else None
 
-    def weights(self) -> Tuple[Parameter, ...]:
-        """fc1's and fc2's ``(weight, bias)``: what :meth:`forward_with` takes."""
-        return self.fc1.weights() + self.fc2.weights()
+    def weights(self) -> tuple:
+        """The :class:`MlpWeights` :meth:`forward_with` takes."""
+        return self.fc1.weights(), self.fc2.weights()
 
-    def forward_with(self, weights: Tuple[Tensor, ...], x: Tensor) -> Tensor:
-        """The MLP computed with ``weights`` (laid out as :meth:`weights`) instead of its parameters."""
-        fc1, fc2 = weights[:2], weights[2:]
+    def forward_with(self, weights: tuple, x: Tensor) -> Tensor:
+        """The MLP computed with ``weights`` (an :class:`MlpWeights`) instead of its parameters."""
+        fc1, fc2 = weights[MlpWeights.fc1], weights[MlpWeights.fc2]
         if self.gelu is None and self.gelu_approximate == "tanh":
             return self.fc2.forward_with(fc2, ops.gelu(self.fc1.forward_with(fc1, x), approximate="tanh"))
         if self.portable:
@@ -259,8 +302,9 @@ class Mlp(nn.Cell):
             return self.fc2.forward_with(fc2, self.gelu_ext(self.fc1.forward_with(fc1, x), "none"))
         if self.gelu is None:
             return self.fc2.forward_with(fc2, ops.gelu(self.fc1.forward_with(fc1, x), approximate="none"))
-        hidden = self.fc1._project(x, fc1[0], None)
-        return self.fc2.forward_with(fc2, self.gelu(hidden.astype(ms.float32), fc1[1]).astype(hidden.dtype))
+        hidden = self.fc1._project(x, fc1[WeightAndBias.weight], None)  # the kernel adds the bias
+        return self.fc2.forward_with(fc2, self.gelu(hidden.astype(ms.float32), fc1[WeightAndBias.bias])
+                                     .astype(hidden.dtype))
 
     def construct(self, x: Tensor) -> Tensor:
         return self.forward_with(self.weights(), x)

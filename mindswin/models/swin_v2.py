@@ -23,18 +23,17 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple, 
 import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
-from mindspore.ops import flash_attention_score
 
-from .kernel_library import use_cpu_kernels
-from .kernels import (
-    AttentionKernel,
-    BiasSoftmaxKernel,
-    MaskedAttentionKernel,
-    PositionBiasKernel,
-    QkvHeadsKernel,
-    WindowBiasSoftmaxKernel,
-    attention_kernel_available,
+from .attention_paths import (
+    AttentionPath,
+    FlashAttention,
+    FusedSoftmaxAttention,
+    RowBlockAttention,
+    SequentialAttention,
+    row_blocks_pay,
 )
+from .kernel_library import use_cpu_kernels
+from .kernels import PositionBiasKernel, QkvHeadsKernel
 from .layers import (
     DropPath,
     InputRateDropPath,
@@ -42,6 +41,8 @@ from .layers import (
     Linear,
     Mlp,
     PatchProjection,
+    WeightAndBias,
+    WeightRecord,
     expand_to,
     mask_from_factors,
 )
@@ -67,6 +68,8 @@ __all__ = [
     "stage_block_configs",
     "reuse_keys",
     "WindowAttention",
+    "AttentionWeights",
+    "BlockWeights",
     "use_flash_attention",
     "PatchMerging",
     "PatchEmbed",
@@ -365,16 +368,24 @@ def portable_l2_normalize(x: Tensor) -> Tensor:
     return x / expand_to(ops.sqrt(ops.maximum((x * x).sum(axis=-1, keepdims=True), L2_EPS_SQUARED)), x)
 
 
-# Windows of this many tokens or more attend in the fused CPU kernel (AttentionKernel), 64 query
-# rows at a time. Op by op, forward and backward, 64 windows x 3 heads on this project's 2-core
-# machines: at 144 tokens (window 12) as fast as the batched matmuls, at 1,024 tokens 20% faster
-# (3,394 -> 697 MB peak); at 64 tokens (window 8) twice as slow (the products are too small for
-# a call each), where the probabilities are small anyway.
-ROW_BLOCK_ATTENTION_MIN_TOKENS = 144
+class AttentionWeights(WeightRecord):
+    """The weights of a :class:`WindowAttention`."""
+
+    logit_scale: Tensor
+    cpb_fc1: tuple  # the CPB MLP's layers, WeightAndBias each (fc2 without bias)
+    cpb_fc2: tuple
+    qkv: tuple  # a WeightAndBias without bias: k has none, q and v have their own
+    q_bias: Optional[Tensor]  # None without qkv_bias
+    v_bias: Optional[Tensor]
+    proj: tuple
 
 
 class WindowAttention(nn.Cell):
     """Scaled cosine window attention with a continuous position bias.
+
+    :meth:`forward_with` is the paper's attention; :meth:`reference_attention` its
+    ``softmax(q k^T + bias + mask) v`` in MindSpore's ops, which the hardware paths of
+    :mod:`~mindswin.models.attention_paths` compute otherwise where they are available.
 
     Args:
         dim: Token width.
@@ -398,8 +409,6 @@ class WindowAttention(nn.Cell):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.window_area = window_size[0] * window_size[1]
-        self.qkv_bias = qkv_bias
-        self.num_weights = 9 if qkv_bias else 7  # len(weights()), known without reading a parameter
 
         self.logit_scale = Parameter(Tensor(np.full((num_heads, 1, 1), math.log(10.0), np.float32)),
                                      name="logit_scale")
@@ -431,56 +440,70 @@ class WindowAttention(nn.Cell):
         cpu = use_cpu_kernels()
         self.qkv_heads = QkvHeadsKernel() if cpu else None
         self.position_bias_kernel = PositionBiasKernel(coords_table, position_index, self.window_area) if cpu else None
-        self.bias_softmax = BiasSoftmaxKernel() if cpu else None
-        self.window_softmax = WindowBiasSoftmaxKernel() if cpu else None  # shifted blocks'
-        row_blocks = cpu and self.window_area >= ROW_BLOCK_ATTENTION_MIN_TOKENS and attention_kernel_available()
-        self.row_block_attention = AttentionKernel() if row_blocks else None
-        self.masked_row_block_attention = MaskedAttentionKernel() if row_blocks else None
         self.zero_bias = Tensor(np.zeros(dim, np.float32)) if cpu and not qkv_bias else None
+        # The hardware paths this attention may take, in order of preference (the reference after them)
+        paths = [RowBlockAttention()] if cpu and row_blocks_pay(self.window_area, attn_drop) else []
+        self.paths = nn.CellList(paths + ([FusedSoftmaxAttention(self.attn_drop)] if cpu else []))
         self.portable = False  # set_portable: the cosine normalisation without Rsqrt
-        self.sequential = None  # use_sequential: a SequentialAttentionCore
-        self.flash_attention = False  # use_flash_attention: FlashAttentionScore in unshifted windows
+
+    @property
+    def path_names(self) -> Tuple[str, ...]:
+        """Names of the hardware paths this attention may take, in order of preference."""
+        return tuple(path.name for path in self.paths)
+
+    def path(self, name: str) -> Optional[AttentionPath]:
+        """The hardware path called ``name``, or None."""
+        return next((path for path in self.paths if path.name == name), None)
 
     def use_sequential(self, num_windows: int, attn_chunks: Tuple[int, int], mask_factors: Optional[Tensor]) -> None:
         """Attend ``attn_chunks = (windows, heads)`` at a time (0: all), probabilities recomputed in backward.
 
         See :mod:`~mindswin.models.sequential_attention`. Attention dropout would draw other
-        noise when the backward pass recomputes the probabilities, so it is refused.
+        noise when the backward pass recomputes the probabilities, so it is refused. Where the
+        fused CPU kernel attends in row blocks, it goes first: it keeps less than any group.
         """
         if self.attn_drop is not None:
             raise ValueError("sequential attention recomputes the attention probabilities in the backward pass, "
                              "where dropout would draw other noise; set attn_drop_rate 0 (the official value) or "
                              "turn sequential attention off")
-        self.sequential = SequentialAttentionCore(num_windows, self.num_heads, attn_chunks[0], attn_chunks[1],
-                                                  mask_factors, fused=self.bias_softmax is not None)
+        core = SequentialAttentionCore(num_windows, self.num_heads, attn_chunks[0], attn_chunks[1], mask_factors,
+                                       fused=self.path(FusedSoftmaxAttention.name) is not None)
+        self.paths.insert(int(self.path(RowBlockAttention.name) is not None), SequentialAttention(core))
+
+    def stop_sequential(self) -> None:
+        """Attend without the sequential path again."""
+        self.paths = nn.CellList([path for path in self.paths if path.name != SequentialAttention.name])
 
     def use_flash_attention(self) -> None:
-        """Attend in MindSpore's ``FlashAttentionScore`` (Atlas A2) where it computes the official attention:
-        unshifted windows, float16 or bfloat16 q, k, v (AMP O2). See :func:`use_flash_attention`."""
+        """Attend in MindSpore's ``FlashAttentionScore`` (Atlas A2) where it computes the official attention
+        (:class:`~mindswin.models.attention_paths.FlashAttention`). See :func:`use_flash_attention`."""
         if self.attn_drop is not None:
             raise ValueError("flash_attention: FlashAttentionScore would drop the probabilities with noise of its "
                              "own; set attn_drop_rate 0 (the official value) or flash_attention false")
         if self.head_dim % 16:
             raise ValueError(f"flash_attention: FlashAttentionScore needs a head size that is a multiple of 16, "
                              f"this model's is {self.head_dim}; set flash_attention false")
-        self.flash_attention = True
+        self.paths.insert(0, FlashAttention(self.num_heads, self.window_area))
 
-    def weights(self) -> Tuple[Parameter, ...]:
-        """Every parameter, in the order :meth:`forward_with` reads them: ``logit_scale``, the CPB
-        MLP's three, ``qkv.weight``, ``q_bias`` and ``v_bias`` (when learnt), ``proj``'s two."""
-        qv_biases = (self.q_bias, self.v_bias) if self.qkv_bias else ()
-        return ((self.logit_scale, self.cpb_mlp[0].weight, self.cpb_mlp[0].bias, self.cpb_mlp[2].weight,
-                 self.qkv.weight) + qv_biases + self.proj.weights())
+    def weights(self) -> tuple:
+        """The :class:`AttentionWeights` :meth:`forward_with` takes."""
+        return (self.logit_scale, self.cpb_mlp[0].weights(), self.cpb_mlp[2].weights(), self.qkv.weights(),
+                self.q_bias, self.v_bias, self.proj.weights())
 
-    def position_bias(self, cpb_weights: Tuple[Tensor, Tensor, Tensor]) -> Tensor:
-        """``16 * sigmoid(cpb_mlp(coords))`` gathered to ``(heads, N, N)``, float32.
+    def position_bias(self, fc1: tuple, fc2: tuple, gate: Tensor) -> Tensor:
+        """``16 * sigmoid(cpb_mlp(coords))`` gathered to ``(heads, N, N)``, float32, computed after ``gate``.
 
-        ``cpb_weights``: the CPB MLP's ``(fc1 weight, fc1 bias, fc2 weight)`` to compute with.
+        ``fc1``, ``fc2``: the CPB MLP's :class:`~mindswin.models.layers.WeightAndBias` to compute with.
+        Gated on the tokens: the bias depends on weights only, so in a checkpointed block's rerun
+        the executor would build it (and, shifted, the (windows, heads, N, N) bias + mask) for
+        every block as soon as the backward pass starts, and hold them all (docs/memory.md).
         """
+        fc1_weight = ops.depend(fc1[WeightAndBias.weight], gate)
         if self.position_bias_kernel is not None:
-            return self.position_bias_kernel(cpb_weights[0], cpb_weights[1], cpb_weights[2])[0]
-        hidden = self.cpb_mlp[1](self.cpb_mlp[0].forward_with(cpb_weights[:2], self.relative_coords_table))
-        table = self.cpb_mlp[2].forward_with(cpb_weights[2:], hidden)
+            return self.position_bias_kernel(fc1_weight, fc1[WeightAndBias.bias], fc2[WeightAndBias.weight])[0]
+        hidden = self.cpb_mlp[1](self.cpb_mlp[0]._project(self.relative_coords_table, fc1_weight,
+                                                          fc1[WeightAndBias.bias]))
+        table = self.cpb_mlp[2].forward_with(fc2, hidden)
         bias = ops.gather(table, self.relative_position_index, 0)
         bias = bias.transpose(1, 0).reshape(self.num_heads, self.window_area, self.window_area)
         return 16.0 * ops.sigmoid(bias)
@@ -490,7 +513,7 @@ class WindowAttention(nn.Cell):
         rows = self.split_heads(x.reshape(x.shape[0], x.shape[1] * self.num_heads, self.head_dim))
         return rows.reshape(x.shape[0], self.num_heads, x.shape[1], self.head_dim)
 
-    def _queries_keys_values(self, x: Tensor, temperature: Tensor, qkv_weight: Tensor, q_bias: Optional[Tensor],
+    def _queries_keys_values(self, x: Tensor, temperature: Tensor, qkv: tuple, q_bias: Optional[Tensor],
                              v_bias: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
         """``(B_, heads, N, head_dim)`` q (unit, times the temperature), k (unit) and v.
 
@@ -501,11 +524,12 @@ class WindowAttention(nn.Cell):
         if self.qkv_heads is not None:
             q_bias = self.zero_bias if q_bias is None else q_bias
             v_bias = self.zero_bias if v_bias is None else v_bias
-            qkv = self.qkv.forward_with((qkv_weight,), x)
-            q, k, v, _, _ = self.qkv_heads(qkv.astype(ms.float32), q_bias, v_bias, temperature)
+            q, k, v, _, _ = self.qkv_heads(self.qkv.forward_with(qkv, x).astype(ms.float32), q_bias, v_bias,
+                                           temperature)
             dtype = self.qkv.compute_dtype
             return q.astype(dtype), k.astype(dtype), v.astype(dtype)
         c = x.shape[-1]
+        qkv_weight = qkv[WeightAndBias.weight]
         # Three projections with row blocks of qkv.weight: slicing the small weight is cheap,
         # slicing the large fused output (StridedSlice) is slow.
         q = self._heads(self.qkv._project(x, qkv_weight[:c], q_bias))
@@ -535,8 +559,6 @@ class WindowAttention(nn.Cell):
         The logits are viewed as ``(B, everything else)`` so the bias gradient is a sum over
         one leading axis.
         """
-        if self.bias_softmax is not None:
-            return self.bias_softmax(logits, bias)
         flat = logits.reshape(-1, bias.size)
         flat = flat + expand_to(bias.reshape(1, -1), flat)
         return ops.softmax(flat.reshape(logits.shape), axis=-1)
@@ -554,64 +576,35 @@ class WindowAttention(nn.Cell):
         """
         return self.forward_with(self.weights(), x, mask_factors)
 
-    def forward_with(self, weights: Tuple[Tensor, ...], x: Tensor, mask_factors: Optional[Tensor] = None) -> Tensor:
-        """:meth:`construct` computed with ``weights`` (laid out as :meth:`weights`) instead of the parameters."""
+    def forward_with(self, weights: tuple, x: Tensor, mask_factors: Optional[Tensor] = None) -> Tensor:
+        """:meth:`construct` computed with ``weights`` (an :class:`AttentionWeights`) instead of the parameters."""
         batch_windows, n, c = x.shape
-        q_bias, v_bias = (weights[5], weights[6]) if self.qkv_bias else (None, None)
-        temperature = ops.exp(ops.minimum(weights[0], MAX_LOGIT_SCALE))
-        q, k, v = self._queries_keys_values(x, temperature, weights[4], q_bias, v_bias)
-        # Gated on the tokens: the bias depends on weights only, so in a checkpointed block's rerun
-        # the executor would build it (and, shifted, the (windows, heads, N, N) bias + mask) for
-        # every block as soon as the backward pass starts, and hold them all (docs/memory.md).
-        bias = self.position_bias((ops.depend(weights[1], x),) + weights[2:4])
-        if self.flash_attention and mask_factors is None and v.dtype != ms.float32 and \
-                batch_windows <= FLASH_ATTENTION_MAX_BATCH:
-            x = self._flash(q, k, v, bias)
-        elif self.sequential is not None and not self._in_row_blocks(v):
-            x = self.sequential(q, k, v, bias)
-        else:
-            x = self._batched(q, k, v, bias, mask_factors)
+        temperature = ops.exp(ops.minimum(weights[AttentionWeights.logit_scale], MAX_LOGIT_SCALE))
+        q, k, v = self._queries_keys_values(x, temperature, weights[AttentionWeights.qkv],
+                                            weights[AttentionWeights.q_bias], weights[AttentionWeights.v_bias])
+        bias = self.position_bias(weights[AttentionWeights.cpb_fc1], weights[AttentionWeights.cpb_fc2], x)
+        x = self._attend(q, k, v, bias, mask_factors)
         x = self.merge_heads(x.reshape(batch_windows, self.num_heads * n, self.head_dim)).reshape(batch_windows, n, c)
-        x = self.proj.forward_with(weights[-2:], x)
+        x = self.proj.forward_with(weights[AttentionWeights.proj], x)
         if self.proj_drop is not None:
             x = self.proj_drop(x)
         return x
 
-    def _flash(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
-        """``FlashAttentionScore``: ``softmax(scalar_value * q k^T + real_shift) v``, layout ``BNSD``.
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask_factors: Optional[Tensor]) -> Tensor:
+        """The first available hardware path's attention, else the reference's (chosen as the graph compiles)."""
+        for path in self.paths:
+            if path.available(q, mask_factors):
+                return path(q, k, v, bias, mask_factors)
+        return self.reference_attention(q, k, v, bias, mask_factors)
 
-        q is already unit and times the temperature, so the scale is 1, and the position bias is the
-        additive ``real_shift``, in q's dtype as the op requires, shared by every window (its gradient
-        is the op's ``dpse``).
+    def reference_attention(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor,
+                            mask_factors: Optional[Tensor]) -> Tensor:
+        """``softmax(q k^T + bias + mask) v`` of every window and head at once: ``(B_, heads, N, head_dim)``.
+
+        ``q`` is unit and times the temperature, ``k`` unit: ``q k^T`` is the scaled cosine logit.
         """
-        shift = bias.astype(q.dtype).reshape(1, self.num_heads, self.window_area, self.window_area)
-        return flash_attention_score(q, k, v, self.num_heads, real_shift=shift, scalar_value=1.0,
-                                     input_layout="BNSD")
-
-    def _in_row_blocks(self, v: Tensor) -> bool:
-        """Whether attention runs in the fused CPU kernel, 64 query rows at a time (float32, no dropout).
-
-        Then it also stands in for sequential attention: it computes one (window, head) pair at a
-        time per thread and keeps no probabilities, less than any group of the sequential core.
-        """
-        return self.row_block_attention is not None and self.attn_drop is None and v.dtype == ms.float32
-
-    def _batched(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask_factors: Optional[Tensor]) -> Tensor:
-        """Every window and head at once: ``(B_, heads, N, head_dim)``.
-
-        On CPU, in float32 and without attention dropout, windows of at least
-        :data:`ROW_BLOCK_ATTENTION_MIN_TOKENS` tokens attend in the fused kernel, 64 query rows at a
-        time, probabilities recomputed in the backward pass; otherwise one matmul for all logits.
-        """
-        if self._in_row_blocks(v):
-            if mask_factors is None:
-                return self.row_block_attention(q, k, v, bias)
-            return self.masked_row_block_attention(q, k, v, bias, mask_factors)
         logits = self.qk_matmul(q, k).astype(ms.float32)
-        if self.window_softmax is not None and mask_factors is not None:  # bias and mask added row by row
-            attn = self.window_softmax(logits, bias, mask_from_factors(mask_factors, bias))
-        else:
-            attn = self._softmax_with_bias(logits, self._logit_bias(bias, mask_factors))
+        attn = self._softmax_with_bias(logits, self._logit_bias(bias, mask_factors))
         if self.attn_drop is not None:
             attn = self.attn_drop(attn)
         return self.av_matmul(attn.astype(v.dtype), v)
@@ -621,21 +614,9 @@ class WindowAttention(nn.Cell):
                 f"pretrained_window_size={self.pretrained_window_size}")
 
 
-# FlashAttentionScore's documented limit on its batch (here images x windows); beyond it, the other path.
-FLASH_ATTENTION_MAX_BATCH = 2048
-
-
 def use_flash_attention(model: nn.Cell) -> int:
-    """Let every window attention of ``model`` attend in MindSpore's ``FlashAttentionScore`` where it fits.
-
-    The op (Atlas A2 / 910B only; float16 and bfloat16) takes cosine attention as it is: unit q
-    times the temperature, unit k, ``scalar_value=1`` and the continuous position bias as the
-    additive ``real_shift``, whose gradient it returns. It does not take the shifted-window mask
-    as the official code adds it (-100 to the masked logits; its ``attn_mask`` discards them, which
-    differs where a row's unmasked logits lie 80 or more below a masked one), so shifted blocks
-    keep MindSpore's batched (or sequential) attention, as do float32 steps and batches of more than
-    :data:`FLASH_ATTENTION_MAX_BATCH` windows (the op's limit). Written to MindSpore's documentation;
-    not yet run on a card.
+    """Let every window attention of ``model`` attend in MindSpore's ``FlashAttentionScore`` where it fits
+    (:class:`~mindswin.models.attention_paths.FlashAttention`: unshifted blocks, float16 or bfloat16).
 
     Returns:
         The number of window attention cells switched.
@@ -651,6 +632,16 @@ def use_flash_attention(model: nn.Cell) -> int:
     for cell in cells:
         cell.use_flash_attention()
     return len(cells)
+
+
+class BlockWeights(WeightRecord):
+    """The weights of a :class:`SwinTransformerV2Block`: its layers' records."""
+
+    attn: tuple  # an AttentionWeights
+    norm1: tuple  # a WeightAndBias
+    mlp: tuple  # an MlpWeights
+    norm2: tuple
+    norm3: Optional[tuple]  # None without the extra norm
 
 
 class SwinTransformerV2Block(nn.Cell):
@@ -727,19 +718,20 @@ class SwinTransformerV2Block(nn.Cell):
             raise ValueError("recompute reruns each block's forward in the backward pass, where dropout would draw "
                              "other noise; set attn_drop_rate and proj_drop_rate 0 (the official values) or turn "
                              "recompute off")
-        if self.attn.sequential is not None and not sequential_pays_under_checkpoint(self.attn.sequential.num_groups):
-            self.attn.sequential = None
+        sequential = self.attn.path(SequentialAttention.name)
+        if sequential is not None and not sequential_pays_under_checkpoint(sequential.core.num_groups):
+            self.attn.stop_sequential()
         self.checkpoint = BlockCheckpoint(self)
         # Made only here: every random op created takes the next of MindSpore's op seeds, so one
         # more per block would change what the other random ops of a model without recompute draw.
         self.uniform = ops.UniformReal() if self.drop_path is not None else None
 
-    def weights(self) -> Tuple[Parameter, ...]:
-        """Every parameter of the block, in the order :meth:`forward_with` reads them."""
-        extra = () if self.norm3 is None else self.norm3.weights()
-        return self.attn.weights() + self.norm1.weights() + self.mlp.weights() + self.norm2.weights() + extra
+    def weights(self) -> tuple:
+        """The :class:`BlockWeights` :meth:`forward_with` takes."""
+        return (self.attn.weights(), self.norm1.weights(), self.mlp.weights(), self.norm2.weights(),
+                None if self.norm3 is None else self.norm3.weights())
 
-    def _attn(self, weights: Tuple[Tensor, ...], x: Tensor) -> Tensor:
+    def _attn(self, weights: tuple, x: Tensor) -> Tensor:
         b, h, w, c = x.shape
         windows = self.to_windows(x.reshape(b, h * w, c)).reshape(-1, self.attn.window_area, c)
         windows = self.attn.forward_with(weights, windows, self.attn_mask_factors)
@@ -752,16 +744,16 @@ class SwinTransformerV2Block(nn.Cell):
             return branch
         return self.drop_path(branch, draws[0][:, which] if draws else None)
 
-    def forward_with(self, weights: Tuple[Tensor, ...], x: Tensor, draws: Tuple[Tensor, ...]) -> Tensor:
-        """The block computed with ``weights`` (laid out as :meth:`weights`) instead of its parameters.
+    def forward_with(self, weights: tuple, x: Tensor, draws: Tuple[Tensor, ...]) -> Tensor:
+        """The block computed with ``weights`` (a :class:`BlockWeights`) instead of its parameters.
 
         A pure function of its inputs, so :class:`BlockCheckpoint` can rerun it in the backward pass.
         """
-        a = self.attn.num_weights
-        x = x + self._residual(self.norm1.forward_with(weights[a:a + 2], self._attn(weights[:a], x)), draws, 0)
-        x = x + self._residual(self.norm2.forward_with(weights[a + 6:a + 8],
-                                                       self.mlp.forward_with(weights[a + 2:a + 6], x)), draws, 1)
-        return x if self.norm3 is None else self.norm3.forward_with(weights[a + 8:], x)
+        attn = self._attn(weights[BlockWeights.attn], x)
+        x = x + self._residual(self.norm1.forward_with(weights[BlockWeights.norm1], attn), draws, 0)
+        mlp = self.mlp.forward_with(weights[BlockWeights.mlp], x)
+        x = x + self._residual(self.norm2.forward_with(weights[BlockWeights.norm2], mlp), draws, 1)
+        return x if self.norm3 is None else self.norm3.forward_with(weights[BlockWeights.norm3], x)
 
     def _draws(self, x: Tensor, path_noise: Optional[Tensor]) -> Tuple[Tensor, ...]:
         """The stochastic-depth inputs of :meth:`forward_with`: ``(path_noise,)`` or ``()``.
@@ -847,7 +839,7 @@ class BlockFunction(nn.Cell):
         super().__init__(auto_prefix=False)
         object.__setattr__(self, "block", block)
 
-    def construct(self, weights: Tuple[Tensor, ...], x: Tensor, draws: Tuple[Tensor, ...]) -> Tensor:
+    def construct(self, weights: tuple, x: Tensor, draws: Tuple[Tensor, ...]) -> Tensor:
         return self.block.forward_with(weights, x, draws)
 
 
@@ -866,10 +858,10 @@ class BlockCheckpoint(nn.Cell):
         self.function = BlockFunction(block)
         self.gradients = ops.GradOperation(get_all=True, sens_param=True)
 
-    def construct(self, weights: Tuple[Tensor, ...], x: Tensor, draws: Tuple[Tensor, ...]) -> Tensor:
+    def construct(self, weights: tuple, x: Tensor, draws: Tuple[Tensor, ...]) -> Tensor:
         return self.function(weights, x, draws)
 
-    def bprop(self, weights: Tuple[Tensor, ...], x: Tensor, draws: Tuple[Tensor, ...], out: Tensor, dout: Tensor):
+    def bprop(self, weights: tuple, x: Tensor, draws: Tuple[Tensor, ...], out: Tensor, dout: Tensor):
         # Recompute only once the output's gradient exists: the executor would otherwise be free
         # to rerun every block's forward as soon as its input is ready.
         grads = self.gradients(self.function)(weights, ops.depend(x, dout), draws, dout)
