@@ -370,33 +370,24 @@ AOT_KERNEL(BiasAddBackward) {
   return with_column_sums(column_sum_rows, &c, leading(ndims[0], shapes[0]), params[1]);
 }
 
-/* inputs x (..., N), bias (N); output gelu(x + bias) */
-AOT_KERNEL(GeluForward) {
+/* A GELU's forward: inputs x (..., N), bias (N); output gelu(x + bias), row by row with `rows`. */
+static int gelu_forward(range_fn rows, void **params, int *ndims, int64_t **shapes) {
   bias_ctx c = {.x = params[0], .bias = params[1], .out = params[2], .cols = shapes[0][ndims[0] - 1]};
-  parallel_for(gelu_forward_rows, &c, leading(ndims[0], shapes[0]), c.cols);
+  parallel_for(rows, &c, leading(ndims[0], shapes[0]), c.cols);
   return 0;
 }
 
-/* inputs dy, x (..., N), bias (N); outputs dx, d_bias (N) */
-AOT_KERNEL(GeluBackward) {
+/* A GELU's backward: inputs dy, x (..., N), bias (N); outputs dx, d_bias (N). */
+static int gelu_backward(range_fn rows, void **params, int *ndims, int64_t **shapes) {
   bias_ctx c = {.dy = params[0], .x = params[1], .bias = params[2], .out = params[3],
                 .cols = shapes[0][ndims[0] - 1]};
-  return with_column_sums(gelu_backward_rows, &c, leading(ndims[0], shapes[0]), params[4]);
+  return with_column_sums(rows, &c, leading(ndims[0], shapes[0]), params[4]);
 }
 
-/* inputs x (..., N), bias (N); output gelu_tanh(x + bias) */
-AOT_KERNEL(GeluTanhForward) {
-  bias_ctx c = {.x = params[0], .bias = params[1], .out = params[2], .cols = shapes[0][ndims[0] - 1]};
-  parallel_for(gelu_tanh_forward_rows, &c, leading(ndims[0], shapes[0]), c.cols);
-  return 0;
-}
-
-/* inputs dy, x (..., N), bias (N); outputs dx, d_bias (N) */
-AOT_KERNEL(GeluTanhBackward) {
-  bias_ctx c = {.dy = params[0], .x = params[1], .bias = params[2], .out = params[3],
-                .cols = shapes[0][ndims[0] - 1]};
-  return with_column_sums(gelu_tanh_backward_rows, &c, leading(ndims[0], shapes[0]), params[4]);
-}
+AOT_KERNEL(GeluForward) { return gelu_forward(gelu_forward_rows, params, ndims, shapes); }
+AOT_KERNEL(GeluBackward) { return gelu_backward(gelu_backward_rows, params, ndims, shapes); }
+AOT_KERNEL(GeluTanhForward) { return gelu_forward(gelu_tanh_forward_rows, params, ndims, shapes); }
+AOT_KERNEL(GeluTanhBackward) { return gelu_backward(gelu_tanh_backward_rows, params, ndims, shapes); }
 
 /* ---------------------------------------------------------------- softmax(logits + bias) over the last axis */
 /* Logits (B, S) with S = bias size, rows of length N (the window area); the bias (position
