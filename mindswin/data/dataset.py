@@ -1,6 +1,6 @@
 """ImageFolder datasets on ``mindspore.dataset`` for training and evaluation.
 
-Pipeline (training; evaluation decodes, resizes and crops in the same worker stage):
+Pipeline (training; evaluation decodes, resizes and crops in one stage of worker threads):
 
 1. source (main process): the sampler's sample keys, nothing else (:class:`SampleKeys`).
 2. worker processes (``python_multiprocessing``), one stage per key, so everything per image
@@ -80,7 +80,7 @@ class DataInfo:
 class ImageSource:
     """Sample ``key % len(samples)`` as ``(HWC uint8 RGB, label, skipped)``, decoded with Pillow.
 
-    Called in the pipeline's worker processes, so decoding runs on every core: the main
+    Called in the training pipeline's worker processes, so decoding runs on every core: the main
     process only deals keys, gathers the workers' results and batches them. Pillow is used,
     not MindSpore's C++ ``vision.Decode``, because it raises an exception on a damaged file
     where ``vision.Decode`` kills the process (SIGSEGV/SIGFPE) on some JPEGs with damaged
@@ -112,7 +112,7 @@ class ImageSource:
 
 
 class UnreadableFiles:
-    """The files the worker processes skipped, named in the main process (a warning each).
+    """The files the pipeline's workers skipped, named in the main process (a warning each).
 
     A pipeline stage of its own, ``(key, skipped) -> key``, after the decoding workers: a
     sample whose file (or files, in a row) could not be decoded arrives with ``skipped``
@@ -189,7 +189,7 @@ class DecodeAndPreprocess:
 def decoded_samples(samples: Sequence[Tuple[str, int]], stage, output_columns: List[str], *, sampler=None,
                     weights: Optional[Sequence[float]] = None, num_workers: int = 2,
                     multiprocessing: bool = True) -> Tuple[ds.Dataset, UnreadableFiles]:
-    """The first stages of every pipeline: sample keys, then ``stage`` on each in worker processes.
+    """The first stages of every pipeline: sample keys, then ``stage`` on each in workers (processes or threads).
 
     The source deals keys (from ``sampler``, else ``0 .. len(samples) - 1`` in order) and
     their ``weights``; ``stage`` (:class:`DecodeAndAugment`, :class:`DecodeAndPreprocess`)
@@ -510,13 +510,15 @@ def eval_samples(index: FolderIndex, transforms: Sequence, batch_size: int, *, s
 
     Shard ``k`` holds samples ``k, k + num_shards, ...``, padded with zero-weight copies to
     whole batches of the same count on every shard (:func:`eval_shard_indices`). Worker
-    processes decode each image and apply ``transforms`` to it.
+    threads decode each image and apply ``transforms`` to it.
     """
     positions, weights = eval_shard_indices(len(index), shard.num_shards, shard.shard_id, batch_size)
     samples = [index.samples[i] for i in positions]
+    # threads, not processes: every evaluation pass would start a pool of its own, and a validation
+    # split is read once per epoch (Pillow's decoder releases the GIL)
     dataset, unreadable = decoded_samples(samples, DecodeAndPreprocess(ImageSource(samples), transforms),
                                           ["image", "label", "key", "skipped"], weights=weights,
-                                          num_workers=num_workers)
+                                          num_workers=num_workers, multiprocessing=False)
     info = DataInfo(class_names=index.class_names, num_samples=len(index), batch_size=batch_size,
                     batches_per_epoch=len(positions) // batch_size, bad_files=list(index.bad_files),
                     unreadable=unreadable)
@@ -531,7 +533,7 @@ def create_eval_dataset(index: FolderIndex, preprocessing: Preprocessing, batch_
     ``index``: the scanned split (:func:`scan_data_split`). ``image`` is (B, 3, S, S) float32
     after ``preprocessing``'s resize, centre crop and normalisation, or without ``normalize``
     (B, S, S, 3) uint8 for :class:`~mindswin.data.device.DeviceNormalize`. Decoding (Pillow),
-    resizing and cropping run in ``num_workers`` worker processes. The shard's
+    resizing and cropping run in ``num_workers`` worker threads. The shard's
     batches are padded with zero-weight copies to the same count on every shard.
     """
     dataset, _, info = eval_samples(index, preprocessing.eval_transforms(normalize), batch_size, shard=shard,
