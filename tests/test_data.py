@@ -218,6 +218,55 @@ def test_mixup_targets_sum_to_one_and_match_ratio(mode):
             assert np.isclose(1 - changed.mean(), own, atol=1e-6)  # cutmix: box area
 
 
+def test_batches_drawn_at_the_same_time_each_draw_from_their_own_generator():
+    """The batch stage runs ``Mixup.draw`` in several threads. Here the first batch's draw
+    pauses at its first random number until the second batch's draw has started, and the
+    second waits for the first to finish: each must give what it gives alone."""
+    import threading
+
+    first_inside, second_inside, first_done = threading.Event(), threading.Event(), threading.Event()
+
+    class Paused:
+        """A generator whose first ``random()`` runs ``pause`` first."""
+
+        def __init__(self, seed, pause):
+            self.generator, self.pause = np.random.default_rng(seed), pause
+
+        def random(self):
+            pause, self.pause = self.pause, None
+            if pause is not None:
+                pause()
+            return self.generator.random()
+
+        def __getattr__(self, name):
+            return getattr(self.generator, name)
+
+    def first_pause():
+        first_inside.set()
+        assert second_inside.wait(timeout=10)
+
+    def second_pause():
+        second_inside.set()
+        first_done.wait(timeout=2)  # times out only if the first draw waits on this one
+
+    mixer = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, num_classes=3)
+    alone = [mixer.draw(4, 16, 16, np.random.default_rng(seed)) for seed in (1, 2)]
+    together = {}
+
+    def draw_first():
+        together[1] = mixer.draw(4, 16, 16, Paused(1, first_pause))
+        first_done.set()
+
+    first = threading.Thread(target=draw_first)
+    first.start()
+    assert first_inside.wait(timeout=10)
+    together[2] = mixer.draw(4, 16, 16, Paused(2, second_pause))
+    first.join()
+    for seed, params in zip((1, 2), alone):
+        for field in ("cutbox", "blend", "lam"):
+            assert np.array_equal(getattr(together[seed], field), getattr(params, field)), (seed, field)
+
+
 def test_smooth_one_hot():
     targets = smooth_one_hot(np.array([2, 0]), 4, 0.1)
     assert np.allclose(targets[0], [0.025, 0.025, 0.925, 0.025])

@@ -78,56 +78,56 @@ class Mixup:
         self.rng = np.random.default_rng(seed)
         self.enabled = mixup_alpha > 0 or cutmix_alpha > 0
 
-    def _draw(self) -> Tuple[float, bool]:
+    def _draw(self, rng: np.random.Generator) -> Tuple[float, bool]:
         """One (lambda, use_cutmix) draw."""
-        if not self.enabled or self.rng.random() >= self.prob:
+        if not self.enabled or rng.random() >= self.prob:
             return 1.0, False
-        use_cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha <= 0 or self.rng.random() < self.switch_prob)
+        use_cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha <= 0 or rng.random() < self.switch_prob)
         alpha = self.cutmix_alpha if use_cutmix else self.mixup_alpha
-        return float(self.rng.beta(alpha, alpha)), use_cutmix
+        return float(rng.beta(alpha, alpha)), use_cutmix
 
-    def _cut_box(self, height: int, width: int, lam: float) -> Tuple[int, int, int, int, float]:
+    @staticmethod
+    def _cut_box(rng: np.random.Generator, height: int, width: int, lam: float) -> Tuple[int, int, int, int, float]:
         """Random box with area ~ (1 - lam); returns it and the exact kept fraction."""
         cut = math.sqrt(1.0 - lam)
         cut_h, cut_w = int(height * cut), int(width * cut)
-        cy, cx = int(self.rng.integers(0, height)), int(self.rng.integers(0, width))
+        cy, cx = int(rng.integers(0, height)), int(rng.integers(0, width))
         top, bottom = np.clip(cy - cut_h // 2, 0, height), np.clip(cy + cut_h // 2, 0, height)
         left, right = np.clip(cx - cut_w // 2, 0, width), np.clip(cx + cut_w // 2, 0, width)
         kept = 1.0 - (bottom - top) * (right - left) / float(height * width)
         return int(top), int(bottom), int(left), int(right), kept
 
     def draw(self, batch: int, height: int, width: int, rng: Optional[np.random.Generator] = None) -> MixParams:
-        """The parameters of one batch (from ``rng``, default this mixer's own generator)."""
+        """The parameters of one batch (from ``rng``, default this mixer's own generator).
+
+        The pipeline's batch stage calls this from several threads at once, each with its
+        batch's generator, so the draw reads only ``rng`` and changes nothing on the mixer.
+        """
         if batch % 2 and self.mode == "pair":
             raise ValueError("mixup mode 'pair' needs an even batch size")
-        saved = self.rng
-        if rng is not None:
-            self.rng = rng
-        try:
-            cutbox = np.zeros((batch, 4), np.int32)
-            blend = np.tile(np.array([1.0, 0.0], np.float32), (batch, 1))
-            lam = np.ones(batch, dtype=np.float32)
-            if self.mode == "batch":
-                group = np.zeros(batch, dtype=np.int64)
-            elif self.mode == "pair":
-                group = np.minimum(np.arange(batch), batch - 1 - np.arange(batch))
+        rng = self.rng if rng is None else rng
+        cutbox = np.zeros((batch, 4), np.int32)
+        blend = np.tile(np.array([1.0, 0.0], np.float32), (batch, 1))
+        lam = np.ones(batch, dtype=np.float32)
+        if self.mode == "batch":
+            group = np.zeros(batch, dtype=np.int64)
+        elif self.mode == "pair":
+            group = np.minimum(np.arange(batch), batch - 1 - np.arange(batch))
+        else:
+            group = np.arange(batch)
+        for g in np.unique(group):
+            value, use_cutmix = self._draw(rng)
+            if value >= 1.0:
+                continue
+            members = np.nonzero(group == g)[0]
+            if use_cutmix:
+                top, bottom, left, right, kept = self._cut_box(rng, height, width, value)
+                cutbox[members] = (top, bottom, left, right)
+                lam[members] = kept
             else:
-                group = np.arange(batch)
-            for g in np.unique(group):
-                value, use_cutmix = self._draw()
-                if value >= 1.0:
-                    continue
-                members = np.nonzero(group == g)[0]
-                if use_cutmix:
-                    top, bottom, left, right, kept = self._cut_box(height, width, value)
-                    cutbox[members] = (top, bottom, left, right)
-                    lam[members] = kept
-                else:
-                    blend[members] = (np.float32(value), np.float32(1.0 - value))
-                    lam[members] = value
-            return MixParams(cutbox=cutbox, blend=blend, lam=lam)
-        finally:
-            self.rng = saved
+                blend[members] = (np.float32(value), np.float32(1.0 - value))
+                lam[members] = value
+        return MixParams(cutbox=cutbox, blend=blend, lam=lam)
 
     @staticmethod
     def apply(images: np.ndarray, params: MixParams) -> np.ndarray:
