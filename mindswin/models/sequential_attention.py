@@ -97,6 +97,7 @@ class SequentialAttentionCore(nn.Cell):
         self.concat_last = ops.Concat(axis=-1)
         self.concat_rows = ops.Concat(axis=0)
         self.tile = ops.Tile()
+        self.softmax = ops.Softmax(axis=-1)
 
     @property
     def num_groups(self) -> int:
@@ -138,7 +139,7 @@ class SequentialAttentionCore(nn.Cell):
                 self.tile(mask.reshape(windows, 1, n, n), (1, heads, 1, 1))
         flat = logits.reshape(-1, group_bias.size)
         flat = flat + expand_to(group_bias.reshape(1, -1), flat)
-        return ops.softmax(flat.reshape(logits.shape), axis=-1)
+        return self.softmax(flat.reshape(logits.shape))
 
     def _softmax_backward(self, dprobs: Tensor, probs: Tensor, head_bias: Tensor) -> Tuple[Tensor, Tensor]:
         """Gradients of the logits ``(B * w, h, N, N)`` and of the group's ``(h, N, N)`` position bias
