@@ -1,7 +1,14 @@
-"""Data parallel under msrun on 127.0.0.1: 2 workers match one process, and ZeRO-1 matches both (one
-pair of launches, shared by this file's tests: the slow tier deals each file to one pytest-xdist worker)."""
+"""Data parallel under msrun on 127.0.0.1: 2 workers match one process, ZeRO-1 matches both, and two
+"nodes" that lose one and resume end as the uninterrupted run (one pair of launches, shared by this file's
+tests: the slow tier deals each file to one pytest-xdist worker)."""
 import json
+import os
 import re
+import shlex
+import signal
+import socket
+import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -17,11 +24,15 @@ from distributed_runs import (
 from helpers import (
     BASE_ARGS,
     DETERMINISTIC_DATA,
+    PYTHON,
+    ROOT,
+    free_port,
     kept_states,
     msrun,
     msrun_keeping_states,
     read_metrics,
     run,
+    worker_logs,
 )
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -138,3 +149,101 @@ def test_zero1_run_resumed_after_an_epoch_ends_as_the_uninterrupted_one(data_dir
     assert [[r[k] for k in fields] for r in read_metrics(out)] == [[r[k] for k in fields]
                                                                    for r in read_metrics(zero_dir)]
 
+
+
+def _wait_for(predicate, timeout: float, every: float = 0.2) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(every)
+    return False
+
+
+def _port_listens(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _start_two_nodes(args, tmp_path, port):
+    """train.py on two msrun "nodes" of one worker each, each with its own ckpt_save_dir and log folder."""
+    nodes = []
+    for rank in (0, 1):
+        nodes.append(msrun("train.py", *args, "--ckpt_save_dir", tmp_path / f"node{rank}", workers=2, local_workers=1,
+                           node_rank=rank, port=port, logs=tmp_path / f"logs{rank}", wait=False))
+        if rank == 0:  # node 1's msrun would take the scheduler port if it came first
+            assert _wait_for(lambda: _port_listens(port), timeout=120), "node 0's scheduler never listened"
+    return nodes
+
+
+def _worker_pid(ckpt_save_dir) -> int:
+    """The train.py worker (not msrun) given ``ckpt_save_dir``."""
+    found = subprocess.run(["pgrep", "-f", f"train.py .*--ckpt_save_dir {ckpt_save_dir}"], capture_output=True,
+                           text=True).stdout.split()
+    workers = [int(pid) for pid in found if "msrun" not in open(f"/proc/{pid}/cmdline").read()]
+    assert len(workers) == 1, found
+    return workers[0]
+
+
+def _last_line(logs, timeout: float = 60) -> str:
+    """The last line of a node's worker log, once the rank's watcher has written its ``error:`` line."""
+    _wait_for(lambda: "error: rank" in worker_logs(logs), timeout)
+    return worker_logs(logs).strip().splitlines()[-1]
+
+
+def test_a_lost_node_is_named_and_both_nodes_resume_to_the_uninterrupted_run(data_dir, tmp_path, two_worker_runs):
+    """Two msrun "nodes" of one worker each without shared storage (only rank 0 writes); node 1's worker is
+    killed in epoch 2. Node 0's worker ends with the project's line: rank 1 lost, the state saved at the end
+    of epoch 1, and the command that continues; node 1's says its process was ended. Both nodes run the
+    commands their lines give, and end bit for bit as the uninterrupted 2-worker run.
+
+    Was ``test_two_nodes_without_shared_storage_resume_from_rank_0_state`` (test_distributed_ranks.py), whose
+    first run stopped after epoch 1 by itself: its checks are all here.
+    """
+    args = [*TWO_WORKERS, "--data_dir", data_dir]
+    nodes = _start_two_nodes(args, tmp_path, free_port())
+    assert _wait_for(lambda: "epoch 2/2 step 2/6" in worker_logs(tmp_path / "logs0"), timeout=600, every=0.1), \
+        worker_logs(tmp_path / "logs0")[-3000:]
+    os.kill(_worker_pid(tmp_path / "node1"), signal.SIGKILL)
+    consoles = [node.communicate(timeout=300)[0] for node in nodes]
+    assert nodes[0].returncode != 0
+    assert (tmp_path / "node0" / "resume_state.ckpt").exists()
+    assert not (tmp_path / "node1" / "resume_state.ckpt").exists()  # only rank 0 writes
+    lines = [_last_line(tmp_path / f"logs{rank}") for rank in (0, 1)]
+    state = (f"the last resume state on disk is the end of epoch 1/2 (optimizer step 6), "
+             f"{tmp_path / 'node0' / 'resume_state.ckpt'} on rank 0's node")
+    assert lines[0].startswith("error: rank 0 stopped: rank 1 of the job stopped answering (msrun's scheduler.log); "
+                               f"{state}; to continue, run on every node its own msrun command as on this one: "
+                               "msrun "), lines[0]
+    assert lines[1].startswith("error: rank 1 stopped: the process was ended from outside Python"), lines[1]
+    assert state in lines[1]  # every rank knows where rank 0's state stands
+    assert (tmp_path / "node0" / "log_rank0.txt").read_text().rstrip().endswith(lines[0])
+    assert lines[0] in consoles[0].splitlines()  # msrun's console too: it stopped echoing the worker's log
+
+    # each node runs the command its line gives
+    commands = [shlex.split(line.split(" as on this one: ", 1)[1]) for line in lines]
+    for rank, command in enumerate(commands):
+        assert command[0] == "msrun" and f"--node_rank {rank}" in shlex.join(command)
+        assert command[-2:] == ["--resume", "auto"]
+    env = dict(os.environ, PATH=f"{os.path.dirname(PYTHON)}:{os.environ.get('PATH', '')}")
+    restarted = []
+    for rank, command in enumerate(commands):
+        restarted.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                          cwd=str(ROOT), env=env))
+        if rank == 0:
+            port = int(command[command.index("--master_port") + 1])
+            assert _wait_for(lambda p=port: _port_listens(p), timeout=120), "node 0's scheduler never listened"
+    output = restarted[0].communicate(timeout=900)[0]
+    restarted[1].communicate(timeout=300)  # node 1's msrun exits 1 after its worker: the scheduler port is taken
+    logs = [worker_logs(tmp_path / f"logs{rank}") for rank in (0, 1)]
+    assert restarted[0].returncode == 0, output[-3000:] + logs[0][-3000:]
+    for rank, text in enumerate(logs):
+        assert f"rank {rank} starts at epoch 1 batch 0 optimizer step 6" in text, text[-3000:]
+        assert "Traceback" not in text and "error:" not in text
+    digests = digest_lines("".join(logs))
+    assert len(digests) == 2 and digests[0] == digests[1]
+    assert [r["epoch"] for r in read_metrics(tmp_path / "node0")] == [1, 2]
+    uninterrupted, resumed = saved_state(two_worker_runs["plain"][0]), saved_state(tmp_path / "node0")
+    assert set(uninterrupted) == set(resumed)
+    for name, value in uninterrupted.items():
+        assert np.array_equal(value, resumed[name]), name

@@ -1,22 +1,12 @@
 """Under msrun on 127.0.0.1: what each rank draws and holds (rank_checks.py, one launch for both kernel
-paths), and two single-worker "nodes" without shared storage."""
+paths). Two single-worker "nodes" without shared storage: tests/test_distributed.py."""
 import json
-import socket
-import time
 
 import pytest
 
-from distributed_runs import (
-    digest_lines,
-)
 from helpers import (
-    BASE_ARGS,
-    DETERMINISTIC_DATA,
     ROOT,
-    free_port,
     msrun,
-    read_metrics,
-    worker_logs,
 )
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -75,44 +65,3 @@ def test_native_ops_path_agrees_across_ranks_too(rank_reports):
     assert first["finite"] == second["finite"] == [True, False, True]
     assert first["loss_scale"] == second["loss_scale"] == [1024.0, 512.0, 512.0]
     assert first["final_state"] == second["final_state"]
-
-
-def _two_nodes(data_dir, tmp_path, name, *args):
-    """train.py on two msrun "nodes" of one worker each, each with its own ckpt_save_dir."""
-    port = free_port()
-    common = [*BASE_ARGS, *DETERMINISTIC_DATA, "--batch_size", "8", "--data_dir", data_dir, "--distribute", "True",
-              *args]
-    nodes = []
-    for rank in (0, 1):
-        nodes.append(msrun("train.py", *common, "--ckpt_save_dir", tmp_path / f"node{rank}", workers=2,
-                           local_workers=1, node_rank=rank, port=port, logs=tmp_path / f"{name}{rank}", wait=False))
-        if rank == 0:  # node 1's msrun would take the scheduler port if it came first
-            assert _wait_for_port(port, timeout=120), "node 0's scheduler never listened"
-    outputs = [node.communicate(timeout=600)[0] for node in nodes]
-    # node 1's msrun also tries to bind the scheduler port and exits 1 after its worker ends
-    assert nodes[0].returncode == 0, outputs[0][-3000:] + worker_logs(tmp_path / f"{name}0")[-3000:]
-    return [worker_logs(tmp_path / f"{name}{rank}") for rank in (0, 1)]
-
-
-def _wait_for_port(port: int, timeout: float) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return True
-        time.sleep(0.2)
-    return False
-
-
-def test_two_nodes_without_shared_storage_resume_from_rank_0_state(data_dir, tmp_path):
-    _two_nodes(data_dir, tmp_path, "first", "--epoch_size", "1")
-    assert (tmp_path / "node0" / "resume_state.ckpt").exists()
-    assert not (tmp_path / "node1" / "resume_state.ckpt").exists()  # only rank 0 writes
-    logs = _two_nodes(data_dir, tmp_path, "again", "--epoch_size", "2", "--resume", "auto")
-    for rank, text in enumerate(logs):
-        assert f"rank {rank} starts at epoch 1 batch 0 optimizer step 6" in text, text[-3000:]
-        assert "Traceback" not in text
-    digests = digest_lines("".join(logs))
-    assert len(digests) == 2 and digests[0] == digests[1]
-    assert [r["epoch"] for r in read_metrics(tmp_path / "node0")] == [1, 2]
-

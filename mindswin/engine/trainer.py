@@ -25,6 +25,7 @@ from .checkpoints import CheckpointManager, find_resume_state
 from .curves import plot_curves
 from .events import EVENTS_SUBDIR, EventLog
 from .memory_guard import check_training_fits
+from .rank_watch import RankWatch
 from .runtime import (
     SINK_BACKENDS,
     Runtime,
@@ -59,6 +60,8 @@ class Run:
     unreadable_reported: int = 0
     # the train step fed by MindSpore's data sink (dataset_sink_mode on Ascend/GPU); None: fed from the host
     sinking_step: Any = None
+    # the watcher that writes this rank's last line if MindSpore ends the process (distributed runs)
+    watch: Optional[RankWatch] = None
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -69,6 +72,30 @@ class Run:
     def global_step(self, epoch: int, batches_done: int) -> int:
         """Micro-batches trained once ``batches_done`` batches of 0-based ``epoch`` are: the curves' x axis."""
         return epoch * self.training.batches_per_epoch + batches_done
+
+    def save_resume(self) -> None:
+        """Save the resume state at :attr:`position` (every rank takes part, rank 0 writes) and tell the watcher."""
+        self.files.save_resume(self.training.state, self.position)
+        if self.watch is not None:
+            self.watch.saved(describe_resume_state(self))
+
+
+def describe_resume_state(run: Run, path: Optional[str] = None) -> str:
+    """Where the resume state at ``run.position`` stands, and where it is (``path``, default the run's), in words."""
+    position, per_epoch = run.position, run.training.batches_per_epoch
+    if position.batch_in_epoch:
+        at = f"epoch {position.epoch + 1}/{run.config.epoch_size} step {position.batch_in_epoch}/{per_epoch}"
+    else:
+        at = f"the end of epoch {position.epoch}/{run.config.epoch_size}"
+    step = run.training.state.optimizer_step()
+    return f"{at} (optimizer step {step}), {path or run.files.resume_path} on rank 0's node"
+
+
+def watch_this_rank(config: Config, runtime: Runtime) -> Optional[RankWatch]:
+    """A :class:`RankWatch` for a rank of a distributed run; None for one process, where Python has the last word."""
+    if not runtime.distributed:
+        return None
+    return RankWatch(runtime.rank, os.path.join(config.ckpt_save_dir, f"log_rank{runtime.rank}.txt"))
 
 
 # mindcv's periodic checkpoints: MODEL-EPOCH_STEP.ckpt; mindcv's train.py continues at EPOCH from such a ckpt_path
@@ -89,6 +116,7 @@ def train(config: Config) -> Dict[str, Any]:
     runtime = setup_runtime(config)
     direct_graph_dumps(config.ckpt_save_dir)
     setup_logging(runtime, config.ckpt_save_dir)
+    watch = watch_this_rank(config, runtime)
     task = create_task(config, runtime)  # the data's mistakes first: they are the user's to fix either way
     check_training_fits(config, runtime.group_size)
     model, _ = task.build_model()
@@ -104,7 +132,10 @@ def train(config: Config) -> Dict[str, Any]:
     events = EventLog(os.path.join(config.ckpt_save_dir, EVENTS_SUBDIR) if runtime.is_main and config.tensorboard
                       else None, first_step)
     run = Run(config, runtime, task, training, files, position, train_data, train_info, events,
-              unreadable_reported=len(train_info.all_bad_files()))
+              unreadable_reported=len(train_info.all_bad_files()), watch=watch)
+    if watch is not None and (position.epoch or position.batch_in_epoch):
+        started_from = None if config.resume == "auto" else config.resume
+        watch.started_from(f"{describe_resume_state(run, started_from)} (the state this run started from)")
     _logger.info("training %s: %s, %d device(s), global batch %d, %d optimizer steps per epoch, peak lr %.3g, "
                  "amp %s", model.model_name, task.describe(), runtime.group_size, training.global_batch,
                  training.steps_per_epoch, training.peak_lr, config.amp_level)
@@ -213,7 +244,7 @@ def train_one_epoch(run: Run, epoch: int) -> Dict[str, Any]:
         position.batch_in_epoch = batch + 1
         if config.resume_save_steps and (batch + 1) % config.resume_save_steps == 0 \
                 and batch + 1 < training.batches_per_epoch:
-            run.files.save_resume(training.state, position)
+            run.save_resume()
             run.events.flush()  # every point up to the state is on disk: a resume continues after it
     log.close()
     seconds = time.perf_counter() - started
@@ -249,7 +280,7 @@ def end_epoch(run: Run, record: Dict[str, Any]) -> None:
         run.events.image(tag, step, image)
     run.events.flush()
     position.epoch, position.batch_in_epoch = epoch, 0
-    files.save_resume(run.training.state, position)
+    run.save_resume()
     files.append_metrics(record)
     if run.runtime.is_main:
         plot_curves(files.read_metrics(), files.curves_path)
