@@ -177,10 +177,16 @@ def _start_two_nodes(args, tmp_path, port):
 
 
 def _worker_pid(ckpt_save_dir) -> int:
-    """The train.py worker (not msrun) given ``ckpt_save_dir``."""
+    """The train.py worker given ``ckpt_save_dir``: the process msrun started (not msrun, not its data workers)."""
+    def parent_is_msrun(pid: str) -> bool:
+        with open(f"/proc/{pid}/stat") as f:
+            parent = f.read().rsplit(")", 1)[1].split()[1]
+        with open(f"/proc/{parent}/cmdline", "rb") as f:
+            return b"msrun" in f.read()
+
     found = subprocess.run(["pgrep", "-f", f"train.py .*--ckpt_save_dir {ckpt_save_dir}"], capture_output=True,
                            text=True).stdout.split()
-    workers = [int(pid) for pid in found if "msrun" not in open(f"/proc/{pid}/cmdline").read()]
+    workers = [int(pid) for pid in found if "msrun" not in open(f"/proc/{pid}/cmdline").read() and parent_is_msrun(pid)]
     assert len(workers) == 1, found
     return workers[0]
 
@@ -210,13 +216,14 @@ def test_a_lost_node_is_named_and_both_nodes_resume_to_the_uninterrupted_run(dat
     assert (tmp_path / "node0" / "resume_state.ckpt").exists()
     assert not (tmp_path / "node1" / "resume_state.ckpt").exists()  # only rank 0 writes
     lines = [_last_line(tmp_path / f"logs{rank}") for rank in (0, 1)]
-    state = (f"the last resume state on disk is the end of epoch 1/2 (optimizer step 6), "
-             f"{tmp_path / 'node0' / 'resume_state.ckpt'} on rank 0's node")
+    state = "the last resume state on disk is the end of epoch 1/2 (optimizer step 6), "
+    state_here = f"{state}{tmp_path / 'node0' / 'resume_state.ckpt'} on rank 0's node"
     assert lines[0].startswith("error: rank 0 stopped: rank 1 of the job stopped answering (msrun's scheduler.log); "
-                               f"{state}; to continue, run on every node its own msrun command as on this one: "
+                               f"{state_here}; to continue, run on every node its own msrun command as on this one: "
                                "msrun "), lines[0]
     assert lines[1].startswith("error: rank 1 stopped: the process was ended from outside Python"), lines[1]
-    assert state in lines[1]  # every rank knows where rank 0's state stands
+    # every rank knows where rank 0's state stands
+    assert f"{state}resume_state.ckpt in rank 0's ckpt_save_dir;" in lines[1], lines[1]
     assert (tmp_path / "node0" / "log_rank0.txt").read_text().rstrip().endswith(lines[0])
     assert lines[0] in consoles[0].splitlines()  # msrun's console too: it stopped echoing the worker's log
 

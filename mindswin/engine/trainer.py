@@ -87,8 +87,12 @@ def describe_resume_state(run: Run, path: Optional[str] = None) -> str:
         at = f"epoch {position.epoch + 1}/{run.config.epoch_size} step {position.batch_in_epoch}/{per_epoch}"
     else:
         at = f"the end of epoch {position.epoch}/{run.config.epoch_size}"
-    step = run.training.state.optimizer_step()
-    return f"{at} (optimizer step {step}), {path or run.files.resume_path} on rank 0's node"
+    if path is None:  # only rank 0 knows its ckpt_save_dir: each node may have its own
+        where = (f"{run.files.resume_path} on rank 0's node" if run.runtime.is_main
+                 else f"{os.path.basename(run.files.resume_path)} in rank 0's ckpt_save_dir")
+    else:
+        where = f"{path} on rank 0's node"
+    return f"{at} (optimizer step {run.training.state.optimizer_step()}), {where}"
 
 
 def watch_this_rank(config: Config, runtime: Runtime) -> Optional[RankWatch]:
