@@ -246,8 +246,12 @@ def start(script, *args) -> subprocess.Popen:
 
 def run(script, *args, check=True, env=None, cwd=ROOT, **popen):
     """Run one of the entry scripts (``train.py``...) in a fresh process (in ``cwd``)."""
-    result = subprocess.run([PYTHON, str(ROOT / script), *map(str, args)], capture_output=True, text=True,
-                            cwd=str(cwd), env=env, **popen)
+    with subprocess.Popen([PYTHON, str(ROOT / script), *map(str, args)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, cwd=str(cwd), env=env, **popen) as process:
+        stdout, stderr = process.communicate()
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    # MindSpore's worker processes leave files in /tmp that the run removes at its end (data/dataset.py)
+    assert not glob.glob(f"/tmp/dataset_ipc_{process.pid}_*"), f"{script} left MindSpore's IPC files in /tmp"
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     if script == "train.py" and result.returncode == 0:

@@ -31,7 +31,9 @@ otherwise the host does it and the batch is ``(image (B, 3, S, S) float32, label
 """
 from __future__ import annotations
 
+import atexit
 import functools
+import glob
 import logging
 import math
 import os
@@ -186,6 +188,28 @@ class DecodeAndPreprocess:
         return image, label, key, skipped
 
 
+# MindSpore's python_multiprocessing keys its message queues on files it creates as
+# /tmp/dataset_ipc_<pid>_<id>_<n> (a fixed folder, in _c_dataengine) and never removes: two per pipeline.
+_MINDSPORE_IPC_FILES = "/tmp/dataset_ipc_{pid}_*"
+
+
+@functools.cache
+def remove_ipc_files_at_exit() -> None:
+    """Remove, when this process ends through Python, the files MindSpore's worker processes left in /tmp."""
+    owner = os.getpid()
+
+    def remove() -> None:
+        if os.getpid() != owner:  # a forked worker inherits the exit handlers
+            return
+        for path in glob.glob(_MINDSPORE_IPC_FILES.format(pid=owner)):
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+
+    atexit.register(remove)
+
+
 def decoded_samples(samples: Sequence[Tuple[str, int]], stage, output_columns: List[str], *, sampler=None,
                     weights: Optional[Sequence[float]] = None, num_workers: int = 2,
                     multiprocessing: bool = True) -> Tuple[ds.Dataset, UnreadableFiles]:
@@ -198,6 +222,8 @@ def decoded_samples(samples: Sequence[Tuple[str, int]], stage, output_columns: L
     are ``output_columns`` without ``skipped``, then ``weight``.
     """
     unreadable = UnreadableFiles(samples)
+    if multiprocessing:
+        remove_ipc_files_at_exit()
     source = SampleKeys(len(samples), weights)
     if sampler is None:
         dataset = ds.GeneratorDataset(source, column_names=["key", "weight"], shuffle=False)
