@@ -18,7 +18,9 @@ import importlib.util, os, signal, sys
 spec = importlib.util.spec_from_file_location("rank_watch", sys.argv[1])
 rank_watch = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(rank_watch)
-watch = rank_watch.RankWatch(0, sys.argv[3], argv=["train.py", "--data_dir", "d"])
+leftover = f"{sys.argv[4]}/ipc_{os.getpid()}_0"
+open(leftover, "w").close()  # as MindSpore's worker processes leave one
+watch = rank_watch.RankWatch(0, sys.argv[3], argv=["train.py", "--data_dir", "d"], leftovers=leftover)
 watch.saved("the end of epoch 1/2 (optimizer step 6), out/resume_state.ckpt on rank 0's node")
 print("trained", flush=True)
 if sys.argv[2] == "kill":
@@ -34,7 +36,7 @@ def _stand_in_rank(folder, ending, scheduler_log=None):
         (folder / "scheduler.log").write_text(scheduler_log)
     with open(folder / "worker_0.log", "w") as log:
         rank = subprocess.Popen([sys.executable, "-c", RANK, rank_watch.__file__, ending,
-                                 str(folder / "log_rank0.txt")], stdout=log, stderr=subprocess.STDOUT,
+                                 str(folder / "log_rank0.txt"), str(folder)], stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         rank.wait(timeout=60)
     deadline = time.time() + 30
@@ -63,6 +65,7 @@ def test_a_killed_rank_gets_the_lost_peer_the_last_state_and_the_command(tmp_pat
                          "rank 0's node; to continue, run on every node its own msrun command as on this one: "
                          "python train.py --data_dir d --resume auto")
     assert (tmp_path / "logs" / "log_rank0.txt").read_text().rstrip().endswith(lines[-1])
+    assert not list((tmp_path / "logs").glob("ipc_*"))  # what the rank's exit would have removed
 
 
 def test_a_rank_killed_with_no_scheduler_log_here_says_it_was_ended_from_outside(tmp_path):

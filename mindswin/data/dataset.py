@@ -190,7 +190,8 @@ class DecodeAndPreprocess:
 
 # MindSpore's python_multiprocessing keys its message queues on files it creates as
 # /tmp/dataset_ipc_<pid>_<id>_<n> (a fixed folder, in _c_dataengine) and never removes: two per pipeline.
-_MINDSPORE_IPC_FILES = "/tmp/dataset_ipc_{pid}_*"
+# A distributed rank that MindSpore ends from C++ never reaches its exit handlers: its watcher removes them.
+MINDSPORE_IPC_FILES = "/tmp/dataset_ipc_{pid}_*"
 
 
 @functools.cache
@@ -201,7 +202,7 @@ def remove_ipc_files_at_exit() -> None:
     def remove() -> None:
         if os.getpid() != owner:  # a forked worker inherits the exit handlers
             return
-        for path in glob.glob(_MINDSPORE_IPC_FILES.format(pid=owner)):
+        for path in glob.glob(MINDSPORE_IPC_FILES.format(pid=owner)):
             try:
                 os.remove(path)
             except OSError:

@@ -10,12 +10,13 @@ writes the run's own last line into the rank's log: which rank was lost (from ms
 ``scheduler.log`` beside the log, on the node that ran the scheduler), the last resume
 state on disk and the command that continues from it.
 
-Run as a script (``python rank_watch.py PID RANK``), this file imports nothing but the
+Run as a script (``python -I rank_watch.py PID RANK [LOG_FILE [LEFTOVERS]]``), this file imports nothing but the
 standard library: it starts in a few milliseconds and holds a few MB for the whole run.
 """
 from __future__ import annotations
 
 import atexit
+import glob
 import os
 import re
 import selectors
@@ -42,9 +43,11 @@ class RankWatch:
         rank: This process's rank.
         log_file: A file the line is appended to as well (the rank's ``log_rank{rank}.txt``).
         argv: The script and its arguments (default ``sys.argv``), for the command that continues.
+        leftovers: A glob of files the rank would have removed at its exit, removed by the watcher instead.
     """
 
-    def __init__(self, rank: int, log_file: str = "", argv: Optional[Sequence[str]] = None) -> None:
+    def __init__(self, rank: int, log_file: str = "", argv: Optional[Sequence[str]] = None,
+                 leftovers: str = "") -> None:
         self._argv, self._launcher = list(sys.argv if argv is None else argv), parent_command_line()
         read_end, self._write_end = os.pipe()
         self._owner = os.getpid()
@@ -52,8 +55,8 @@ class RankWatch:
         # start_new_session: msrun ends a worker with killpg, which must not reach the watcher; -I: the standard
         # library only, not this file's folder
         self.process = subprocess.Popen([sys.executable, "-I", os.path.abspath(__file__), str(os.getpid()),
-                                         str(rank), log_file], stdin=read_end, stderr=console or subprocess.DEVNULL,
-                                        start_new_session=True)
+                                         str(rank), log_file, leftovers], stdin=read_end,
+                                        stderr=console or subprocess.DEVNULL, start_new_session=True)
         os.close(read_end)
         if console is not None:
             console.close()
@@ -175,9 +178,9 @@ def last_line(rank: int, lost: Sequence[int], state: Optional[str], command: str
             f"as on this one: {command}")
 
 
-def watch(pid: int, rank: int, log_file: str = "") -> None:
+def watch(pid: int, rank: int, log_file: str = "", leftovers: str = "") -> None:
     """Follow process ``pid`` (rank ``rank``) until it ends; unless it said it finished, print :func:`last_line`
-    (and append it to ``log_file``)."""
+    (and append it to ``log_file``) and remove the files matching ``leftovers``."""
     selector = selectors.DefaultSelector()
     selector.register(sys.stdin.fileno(), selectors.EVENT_READ, "messages")
     buffer, lines, ended = b"", [], False
@@ -207,6 +210,11 @@ def watch(pid: int, rank: int, log_file: str = "") -> None:
     lines += [line.decode(errors="replace") for line in buffer.split(b"\n") if line]
     if FINISHED in lines:
         return
+    for path in glob.glob(leftovers) if leftovers else ():
+        try:
+            os.remove(path)
+        except OSError:
+            pass
     state = next((line[len(STATE):] for line in reversed(lines) if line.startswith(STATE)), None)
     command = next((line[len(COMMAND):] for line in reversed(lines) if line.startswith(COMMAND)), "")
     folder = _log_folder()
@@ -228,4 +236,4 @@ def watch(pid: int, rank: int, log_file: str = "") -> None:
 
 
 if __name__ == "__main__":
-    watch(int(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:4])
+    watch(int(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:5])

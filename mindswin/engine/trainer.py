@@ -19,7 +19,7 @@ import numpy as np
 
 from ..config import Config, ConfigError, save_config
 from ..data import DataInfo
-from ..data.dataset import prepare_to_stream
+from ..data.dataset import MINDSPORE_IPC_FILES, prepare_to_stream
 from .builder import Training, build_training
 from .checkpoints import CheckpointManager, find_resume_state
 from .curves import plot_curves
@@ -99,7 +99,8 @@ def watch_this_rank(config: Config, runtime: Runtime) -> Optional[RankWatch]:
     """A :class:`RankWatch` for a rank of a distributed run; None for one process, where Python has the last word."""
     if not runtime.distributed:
         return None
-    return RankWatch(runtime.rank, os.path.join(config.ckpt_save_dir, f"log_rank{runtime.rank}.txt"))
+    return RankWatch(runtime.rank, os.path.join(config.ckpt_save_dir, f"log_rank{runtime.rank}.txt"),
+                     leftovers=MINDSPORE_IPC_FILES.format(pid=os.getpid()))
 
 
 # mindcv's periodic checkpoints: MODEL-EPOCH_STEP.ckpt; mindcv's train.py continues at EPOCH from such a ckpt_path
