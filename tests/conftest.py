@@ -6,9 +6,13 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("GLOG_v", "3")
+# A graph that fails to compile in a test process leaves MindSpore's report (rank_0/om/analyze_fail.ir)
+# in the temporary folder, not the working folder (entry scripts direct theirs: runtime.direct_graph_dumps).
+os.environ.setdefault("MS_OM_PATH", os.path.join(tempfile.gettempdir(), "mindswin-test-graphs"))
 
 import mindspore as ms  # noqa: E402
 import numpy as np  # noqa: E402
